@@ -1,0 +1,165 @@
+"""Request bodies: a tee that records what the application reads, capped, and a parser for what was recorded.
+
+The middleware never consumes a body the application needs. ASGI ``receive`` and WSGI ``wsgi.input`` are wrapped so
+the chunks the application reads are also copied here, up to ``max_body_bytes``. When ``collect_body=True`` is asked
+for a WSGI request whose body the application has not read yet, the body (if its ``Content-Length`` fits the cap) is
+read into memory and replayed to the application on its next reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ._schema import TRUNCATION_MARKER
+
+#: Default cap on a collected body, in bytes.
+DEFAULT_MAX_BODY_BYTES = 10_000
+
+
+def flat_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """``[(k, v), ...]`` to a dict; a repeated key gets the list of its values."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            prev = out[key]
+            out[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            out[key] = value
+    return out
+
+
+def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
+    """Parse a recorded body: JSON and url-encoded forms when complete, else UTF-8 text (marked when cut)."""
+    if not data:
+        return None
+    ctype = content_type.lower()
+    if complete:
+        if "json" in ctype:
+            try:
+                return json.loads(data)
+            except ValueError:
+                pass
+        elif ctype.startswith("application/x-www-form-urlencoded"):
+            return flat_pairs(parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True))
+    if ctype.startswith("multipart/"):
+        return f"[multipart body, {len(data)} bytes{'' if complete else ' or more'}]"
+    text = data.decode("utf-8", "replace")
+    return text if complete else text + TRUNCATION_MARKER
+
+
+class BodyTee:
+    """Records the first ``limit`` bytes of a body as the application reads it."""
+
+    __slots__ = ("_chunks", "_size", "ended", "limit", "overflow", "read_any")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.ended = False
+        self.overflow = False
+        self.read_any = False
+
+    def feed(self, data: bytes, ended: bool) -> None:
+        self.read_any = True
+        if data and not self.overflow:
+            room = self.limit - self._size
+            if len(data) > room:
+                data = data[:room]
+                self.overflow = True
+            self._chunks.append(data)
+            self._size += len(data)
+        if ended:
+            self.ended = True
+
+    def prefetch(self) -> None:
+        """Read the body now if the application has not (only where that is safe)."""
+
+    def captured(self, max_bytes: int) -> tuple[bytes, bool]:
+        """The recorded bytes (at most ``max_bytes``) and whether they are the whole body."""
+        if not self.read_any:
+            self.prefetch()
+        data = b"".join(self._chunks)
+        complete = self.ended and not self.overflow and len(data) <= max_bytes
+        return data[:max_bytes], complete
+
+
+Message = MutableMapping[str, Any]
+
+
+class ASGIBodyTee(BodyTee):
+    """Wraps an ASGI ``receive`` callable."""
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, receive: Callable[[], Awaitable[Message]], limit: int) -> None:
+        super().__init__(limit)
+        self._receive = receive
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.feed(message.get("body", b""), not message.get("more_body", False))
+        return message
+
+
+class WSGIInput(BodyTee):
+    """Stands in for ``environ["wsgi.input"]``: the application reads through it, the tee records."""
+
+    __slots__ = ("_buffer", "_prefetched", "_remaining", "_stream")
+
+    def __init__(self, stream: Any, content_length: int | None, limit: int) -> None:
+        super().__init__(limit)
+        self._stream = stream
+        self._remaining = content_length
+        self._prefetched = False
+        self._buffer = b""  # prefetched bytes not yet handed to the application
+
+    def _from_buffer(self, size: int) -> bytes:
+        # After a prefetch the whole body is in the buffer: never touch the stream again (it may block at EOF).
+        if size < 0:
+            size = len(self._buffer)
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def _seen(self, data: bytes) -> bytes:
+        if self._remaining is not None:
+            self._remaining -= len(data)
+        self.feed(data, not data or self._remaining == 0)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        size = -1 if size is None else size
+        if self._prefetched:
+            return self._from_buffer(size)
+        return self._seen(self._stream.read() if size < 0 else self._stream.read(size))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        size = -1 if size is None else size
+        if self._prefetched:
+            end = self._buffer.find(b"\n") + 1 or len(self._buffer)
+            return self._from_buffer(end if size < 0 else min(end, size))
+        return self._seen(self._stream.readline() if size < 0 else self._stream.readline(size))
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def prefetch(self) -> None:
+        if self._remaining is None or not 0 < self._remaining <= self.limit:
+            return
+        data = self._stream.read(self._remaining)
+        self._remaining -= len(data)
+        self.feed(data, True)
+        self._buffer = data
+        self._prefetched = True
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,308 @@
+"""The client: validates calls, fills in the request's default properties, queues events for the flusher."""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any
+
+from ._config import resolve
+from ._context import context_for, current_context
+from ._exceptions import InvalidEvent
+from ._flusher import Flusher
+from ._ip import ClientIPResolver
+from ._queue import EventQueue, Record
+from ._schema import (
+    MAX_NAME_LENGTH,
+    RESERVED_PREFIX,
+    UserIdentifiers,
+    WireEvent,
+    check_name,
+    check_properties,
+    check_timestamp,
+    check_user_identifiers,
+    format_timestamp,
+)
+from ._scrub import Scrubber
+from ._transport import Transport
+
+logger = logging.getLogger("sqreen_mw")
+
+_OPTION_KEYS = frozenset({"properties", "user_identifiers", "timestamp", "collect_body", "request"})
+_MASK_74 = (1 << 74) - 1
+_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _uuid7(ms: int, rand: int) -> str:
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class Client:
+    """An sqreen_mw client. Most apps use the module-level functions, which use the client made by ``init()``.
+
+    :param token: the app's API key on the collector (env ``SQREEN_TOKEN``). Without one, calls are still validated
+        but nothing is sent (one warning is logged).
+    :param url: the collector's base URL (env ``SQREEN_URL``, default ``http://127.0.0.1:8707``).
+    :param app_name: the name the collector shows for this app (env ``SQREEN_APP_NAME``).
+    :param options: the other options of the README's configuration table.
+    :raises ConfigurationError: an option is unknown or has an unusable value.
+    """
+
+    def __init__(self, token: str | None = None, url: str | None = None, *, app_name: str | None = None,
+                 **options: Any) -> None:
+        settings = resolve({"token": token, "url": url, "app_name": app_name, **options})
+        self.settings = settings
+        self.enabled = settings["token"] is not None
+        self.resolver = ClientIPResolver(settings["trusted_proxies"], settings["ip_header"])
+        self.scrubber = Scrubber(
+            enabled=settings["strip_sensitive_data"],
+            sensitive_keys=settings["sensitive_keys"],
+            sensitive_values=settings["sensitive_values"],
+        )
+        self.max_body_bytes: int = settings["max_body_bytes"]
+        self.queue = EventQueue(settings["max_queue_events"], settings["max_queue_bytes"])
+        self.flusher = Flusher(
+            self.queue,
+            lambda: Transport(settings["url"], settings["token"], settings["app_name"], settings["request_timeout"]),
+            self._serialize,
+            heartbeat_interval=settings["heartbeat_interval"],
+            batch_size=settings["batch_size"],
+            max_event_age=settings["max_event_age"],
+        )
+        self._batch_size: int = settings["batch_size"]
+        self._seq = itertools.count(1)
+        self._id_base = secrets.randbits(74)
+        self._capture: list[WireEvent] | None = None
+        self._accepting = self.enabled
+        self._started = False
+        self._closed = False
+        if not self.enabled:
+            logger.warning("sqreen_mw has no token (SQREEN_TOKEN): calls are validated but no event is sent")
+        _live_clients.add(self)
+
+    # --- public API -------------------------------------------------------------------------------------
+
+    def track(
+        self,
+        event_name: str,
+        options: Mapping[str, Any] | None = None,
+        /,
+        *,
+        properties: Mapping[str, Any] | None = None,
+        user_identifiers: Mapping[str, str | int] | None = None,
+        timestamp: Any = None,
+        collect_body: bool = False,
+        request: Any = None,
+    ) -> bool:
+        """Record a custom event; see :func:`sqreen_mw.track`."""
+        if options is not None:
+            return self._track_options(event_name, options, properties, user_identifiers, timestamp, collect_body,
+                                       request)
+        if type(event_name) is not str or not 0 < len(event_name) <= MAX_NAME_LENGTH or event_name.startswith(
+            RESERVED_PREFIX
+        ):
+            event_name = check_name(event_name)
+        return self._record(event_name, properties, user_identifiers, timestamp, collect_body, request)
+
+    def _track_options(self, name: str, options: Mapping[str, Any], *args: Any) -> bool:
+        if not isinstance(options, Mapping):
+            raise InvalidEvent(f"options must be a mapping, got {type(options).__name__}")
+        unknown = set(options) - _OPTION_KEYS
+        if unknown:
+            raise InvalidEvent(f"options has unknown keys {sorted(map(str, unknown))}; known: {sorted(_OPTION_KEYS)}")
+        keywords = dict(zip(("properties", "user_identifiers", "timestamp", "collect_body", "request"), args,
+                            strict=True))
+        for key, value in options.items():
+            if keywords[key] not in (None, False):
+                raise InvalidEvent(f"{key} was given both in options and as a keyword")
+            keywords[key] = value
+        return self.track(name, **keywords)
+
+    def _record(self, name: str, properties: Any, user_identifiers: Any, timestamp: Any, collect_body: Any,
+                request: Any) -> bool:
+        if properties:
+            props, size = check_properties(properties)
+        elif properties is None or isinstance(properties, Mapping):
+            props, size = None, 0
+        else:
+            props, size = check_properties(properties)
+        ctx = current_context.get() if request is None else context_for(request)
+        user: UserIdentifiers | None = None
+        if user_identifiers is not None:
+            user = check_user_identifiers(user_identifiers)
+        elif ctx is not None:
+            user = ctx.user
+        when = None if timestamp is None else check_timestamp(timestamp)
+        info = body = None
+        if ctx is not None:
+            info = ctx.info(self.resolver)
+            if collect_body:
+                body = ctx.body(self.max_body_bytes)
+                size += len(repr(body))
+        record = (time.time_ns(), next(self._seq), name, props, user, when, info, body, size + 200)
+        if self._capture is not None:
+            self._capture.append(self._wire(record, {}))
+            return True
+        if not self._accepting:
+            return False
+        if self.queue.put(record) == self._batch_size:
+            self.flusher.wake()
+        if not self._started:
+            self._started = True
+            self.flusher.ensure_started()
+        return True
+
+    def identify(self, user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any] | None = None) -> None:
+        """Name the user of the current request; later ``track()`` calls of the request inherit them."""
+        user = check_user_identifiers(user_identifiers)
+        trait_map = None if traits is None else check_properties(traits, "traits")[0]
+        ctx = current_context.get()
+        if ctx is not None:
+            ctx.user = user
+            ctx.traits = trait_map
+
+    def auth_track(self, success: bool, **user_identifiers: str | int) -> None:
+        """Record a login attempt as ``sq.auth_track``; a successful one also identifies the user."""
+        if not isinstance(success, bool):
+            raise InvalidEvent(f"success must be a bool, got {type(success).__name__} {success!r}")
+        user = check_user_identifiers(user_identifiers, "auth_track user identifiers")
+        self._record("sq.auth_track", {"success": success}, user, None, False, None)
+        if success:
+            self.identify(user)
+
+    def signup_track(self, **user_identifiers: str | int) -> None:
+        """Record a signup as ``sq.signup_track`` and identify the new user."""
+        user = check_user_identifiers(user_identifiers, "signup_track user identifiers")
+        self._record("sq.signup_track", None, user, None, False, None)
+        self.identify(user)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Deliver everything queued so far; return True when it was all delivered within ``timeout`` seconds."""
+        if not self._started:
+            return not len(self.queue)
+        return self.flusher.flush(next(self._seq) - 1, timeout)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush within ``timeout`` (default ``shutdown_timeout``) and stop; later events are not queued."""
+        if self._closed:
+            return
+        self._closed = True
+        self._accepting = False
+        budget = self.settings["shutdown_timeout"] if timeout is None else timeout
+        queued = len(self.queue)
+        self.flusher.stop(budget)
+        if len(self.queue):
+            logger.warning("sqreen_mw exited with %d of %d queued event(s) undelivered", len(self.queue), queued)
+
+    def statistics(self) -> dict[str, Any]:
+        """Delivery counters: queued, queued_bytes, tracked, sent, dropped (by reason), retries, last_error."""
+        stats = self.flusher.statistics()
+        stats["last_error"] = self.flusher.last_error
+        stats["enabled"] = self.enabled
+        return stats
+
+    # --- serialization (flusher thread) -------------------------------------------------------------------
+
+    def _wire(self, record: Record, scrubbed: dict[int, Any]) -> WireEvent:
+        tracked_ns, seq, name, props, user, when, info, body, _ = record
+        scrub = self.scrubber.scrub
+        request = None
+        if info is not None:  # one request's info is shared by its events: scrub it once per batch
+            request = scrubbed.get(id(info))
+            if request is None:
+                request = scrubbed[id(info)] = scrub(info)
+        return {
+            "id": _uuid7(tracked_ns // 1_000_000, (self._id_base + seq) & _MASK_74),
+            "name": name,
+            "timestamp": format_timestamp(tracked_ns / 1e9 if when is None else when),
+            "properties": scrub(props) if props else {},
+            "user_identifiers": user,
+            "request": request,
+            "body": None if body is None else scrub(body),
+        }
+
+    def _serialize(self, batch: list[Record]) -> list[Any]:
+        scrubbed: dict[int, Any] = {}
+        return [self._wire(record, scrubbed) for record in batch]
+
+    def _after_fork(self) -> None:
+        self.queue.clear()
+        self.flusher.after_fork()
+        self._id_base = secrets.randbits(74)
+        self._started = False
+
+
+def _shutdown_all() -> None:
+    for client in list(_live_clients):
+        try:
+            client.shutdown()
+        except Exception:
+            logger.exception("sqreen_mw shutdown failed")
+
+
+def _after_fork_all() -> None:
+    for client in list(_live_clients):
+        client._after_fork()
+
+
+atexit.register(_shutdown_all)
+os.register_at_fork(after_in_child=_after_fork_all)
+
+_previous_sigterm: Any = None
+_signal_installed = False
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _shutdown_all()
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+    elif previous in (signal.SIG_DFL, None):
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def install_sigterm_handler() -> None:
+    """Flush on SIGTERM, then chain to the handler installed before (the default one ends the process)."""
+    global _previous_sigterm, _signal_installed
+    if _signal_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main interpreter / unsupported platform
+        return
+    _signal_installed = True
+
+
+_current: Client | None = None
+_current_lock = threading.Lock()
+
+
+def get_client() -> Client:
+    """The client made by ``init()``, or one made from the environment on first use."""
+    client = _current
+    if client is None:
+        with _current_lock:
+            client = _current
+            if client is None:
+                client = set_client(Client())
+    return client
+
+
+def set_client(client: Client) -> Client:
+    global _current
+    previous, _current = _current, client
+    if previous is not None and previous is not client:
+        previous.shutdown()
+    return client

@@ -1,0 +1,229 @@
+"""The per-request context the middleware binds, and the default properties read from it.
+
+The middleware only creates a small :class:`RequestContext` and binds it to a ``ContextVar``; the default properties
+(client IP, user agent, path, verb, parameters) are read from the framework's request the first time an event of that
+request needs them, then cached for the other events of the same request. A request that tracks nothing pays for one
+object and one ``ContextVar.set``/``reset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ._body import BodyTee, flat_pairs, parse_body
+from ._exceptions import InvalidEvent
+from ._ip import ClientIPResolver
+from ._schema import RequestInfo, UserIdentifiers
+
+ASGI = 0
+WSGI = 1
+DJANGO = 2
+
+
+class RequestContext:
+    """What sqreen_mw knows about the request being served: the raw request, the identified user, the block flag."""
+
+    __slots__ = ("_info", "blocked", "body_tee", "kind", "raw", "traits", "user")
+
+    def __init__(self, kind: int, raw: Any, body_tee: BodyTee | None = None) -> None:
+        self.kind = kind
+        self.raw = raw
+        self.body_tee = body_tee
+        self.user: UserIdentifiers | None = None
+        self.traits: dict[str, Any] | None = None
+        self.blocked: BaseException | None = None
+        self._info: RequestInfo | None = None
+
+    def info(self, resolver: ClientIPResolver) -> RequestInfo:
+        """The request's default properties (unscrubbed: scrubbing happens before the event leaves the process)."""
+        info = self._info
+        if info is None:
+            if self.kind == ASGI:
+                info = _asgi_info(self.raw, resolver, self.body_tee)
+            elif self.kind == WSGI:
+                info = _wsgi_info(self.raw, resolver, self.body_tee)
+            else:
+                info = _django_info(self.raw, resolver)
+            self._info = info
+        return info
+
+    def body(self, max_bytes: int) -> Any:
+        """The request body, at most ``max_bytes`` of it, parsed as JSON or form data when its content type says so."""
+        if self.kind == DJANGO:
+            return _django_body(self.raw, max_bytes)
+        tee = self.body_tee
+        if tee is None:
+            return None
+        data, complete = tee.captured(max_bytes)
+        ctype = (
+            _asgi_headers(self.raw).get("content-type", "")
+            if self.kind == ASGI
+            else self.raw.get("CONTENT_TYPE", "")
+        )
+        return parse_body(ctype, data, complete)
+
+
+current_context: ContextVar[RequestContext | None] = ContextVar("sqreen_mw.request", default=None)
+
+
+def context_for(request: object) -> RequestContext:
+    """The context for a ``request=`` argument: the bound one when it is the same request, else a fresh one."""
+    bound = current_context.get()
+    if isinstance(request, RequestContext):
+        return request
+    kind: int
+    raw: Any
+    if hasattr(request, "META") and type(request).__module__.startswith("django"):
+        kind, raw = DJANGO, request
+    elif isinstance(request, dict) and request.get("type") in ("http", "websocket"):
+        kind, raw = ASGI, request
+    elif isinstance(request, dict) and "REQUEST_METHOD" in request:
+        kind, raw = WSGI, request
+    elif isinstance(getattr(request, "scope", None), dict):
+        kind, raw = ASGI, request.scope  # type: ignore[attr-defined]
+    elif isinstance(getattr(request, "environ", None), dict):
+        kind, raw = WSGI, request.environ  # type: ignore[attr-defined]
+    else:
+        raise InvalidEvent(
+            "request must be a Starlette/FastAPI Request, a Flask/Werkzeug request, a Django HttpRequest, "
+            f"an ASGI scope or a WSGI environ, got {type(request).__name__}"
+        )
+    if bound is not None and bound.raw is raw:
+        return bound
+    return RequestContext(kind, raw)
+
+
+def _asgi_headers(scope: Mapping[str, Any]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers") or ():
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def _params(query: str, path: Any, form: Any = None, json_body: Any = None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if query:
+        params["query"] = flat_pairs(parse_qsl(query, keep_blank_values=True))
+    if path:
+        params["path"] = {str(k): v if isinstance(v, str | int | float | bool) else str(v) for k, v in path.items()}
+    if form:
+        params["form"] = form
+    if json_body is not None:
+        params["json"] = json_body
+    return params
+
+
+def _body_params(ctype: str, tee: BodyTee | None) -> tuple[Any, Any]:
+    # Form/JSON fields of a body the application already read (seen through the tee).
+    if tee is None or not tee.read_any:
+        return None, None
+    data, complete = tee.captured(tee.limit)
+    if not complete:
+        return None, None
+    parsed = parse_body(ctype, data, True)
+    if ctype.startswith("application/x-www-form-urlencoded") and isinstance(parsed, dict):
+        return parsed, None
+    if "json" in ctype and not isinstance(parsed, str):
+        return None, parsed
+    return None, None
+
+
+def _asgi_info(scope: Mapping[str, Any], resolver: ClientIPResolver, tee: BodyTee | None) -> RequestInfo:
+    headers = _asgi_headers(scope)
+    client = scope.get("client")
+    form, json_body = _body_params(headers.get("content-type", ""), tee)
+    return {
+        "client_ip": resolver.resolve(client[0] if client else None, headers),
+        "user_agent": headers.get("user-agent"),
+        "path": scope.get("path", ""),
+        "verb": scope.get("method", "GET" if scope.get("type") == "http" else "WEBSOCKET"),
+        "params": _params(
+            scope.get("query_string", b"").decode("latin-1"), scope.get("path_params"), form, json_body
+        ),
+    }
+
+
+class _EnvironHeaders(Mapping[str, str]):
+    """Lower-case header names looked up in a WSGI environ (or Django's ``META``) without copying it."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+
+    def __getitem__(self, name: str) -> str:
+        key = name.upper().replace("-", "_")
+        value = self._environ.get(key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key)
+        if value is None:
+            raise KeyError(name)
+        return str(value)
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].lower().replace("_", "-")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _wsgi_path(environ: Mapping[str, Any]) -> str:
+    raw = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    # PEP 3333 strings are bytes decoded as latin-1; undo that to show the UTF-8 path.
+    return raw.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def _wsgi_info(environ: Mapping[str, Any], resolver: ClientIPResolver, tee: BodyTee | None) -> RequestInfo:
+    headers = _EnvironHeaders(environ)
+    path_params = form = json_body = None
+    wz = environ.get("werkzeug.request")
+    if wz is not None:  # a Flask/Werkzeug request: reuse what the app already parsed
+        path_params = getattr(wz, "view_args", None)
+        if "form" in wz.__dict__:
+            form = flat_pairs(wz.form.items(multi=True))
+        cached = getattr(wz, "_cached_json", (Ellipsis, Ellipsis))
+        json_body = None if cached[0] is Ellipsis else cached[0]
+    if form is None and json_body is None:
+        form, json_body = _body_params(environ.get("CONTENT_TYPE", ""), tee)
+    return {
+        "client_ip": resolver.resolve(environ.get("REMOTE_ADDR"), headers),
+        "user_agent": environ.get("HTTP_USER_AGENT"),
+        "path": _wsgi_path(environ),
+        "verb": environ.get("REQUEST_METHOD", "GET"),
+        "params": _params(environ.get("QUERY_STRING", ""), path_params, form, json_body),
+    }
+
+
+def _django_info(request: Any, resolver: ClientIPResolver) -> RequestInfo:
+    meta = request.META
+    match = getattr(request, "resolver_match", None)
+    form = flat_pairs(request.POST.items()) if hasattr(request, "_post") and request.POST else None
+    return {
+        "client_ip": resolver.resolve(meta.get("REMOTE_ADDR"), _EnvironHeaders(meta)),
+        "user_agent": meta.get("HTTP_USER_AGENT"),
+        "path": request.path,
+        "verb": request.method or "GET",
+        "params": _params(meta.get("QUERY_STRING", ""), match.kwargs if match is not None else None, form),
+    }
+
+
+def _django_body(request: Any, max_bytes: int) -> Any:
+    ctype = request.META.get("CONTENT_TYPE", "")
+    body = getattr(request, "_body", None)
+    if body is None and hasattr(request, "_post") and not ctype.startswith("application/json"):
+        return flat_pairs(request.POST.items()) or None
+    if body is None and not getattr(request, "_read_started", False):
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if 0 < length <= max_bytes:
+            body = request.body  # Django caches it: the view can still read it
+    if body is None:
+        return None
+    return parse_body(ctype, body[:max_bytes], len(body) <= max_bytes)

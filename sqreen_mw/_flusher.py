@@ -1,0 +1,288 @@
+"""The background flusher: one daemon thread running an anyio loop that delivers the queue to the collector.
+
+It wakes on the heartbeat (``heartbeat_interval``), when a batch fills, when ``flush()`` asks, and at shutdown.
+Failed sends are retried with jittered exponential backoff (1 s doubling to 60 s) or the collector's ``Retry-After``;
+events older than ``max_event_age`` (from ``track()``) are dropped and counted. The thread is started lazily, so a
+process that forks before tracking anything (gunicorn ``--preload``) never forks a running flusher; a child that forks
+after it started gets a fresh queue and its own flusher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from ._queue import EventQueue, Record
+from ._transport import AUTH, DROP, OK, SPLIT, Outcome, Transport
+
+logger = logging.getLogger("sqreen_mw")
+
+
+class Flusher:
+    def __init__(
+        self,
+        queue: EventQueue,
+        make_transport: Callable[[], Transport],
+        serialize: Callable[[list[Record]], list[Any]],
+        *,
+        heartbeat_interval: float,
+        batch_size: int,
+        max_event_age: float,
+    ) -> None:
+        self.queue = queue
+        self._make_transport = make_transport
+        self._serialize = serialize
+        self.heartbeat_interval = heartbeat_interval
+        self.batch_size = batch_size
+        self.max_event_age = max_event_age
+        self.actions: list[Any] = []
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_event: anyio.Event | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._progress = threading.Condition()
+        self._start_lock = threading.Lock()
+        self._stopping = False
+        self._deadline = 0.0
+        self._forced = False
+        self._relogged = False
+        self._batch_limit = self.batch_size
+        self._backoff = 0.0
+        self._retry_at = 0.0  # monotonic time before which no send is tried (backoff)
+        self._retry_after_until = 0.0  # the collector's Retry-After: even flush() waits for it
+        self.sent = 0
+        self.retries = 0
+        self.last_error = ""
+
+    def after_fork(self) -> None:
+        self._reset_state()
+
+    # --- called from application threads -------------------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._pid != os.getpid():
+                self._reset_state()
+            if self._thread is None and not self._stopping:
+                self._thread = threading.Thread(target=self._run, name="sqreen_mw-flusher", daemon=True)
+                self._thread.start()
+
+    def wake(self, force: bool = False) -> bool:
+        """Wake the loop; ``force`` also skips the current backoff once. False when the loop is not running yet."""
+        if force:
+            self._forced = True
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            loop.call_soon_threadsafe(self._set_wake)
+        except RuntimeError:  # loop closed: nothing to wake
+            return False
+        return True
+
+    def flush(self, target: float, timeout: float) -> bool:
+        """Wait until every record up to sequence ``target`` is settled; True when none was dropped meanwhile."""
+        if self.queue.settled_through() >= target:
+            return True
+        dropped_before = sum(self.queue.dropped.values())
+        self.ensure_started()
+        woken = self.wake(force=True)
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while self.queue.settled_through() < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self._thread is not None and not self._thread.is_alive()):
+                    return False
+                self._progress.wait(min(remaining, 0.05 if not woken else 1.0))
+                if not woken:  # the loop was still starting: the first wake was lost
+                    woken = self.wake(force=True)
+        return sum(self.queue.dropped.values()) == dropped_before
+
+    def stop(self, timeout: float) -> None:
+        """Deliver what is queued within ``timeout`` seconds, log out, and end the thread."""
+        thread = self._thread
+        self._deadline = time.monotonic() + timeout
+        self._stopping = True
+        if thread is None or self._pid != os.getpid() or not thread.is_alive():
+            return
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._cancel_cycle)
+            except RuntimeError:
+                pass
+        thread.join(timeout + 0.5)
+
+    def _notify(self) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
+    # --- the loop thread ----------------------------------------------------------------------------------
+
+    def _set_wake(self) -> None:
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    def _cancel_cycle(self) -> None:
+        self._set_wake()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _run(self) -> None:
+        try:
+            anyio.run(self._main)
+        except Exception:  # never let the thread die silently
+            logger.exception("sqreen_mw flusher stopped on an unexpected error")
+        finally:
+            self._loop = None
+            self._notify()
+
+    async def _main(self) -> None:
+        self._wake_event = anyio.Event()
+        self._loop = asyncio.get_running_loop()
+        transport = self._make_transport()
+        next_beat = time.monotonic() + self.heartbeat_interval
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                wait = next_beat - now
+                if len(self.queue) >= self.batch_size:
+                    wait = min(wait, self._retry_at - now)
+                with anyio.move_on_after(max(0.0, wait)):
+                    await self._wake_event.wait()
+                self._wake_event = anyio.Event()
+                if self._stopping:
+                    break
+                beat = time.monotonic() >= next_beat
+                with anyio.CancelScope() as self._scope:
+                    await self._deliver(transport, everything=beat or self._forced)
+                    if beat:
+                        next_beat = time.monotonic() + self.heartbeat_interval
+                        await self._heartbeat(transport)
+                self._scope = None
+        finally:
+            with anyio.move_on_after(max(0.0, self._deadline - time.monotonic()), shield=True):
+                await self._deliver(transport, everything=True, final=True)
+                await transport.logout()
+            with anyio.move_on_after(0.2, shield=True):
+                await transport.aclose()
+
+    async def _login(self, transport: Transport) -> bool:
+        if transport.session is not None:
+            return True
+        outcome = await transport.login()
+        if outcome.kind == OK:
+            body = outcome.body or {}
+            self.actions = list(body.get("actions") or [])
+            logger.info("sqreen_mw logged in to the collector as app %r", body.get("app"))
+            return True
+        self._failed(outcome, "login")
+        return False
+
+    def _failed(self, outcome: Outcome, what: str) -> None:
+        if outcome.reason != self.last_error:
+            logger.warning("sqreen_mw could not reach the collector (%s): %s; will retry", what, outcome.reason)
+        self.last_error = outcome.reason
+        self.retries += 1
+        now = time.monotonic()
+        if outcome.retry_after is not None:
+            delay = outcome.retry_after
+            self._retry_after_until = now + delay
+        else:
+            self._backoff = min(60.0, max(1.0, self._backoff * 2))
+            delay = self._backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+        self._retry_at = now + delay
+
+    def _succeeded(self) -> None:
+        if self.last_error:
+            logger.info("sqreen_mw reached the collector again")
+        self.last_error = ""
+        self._backoff = 0.0
+        self._retry_at = 0.0
+
+    async def _deliver(self, transport: Transport, *, everything: bool, final: bool = False) -> None:
+        """Send batches; ``everything`` sends a partial last batch too (heartbeat, flush, exit)."""
+        forced, self._forced = self._forced, False
+        self._relogged = False
+        queue = self.queue
+        while True:
+            queue.expire(time.time_ns() - int(self.max_event_age * 1e9))
+            self._notify()
+            if not len(queue) or (not everything and len(queue) < self.batch_size):
+                return
+            now = time.monotonic()
+            if now < self._retry_after_until or (now < self._retry_at and not (forced or final)):
+                return
+            if not await self._login(transport):
+                return
+            batch = queue.take(self._batch_limit)
+            if not batch:
+                return
+            try:
+                outcome = await transport.send_batch(self._serialize(batch))
+            except BaseException:
+                queue.give_back(batch)
+                raise
+            if not self._settle(transport, batch, outcome):
+                return
+
+    def _settle(self, transport: Transport, batch: list[Record], outcome: Outcome) -> bool:
+        """Account for one batch's outcome; return False to stop sending for now."""
+        try:
+            if outcome.kind == OK:
+                self.queue.done()
+                self.sent += len(batch)
+                self._batch_limit = min(self.batch_size, self._batch_limit * 2)
+                self._succeeded()
+                return True
+            if outcome.kind == SPLIT and len(batch) > 1:
+                self._batch_limit = max(1, len(batch) // 2)
+                self.queue.give_back(batch)
+                return True
+            if outcome.kind in (SPLIT, DROP):
+                reason = "too_large" if outcome.kind == SPLIT else "rejected"
+                self.queue.done()
+                self.queue.drop(reason, len(batch))
+                logger.error("sqreen_mw collector refused %d event(s): %s", len(batch), outcome.reason)
+                return True
+            self.queue.give_back(batch)
+            if outcome.kind == AUTH:
+                transport.session = None  # log in again, once per round
+                if not self._relogged:
+                    self._relogged = True
+                    return True
+            self._failed(outcome, "batch")
+            return False
+        finally:
+            self._notify()
+
+    async def _heartbeat(self, transport: Transport) -> None:
+        if time.monotonic() < self._retry_after_until or not await self._login(transport):
+            return
+        outcome = await transport.heartbeat(self.statistics())
+        if outcome.kind == OK:
+            body = outcome.body or {}
+            if "actions" in body:
+                self.actions = list(body.get("actions") or [])
+        elif outcome.kind == AUTH:
+            transport.session = None
+
+    def statistics(self) -> dict[str, Any]:
+        stats = self.queue.statistics()
+        stats["sent"] = self.sent
+        stats["retries"] = self.retries
+        return stats

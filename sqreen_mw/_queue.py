@@ -1,0 +1,134 @@
+"""The bounded in-memory event queue between ``track()`` and the flusher.
+
+``put()`` never blocks on I/O and never raises: the lock is only held for a few list operations. When the queue is
+over its bounds (events or bytes) the oldest events are dropped and counted under ``queue_full``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+logger = logging.getLogger("sqreen_mw")
+
+#: Queued record layout (a tuple keeps it small): see ``_client.Client.track``.
+Record = tuple[Any, ...]
+TRACKED_AT = 0  # index of the track() wall clock in nanoseconds
+SEQ = 1  # index of the sequence number (increasing in queue order)
+SIZE = 8  # index of the byte estimate
+
+
+class EventQueue:
+    """A deque bounded by count and by estimated bytes, with drop counters by reason."""
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._items: deque[Record] = deque()
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self.tracked = 0
+        self.dropped: dict[str, int] = {}
+        self._warned: set[str] = set()
+        self.inflight_first: int | None = None  # first sequence number of the batch being sent
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, record: Record) -> int:
+        """Append ``record``; return the new length (the caller wakes the flusher when a batch is full)."""
+        with self._lock:
+            items = self._items
+            items.append(record)
+            self._bytes += record[SIZE]
+            self.tracked += 1
+            n = len(items)
+            if n > self.max_events or self._bytes > self.max_bytes:
+                self._shed()
+                n = len(items)
+        return n
+
+    def _shed(self) -> None:
+        items = self._items
+        dropped = 0
+        while items and (len(items) > self.max_events or self._bytes > self.max_bytes):
+            self._bytes -= items.popleft()[SIZE]
+            dropped += 1
+        self._count_drop("queue_full", dropped)
+
+    def _count_drop(self, reason: str, n: int) -> None:
+        if not n:
+            return
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+        if reason not in self._warned:
+            self._warned.add(reason)
+            logger.warning("sqreen_mw dropped %d event(s): %s (further drops are counted, not logged)", n, reason)
+
+    def drop(self, reason: str, n: int) -> None:
+        """Count ``n`` events dropped outside the queue (by the flusher)."""
+        with self._lock:
+            self._count_drop(reason, n)
+
+    def take(self, n: int) -> list[Record]:
+        """Remove and return up to ``n`` of the oldest records; they are in flight until :meth:`done`."""
+        with self._lock:
+            items = self._items
+            batch = [items.popleft() for _ in range(min(n, len(items)))]
+            self._bytes -= sum(r[SIZE] for r in batch)
+            if batch:
+                self.inflight_first = batch[0][SEQ]
+        return batch
+
+    def done(self) -> None:
+        """The batch in flight was delivered or dropped."""
+        with self._lock:
+            self.inflight_first = None
+
+    def settled_through(self) -> float:
+        """Every record with a sequence number up to this has been delivered or dropped."""
+        with self._lock:
+            ends = [self._items[0][SEQ] - 1] if self._items else []
+            if self.inflight_first is not None:
+                ends.append(self.inflight_first - 1)
+            return min(ends) if ends else float("inf")
+
+    def give_back(self, batch: list[Record]) -> None:
+        """Put a batch that could not be delivered back at the front, still within the bounds."""
+        with self._lock:
+            self.inflight_first = None
+            self._items.extendleft(reversed(batch))
+            self._bytes += sum(r[SIZE] for r in batch)
+            if len(self._items) > self.max_events or self._bytes > self.max_bytes:
+                self._shed()
+
+    def expire(self, tracked_before_ns: int) -> int:
+        """Drop the records queued by ``track()`` before the given wall clock; return how many."""
+        with self._lock:
+            items = self._items
+            n = 0
+            while items and items[0][TRACKED_AT] < tracked_before_ns:
+                self._bytes -= items.popleft()[SIZE]
+                n += 1
+            self._count_drop("expired", n)
+        return n
+
+    def clear(self) -> None:
+        """Forget everything (a forked child starts empty: its parent delivers what it tracked)."""
+        self._lock = threading.Lock()
+        self._items = deque()
+        self._bytes = 0
+        self.tracked = 0
+        self.dropped = {}
+        self._warned = set()
+        self.inflight_first = None
+
+    def statistics(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "queued": len(self._items),
+                "queued_bytes": self._bytes,
+                "tracked": self.tracked,
+                "dropped": dict(self.dropped),
+            }

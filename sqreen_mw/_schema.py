@@ -1,0 +1,186 @@
+"""The event schema shared by the SDK and the collector: limits, validators and wire payload types.
+
+Validators raise :class:`InvalidEvent` with a message naming the argument, the rule and the value given.
+They are on the hot path of ``track()``: the common case (a small dict of plain scalars) takes one loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+from ._exceptions import InvalidEvent
+
+MAX_NAME_LENGTH = 255
+MAX_PROPERTIES = 16
+MAX_KEY_LENGTH = 255
+#: Longer string property values are cut to this many characters, the last ones being TRUNCATION_MARKER.
+MAX_STRING_LENGTH = 4096
+TRUNCATION_MARKER = "...[truncated]"
+RESERVED_PREFIX = "sq."
+REDACTED = "[REDACTED]"
+
+Scalar = str | int | float | bool | None
+Properties = dict[str, Scalar]
+UserIdentifiers = dict[str, str | int]
+
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_name(name: object, *, allow_reserved: bool = False) -> str:
+    """Return ``name`` if it is a valid event name, else raise :class:`InvalidEvent`."""
+    if type(name) is not str:
+        if not isinstance(name, str):
+            raise InvalidEvent(f"event_name must be a str, got {type(name).__name__} {_show(name)}")
+        name = str(name)
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise InvalidEvent(f"event_name must be 1 to {MAX_NAME_LENGTH} characters long, got {len(name)}: {_show(name)}")
+    if not allow_reserved and name.startswith(RESERVED_PREFIX):
+        raise InvalidEvent(f"event_name must not start with {RESERVED_PREFIX!r} (reserved for sqreen_mw), got {name!r}")
+    return name
+
+
+def _scalar(arg: str, key: str, value: object) -> Scalar:
+    # Slow path of check_properties: subclasses of the JSON scalars, non-finite floats, long strings.
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEvent(f"{arg}[{key!r}] must be a finite number (JSON has no NaN/Infinity), got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        value = str(value)
+        if len(value) > MAX_STRING_LENGTH:
+            return value[: MAX_STRING_LENGTH - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+        return value
+    if value is None:
+        return None
+    raise InvalidEvent(
+        f"{arg}[{key!r}] must be a str, int, float, bool or None, got {type(value).__name__} {_show(value)}"
+    )
+
+
+def _bad_key(arg: str, key: object) -> InvalidEvent:
+    if not isinstance(key, str):
+        return InvalidEvent(f"{arg} keys must be str, got {type(key).__name__} {_show(key)}")
+    return InvalidEvent(f"{arg} keys must be 1 to {MAX_KEY_LENGTH} characters long, got {_show(key)}")
+
+
+def check_properties(properties: object, arg: str = "properties") -> tuple[Properties, int]:
+    """Validate and copy event properties.
+
+    :return: the copy and an estimate of its size in bytes (for the queue's byte bound).
+    :raises InvalidEvent: not a mapping, more than 16 entries, a key that is not a short ``str``, a value that is not
+        a JSON scalar.
+    """
+    if type(properties) is not dict:
+        if not isinstance(properties, Mapping):
+            raise InvalidEvent(f"{arg} must be a mapping, got {type(properties).__name__} {_show(properties)}")
+        properties = dict(properties)
+    if len(properties) > MAX_PROPERTIES:
+        raise InvalidEvent(
+            f"{arg} may have at most {MAX_PROPERTIES} entries, got {len(properties)}: {sorted(map(str, properties))}"
+        )
+    out: Properties = {}
+    size = 0
+    for key, value in properties.items():
+        if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
+            raise _bad_key(arg, key)
+        tv = type(value)
+        if tv is str:
+            if len(value) > MAX_STRING_LENGTH:
+                value = _scalar(arg, key, value)
+            size += len(value)
+        elif tv not in _SCALAR_TYPES or (tv is float and not math.isfinite(value)):
+            value = _scalar(arg, key, value)
+        out[key] = value
+        size += len(key) + 100
+    return out, size
+
+
+def check_user_identifiers(user_identifiers: object, arg: str = "user_identifiers") -> UserIdentifiers:
+    """Validate and copy a user identifier map (``str`` keys, ``str`` or ``int`` values, at least one entry)."""
+    if not isinstance(user_identifiers, Mapping):
+        raise InvalidEvent(f"{arg} must be a mapping, got {type(user_identifiers).__name__} {_show(user_identifiers)}")
+    if not user_identifiers:
+        raise InvalidEvent(f"{arg} must name the user with at least one identifier, got an empty mapping")
+    if len(user_identifiers) > MAX_PROPERTIES:
+        raise InvalidEvent(f"{arg} may have at most {MAX_PROPERTIES} entries, got {len(user_identifiers)}")
+    out: UserIdentifiers = {}
+    for key, value in user_identifiers.items():
+        if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
+            raise _bad_key(arg, key)
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise InvalidEvent(f"{arg}[{key!r}] must be a str or int, got {type(value).__name__} {_show(value)}")
+        if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+            raise InvalidEvent(f"{arg}[{key!r}] must be at most {MAX_STRING_LENGTH} characters, got {len(value)}")
+        out[key] = value if type(value) in (str, int) else (str(value) if isinstance(value, str) else int(value))
+    return out
+
+
+def check_timestamp(timestamp: object) -> float:
+    """Return a ``datetime`` as POSIX seconds; a naive datetime is taken as UTC."""
+    if not isinstance(timestamp, datetime):
+        raise InvalidEvent(f"timestamp must be a datetime, got {type(timestamp).__name__} {_show(timestamp)}")
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=UTC)
+    return timestamp.timestamp()
+
+
+def format_timestamp(seconds: float) -> str:
+    """POSIX seconds to ISO 8601 UTC with microseconds and a ``Z``: the wire and API format."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> float:
+    """ISO 8601 to POSIX seconds; no offset means UTC. Raises ``ValueError`` on garbage."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+class RequestInfo(TypedDict):
+    """Default properties taken from the HTTP request, scrubbed."""
+
+    client_ip: str | None
+    user_agent: str | None
+    path: str
+    verb: str
+    params: dict[str, Any]
+
+
+class WireEvent(TypedDict):
+    """One event as the SDK sends it in a batch."""
+
+    id: str
+    name: str
+    timestamp: str
+    properties: Properties
+    user_identifiers: UserIdentifiers | None
+    request: RequestInfo | None
+    body: Any
+
+
+class WireBatch(TypedDict):
+    events: list[WireEvent]
+
+
+class Stats(TypedDict):
+    """Delivery statistics the SDK reports in each heartbeat."""
+
+    queued: int
+    queued_bytes: int
+    tracked: int
+    sent: int
+    dropped: dict[str, int]
+    retries: int

@@ -1,0 +1,130 @@
+"""Talking to the collector (protocol v1, ``docs/protocol.md``) over ``httpx.AsyncClient``.
+
+The status policy lives in :func:`classify`: 2xx delivered; 401 log in again; 408, 429 and 5xx (and network errors)
+retry, honouring ``Retry-After``; 413 split the batch; any other 4xx drop the batch with the collector's reason.
+The API key travels in a header, never in a URL (httpx logs URLs).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import json
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ._version import __version__
+
+OK, RETRY, AUTH, SPLIT, DROP = "ok", "retry", "auth", "split", "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: str
+    reason: str = ""
+    retry_after: float | None = None
+    body: Any = None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return f"HTTP {response.status_code}" + (f": {str(error)[:200]}" if error else "")
+
+
+def classify(response: httpx.Response) -> Outcome:
+    """Map a collector response to what the flusher does next."""
+    status = response.status_code
+    if 200 <= status < 300:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return Outcome(OK, body=body)
+    if status == 401:
+        return Outcome(AUTH, _reason(response))
+    if status in (408, 429) or status >= 500:
+        return Outcome(RETRY, _reason(response), _retry_after(response.headers.get("retry-after")))
+    if status == 413:
+        return Outcome(SPLIT, _reason(response))
+    return Outcome(DROP, _reason(response))
+
+
+class Transport:
+    """One agent session with the collector."""
+
+    def __init__(
+        self, url: str, token: str, app_name: str | None, timeout: float, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self._token = token
+        self._app_name = app_name
+        self._client = client or httpx.AsyncClient(base_url=url, timeout=timeout)
+        self._headers = {"User-Agent": f"sqreen_mw/{__version__}"}
+        self.session: str | None = None
+
+    async def _post(self, path: str, content: bytes, headers: dict[str, str]) -> Outcome:
+        try:
+            response = await self._client.post(path, content=content, headers={**self._headers, **headers})
+        except httpx.HTTPError as exc:
+            return Outcome(RETRY, f"{type(exc).__name__}: {exc}")
+        return classify(response)
+
+    async def login(self) -> Outcome:
+        body = {
+            "app_name": self._app_name,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "sdk_version": __version__,
+            "runtime": f"{platform.python_implementation()} {platform.python_version()}",
+        }
+        outcome = await self._post(
+            "/api/v1/agent/login",
+            json.dumps(body).encode(),
+            {"X-Api-Key": self._token, "Content-Type": "application/json"},
+        )
+        if outcome.kind == OK and isinstance(outcome.body, dict) and outcome.body.get("session_id"):
+            self.session = str(outcome.body["session_id"])
+        elif outcome.kind == OK:
+            return Outcome(RETRY, "login answer without session_id")
+        return outcome
+
+    def _session_headers(self, extra: dict[str, str]) -> dict[str, str]:
+        return {"X-Session-Key": self.session or "", "Content-Type": "application/json", **extra}
+
+    async def heartbeat(self, stats: dict[str, Any]) -> Outcome:
+        payload = json.dumps({"stats": stats}).encode()
+        return await self._post("/api/v1/agent/heartbeat", payload, self._session_headers({}))
+
+    async def send_batch(self, events: list[Any]) -> Outcome:
+        payload = gzip.compress(json.dumps({"events": events}, separators=(",", ":")).encode(), compresslevel=5)
+        return await self._post("/api/v1/agent/batch", payload, self._session_headers({"Content-Encoding": "gzip"}))
+
+    async def logout(self) -> None:
+        if self.session is not None:
+            await self._post("/api/v1/agent/logout", b"{}", self._session_headers({}))
+            self.session = None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

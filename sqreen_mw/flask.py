@@ -1,0 +1,27 @@
+"""Flask helper: ``sqreen_mw.flask.instrument(app)`` wraps ``app.wsgi_app`` in the WSGI middleware.
+
+Inside a Flask request the default properties also carry the view arguments (``params.path``) and the form or JSON
+fields the view already parsed (``params.form`` / ``params.json``).
+"""
+
+from __future__ import annotations
+
+try:
+    from flask import Flask
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("sqreen_mw.flask needs Flask: pip install 'sqreen_mw[flask]'") from exc
+
+from ._client import Client
+from .wsgi import SqreenMiddleware
+
+__all__ = ["SqreenMiddleware", "instrument"]
+
+
+def instrument(app: Flask, *, client: Client | None = None) -> Flask:
+    """Wrap ``app.wsgi_app`` with :class:`sqreen_mw.wsgi.SqreenMiddleware` and return the app.
+
+    :param app: the Flask application.
+    :param client: the client to use; default the one ``sqreen_mw.init()`` made.
+    """
+    app.wsgi_app = SqreenMiddleware(app.wsgi_app, client=client)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,156 @@
+"""Test support: run real servers (the collector, apps under uvicorn/gunicorn) on loopback with bounded waits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+API_KEY = "test-api-key"
+ADMIN_TOKEN = "test-admin-token"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_line_matching(proc: subprocess.Popen[str], pattern: str, timeout: float) -> re.Match[str]:
+    """Poll the process's output file until a line matches, within ``timeout`` seconds."""
+    log = _LOGS[proc.pid]
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace")
+        match = re.search(pattern, text)
+        if match:
+            return match
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no line matching {pattern!r} within {timeout}s (exit={proc.poll()}); output:\n{text}")
+        time.sleep(0.05)
+
+
+def output_of(proc: subprocess.Popen[str]) -> str:
+    """Everything the process printed so far (stdout and stderr)."""
+    return _LOGS[proc.pid].read_text(errors="replace")
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    """Signal the process (group) and wait for it; kill it if it does not exit in time."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+            raise AssertionError(f"process {proc.args} did not exit within {timeout}s of signal {sig}") from None
+    return int(proc.returncode)
+
+
+_LOGS: dict[int, Path] = {}
+
+
+def spawn(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start a process whose output goes to a file (a pipe nobody reads could fill up and block the server)."""
+    fd, name = tempfile.mkstemp(prefix="sqreen_mw-test-", suffix=".log")
+    try:
+        proc = subprocess.Popen(
+            list(args),
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=str(cwd or ROOT),
+            start_new_session=True,  # its own process group: stop_process signals the server and its workers
+        )
+    finally:
+        os.close(fd)
+    _LOGS[proc.pid] = Path(name)
+    return proc
+
+
+@dataclass
+class Collector:
+    url: str
+    process: subprocess.Popen[str] | None = None
+    api_key: str = API_KEY
+    admin_token: str = ADMIN_TOKEN
+    _admin: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._admin = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10.0
+        )
+
+    def events(self, **filters: Any) -> list[dict[str, Any]]:
+        """Every stored event matching the filters, newest first (follows the cursor)."""
+        out: list[dict[str, Any]] = []
+        params = {"limit": 1000, **filters}
+        while True:
+            response = self._admin.get("/api/v1/events", params=params)
+            response.raise_for_status()
+            body = response.json()
+            out.extend(body["events"])
+            if not body["next"]:
+                return out
+            params["cursor"] = body["next"]
+
+    def agents(self) -> list[dict[str, Any]]:
+        response = self._admin.get("/api/v1/agents")
+        response.raise_for_status()
+        return list(response.json()["agents"])
+
+    def wait_for(
+        self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = 15.0, **filters: Any
+    ) -> list[dict[str, Any]]:
+        """Poll the events until ``check(events)`` holds; return them (fail with what was seen after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        events = self.events(**filters)
+        while not check(events) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            events = self.events(**filters)
+        return events
+
+
+@contextlib.contextmanager
+def start_collector(db: Path, port: int = 0, extra: Sequence[str] = ()) -> Iterator[Collector]:
+    proc = spawn(
+        [
+            sys.executable, "-m", "sqreen_mw.collector.cli", "serve", "--db", str(db), "--api-key", API_KEY,
+            "--admin-token", ADMIN_TOKEN, "--host", "127.0.0.1", "--port", str(port), *extra,
+        ]
+    )
+    try:
+        match = read_line_matching(proc, r"listening on (http://[\d.]+:\d+)", 20.0)
+        collector = Collector(match.group(1), proc)
+        yield collector
+    finally:
+        stop_process(proc, signal.SIGTERM)

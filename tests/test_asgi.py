@@ -1,0 +1,204 @@
+"""The ASGI middleware in-process (Starlette and FastAPI driven through httpx.ASGITransport)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+import sqreen_mw
+from sqreen_mw._context import current_context
+from sqreen_mw.asgi import SqreenMiddleware
+from sqreen_mw.testing import capture_events
+
+MakeClient = Callable[..., sqreen_mw.Client]
+pytestmark = pytest.mark.anyio
+
+
+async def login(request: Request) -> JSONResponse:
+    form = await request.form()
+    sqreen_mw.auth_track(True, email=str(form["email"]))
+    sqreen_mw.track("after.login", properties={"step": 1})
+    return JSONResponse({"ok": True})
+
+
+def sync_item(request: Request) -> PlainTextResponse:  # runs in the thread pool
+    sqreen_mw.identify({"id": 42})
+    sqreen_mw.track("item.viewed", properties={"item": request.path_params["item_id"]})
+    return PlainTextResponse("ok")
+
+
+async def order(request: Request) -> JSONResponse:
+    payload = await request.json()
+    sqreen_mw.track("order.placed", properties={"total": payload["total"]}, collect_body=True)
+    return JSONResponse({"echo": payload})
+
+
+async def stream(request: Request) -> StreamingResponse:
+    async def body() -> Any:
+        yield b"a"
+        sqreen_mw.track("stream.chunk")
+        yield b"b"
+
+    return StreamingResponse(body())
+
+
+async def unread_body(request: Request) -> PlainTextResponse:
+    sqreen_mw.track("unread", collect_body=True)
+    return PlainTextResponse((await request.body()).decode())
+
+
+def make_app() -> Starlette:
+    app = Starlette(routes=[
+        Route("/login", login, methods=["POST"]),
+        Route("/items/{item_id}", sync_item),
+        Route("/order", order, methods=["POST"]),
+        Route("/stream", stream),
+        Route("/unread", unread_body, methods=["POST"]),
+    ])
+    app.add_middleware(SqreenMiddleware)
+    return app
+
+
+def client_for(app: Any, client: tuple[str, int] = ("203.0.113.9", 5000)) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=client), base_url="http://app")
+
+
+async def test_default_properties_and_inherited_user(make_client: MakeClient) -> None:
+    make_client()
+    async with client_for(make_app()) as http:
+        with capture_events() as events:
+            response = await http.post(
+                "/login?next=%2Fhome&token=abc", data={"email": "bob@example.com", "password": "hunter2"},
+                headers={"User-Agent": "pytest-agent/1.0"},
+            )
+    assert response.status_code == 200
+    auth, after = events
+    assert auth["name"] == "sq.auth_track" and auth["user_identifiers"] == {"email": "bob@example.com"}
+    assert after["user_identifiers"] == {"email": "bob@example.com"}  # inherited from auth_track(True)
+    request = after["request"]
+    assert request is not None
+    assert request["client_ip"] == "203.0.113.9"
+    assert request["user_agent"] == "pytest-agent/1.0"
+    assert (request["path"], request["verb"]) == ("/login", "POST")
+    assert request["params"]["query"] == {"next": "/home", "token": "[REDACTED]"}
+    assert request["params"]["form"] == {"email": "bob@example.com", "password": "[REDACTED]"}
+    assert current_context.get() is None
+
+
+async def test_sync_endpoint_in_thread_pool_sees_the_context(make_client: MakeClient) -> None:
+    make_client()
+    async with client_for(make_app()) as http:
+        with capture_events() as events:
+            await http.get("/items/sku-9")
+    (event,) = events
+    assert event["user_identifiers"] == {"id": 42}
+    assert event["request"] is not None and event["request"]["params"]["path"] == {"item_id": "sku-9"}
+
+
+async def test_collect_body_leaves_the_body_to_the_app(make_client: MakeClient) -> None:
+    make_client()
+    payload = {"total": 99, "card": "4111111111111111", "note": "gift"}
+    async with client_for(make_app()) as http:
+        with capture_events() as events:
+            response = await http.post("/order", json=payload)
+    assert response.json() == {"echo": payload}
+    (event,) = events
+    assert event["body"] == {"total": 99, "card": "[REDACTED]", "note": "gift"}
+    assert event["request"] is not None and event["request"]["params"]["json"]["card"] == "[REDACTED]"
+
+
+async def test_body_over_the_cap_is_cut_and_marked(make_client: MakeClient) -> None:
+    make_client(max_body_bytes=16)
+    async with client_for(make_app()) as http:
+        with capture_events() as events:
+            response = await http.post("/order", content=json.dumps({"total": 1, "pad": "x" * 100}),
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    assert events[0]["body"] == '{"total": 1, "pa...[truncated]'
+
+
+async def test_body_not_read_by_the_app_is_not_collected_and_still_reaches_it(make_client: MakeClient) -> None:
+    make_client()
+    async with client_for(make_app()) as http:
+        with capture_events() as events:
+            response = await http.post("/unread", content=b"hello")
+    assert response.text == "hello"
+    assert events[0]["body"] is None
+
+
+async def test_streamed_response_keeps_the_context(make_client: MakeClient) -> None:
+    make_client()
+    async with client_for(make_app()) as http:
+        with capture_events() as events:
+            response = await http.get("/stream")
+    assert response.text == "ab"
+    assert events[0]["request"] is not None and events[0]["request"]["path"] == "/stream"
+
+
+async def test_request_argument_accepts_starlette_request_and_scope(make_client: MakeClient) -> None:
+    make_client()
+    seen: list[Any] = []
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        sqreen_mw.track("explicit", request=request)
+        sqreen_mw.track("explicit", request=request.scope)
+        seen.append(request)
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/x", endpoint)])  # no middleware: request= is the only way in
+    async with client_for(app) as http:
+        with capture_events() as events:
+            await http.get("/x?q=1")
+    assert [e["request"]["params"] for e in events if e["request"]] == [{"query": {"q": "1"}}] * 2
+
+
+async def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored(make_client: MakeClient) -> None:
+    make_client()
+    async with client_for(make_app()) as http:
+        with capture_events() as events:
+            await http.get("/items/1", headers={"X-Forwarded-For": "1.2.3.4"})
+    assert events[0]["request"] is not None and events[0]["request"]["client_ip"] == "203.0.113.9"
+    async with client_for(make_app(), client=("10.0.0.5", 1)) as http:
+        with capture_events() as events:
+            await http.get("/items/1", headers={"X-Forwarded-For": "198.51.100.7, 10.0.0.2"})
+    assert events[0]["request"] is not None and events[0]["request"]["client_ip"] == "198.51.100.7"
+
+
+async def test_fastapi_app(make_client: MakeClient) -> None:
+    fastapi = pytest.importorskip("fastapi")
+    make_client()
+    app = fastapi.FastAPI()
+    app.add_middleware(SqreenMiddleware)
+
+    @app.get("/users/{user_id}")
+    def read_user(user_id: int) -> dict[str, int]:
+        sqreen_mw.identify({"id": user_id})
+        sqreen_mw.track("user.read")
+        return {"id": user_id}
+
+    async with client_for(app) as http:
+        with capture_events() as events:
+            assert (await http.get("/users/7?password=x")).json() == {"id": 7}
+    (event,) = events
+    assert event["user_identifiers"] == {"id": 7}
+    assert event["request"] is not None
+    assert event["request"]["params"] == {"query": {"password": "[REDACTED]"}, "path": {"user_id": "7"}}
+
+
+async def test_non_http_scopes_pass_through() -> None:
+    calls: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["type"])
+        assert current_context.get() is None
+
+    await SqreenMiddleware(app)({"type": "websocket", "path": "/ws"}, None, None)  # type: ignore[arg-type]
+    assert calls == ["websocket"]

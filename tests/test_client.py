@@ -1,0 +1,144 @@
+"""track / identify / auth_track / signup_track as users call them, seen through capture_events()."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import sqreen_mw
+from sqreen_mw import ConfigurationError, InvalidEvent
+from sqreen_mw.testing import capture_events
+
+MakeClient = Callable[..., sqreen_mw.Client]
+
+
+def test_track_outside_a_request_has_no_request_and_no_user(make_client: MakeClient) -> None:
+    make_client()
+    with capture_events() as events:
+        assert sqreen_mw.track("order.placed", properties={"amount": 12.5, "currency": "EUR", "gift": False})
+    (event,) = events
+    assert event["name"] == "order.placed"
+    assert event["properties"] == {"amount": 12.5, "currency": "EUR", "gift": False}
+    assert event["request"] is None and event["user_identifiers"] is None and event["body"] is None
+    assert uuid.UUID(event["id"]).version == 7
+
+
+def test_options_mapping_is_the_same_as_keywords(make_client: MakeClient) -> None:
+    make_client()
+    when = datetime(2018, 3, 15, 13, 42, tzinfo=UTC)
+    with capture_events() as events:
+        sqreen_mw.track("a", {"properties": {"foo": "bar"}, "user_identifiers": {"id": 1}, "timestamp": when})
+        sqreen_mw.track("a", properties={"foo": "bar"}, user_identifiers={"id": 1}, timestamp=when)
+    first, second = ({k: v for k, v in e.items() if k != "id"} for e in events)
+    assert first == second
+    assert first["timestamp"] == "2018-03-15T13:42:00.000000Z"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: sqreen_mw.track("a", {"propertys": {}}), "options has unknown keys ['propertys']"),
+        (lambda: sqreen_mw.track("a", {"properties": {}}, properties={"x": 1}), "properties was given both"),
+        (lambda: sqreen_mw.track("a", ["properties"]), "options must be a mapping"),  # type: ignore[arg-type]
+        (lambda: sqreen_mw.track("a", properties={"x": object()}), "properties['x'] must be a str"),
+        (lambda: sqreen_mw.track("a", properties="x=1"), "properties must be a mapping"),  # type: ignore[arg-type]
+        (lambda: sqreen_mw.track("a", timestamp=1520000000), "timestamp must be a datetime, got int"),
+        (lambda: sqreen_mw.track("a", request=object()), "request must be a Starlette"),
+        (lambda: sqreen_mw.identify({}), "at least one identifier"),
+        (lambda: sqreen_mw.identify({"id": 1}, traits={"plan": ["pro"]}), "traits['plan']"),
+        (lambda: sqreen_mw.auth_track("yes", email="a@b.c"), "success must be a bool"),  # type: ignore[arg-type]
+        (lambda: sqreen_mw.auth_track(True), "auth_track user identifiers must name the user"),
+        (lambda: sqreen_mw.signup_track(), "signup_track user identifiers must name the user"),
+        (lambda: sqreen_mw.track("sq.auth_track"), "reserved"),
+    ],
+)
+def test_bad_calls_raise_at_the_call_site(make_client: MakeClient, call: Callable[[], Any], message: str) -> None:
+    make_client()
+    with capture_events() as events, pytest.raises(InvalidEvent) as info:
+        call()
+    assert message in str(info.value)
+    assert events == []
+
+
+def test_auth_and_signup_are_sdk_events(make_client: MakeClient) -> None:
+    make_client()
+    with capture_events() as events:
+        sqreen_mw.auth_track(False, email="eve@example.com")
+        sqreen_mw.auth_track(True, email="bob@example.com", shop=3)
+        sqreen_mw.signup_track(email="new@example.com")
+    assert [(e["name"], e["properties"], e["user_identifiers"]) for e in events] == [
+        ("sq.auth_track", {"success": False}, {"email": "eve@example.com"}),
+        ("sq.auth_track", {"success": True}, {"email": "bob@example.com", "shop": 3}),
+        ("sq.signup_track", {}, {"email": "new@example.com"}),
+    ]
+
+
+def test_properties_are_scrubbed_before_they_leave(make_client: MakeClient) -> None:
+    make_client()
+    with capture_events() as events:
+        sqreen_mw.track("payment.failed", properties={"card": "4111 1111 1111 1111", "api_key": "k", "step": 2})
+    assert events[0]["properties"] == {"card": "[REDACTED]", "api_key": "[REDACTED]", "step": 2}
+
+
+def test_scrubbing_can_be_turned_off(make_client: MakeClient) -> None:
+    make_client(strip_sensitive_data=False)
+    with capture_events() as events:
+        sqreen_mw.track("x", properties={"password": "hunter2"})
+    assert events[0]["properties"] == {"password": "hunter2"}
+
+
+def test_ids_are_unique_and_time_ordered(make_client: MakeClient) -> None:
+    make_client()
+    with capture_events() as events:
+        for _ in range(2000):
+            sqreen_mw.track("x")
+    ids = [e["id"] for e in events]
+    assert len(set(ids)) == 2000
+    assert ids == sorted(ids)
+
+
+def test_without_token_calls_are_validated_and_nothing_is_queued(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client()
+    assert sqreen_mw.track("x") is False
+    with pytest.raises(InvalidEvent):
+        sqreen_mw.track("")
+    assert client.statistics()["queued"] == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sqreen_mw" and r.levelno == logging.WARNING]
+    assert sum("no token" in w for w in warnings) == 1
+
+
+def test_unknown_option_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="unknown init\\(\\) option 'heartbeat_intervall'; did you mean "
+                                                 "'heartbeat_interval'"):
+        sqreen_mw.Client(heartbeat_intervall=5)
+    with pytest.raises(ConfigurationError, match="heartbeat_interval must be > 0"):
+        sqreen_mw.Client(heartbeat_interval=0)
+    with pytest.raises(ConfigurationError, match="url must be an http"):
+        sqreen_mw.Client(url="127.0.0.1:8707")
+
+
+def test_environment_configures_the_client(monkeypatch: pytest.MonkeyPatch, make_client: MakeClient) -> None:
+    monkeypatch.setenv("SQREEN_TOKEN", "from-env")
+    monkeypatch.setenv("SQREEN_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("SQREEN_HEARTBEAT_INTERVAL", "5")
+    client = make_client()
+    assert client.settings["token"] == "from-env"
+    assert client.settings["url"] == "http://127.0.0.1:9"
+    assert client.settings["heartbeat_interval"] == 5.0
+    monkeypatch.setenv("SQREEN_HEARTBEAT_INTERVAL", "soon")
+    with pytest.raises(ConfigurationError, match="SQREEN_HEARTBEAT_INTERVAL must be a number of seconds, got 'soon'"):
+        sqreen_mw.Client()
+
+
+def test_shutdown_stops_queueing(make_client: MakeClient) -> None:
+    client = make_client(token="k", url="http://127.0.0.1:9")
+    client.shutdown(timeout=0.1)
+    assert sqreen_mw.track("after") is False
+    assert client.statistics()["tracked"] == 0

@@ -1,0 +1,140 @@
+"""Validation rules of DESIGN §2: every broken rule raises InvalidEvent naming the argument, the rule and the value."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sqreen_mw import InvalidEvent
+from sqreen_mw._schema import (
+    MAX_STRING_LENGTH,
+    TRUNCATION_MARKER,
+    check_name,
+    check_properties,
+    check_timestamp,
+    check_user_identifiers,
+    format_timestamp,
+    parse_timestamp,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (None, "event_name must be a str, got NoneType"),
+        (42, "event_name must be a str, got int 42"),
+        (b"bytes", "event_name must be a str, got bytes"),
+        ("", "event_name must be 1 to 255 characters long, got 0"),
+        ("x" * 256, "event_name must be 1 to 255 characters long, got 256"),
+        ("sq.auth_track", "must not start with 'sq.'"),
+    ],
+)
+def test_bad_names_are_refused_with_the_rule(name: Any, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        check_name(name)
+
+
+def test_invalid_event_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="event_name"):
+        check_name("")
+
+
+def test_names_at_the_limits_pass() -> None:
+    assert check_name("x" * 255) == "x" * 255
+    assert check_name("a") == "a"
+    assert check_name("sq.action.block_ip", allow_reserved=True) == "sq.action.block_ip"
+
+
+@pytest.mark.parametrize(
+    ("properties", "message"),
+    [
+        ([("a", 1)], "properties must be a mapping, got list"),
+        ({str(i): i for i in range(17)}, "properties may have at most 16 entries, got 17"),
+        ({1: "x"}, "properties keys must be str, got int 1"),
+        ({"": "x"}, "properties keys must be 1 to 255 characters long"),
+        ({"a": [1, 2]}, "properties['a'] must be a str, int, float, bool or None, got list [1, 2]"),
+        ({"a": {"b": 1}}, "properties['a'] must be a str, int, float, bool or None, got dict"),
+        ({"a": float("nan")}, "properties['a'] must be a finite number"),
+        ({"a": float("inf")}, "properties['a'] must be a finite number"),
+        ({"a": b"x"}, "got bytes"),
+    ],
+)
+def test_bad_properties_are_refused(properties: Any, message: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        check_properties(properties)
+    assert message in str(info.value)
+
+
+def test_sixteen_properties_of_every_scalar_type_pass_and_are_copied() -> None:
+    given_props: dict[str, Any] = {f"k{i}": v for i, v in enumerate(["s", 1, 1.5, True, None] * 3 + [0])}
+    out, size = check_properties(given_props)
+    assert out == given_props and out is not given_props
+    assert size > 0
+
+
+def test_long_strings_are_truncated_with_the_marker() -> None:
+    out, _ = check_properties({"long": "y" * (MAX_STRING_LENGTH + 10), "exact": "z" * MAX_STRING_LENGTH})
+    assert len(out["long"]) == MAX_STRING_LENGTH
+    assert out["long"].endswith(TRUNCATION_MARKER)
+    assert out["exact"] == "z" * MAX_STRING_LENGTH
+
+
+def test_scalar_subclasses_become_plain_scalars() -> None:
+    class Name(str):
+        pass
+
+    class Count(int):
+        pass
+
+    out, _ = check_properties({"n": Name("x"), "c": Count(3)})
+    assert type(out["n"]) is str and type(out["c"]) is int
+
+
+@pytest.mark.parametrize(
+    ("identifiers", "message"),
+    [
+        ("a@example.com", "user_identifiers must be a mapping, got str"),
+        ({}, "at least one identifier"),
+        ({"email": None}, "user_identifiers['email'] must be a str or int, got NoneType"),
+        ({"admin": True}, "user_identifiers['admin'] must be a str or int, got bool"),
+        ({"id": 1.5}, "must be a str or int, got float"),
+        ({3: "x"}, "user_identifiers keys must be str"),
+    ],
+)
+def test_bad_user_identifiers_are_refused(identifiers: Any, message: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        check_user_identifiers(identifiers)
+    assert message in str(info.value)
+
+
+def test_user_identifiers_accept_str_and_int() -> None:
+    assert check_user_identifiers({"email": "a@example.com", "shop": 7}) == {"email": "a@example.com", "shop": 7}
+
+
+def test_timestamps() -> None:
+    naive = datetime(2018, 3, 15, 13, 42)
+    assert check_timestamp(naive) == datetime(2018, 3, 15, 13, 42, tzinfo=UTC).timestamp()
+    aware = datetime(2018, 3, 15, 14, 42, tzinfo=timezone(timedelta(hours=1)))
+    assert check_timestamp(aware) == check_timestamp(naive)
+    with pytest.raises(InvalidEvent, match="timestamp must be a datetime, got str"):
+        check_timestamp("2018-03-15")
+    assert format_timestamp(check_timestamp(naive)) == "2018-03-15T13:42:00.000000Z"
+
+
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)))
+def test_timestamp_round_trip(moment: datetime) -> None:
+    seconds = check_timestamp(moment)
+    assert parse_timestamp(format_timestamp(seconds)) == pytest.approx(seconds, abs=1e-6)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=20), st.one_of(st.text(), st.integers(), st.booleans(),
+                                                                    st.none()), max_size=16))
+def test_valid_properties_always_pass_unchanged(props: dict[str, Any]) -> None:
+    out, _ = check_properties(props)
+    assert out == {k: v for k, v in props.items()} or any(
+        isinstance(v, str) and len(v) > MAX_STRING_LENGTH for v in props.values()
+    )

@@ -1,0 +1,152 @@
+"""The WSGI middleware in-process: Flask (through Werkzeug's test client) and a bare WSGI app."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import sqreen_mw
+from sqreen_mw._context import current_context
+from sqreen_mw.testing import capture_events
+from sqreen_mw.wsgi import SqreenMiddleware
+
+flask = pytest.importorskip("flask")
+
+MakeClient = Callable[..., sqreen_mw.Client]
+
+
+def make_flask_app() -> Any:
+    from sqreen_mw.flask import instrument
+
+    app = flask.Flask(__name__)
+
+    @app.post("/login")
+    def login() -> Any:
+        email = flask.request.form["email"]
+        sqreen_mw.auth_track(True, email=email)
+        sqreen_mw.track("password.reset", properties={"method": "email"})
+        return {"ok": True}
+
+    @app.get("/orders/<int:order_id>")
+    def get_order(order_id: int) -> Any:
+        sqreen_mw.identify({"id": 5})
+        sqreen_mw.track("order.viewed", request=flask.request)
+        return {"id": order_id}
+
+    @app.post("/api")
+    def api() -> Any:
+        data = flask.request.get_json()
+        sqreen_mw.track("api.call", collect_body=True)
+        return {"echo": data}
+
+    @app.post("/raw")
+    def raw() -> Any:
+        sqreen_mw.track("raw", collect_body=True)  # before the view reads its body
+        return flask.request.get_data()
+
+    @app.get("/stream")
+    def stream() -> Any:
+        @flask.stream_with_context
+        def gen() -> Iterator[str]:
+            yield "a"
+            sqreen_mw.track("stream.chunk")
+            yield "b"
+
+        return app.response_class(gen())
+
+    return instrument(app)
+
+
+def test_flask_default_properties_view_args_and_form(make_client: MakeClient) -> None:
+    make_client()
+    http = make_flask_app().test_client()
+    with capture_events() as events:
+        http.post("/login?x=1", data={"email": "bob@example.com", "passwd": "s3cret"},
+                  headers={"User-Agent": "ua/2", "X-Forwarded-For": "9.9.9.9"}, environ_base={"REMOTE_ADDR": "10.1.1.1"})
+        http.get("/orders/17", environ_base={"REMOTE_ADDR": "198.51.100.20"})
+    auth, reset, viewed = events
+    assert reset["user_identifiers"] == {"email": "bob@example.com"}
+    assert reset["request"] == {
+        "client_ip": "9.9.9.9",  # the peer 10.1.1.1 is a trusted private proxy
+        "user_agent": "ua/2",
+        "path": "/login",
+        "verb": "POST",
+        "params": {"query": {"x": "1"}, "form": {"email": "bob@example.com", "passwd": "[REDACTED]"}},
+    }
+    assert viewed["request"] is not None
+    assert viewed["request"]["client_ip"] == "198.51.100.20"
+    assert viewed["request"]["params"] == {"path": {"order_id": 17}}
+    assert viewed["user_identifiers"] == {"id": 5}
+    assert current_context.get() is None
+
+
+def test_flask_json_body_is_collected_and_the_view_still_reads_it(make_client: MakeClient) -> None:
+    make_client()
+    http = make_flask_app().test_client()
+    with capture_events() as events:
+        response = http.post("/api", json={"q": "x", "secret": "s"})
+    assert response.get_json() == {"echo": {"q": "x", "secret": "s"}}
+    assert events[0]["body"] == {"q": "x", "secret": "[REDACTED]"}
+    assert events[0]["request"] is not None and events[0]["request"]["params"]["json"] == events[0]["body"]
+
+
+def test_body_collected_before_the_view_reads_it_is_replayed(make_client: MakeClient) -> None:
+    make_client()
+    http = make_flask_app().test_client()
+    with capture_events() as events:
+        response = http.post("/raw", data=b"plain body", content_type="text/plain")
+    assert response.data == b"plain body"
+    assert events[0]["body"] == "plain body"
+
+
+def test_streamed_flask_response_keeps_the_context(make_client: MakeClient) -> None:
+    make_client()
+    http = make_flask_app().test_client()
+    with capture_events() as events:
+        assert http.get("/stream").data == b"ab"
+    assert events[0]["request"] is not None and events[0]["request"]["path"] == "/stream"
+
+
+def test_bare_wsgi_generator_and_close_see_the_request(make_client: MakeClient) -> None:
+    make_client()
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            sqreen_mw.track("iterating")
+            yield b"x"
+
+        def close(self) -> None:
+            sqreen_mw.track("closing")
+            closed.append(True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body()
+
+    wrapped = SqreenMiddleware(app)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/caf\xc3\xa9", "QUERY_STRING": "a=1&a=2", "REMOTE_ADDR": "::1",
+               "wsgi.input": io.BytesIO()}
+    with capture_events() as events:
+        result = wrapped(environ, lambda *a: None)
+        assert list(result) == [b"x"]
+        result.close()  # type: ignore[attr-defined]
+    assert closed == [True]
+    assert [e["name"] for e in events] == ["iterating", "closing"]
+    assert events[0]["request"] is not None
+    assert events[0]["request"]["path"] == "/café"
+    assert events[0]["request"]["params"] == {"query": {"a": ["1", "2"]}}
+    assert events[0]["request"]["client_ip"] == "::1"
+    assert current_context.get() is None
+
+
+def test_environ_as_request_argument(make_client: MakeClient) -> None:
+    make_client()
+    environ = {"REQUEST_METHOD": "PUT", "PATH_INFO": "/p", "REMOTE_ADDR": "192.0.2.1", "HTTP_USER_AGENT": "x"}
+    with capture_events() as events:
+        sqreen_mw.track("e", request=environ)
+    assert events[0]["request"] == {"client_ip": "192.0.2.1", "user_agent": "x", "path": "/p", "verb": "PUT",
+                                    "params": {}}
