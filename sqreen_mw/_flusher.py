@@ -62,6 +62,7 @@ class Flusher:
         self._backoff = 0.0
         self._retry_at = 0.0  # monotonic time before which no send is tried (backoff)
         self._retry_after_until = 0.0  # the collector's Retry-After: even flush() waits for it
+        self._retry_pending = False
         self.sent = 0
         self.retries = 0
         self.last_error = ""
@@ -160,8 +161,9 @@ class Flusher:
             while not self._stopping:
                 now = time.monotonic()
                 wait = next_beat - now
-                if len(self.queue) >= self.batch_size:
-                    wait = min(wait, self._retry_at - now)
+                pending = len(self.queue)
+                if pending >= self.batch_size or (pending and self._retry_pending):
+                    wait = min(wait, max(self._retry_at, self._retry_after_until) - now)
                 with anyio.move_on_after(max(0.0, wait)):
                     await self._wake_event.wait()
                 self._wake_event = anyio.Event()
@@ -169,7 +171,7 @@ class Flusher:
                     break
                 beat = time.monotonic() >= next_beat
                 with anyio.CancelScope() as self._scope:
-                    await self._deliver(transport, everything=beat or self._forced)
+                    await self._deliver(transport, everything=beat or self._forced or self._retry_pending)
                     if beat:
                         next_beat = time.monotonic() + self.heartbeat_interval
                         await self._heartbeat(transport)
@@ -198,6 +200,7 @@ class Flusher:
             logger.warning("sqreen_mw could not reach the collector (%s): %s; will retry", what, outcome.reason)
         self.last_error = outcome.reason
         self.retries += 1
+        self._retry_pending = True  # retry what this round meant to send, even if no batch is full
         now = time.monotonic()
         if outcome.retry_after is not None:
             delay = outcome.retry_after
@@ -211,6 +214,7 @@ class Flusher:
         if self.last_error:
             logger.info("sqreen_mw reached the collector again")
         self.last_error = ""
+        self._retry_pending = False
         self._backoff = 0.0
         self._retry_at = 0.0
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,30 +103,27 @@ class Collector:
     process: subprocess.Popen[str] | None = None
     api_key: str = API_KEY
     admin_token: str = ADMIN_TOKEN
-    _admin: httpx.Client = field(init=False)
 
-    def __post_init__(self) -> None:
-        self._admin = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10.0
-        )
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=10.0) as admin:
+            response = admin.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
 
     def events(self, **filters: Any) -> list[dict[str, Any]]:
         """Every stored event matching the filters, newest first (follows the cursor)."""
         out: list[dict[str, Any]] = []
         params = {"limit": 1000, **filters}
         while True:
-            response = self._admin.get("/api/v1/events", params=params)
-            response.raise_for_status()
-            body = response.json()
+            body = self._get("/api/v1/events", params)
             out.extend(body["events"])
             if not body["next"]:
                 return out
             params["cursor"] = body["next"]
 
     def agents(self) -> list[dict[str, Any]]:
-        response = self._admin.get("/api/v1/agents")
-        response.raise_for_status()
-        return list(response.json()["agents"])
+        return list(self._get("/api/v1/agents")["agents"])
 
     def wait_for(
         self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = 15.0, **filters: Any
@@ -154,3 +151,56 @@ def start_collector(db: Path, port: int = 0, extra: Sequence[str] = ()) -> Itera
         yield collector
     finally:
         stop_process(proc, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, port: int = 0) -> Iterator[str]:
+    """Serve an ASGI app with a real uvicorn server on loopback, in a thread of the test process."""
+    import threading
+
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise AssertionError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+class FaultyProxy:
+    """A real HTTP hop in front of the collector that answers the first batch requests with scripted failures."""
+
+    def __init__(self, upstream: str, batch_faults: Sequence[tuple[int, dict[str, str]]]) -> None:
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        self.upstream = upstream
+        self.batch_faults = list(batch_faults)
+        self.log: list[tuple[float, str, int]] = []  # (monotonic time, path, status answered)
+        self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
+
+    async def _handle(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse, Response
+
+        body = await request.body()
+        path = request.url.path
+        if path.endswith("/batch") and self.batch_faults:
+            status, headers = self.batch_faults.pop(0)
+            self.log.append((time.monotonic(), path, status))
+            return JSONResponse({"error": "injected fault"}, status_code=status, headers=headers)
+        keep = {k: v for k, v in request.headers.items()
+                if k in ("x-api-key", "x-session-key", "content-type", "content-encoding", "authorization")}
+        async with httpx.AsyncClient(base_url=self.upstream, timeout=10) as upstream:
+            answer = await upstream.request(request.method, path, content=body, headers=keep,
+                                            params=dict(request.query_params))
+        self.log.append((time.monotonic(), path, answer.status_code))
+        return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))

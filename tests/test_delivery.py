@@ -1,0 +1,147 @@
+"""Delivery to a real collector on loopback: batches, outages, retries, Retry-After, overflow, expiry, 413 splits."""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+import sqreen_mw
+from sqreen_mw.collector import create_app
+
+from .support import ADMIN_TOKEN, API_KEY, Collector, FaultyProxy, free_port, serve_in_thread, start_collector
+
+MakeClient = Callable[..., sqreen_mw.Client]
+
+
+def numbers(events: list[dict[str, object]]) -> list[int]:
+    return sorted(e["properties"]["n"] for e in events)  # type: ignore[index]
+
+
+def test_events_arrive_with_every_field(make_client: MakeClient, collector: Collector) -> None:
+    client = make_client(API_KEY, collector.url, app_name="delivery-test", heartbeat_interval=60)
+    sqreen_mw.track("order.placed", properties={"n": 1, "item": "book"}, user_identifiers={"email": "a@example.com"})
+    sqreen_mw.track("imported", properties={"n": 2}, timestamp=datetime(2018, 3, 15, 13, 42))
+    assert sqreen_mw.flush(10)
+    events = {e["name"]: e for e in collector.events()}
+    placed, imported = events["order.placed"], events["imported"]
+    assert placed["properties"] == {"n": 1, "item": "book"}
+    assert placed["user_identifiers"] == {"email": "a@example.com"}
+    assert placed["app"] == "delivery-test"
+    assert placed["request"] is None and placed["body"] is None
+    assert imported["timestamp"] == "2018-03-15T13:42:00.000000Z"
+    assert collector.events(user="a@example.com")[0]["id"] == placed["id"]
+    assert client.statistics()["sent"] == 2
+
+
+def test_collector_down_then_up_delivers_every_event_exactly_once(make_client: MakeClient, tmp_path: Path) -> None:
+    port = free_port()
+    client = make_client(API_KEY, f"http://127.0.0.1:{port}", heartbeat_interval=60, batch_size=100)
+    for n in range(300):
+        sqreen_mw.track("outage", properties={"n": n})
+    assert not sqreen_mw.flush(0.5)  # nothing listens yet
+    assert client.statistics()["last_error"].startswith("ConnectError")
+    with start_collector(tmp_path / "late.db", port=port) as collector:
+        assert sqreen_mw.flush(20)
+        assert numbers(collector.events()) == list(range(300))
+    assert client.statistics()["dropped"] == {}
+
+
+def test_500_then_429_are_retried_and_retry_after_is_honoured(make_client: MakeClient, collector: Collector) -> None:
+    proxy = FaultyProxy(collector.url, [(500, {}), (503, {}), (429, {"Retry-After": "2"})])
+    with serve_in_thread(proxy.app) as url:
+        client = make_client(API_KEY, url, heartbeat_interval=60)
+        for n in range(50):
+            sqreen_mw.track("flaky", properties={"n": n})
+        assert sqreen_mw.flush(30)
+    batch_log = [(t, status) for t, path, status in proxy.log if path.endswith("/batch")]
+    assert [status for _, status in batch_log] == [500, 503, 429, 200]
+    assert batch_log[3][0] - batch_log[2][0] >= 2.0  # waited out Retry-After
+    assert numbers(collector.events()) == list(range(50))
+    assert client.statistics()["retries"] == 3
+
+
+def test_overflow_drops_oldest_counts_and_reports_in_heartbeat(make_client: MakeClient, tmp_path: Path) -> None:
+    port = free_port()
+    client = make_client(API_KEY, f"http://127.0.0.1:{port}", heartbeat_interval=0.3, max_queue_events=100)
+    for n in range(250):
+        sqreen_mw.track("flood", properties={"n": n})
+    assert client.statistics()["dropped"] == {"queue_full": 150}
+    with start_collector(tmp_path / "flood.db", port=port) as collector:
+        assert sqreen_mw.flush(20)
+        assert numbers(collector.events()) == list(range(150, 250))
+        deadline = time.monotonic() + 10
+        stats: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            agents = [a for a in collector.agents() if a["pid"] == os.getpid() and a["stats"]]
+            stats = agents[0]["stats"] if agents else {}
+            if stats.get("sent") == 100:
+                break
+            time.sleep(0.1)
+        assert stats["dropped"] == {"queue_full": 150}
+        assert stats["tracked"] == 250 and stats["sent"] == 100
+
+
+def test_memory_stays_bounded_while_the_collector_is_down(make_client: MakeClient) -> None:
+    make_client(API_KEY, f"http://127.0.0.1:{free_port()}", heartbeat_interval=60, max_queue_events=1000)
+    props = {"item": "book", "quantity": 2, "gift": False}
+    sqreen_mw.track("warm-up")  # starts the flusher thread (and its HTTP client) before measuring
+    sqreen_mw.flush(0.5)
+    tracemalloc.start()
+    try:
+        for _ in range(5000):
+            sqreen_mw.track("bounded", properties=props)
+        after_5k = tracemalloc.get_traced_memory()[0]
+        for _ in range(20000):
+            sqreen_mw.track("bounded", properties=props)
+        after_25k = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after_25k < after_5k * 1.2 + 64 * 1024
+    assert after_25k < 1000 * 1500  # 1000 queued events, far below 1.5 kB each
+
+
+def test_events_older_than_max_event_age_are_dropped_and_counted(make_client: MakeClient, tmp_path: Path) -> None:
+    port = free_port()
+    client = make_client(API_KEY, f"http://127.0.0.1:{port}", heartbeat_interval=60, max_event_age=0.5)
+    for n in range(10):
+        sqreen_mw.track("stale", properties={"n": n})
+    time.sleep(0.8)
+    with start_collector(tmp_path / "age.db", port=port) as collector:
+        assert not sqreen_mw.flush(10)  # they expired instead of being delivered
+        assert client.statistics()["dropped"] == {"expired": 10}
+        sqreen_mw.track("history", timestamp=datetime(2015, 1, 1))  # old timestamp, fresh event: kept
+        assert sqreen_mw.flush(10)
+        assert [e["name"] for e in collector.events()] == ["history"]
+
+
+def test_413_splits_the_batch_until_it_fits(make_client: MakeClient, tmp_path: Path) -> None:
+    app = create_app(db_path=str(tmp_path / "small.db"), api_keys={API_KEY: ""}, admin_token=ADMIN_TOKEN,
+                     max_batch_events=10)
+    with serve_in_thread(app) as url:
+        client = make_client(API_KEY, url, heartbeat_interval=60, batch_size=64)
+        for n in range(45):
+            sqreen_mw.track("split", properties={"n": n})
+        assert sqreen_mw.flush(20)
+        assert numbers(Collector(url).events()) == list(range(45))
+    assert client.statistics()["dropped"] == {}
+
+
+@pytest.mark.sdk_errors_expected
+def test_single_event_too_large_is_dropped_and_counted(make_client: MakeClient, tmp_path: Path) -> None:
+    app = create_app(db_path=str(tmp_path / "tiny.db"), api_keys={API_KEY: ""}, admin_token=ADMIN_TOKEN,
+                     max_body_bytes=2000)
+    with serve_in_thread(app) as url:
+        client = make_client(API_KEY, url, heartbeat_interval=60)
+        sqreen_mw.track("big", properties={f"p{i}": os.urandom(2000).hex() for i in range(3)})
+        sqreen_mw.track("small", properties={"n": 1})
+        assert not sqreen_mw.flush(20)
+        sqreen_mw.track("small", properties={"n": 2})
+        assert sqreen_mw.flush(20)
+        assert numbers(Collector(url).events()) == [1, 2]
+    assert client.statistics()["dropped"] == {"too_large": 1}

@@ -1,0 +1,83 @@
+"""The bounded queue: drop-oldest by count and by bytes, counters, in-flight accounting, expiry."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqreen_mw._queue import EventQueue
+
+
+def rec(seq: int, size: int = 100, tracked_ns: int | None = None) -> tuple[object, ...]:
+    return (tracked_ns if tracked_ns is not None else time.time_ns(), seq, "e", None, None, None, None, None, size)
+
+
+def test_count_bound_drops_the_oldest_and_counts() -> None:
+    q = EventQueue(max_events=3, max_bytes=10**9)
+    for i in range(1, 6):
+        q.put(rec(i))
+    assert [r[1] for r in q.take(10)] == [3, 4, 5]
+    assert q.statistics()["dropped"] == {"queue_full": 2}
+    assert q.statistics()["tracked"] == 5
+
+
+def test_byte_bound_drops_the_oldest() -> None:
+    q = EventQueue(max_events=100, max_bytes=250)
+    for i in range(1, 5):
+        q.put(rec(i, size=100))
+    stats = q.statistics()
+    assert stats["queued"] == 2 and stats["queued_bytes"] == 200
+    assert stats["dropped"] == {"queue_full": 2}
+
+
+def test_given_back_batch_goes_first_and_in_flight_is_not_settled() -> None:
+    q = EventQueue(max_events=10, max_bytes=10**9)
+    for i in range(1, 5):
+        q.put(rec(i))
+    batch = q.take(2)
+    assert q.settled_through() == 0  # 1 and 2 are in flight
+    q.give_back(batch)
+    assert q.settled_through() == 0
+    assert [r[1] for r in q.take(10)] == [1, 2, 3, 4]
+    q.done()
+    assert q.settled_through() == float("inf")
+
+
+def test_give_back_over_the_bound_sheds_the_oldest() -> None:
+    q = EventQueue(max_events=3, max_bytes=10**9)
+    for i in range(1, 4):
+        q.put(rec(i))
+    batch = q.take(3)
+    for i in range(4, 6):
+        q.put(rec(i))
+    q.give_back(batch)
+    assert [r[1] for r in q.take(10)] == [3, 4, 5]
+    assert q.dropped == {"queue_full": 2}
+
+
+def test_expire_drops_by_track_time_only() -> None:
+    q = EventQueue(max_events=10, max_bytes=10**9)
+    now = time.time_ns()
+    q.put(rec(1, tracked_ns=now - 10 * 10**9))
+    q.put(rec(2, tracked_ns=now))
+    assert q.expire(now - 5 * 10**9) == 1
+    assert [r[1] for r in q.take(10)] == [2]
+    assert q.dropped == {"expired": 1}
+
+
+def test_concurrent_producers_lose_nothing_uncounted() -> None:
+    q = EventQueue(max_events=1000, max_bytes=10**9)
+
+    def produce(base: int) -> None:
+        for i in range(5000):
+            q.put(rec(base + i, size=1))
+
+    threads = [threading.Thread(target=produce, args=(n * 10_000,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = q.statistics()
+    assert stats["tracked"] == 20_000
+    assert stats["queued"] + stats["dropped"]["queue_full"] == 20_000
+    assert stats["queued"] == 1000 and stats["queued_bytes"] == 1000
