@@ -1,0 +1,1 @@
+"""A minimal Django project instrumented with sqreen_mw: no database, no sessions, bearer tokens."""

@@ -1,0 +1,1 @@
+"""FastAPI example: ``uvicorn examples.fastapi_app.app:app`` from the repository root."""
