@@ -39,7 +39,7 @@ def read_line_matching(proc: subprocess.Popen[str], pattern: str, timeout: float
         if match:
             return match
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"no line matching {pattern!r} within {timeout}s (exit={proc.poll()}); output:\n{text}")
+            raise AssertionError(f"no line matching {pattern!r} in {timeout}s (exit={proc.poll()}); output:\n{text}")
         time.sleep(0.05)
 
 

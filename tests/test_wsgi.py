@@ -65,9 +65,11 @@ def test_flask_default_properties_view_args_and_form(make_client: MakeClient) ->
     http = make_flask_app().test_client()
     with capture_events() as events:
         http.post("/login?x=1", data={"email": "bob@example.com", "passwd": "s3cret"},
-                  headers={"User-Agent": "ua/2", "X-Forwarded-For": "9.9.9.9"}, environ_base={"REMOTE_ADDR": "10.1.1.1"})
+                  headers={"User-Agent": "ua/2", "X-Forwarded-For": "9.9.9.9"},
+                  environ_base={"REMOTE_ADDR": "10.1.1.1"})
         http.get("/orders/17", environ_base={"REMOTE_ADDR": "198.51.100.20"})
     auth, reset, viewed = events
+    assert auth["name"] == "sq.auth_track" and auth["properties"] == {"success": True}
     assert reset["user_identifiers"] == {"email": "bob@example.com"}
     assert reset["request"] == {
         "client_ip": "9.9.9.9",  # the peer 10.1.1.1 is a trusted private proxy

@@ -1,0 +1,192 @@
+"""``sqreen-mw demo``: a collector, a small shop app instrumented with sqreen_mw, and scripted traffic.
+
+Everything runs for real on loopback in this one process: the collector and the shop each under their own uvicorn
+server, the SDK's flusher in its thread, and an HTTP client playing shoppers and a credential-stuffing attacker. The
+shop sits behind a (simulated) proxy on loopback, so the client IPs come from ``X-Forwarded-For`` through the trusted
+proxy rule. At the end the demo reads the events back from the collector's API and prints what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import sqreen_mw
+from sqreen_mw.asgi import SqreenMiddleware
+
+from . import create_app
+
+DEMO_KEY = "demo-app-key"
+ATTACKER_IP = "203.0.113.66"
+SHOPPERS = [("alice@example.com", "wonderland", "198.51.100.10"), ("bob@example.com", "builder", "198.51.100.11"),
+            ("carol@example.com", "carol-pass", "198.51.100.12")]
+
+
+def _hash(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def shop_app() -> Starlette:
+    """The demo shop: signup, login, password reset and orders, each reporting to sqreen_mw."""
+    users: dict[str, str] = {}
+    sessions: dict[str, str] = {}
+
+    async def signup(request: Request) -> JSONResponse:
+        form = await request.form()
+        email, password = str(form["email"]), str(form["password"])
+        users[email] = _hash(password)
+        sqreen_mw.signup_track(email=email)
+        token = sessions.setdefault(secrets.token_urlsafe(8), email)
+        return JSONResponse({"token": token}, status_code=201)
+
+    async def login(request: Request) -> JSONResponse:
+        form = await request.form()
+        email, password = str(form["email"]), str(form["password"])
+        ok = users.get(email) == _hash(password)
+        sqreen_mw.auth_track(ok, email=email)
+        if not ok:
+            return JSONResponse({"error": "invalid credentials"}, status_code=401)
+        token = secrets.token_urlsafe(8)
+        sessions[token] = email
+        return JSONResponse({"token": token})
+
+    async def reset(request: Request) -> JSONResponse:
+        sqreen_mw.track("password.reset", properties={"method": "email"})
+        return JSONResponse({}, status_code=202)
+
+    async def order(request: Request) -> JSONResponse:
+        email = sessions.get(request.headers.get("authorization", "").removeprefix("Bearer "))
+        if email is None:
+            return JSONResponse({"error": "sign in first"}, status_code=401)
+        sqreen_mw.identify({"email": email})
+        payload = await request.json()
+        sqreen_mw.track("order.placed", properties={"item": payload["item"], "quantity": payload["quantity"]},
+                        collect_body=True)
+        return JSONResponse({"ok": True}, status_code=201)
+
+    app = Starlette(routes=[
+        Route("/signup", signup, methods=["POST"]), Route("/login", login, methods=["POST"]),
+        Route("/password/reset", reset, methods=["POST"]), Route("/orders", order, methods=["POST"]),
+    ])
+    app.add_middleware(SqreenMiddleware)
+    return app
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _serve(app: Any, port: int) -> Iterator[str]:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"demo-uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"could not start a server on 127.0.0.1:{port} (port in use?)")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def drive_traffic(shop: str, say: Callable[[str], None]) -> None:
+    """Shoppers sign up, log in and buy; an attacker tries a list of leaked passwords."""
+    with httpx.Client(base_url=shop, timeout=10) as http:
+        for email, password, ip in SHOPPERS:
+            via = {"X-Forwarded-For": ip, "User-Agent": "Mozilla/5.0 (demo shopper)"}
+            http.post("/signup", data={"email": email, "password": password}, headers=via)
+            token = http.post("/login", data={"email": email, "password": password}, headers=via).json()["token"]
+            http.post("/orders?coupon=WELCOME", headers={**via, "Authorization": f"Bearer {token}"},
+                      json={"item": "teapot", "quantity": 1, "card_number": "4111 1111 1111 1111"})
+        say(f"  3 shoppers signed up, logged in and ordered (client IPs {', '.join(s[2] for s in SHOPPERS)})")
+        attacker = {"X-Forwarded-For": ATTACKER_IP, "User-Agent": "python-requests/2.31 (stuffing)"}
+        guesses = ["123456", "password", "qwerty", "letmein", "dragon", "monkey", "abc123", "iloveyou"]
+        tries = 0
+        for email, _, _ in SHOPPERS:
+            for guess in guesses:
+                http.post("/login", data={"email": email, "password": guess}, headers=attacker)
+                tries += 1
+        http.post("/password/reset", data={"email": "alice@example.com"}, headers=attacker)
+        say(f"  attacker {ATTACKER_IP} tried {tries} leaked passwords against {len(SHOPPERS)} accounts")
+
+
+def _events(collector: str, admin: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 1000}
+    with httpx.Client(base_url=collector, headers={"Authorization": f"Bearer {admin}"}, timeout=10) as http:
+        while True:
+            body = http.get("/api/v1/events", params=params).json()
+            out.extend(body["events"])
+            if not body["next"]:
+                return out
+            params["cursor"] = body["next"]
+
+
+def report(events: list[dict[str, Any]], say: Callable[[str], None]) -> None:
+    say(f"\nThe collector stored {len(events)} events:")
+    for name, count in sorted(Counter(e["name"] for e in events).items()):
+        say(f"  {count:4d}  {name}")
+    failed = Counter(
+        (e["request"] or {}).get("client_ip") for e in events
+        if e["name"] == "sq.auth_track" and not e["properties"].get("success")
+    )
+    say("\nFailed logins by client IP (what a playbook watches):")
+    for ip, count in failed.most_common():
+        flag = "  <-- credential stuffing" if count >= 5 else ""
+        say(f"  {count:4d}  {ip}{flag}")
+    order = next(e for e in events if e["name"] == "order.placed")
+    say("\nOne order.placed event, as stored (note the scrubbed card number and the inherited user):")
+    say(f"  user_identifiers: {order['user_identifiers']}")
+    say(f"  request: {order['request']}")
+    say(f"  body: {order['body']}")
+
+
+def run_demo(*, port: int = 0, db: str | None = None, keep_running: bool = False,
+             say: Callable[[str], None] = print) -> int:
+    """Run the demo; return the process exit code (0 when every tracked event reached the collector)."""
+    admin = secrets.token_urlsafe(12)
+    with tempfile.TemporaryDirectory(prefix="sqreen-mw-demo-") as tmp:
+        db_path = db or str(Path(tmp) / "demo.db")
+        collector_app = create_app(db_path=db_path, api_keys={DEMO_KEY: "demo-shop"}, admin_token=admin)
+        with _serve(collector_app, port or _free_port()) as collector:
+            say(f"collector listening on {collector} (db: {db_path})")
+            client = sqreen_mw.init(DEMO_KEY, collector, app_name="demo-shop", heartbeat_interval=60)
+            with _serve(shop_app(), _free_port()) as shop:
+                say(f"demo shop listening on {shop}, instrumented with sqreen_mw\n\nTraffic:")
+                drive_traffic(shop, say)
+                delivered = sqreen_mw.flush(10)
+            stats = client.statistics()
+            say(f"\nSDK: tracked {stats['tracked']}, sent {stats['sent']}, dropped {stats['dropped'] or 'none'}"
+                f" (flush {'complete' if delivered else 'INCOMPLETE'})")
+            report(_events(collector, admin), say)
+            say(f"\nExplore: curl -H 'Authorization: Bearer {admin}' '{collector}/api/v1/events?ip={ATTACKER_IP}'")
+            if keep_running:
+                say("collector keeps running; Ctrl-C to stop")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
+            sqreen_mw.shutdown()
+    return 0 if delivered else 1
