@@ -96,19 +96,38 @@ def context_for(request: object) -> RequestContext:
     return RequestContext(kind, raw)
 
 
-def _asgi_headers(scope: Mapping[str, Any]) -> dict[str, str]:
+_WANTED = frozenset({b"user-agent", b"content-type", b"x-forwarded-for", b"forwarded", b"x-real-ip"})
+
+
+def _asgi_headers(scope: Mapping[str, Any], extra: str | None = None) -> dict[str, str]:
+    # Only the headers the default properties use are decoded (plus the configured ip_header).
+    wanted = _WANTED if extra is None else _WANTED | {extra.encode("latin-1")}
     headers: dict[str, str] = {}
     for name, value in scope.get("headers") or ():
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        key_bytes = name.lower()
+        if key_bytes in wanted:
+            key = key_bytes.decode("latin-1")
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return headers
+
+
+def parse_query(query: str) -> dict[str, Any]:
+    """A query string to a dict (repeated keys give lists), like ``parse_qsl(keep_blank_values=True)``."""
+    if "%" in query or "+" in query:
+        return flat_pairs(parse_qsl(query, keep_blank_values=True))
+    pairs = []
+    for part in query.split("&"):  # the common case, several times faster than parse_qsl
+        if part:
+            key, _, value = part.partition("=")
+            pairs.append((key, value))
+    return flat_pairs(pairs)
 
 
 def _params(query: str, path: Any, form: Any = None, json_body: Any = None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if query:
-        params["query"] = flat_pairs(parse_qsl(query, keep_blank_values=True))
+        params["query"] = parse_query(query)
     if path:
         params["path"] = {str(k): v if isinstance(v, str | int | float | bool) else str(v) for k, v in path.items()}
     if form:
@@ -134,7 +153,7 @@ def _body_params(ctype: str, tee: BodyTee | None) -> tuple[Any, Any]:
 
 
 def _asgi_info(scope: Mapping[str, Any], resolver: ClientIPResolver, tee: BodyTee | None) -> RequestInfo:
-    headers = _asgi_headers(scope)
+    headers = _asgi_headers(scope, resolver.ip_header)
     client = scope.get("client")
     form, json_body = _body_params(headers.get("content-type", ""), tee)
     return {

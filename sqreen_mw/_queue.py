@@ -39,7 +39,9 @@ class EventQueue:
 
     def put(self, record: Record) -> int:
         """Append ``record``; return the new length (the caller wakes the flusher when a batch is full)."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # cheaper than `with` on this hot path
+        try:
             items = self._items
             items.append(record)
             self._bytes += record[SIZE]
@@ -48,6 +50,8 @@ class EventQueue:
             if n > self.max_events or self._bytes > self.max_bytes:
                 self._shed()
                 n = len(items)
+        finally:
+            lock.release()
         return n
 
     def _shed(self) -> None:

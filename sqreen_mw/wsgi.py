@@ -6,13 +6,15 @@
     app.wsgi_app = SqreenMiddleware(app.wsgi_app)   # Flask
     application = SqreenMiddleware(application)     # any WSGI app
 
-The request stays bound while the server iterates the response (streamed responses included) and while it calls the
-response's ``close()``. ``wsgi.input`` is teed so ``collect_body=True`` never takes the body from the app.
+The request stays bound while the server iterates the response (streamed responses included) and until it calls the
+response's ``close()``, as PEP 3333 servers do (Werkzeug's test client leaves ``close()`` to you: use its responses
+as context managers). ``wsgi.input`` is teed so ``collect_body=True`` never takes the body from the app.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import Token
 from typing import Any
 
 from ._body import WSGIInput
@@ -29,35 +31,32 @@ __all__ = ["SqreenMiddleware"]
 
 
 class _BoundResponse:
-    """The app's response iterable, re-binding the request context around each step and around ``close()``."""
+    """The app's response iterable; the request stays bound until the server calls ``close()``.
 
-    __slots__ = ("_ctx", "_it", "_result")
+    WSGI servers iterate the response and call ``close()`` in the thread (and context) that called the app, so the
+    binding made for the call simply lasts until ``close()``: streamed bodies and ``close()`` see the request, and
+    the common one-chunk response pays nothing per chunk.
+    """
 
-    def __init__(self, result: Iterable[bytes], ctx: RequestContext) -> None:
+    __slots__ = ("_result", "_token")
+
+    def __init__(self, result: Iterable[bytes], token: Token[RequestContext | None]) -> None:
         self._result = result
-        self._ctx = ctx
-        self._it: Iterator[bytes] | None = None
+        self._token = token
 
     def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        token = current_context.set(self._ctx)
-        try:
-            if self._it is None:
-                self._it = iter(self._result)
-            return next(self._it)
-        finally:
-            current_context.reset(token)
+        return iter(self._result)
 
     def close(self) -> None:
-        close = getattr(self._result, "close", None)
-        if close is not None:
-            token = current_context.set(self._ctx)
-            try:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
                 close()
-            finally:
-                current_context.reset(token)
+        finally:
+            try:
+                current_context.reset(self._token)
+            except ValueError:  # closed from another context than the call's: that context ends anyway
+                pass
 
 
 class SqreenMiddleware:
@@ -79,10 +78,13 @@ class SqreenMiddleware:
             if length or environ.get("HTTP_TRANSFER_ENCODING"):
                 tee = WSGIInput(environ["wsgi.input"], length, (self._client or get_client()).max_body_bytes)
                 environ["wsgi.input"] = tee
-        ctx = RequestContext(WSGI, environ, tee)
-        token = current_context.set(ctx)
+        token = current_context.set(RequestContext(WSGI, environ, tee))
         try:
             result = self.app(environ, start_response)
-        finally:
+        except BaseException:
             current_context.reset(token)
-        return _BoundResponse(result, ctx)
+            raise
+        if type(result) is list:  # already produced: nothing runs later, unbind now
+            current_context.reset(token)
+            return result
+        return _BoundResponse(result, token)

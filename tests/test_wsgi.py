@@ -64,10 +64,11 @@ def test_flask_default_properties_view_args_and_form(make_client: MakeClient) ->
     make_client()
     http = make_flask_app().test_client()
     with capture_events() as events:
+        # A WSGI server closes each response (PEP 3333); Werkzeug's test client leaves that to the caller.
         http.post("/login?x=1", data={"email": "bob@example.com", "passwd": "s3cret"},
                   headers={"User-Agent": "ua/2", "X-Forwarded-For": "9.9.9.9"},
-                  environ_base={"REMOTE_ADDR": "10.1.1.1"})
-        http.get("/orders/17", environ_base={"REMOTE_ADDR": "198.51.100.20"})
+                  environ_base={"REMOTE_ADDR": "10.1.1.1"}).close()
+        http.get("/orders/17", environ_base={"REMOTE_ADDR": "198.51.100.20"}).close()
     auth, reset, viewed = events
     assert auth["name"] == "sq.auth_track" and auth["properties"] == {"success": True}
     assert reset["user_identifiers"] == {"email": "bob@example.com"}
@@ -89,7 +90,8 @@ def test_flask_json_body_is_collected_and_the_view_still_reads_it(make_client: M
     make_client()
     http = make_flask_app().test_client()
     with capture_events() as events:
-        response = http.post("/api", json={"q": "x", "secret": "s"})
+        with http.post("/api", json={"q": "x", "secret": "s"}) as response:
+            pass
     assert response.get_json() == {"echo": {"q": "x", "secret": "s"}}
     assert events[0]["body"] == {"q": "x", "secret": "[REDACTED]"}
     assert events[0]["request"] is not None and events[0]["request"]["params"]["json"] == events[0]["body"]
@@ -99,7 +101,8 @@ def test_body_collected_before_the_view_reads_it_is_replayed(make_client: MakeCl
     make_client()
     http = make_flask_app().test_client()
     with capture_events() as events:
-        response = http.post("/raw", data=b"plain body", content_type="text/plain")
+        with http.post("/raw", data=b"plain body", content_type="text/plain") as response:
+            pass
     assert response.data == b"plain body"
     assert events[0]["body"] == "plain body"
 
@@ -108,7 +111,9 @@ def test_streamed_flask_response_keeps_the_context(make_client: MakeClient) -> N
     make_client()
     http = make_flask_app().test_client()
     with capture_events() as events:
-        assert http.get("/stream").data == b"ab"
+        with http.get("/stream") as response:
+            assert response.data == b"ab"
+    assert current_context.get() is None
     assert events[0]["request"] is not None and events[0]["request"]["path"] == "/stream"
 
 
@@ -142,6 +147,29 @@ def test_bare_wsgi_generator_and_close_see_the_request(make_client: MakeClient) 
     assert events[0]["request"]["path"] == "/café"
     assert events[0]["request"]["params"] == {"query": {"a": ["1", "2"]}}
     assert events[0]["request"]["client_ip"] == "::1"
+    assert current_context.get() is None
+
+
+def test_list_response_is_returned_as_is_and_unbound() -> None:
+    body = [b"done"]
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        sqreen_mw.track("in.call")
+        return body
+
+    with capture_events() as events:
+        assert SqreenMiddleware(app)({"REQUEST_METHOD": "GET", "PATH_INFO": "/l"}, lambda *a: None) is body
+    assert current_context.get() is None
+    assert events[0]["request"] is not None and events[0]["request"]["path"] == "/l"
+
+
+def test_app_exception_unbinds_the_request() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        SqreenMiddleware(app)({"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda *a: None)
     assert current_context.get() is None
 
 
