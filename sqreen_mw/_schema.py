@@ -138,7 +138,7 @@ def check_timestamp(timestamp: object) -> float:
 
 def format_timestamp(seconds: float) -> str:
     """POSIX seconds to ISO 8601 UTC with microseconds and a ``Z``: the wire and API format."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_timestamp(text: str) -> float:

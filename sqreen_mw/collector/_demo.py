@@ -33,8 +33,11 @@ from . import create_app
 
 DEMO_KEY = "demo-app-key"
 ATTACKER_IP = "203.0.113.66"
-SHOPPERS = [("alice@example.com", "wonderland", "198.51.100.10"), ("bob@example.com", "builder", "198.51.100.11"),
-            ("carol@example.com", "carol-pass", "198.51.100.12")]
+SHOPPERS = [
+    ("alice@example.com", "wonderland", "198.51.100.10"),
+    ("bob@example.com", "builder", "198.51.100.11"),
+    ("carol@example.com", "carol-pass", "198.51.100.12"),
+]
 
 
 def _hash(password: str) -> str:
@@ -75,14 +78,19 @@ def shop_app() -> Starlette:
             return JSONResponse({"error": "sign in first"}, status_code=401)
         sqreen_mw.identify({"email": email})
         payload = await request.json()
-        sqreen_mw.track("order.placed", properties={"item": payload["item"], "quantity": payload["quantity"]},
-                        collect_body=True)
+        sqreen_mw.track(
+            "order.placed", properties={"item": payload["item"], "quantity": payload["quantity"]}, collect_body=True
+        )
         return JSONResponse({"ok": True}, status_code=201)
 
-    app = Starlette(routes=[
-        Route("/signup", signup, methods=["POST"]), Route("/login", login, methods=["POST"]),
-        Route("/password/reset", reset, methods=["POST"]), Route("/orders", order, methods=["POST"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/signup", signup, methods=["POST"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/password/reset", reset, methods=["POST"]),
+            Route("/orders", order, methods=["POST"]),
+        ]
+    )
     app.add_middleware(SqreenMiddleware)
     return app
 
@@ -119,8 +127,11 @@ def drive_traffic(shop: str, say: Callable[[str], None]) -> None:
             via = {"X-Forwarded-For": ip, "User-Agent": "Mozilla/5.0 (demo shopper)"}
             http.post("/signup", data={"email": email, "password": password}, headers=via)
             token = http.post("/login", data={"email": email, "password": password}, headers=via).json()["token"]
-            http.post("/orders?coupon=WELCOME", headers={**via, "Authorization": f"Bearer {token}"},
-                      json={"item": "teapot", "quantity": 1, "card_number": "4111 1111 1111 1111"})
+            http.post(
+                "/orders?coupon=WELCOME",
+                headers={**via, "Authorization": f"Bearer {token}"},
+                json={"item": "teapot", "quantity": 1, "card_number": "4111 1111 1111 1111"},
+            )
         say(f"  3 shoppers signed up, logged in and ordered (client IPs {', '.join(s[2] for s in SHOPPERS)})")
         attacker = {"X-Forwarded-For": ATTACKER_IP, "User-Agent": "python-requests/2.31 (stuffing)"}
         guesses = ["123456", "password", "qwerty", "letmein", "dragon", "monkey", "abc123", "iloveyou"]
@@ -150,7 +161,8 @@ def report(events: list[dict[str, Any]], say: Callable[[str], None]) -> None:
     for name, count in sorted(Counter(e["name"] for e in events).items()):
         say(f"  {count:4d}  {name}")
     failed = Counter(
-        (e["request"] or {}).get("client_ip") for e in events
+        (e["request"] or {}).get("client_ip")
+        for e in events
         if e["name"] == "sq.auth_track" and not e["properties"].get("success")
     )
     say("\nFailed logins by client IP (what a playbook watches):")
@@ -164,8 +176,9 @@ def report(events: list[dict[str, Any]], say: Callable[[str], None]) -> None:
     say(f"  body: {order['body']}")
 
 
-def run_demo(*, port: int = 0, db: str | None = None, keep_running: bool = False,
-             say: Callable[[str], None] = print) -> int:
+def run_demo(
+    *, port: int = 0, db: str | None = None, keep_running: bool = False, say: Callable[[str], None] = print
+) -> int:
     """Run the demo; return the process exit code (0 when every tracked event reached the collector)."""
     admin = secrets.token_urlsafe(12)
     with tempfile.TemporaryDirectory(prefix="sqreen-mw-demo-") as tmp:
@@ -179,8 +192,10 @@ def run_demo(*, port: int = 0, db: str | None = None, keep_running: bool = False
                 drive_traffic(shop, say)
                 delivered = sqreen_mw.flush(10)
             stats = client.statistics()
-            say(f"\nSDK: tracked {stats['tracked']}, sent {stats['sent']}, dropped {stats['dropped'] or 'none'}"
-                f" (flush {'complete' if delivered else 'INCOMPLETE'})")
+            say(
+                f"\nSDK: tracked {stats['tracked']}, sent {stats['sent']}, dropped {stats['dropped'] or 'none'}"
+                f" (flush {'complete' if delivered else 'INCOMPLETE'})"
+            )
             report(_events(collector, admin), say)
             say(f"\nExplore: curl -H 'Authorization: Bearer {admin}' '{collector}/api/v1/events?ip={ATTACKER_IP}'")
             if keep_running:

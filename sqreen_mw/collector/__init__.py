@@ -1,0 +1,88 @@
+"""The embedded sqreen_mw collector: a Starlette app that receives agent events into SQLite.
+
+Run it with ``sqreen-mw serve`` (see :mod:`sqreen_mw.collector.cli`), or build the ASGI app yourself with
+:func:`create_app`. The wire protocol is documented in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ._api import AdminApi
+from ._http import JSON, http_error
+from ._ingest import PROTOCOL_VERSION, AgentEndpoints
+from ._storage import SQLiteStorage
+
+__all__ = ["PROTOCOL_VERSION", "create_app"]
+
+
+async def _healthz(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+def create_app(
+    *,
+    db_path: str,
+    api_keys: Mapping[str, str],
+    admin_token: str | None,
+    max_body_bytes: int = 10 * 1024 * 1024,
+    max_batch_events: int = 10_000,
+    heartbeat_delay: int | None = None,
+) -> Starlette:
+    """Build the collector ASGI app, opening (or creating) its SQLite database.
+
+    The database is closed by the app's lifespan shutdown, or with ``app.state.storage.close()`` when the app is
+    driven without lifespan (e.g. through ``httpx.ASGITransport``).
+
+    :param db_path: SQLite database file.
+    :param api_keys: API key -> app name accepted at agent login; an empty name lets the agent name its app
+        (login ``app_name``, else ``"default"``).
+    :param admin_token: bearer token of the admin API; None disables that API (every call answers 401).
+    :param max_body_bytes: largest batch body, compressed and once decompressed (larger: 413).
+    :param max_batch_events: most events per batch (more: 413).
+    :param heartbeat_delay: seconds between heartbeats told to agents at login; None lets them use their default.
+    :raises ValueError: no API key, an empty key or admin token, or a limit below 1.
+    :return: the Starlette application; ``app.state.storage`` is its storage.
+    """
+    if not api_keys:
+        raise ValueError("create_app() needs at least one API key in api_keys")
+    if any(not key for key in api_keys):
+        raise ValueError("api_keys must not contain an empty key")
+    if admin_token is not None and not admin_token.strip():
+        raise ValueError("admin_token must be a non-empty string, or None to disable the admin API")
+    if max_body_bytes < 1 or max_batch_events < 1:
+        raise ValueError("max_body_bytes and max_batch_events must be at least 1")
+    if heartbeat_delay is not None and heartbeat_delay < 1:
+        raise ValueError("heartbeat_delay must be at least 1 second, or None")
+
+    storage = SQLiteStorage(db_path)
+    agents = AgentEndpoints(
+        storage,
+        api_keys,
+        heartbeat_delay=heartbeat_delay,
+        max_body_bytes=max_body_bytes,
+        max_batch_events=max_batch_events,
+    )
+    admin = AdminApi(storage, admin_token)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            storage.close()
+
+    app = Starlette(
+        routes=[Route("/healthz", _healthz, methods=["GET"]), *agents.routes(), *admin.routes()],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.storage = storage
+    return app

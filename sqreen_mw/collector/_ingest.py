@@ -1,0 +1,182 @@
+"""Agent endpoints of protocol v1: login, heartbeat, batch, logout."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from anyio import to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .._exceptions import InvalidEvent
+from ._auth import match_api_key, session_key
+from ._http import JSON, error, read_body, rejected
+from ._storage import AgentSession, Storage
+from ._wire import Rejected, decode_json, parse_batch, storable
+
+PROTOCOL_VERSION = 1
+#: Largest login / heartbeat / logout body accepted.
+MAX_SMALL_BODY = 64 * 1024
+_STAT_COUNTERS = ("queued", "queued_bytes", "tracked", "sent", "retries")
+_NO_SESSION = "missing, unknown or logged-out X-Session-Key: log in again"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _login_field(body: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidEvent(f"login field {key!r} must be a {kind.__name__} or null, got {type(value).__name__}")
+    return storable(key, value) if isinstance(value, str) else value
+
+
+def _check_stats(stats: object) -> dict[str, Any]:
+    if not isinstance(stats, dict):
+        raise InvalidEvent(f"stats must be an object, got {type(stats).__name__}")
+    for key in _STAT_COUNTERS:
+        if key in stats and not _is_int(stats[key]):
+            raise InvalidEvent(f"stats.{key} must be an int, got {type(stats[key]).__name__}")
+    dropped = stats.get("dropped", {})
+    if not isinstance(dropped, dict) or not all(_is_int(count) for count in dropped.values()):
+        raise InvalidEvent("stats.dropped must be an object mapping reasons to int counts")
+    return stats
+
+
+class AgentEndpoints:
+    """The agent side of the collector: sessions and event ingestion.
+
+    :param storage: where sessions and events go.
+    :param api_keys: accepted API keys, each mapped to the app it names ("" to let the agent name its app).
+    :param heartbeat_delay: seconds between heartbeats told to agents (None: the agent's default).
+    :param max_body_bytes: largest batch body, compressed and decompressed.
+    :param max_batch_events: most events in one batch.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        api_keys: Mapping[str, str],
+        *,
+        heartbeat_delay: int | None,
+        max_body_bytes: int,
+        max_batch_events: int,
+    ) -> None:
+        self.storage = storage
+        self.api_keys = dict(api_keys)
+        self.heartbeat_delay = heartbeat_delay
+        self.max_body_bytes = max_body_bytes
+        self.max_batch_events = max_batch_events
+
+    def routes(self) -> list[Route]:
+        """The agent routes, under ``/api/v1/agent``."""
+        return [
+            Route("/api/v1/agent/login", self.login, methods=["POST"]),
+            Route("/api/v1/agent/heartbeat", self.heartbeat, methods=["POST"]),
+            Route("/api/v1/agent/batch", self.batch, methods=["POST"]),
+            Route("/api/v1/agent/logout", self.logout, methods=["POST"]),
+        ]
+
+    async def _small_json(self, request: Request) -> dict[str, Any]:
+        raw = await read_body(request, MAX_SMALL_BODY)
+        if not raw.strip():
+            return {}
+        body = decode_json(raw, request.headers.get("content-encoding"), MAX_SMALL_BODY)
+        if not isinstance(body, dict):
+            raise Rejected(400, {"error": f"body must be a JSON object, got {type(body).__name__}"})
+        return body
+
+    async def _session_app(self, request: Request) -> str | None:
+        sid = session_key(request)
+        return None if sid is None else await to_thread.run_sync(self.storage.session_app, sid)
+
+    async def login(self, request: Request) -> Response:
+        """``POST /api/v1/agent/login``: API key in, session out."""
+        bound = match_api_key(self.api_keys, request)
+        if bound is None:
+            return error(401, "missing or unknown X-Api-Key")
+        try:
+            body = await self._small_json(request)
+            app_name = _login_field(body, "app_name", str)
+            session = AgentSession(
+                session_id=secrets.token_urlsafe(32),
+                app=bound or app_name or "default",
+                hostname=_login_field(body, "hostname", str),
+                pid=_login_field(body, "pid", int),
+                sdk_version=_login_field(body, "sdk_version", str),
+                runtime=_login_field(body, "runtime", str),
+                started_at=time.time(),
+            )
+        except Rejected as exc:
+            return rejected(exc)
+        except InvalidEvent as exc:
+            return error(400, str(exc))
+        await to_thread.run_sync(self.storage.create_session, session)
+        return JSON(
+            {
+                "protocol": PROTOCOL_VERSION,
+                "session_id": session.session_id,
+                "app": session.app,
+                "heartbeat_delay": self.heartbeat_delay,
+                "actions": [],
+            }
+        )
+
+    async def heartbeat(self, request: Request) -> Response:
+        """``POST /api/v1/agent/heartbeat``: stats in, actions and commands out."""
+        sid = session_key(request)
+        if sid is None or await self._session_app(request) is None:
+            return error(401, _NO_SESSION)
+        try:
+            stats = _check_stats((await self._small_json(request)).get("stats", {}))
+        except Rejected as exc:
+            return rejected(exc)
+        except InvalidEvent as exc:
+            return error(400, str(exc))
+        if not await to_thread.run_sync(self.storage.heartbeat, sid, stats, time.time()):
+            return error(401, _NO_SESSION)
+        return JSON({"actions": [], "commands": []})
+
+    async def batch(self, request: Request) -> Response:
+        """``POST /api/v1/agent/batch``: store a batch of events, all or nothing, deduplicated by id."""
+        app = await self._session_app(request)
+        if app is None:
+            return error(401, _NO_SESSION)
+        try:
+            raw = await read_body(request, self.max_body_bytes)
+        except Rejected as exc:
+            return rejected(exc)
+        encoding = request.headers.get("content-encoding")
+        received_at = time.time()
+
+        def work() -> tuple[int, int]:
+            # Parsing and validating a 10 MiB batch takes a while: off the event loop, with the insert.
+            records = parse_batch(
+                raw,
+                encoding,
+                app=app,
+                received_at=received_at,
+                max_bytes=self.max_body_bytes,
+                max_events=self.max_batch_events,
+            )
+            return self.storage.insert_events(records) if records else (0, 0)
+
+        try:
+            accepted, duplicates = await to_thread.run_sync(work)
+        except Rejected as exc:
+            return rejected(exc)
+        return JSON({"accepted": accepted, "duplicates": duplicates})
+
+    async def logout(self, request: Request) -> Response:
+        """``POST /api/v1/agent/logout``: end the session."""
+        sid = session_key(request)
+        if sid is None or not await to_thread.run_sync(self.storage.logout, sid, time.time()):
+            return error(401, _NO_SESSION)
+        return JSON({})

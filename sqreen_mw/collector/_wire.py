@@ -1,0 +1,186 @@
+"""Decoding and validation of agent request bodies (protocol v1): bounded gunzip, strict JSON, batch events."""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from typing import Any, NoReturn
+
+from .._exceptions import InvalidEvent
+from .._schema import check_name, check_properties, check_user_identifiers, parse_timestamp
+from ._storage import EventRecord
+
+#: At most this many entries in the ``errors`` list of a 422 answer (the message still counts them all).
+MAX_REPORTED_ERRORS = 100
+MAX_CLIENT_IP_LENGTH = 255
+_MIN_TS = -62135596800.0  # 0001-01-01T00:00:00Z: format_timestamp() must be able to show what we store
+_MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+class Rejected(Exception):
+    """A request body the collector refuses: ``status`` and the JSON ``payload`` to answer with."""
+
+    def __init__(self, status: int, payload: dict[str, Any]) -> None:
+        super().__init__(payload.get("error", ""))
+        self.status = status
+        self.payload = payload
+
+
+def _reject(status: int, message: str) -> NoReturn:
+    raise Rejected(status, {"error": message})
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    # Bounded: never inflate more than limit + 1 bytes, whatever the input claims (zip bombs).
+    out = bytearray()
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(data, limit + 1 - len(out))
+        except zlib.error as exc:
+            _reject(400, f"body is not valid gzip: {exc}")
+        if len(out) > limit:
+            _reject(413, f"body is larger than {limit} bytes once decompressed")
+        if not inflater.eof:
+            _reject(400, "body is not valid gzip: truncated stream")
+        data = inflater.unused_data
+        if not data:  # else: another gzip member follows (concatenated gzip is valid gzip)
+            return bytes(out)
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes, content_encoding: str | None, limit: int) -> Any:
+    """Decode a (possibly gzip) JSON body; :raises Rejected: 400 bad gzip/JSON, 413 too large, 415 encoding."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "gzip":
+        raw = _gunzip(raw, limit)
+    elif encoding != "identity":
+        _reject(415, f"unsupported Content-Encoding {content_encoding!r}: send gzip or no encoding")
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        _reject(400, f"body is not valid JSON: {_show(str(exc))}")
+
+
+def storable(arg: str, text: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"), which SQLite's UTF-8 text cannot hold.
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise InvalidEvent(f"{arg} must be valid Unicode, got a lone surrogate in {_show(text)}") from None
+    return text
+
+
+def _optional_str(arg: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{arg} must be a str or null, got {type(value).__name__} {_show(value)}")
+    return value
+
+
+def _request(value: object) -> tuple[dict[str, Any], str | None]:
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"request must be an object or null, got {type(value).__name__} {_show(value)}")
+    missing = [key for key in ("client_ip", "user_agent", "path", "verb", "params") if key not in value]
+    if missing:
+        raise InvalidEvent(f"request is missing {', '.join(missing)}")
+    client_ip = _optional_str("request.client_ip", value["client_ip"])
+    if client_ip is not None:
+        if len(client_ip) > MAX_CLIENT_IP_LENGTH:
+            raise InvalidEvent(f"request.client_ip must be at most {MAX_CLIENT_IP_LENGTH} characters")
+        storable("request.client_ip", client_ip)
+    _optional_str("request.user_agent", value["user_agent"])
+    for key in ("path", "verb"):
+        if not isinstance(value[key], str):
+            raise InvalidEvent(f"request.{key} must be a str, got {type(value[key]).__name__} {_show(value[key])}")
+    if not isinstance(value["params"], dict):
+        raise InvalidEvent(f"request.params must be an object, got {type(value['params']).__name__}")
+    return value, client_ip
+
+
+def parse_batch(
+    raw: bytes,
+    content_encoding: str | None,
+    *,
+    app: str,
+    received_at: float,
+    max_bytes: int,
+    max_events: int,
+) -> list[EventRecord]:
+    """Decode and validate a whole batch body.
+
+    :return: one record per event, in order.
+    :raises Rejected: 400/413/415 for the body as a whole, 422 listing the invalid events (then none is valid).
+    """
+    document = decode_json(raw, content_encoding, max_bytes)
+    if not isinstance(document, dict) or not isinstance(document.get("events"), list):
+        _reject(400, 'body must be a JSON object {"events": [...]}')
+    events: list[Any] = document["events"]
+    if len(events) > max_events:
+        _reject(413, f"batch has {len(events)} events, at most {max_events} are accepted: split it")
+    records: list[EventRecord] = []
+    errors: list[dict[str, Any]] = []
+    n_invalid = 0
+    for index, event in enumerate(events):
+        field = "event"
+        event_id: str | None = None
+        try:
+            if type(event) is not dict:
+                raise InvalidEvent(f"event must be an object, got {type(event).__name__} {_show(event)}")
+            field = "id"
+            value = event.get("id")
+            if not isinstance(value, str) or not _UUID.fullmatch(value):
+                raise InvalidEvent(f"id must be a UUID in canonical 8-4-4-4-12 hex form, got {_show(value)}")
+            event_id = value.lower()
+            field = "name"
+            name = storable("event_name", check_name(event.get("name"), allow_reserved=True))
+            field = "timestamp"
+            value = event.get("timestamp")
+            if not isinstance(value, str):
+                raise InvalidEvent(f"timestamp must be an ISO 8601 str, got {type(value).__name__} {_show(value)}")
+            try:
+                ts = parse_timestamp(value)
+            except (ValueError, OverflowError):
+                raise InvalidEvent(f"timestamp must be ISO 8601, got {_show(value)}") from None
+            if not _MIN_TS <= ts <= _MAX_TS:
+                raise InvalidEvent(f"timestamp must be between years 1 and 9999 UTC, got {_show(value)}")
+            field = "properties"
+            properties, _ = check_properties(event.get("properties", {}))
+            field = "user_identifiers"
+            users: tuple[str, ...] = ()
+            identifiers = event.get("user_identifiers")
+            if identifiers is not None:
+                identifiers = check_user_identifiers(identifiers)
+                users = tuple([v if type(v) is str else str(v) for v in identifiers.values()])
+                if not all([v.isascii() for v in users]):
+                    for v in users:
+                        storable("user_identifiers", v)
+            field = "request"
+            request, client_ip = (None, None) if event.get("request") is None else _request(event["request"])
+        except InvalidEvent as exc:
+            n_invalid += 1
+            if len(errors) < MAX_REPORTED_ERRORS:
+                errors.append({"index": index, "id": event_id, "field": field, "message": str(exc)})
+            continue
+        if not n_invalid:
+            records.append(
+                EventRecord(
+                    event_id, name, ts, received_at, app, client_ip, properties, identifiers, request,
+                    event.get("body"), users,
+                )
+            )  # fmt: skip
+    if n_invalid:
+        raise Rejected(422, {"error": f"{n_invalid} invalid event{'s' if n_invalid > 1 else ''}", "errors": errors})
+    return records
