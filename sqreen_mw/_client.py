@@ -79,6 +79,7 @@ class Client:
             heartbeat_interval=settings["heartbeat_interval"],
             batch_size=settings["batch_size"],
             max_event_age=settings["max_event_age"],
+            follow_collector_heartbeat="heartbeat_interval" not in settings["explicit"],
         )
         self._batch_size: int = settings["batch_size"]
         self._seq = itertools.count(1)

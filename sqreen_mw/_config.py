@@ -119,11 +119,15 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
             hint = f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(_BY_NAME)}"
             raise ConfigurationError(f"unknown init() option {name!r}{hint}")
     settings: dict[str, Any] = {}
+    explicit: set[str] = set()  # options set by the app (keyword or environment), not defaulted
     for option in OPTIONS:
         if given.get(option.name) is not None:
             settings[option.name] = option.parse(option.name, given[option.name])
+            explicit.add(option.name)
         elif option.env and environ.get(option.env):
             settings[option.name] = option.parse(option.env, environ[option.env])
+            explicit.add(option.name)
         else:
             settings[option.name] = option.parse(option.name, option.default) if option.default is not None else None
+    settings["explicit"] = frozenset(explicit)
     return settings

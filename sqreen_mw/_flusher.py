@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from ._queue import EventQueue, Record
+from ._queue import SEQ, EventQueue, Record
 from ._transport import AUTH, DROP, OK, SPLIT, Outcome, Transport
 
 logger = logging.getLogger("sqreen_mw")
@@ -36,6 +36,7 @@ class Flusher:
         heartbeat_interval: float,
         batch_size: int,
         max_event_age: float,
+        follow_collector_heartbeat: bool = False,
     ) -> None:
         self.queue = queue
         self._make_transport = make_transport
@@ -43,6 +44,7 @@ class Flusher:
         self.heartbeat_interval = heartbeat_interval
         self.batch_size = batch_size
         self.max_event_age = max_event_age
+        self.follow_collector_heartbeat = follow_collector_heartbeat
         self.actions: list[Any] = []
         self._reset_state()
 
@@ -99,7 +101,7 @@ class Flusher:
         """Wait until every record up to sequence ``target`` is settled; True when none was dropped meanwhile."""
         if self.queue.settled_through() >= target:
             return True
-        dropped_before = sum(self.queue.dropped.values())
+        drop_ops = self.queue.drop_ops
         self.ensure_started()
         woken = self.wake(force=True)
         deadline = time.monotonic() + timeout
@@ -111,7 +113,7 @@ class Flusher:
                 self._progress.wait(min(remaining, 0.05 if not woken else 1.0))
                 if not woken:  # the loop was still starting: the first wake was lost
                     woken = self.wake(force=True)
-        return sum(self.queue.dropped.values()) == dropped_before
+        return not self.queue.dropped_since(drop_ops, target)
 
     def stop(self, timeout: float) -> None:
         """Deliver what is queued within ``timeout`` seconds, log out, and end the thread."""
@@ -156,8 +158,11 @@ class Flusher:
         self._wake_event = anyio.Event()
         self._loop = asyncio.get_running_loop()
         transport = self._make_transport()
-        next_beat = time.monotonic() + self.heartbeat_interval
         try:
+            with anyio.CancelScope() as self._scope:
+                await self._login(transport)  # early: the collector may set the heartbeat delay and actions
+            self._scope = None
+            next_beat = time.monotonic() + self.heartbeat_interval
             while not self._stopping:
                 now = time.monotonic()
                 wait = next_beat - now
@@ -190,6 +195,9 @@ class Flusher:
         if outcome.kind == OK:
             body = outcome.body or {}
             self.actions = list(body.get("actions") or [])
+            delay = body.get("heartbeat_delay")
+            if self.follow_collector_heartbeat and isinstance(delay, int | float) and delay > 0:
+                self.heartbeat_interval = float(delay)
             logger.info("sqreen_mw logged in to the collector as app %r", body.get("app"))
             return True
         self._failed(outcome, "login")
@@ -260,7 +268,7 @@ class Flusher:
             if outcome.kind in (SPLIT, DROP):
                 reason = "too_large" if outcome.kind == SPLIT else "rejected"
                 self.queue.done()
-                self.queue.drop(reason, len(batch))
+                self.queue.drop(reason, len(batch), batch[0][SEQ])
                 logger.error("sqreen_mw collector refused %d event(s): %s", len(batch), outcome.reason)
                 return True
             self.queue.give_back(batch)

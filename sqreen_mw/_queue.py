@@ -33,6 +33,8 @@ class EventQueue:
         self.dropped: dict[str, int] = {}
         self._warned: set[str] = set()
         self.inflight_first: int | None = None  # first sequence number of the batch being sent
+        self.drop_ops = 0  # drop operations so far; with _drop_marks, tells flush() what a drop took
+        self._drop_marks: deque[tuple[int, int]] = deque(maxlen=256)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -57,23 +59,36 @@ class EventQueue:
     def _shed(self) -> None:
         items = self._items
         dropped = 0
+        first = items[0][SEQ] if items else 0
         while items and (len(items) > self.max_events or self._bytes > self.max_bytes):
             self._bytes -= items.popleft()[SIZE]
             dropped += 1
-        self._count_drop("queue_full", dropped)
+        self._count_drop("queue_full", dropped, first)
 
-    def _count_drop(self, reason: str, n: int) -> None:
+    def _count_drop(self, reason: str, n: int, first_seq: int) -> None:
         if not n:
             return
         self.dropped[reason] = self.dropped.get(reason, 0) + n
+        self.drop_ops += 1
+        self._drop_marks.append((self.drop_ops, first_seq))
         if reason not in self._warned:
             self._warned.add(reason)
             logger.warning("sqreen_mw dropped %d event(s): %s (further drops are counted, not logged)", n, reason)
 
-    def drop(self, reason: str, n: int) -> None:
-        """Count ``n`` events dropped outside the queue (by the flusher)."""
+    def drop(self, reason: str, n: int, first_seq: int) -> None:
+        """Count ``n`` events dropped outside the queue (by the flusher), the oldest numbered ``first_seq``."""
         with self._lock:
-            self._count_drop(reason, n)
+            self._count_drop(reason, n, first_seq)
+
+    def dropped_since(self, drop_ops: int, through_seq: float) -> bool:
+        """Whether a drop after the ``drop_ops``-th one took a record numbered ``through_seq`` or less."""
+        with self._lock:
+            if self.drop_ops == drop_ops:
+                return False
+            marks = self._drop_marks
+            if marks[0][0] > drop_ops + 1:  # older marks forgotten: assume the worst
+                return True
+            return any(first <= through_seq for op, first in marks if op > drop_ops)
 
     def take(self, n: int) -> list[Record]:
         """Remove and return up to ``n`` of the oldest records; they are in flight until :meth:`done`."""
@@ -112,10 +127,11 @@ class EventQueue:
         with self._lock:
             items = self._items
             n = 0
+            first = items[0][SEQ] if items else 0
             while items and items[0][TRACKED_AT] < tracked_before_ns:
                 self._bytes -= items.popleft()[SIZE]
                 n += 1
-            self._count_drop("expired", n)
+            self._count_drop("expired", n, first)
         return n
 
     def clear(self) -> None:
@@ -127,6 +143,8 @@ class EventQueue:
         self.dropped = {}
         self._warned = set()
         self.inflight_first = None
+        self.drop_ops = 0
+        self._drop_marks = deque(maxlen=256)
 
     def statistics(self) -> dict[str, Any]:
         with self._lock:

@@ -81,3 +81,18 @@ def test_concurrent_producers_lose_nothing_uncounted() -> None:
     assert stats["tracked"] == 20_000
     assert stats["queued"] + stats["dropped"]["queue_full"] == 20_000
     assert stats["queued"] == 1000 and stats["queued_bytes"] == 1000
+
+
+def test_dropped_since_tells_whether_a_drop_took_an_old_enough_record() -> None:
+    q = EventQueue(max_events=2, max_bytes=10**9)
+    q.put(rec(1))
+    mark = q.drop_ops
+    assert not q.dropped_since(mark, 1)
+    q.put(rec(2))
+    q.put(rec(3))  # sheds record 1
+    assert q.dropped_since(mark, 1)
+    mark = q.drop_ops
+    q.put(rec(4))  # sheds record 2
+    assert q.dropped_since(mark, 2) and not q.dropped_since(mark, 1)
+    q.drop("rejected", 1, first_seq=9)
+    assert not q.dropped_since(q.drop_ops - 1, 8)
