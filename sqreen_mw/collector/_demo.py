@@ -120,27 +120,40 @@ def _serve(app: Any, port: int) -> Iterator[str]:
         thread.join(10)
 
 
+class DemoError(RuntimeError):
+    """The demo shop did not answer as scripted."""
+
+
+def _checked(response: httpx.Response, *expected: int) -> httpx.Response:
+    if response.status_code not in expected:
+        raise DemoError(f"{response.request.method} {response.request.url.path} answered {response.status_code}: "
+                        f"{response.text[:200]}")
+    return response
+
+
 def drive_traffic(shop: str, say: Callable[[str], None]) -> None:
     """Shoppers sign up, log in and buy; an attacker tries a list of leaked passwords."""
     with httpx.Client(base_url=shop, timeout=10) as http:
         for email, password, ip in SHOPPERS:
             via = {"X-Forwarded-For": ip, "User-Agent": "Mozilla/5.0 (demo shopper)"}
-            http.post("/signup", data={"email": email, "password": password}, headers=via)
-            token = http.post("/login", data={"email": email, "password": password}, headers=via).json()["token"]
-            http.post(
+            _checked(http.post("/signup", data={"email": email, "password": password}, headers=via), 201)
+            login = http.post("/login", data={"email": email, "password": password}, headers=via)
+            token = _checked(login, 200).json()["token"]
+            order = http.post(
                 "/orders?coupon=WELCOME",
                 headers={**via, "Authorization": f"Bearer {token}"},
                 json={"item": "teapot", "quantity": 1, "card_number": "4111 1111 1111 1111"},
             )
+            _checked(order, 201)
         say(f"  3 shoppers signed up, logged in and ordered (client IPs {', '.join(s[2] for s in SHOPPERS)})")
         attacker = {"X-Forwarded-For": ATTACKER_IP, "User-Agent": "python-requests/2.31 (stuffing)"}
         guesses = ["123456", "password", "qwerty", "letmein", "dragon", "monkey", "abc123", "iloveyou"]
         tries = 0
         for email, _, _ in SHOPPERS:
             for guess in guesses:
-                http.post("/login", data={"email": email, "password": guess}, headers=attacker)
+                _checked(http.post("/login", data={"email": email, "password": guess}, headers=attacker), 401)
                 tries += 1
-        http.post("/password/reset", data={"email": "alice@example.com"}, headers=attacker)
+        _checked(http.post("/password/reset", data={"email": "alice@example.com"}, headers=attacker), 202)
         say(f"  attacker {ATTACKER_IP} tried {tries} leaked passwords against {len(SHOPPERS)} accounts")
 
 
@@ -189,7 +202,11 @@ def run_demo(
             client = sqreen_mw.init(DEMO_KEY, collector, app_name="demo-shop", heartbeat_interval=60)
             with _serve(shop_app(), _free_port()) as shop:
                 say(f"demo shop listening on {shop}, instrumented with sqreen_mw\n\nTraffic:")
-                drive_traffic(shop, say)
+                try:
+                    drive_traffic(shop, say)
+                except (DemoError, httpx.HTTPError) as exc:
+                    say(f"demo failed: {exc}")
+                    return 1
                 delivered = sqreen_mw.flush(10)
             stats = client.statistics()
             say(
