@@ -153,27 +153,11 @@ def start_collector(db: Path, port: int = 0, extra: Sequence[str] = ()) -> Itera
         stop_process(proc, signal.SIGTERM)
 
 
-@contextlib.contextmanager
-def serve_in_thread(app: Any, port: int = 0) -> Iterator[str]:
+def serve_in_thread(app: Any, port: int = 0) -> contextlib.AbstractContextManager[str]:
     """Serve an ASGI app with a real uvicorn server on loopback, in a thread of the test process."""
-    import threading
+    from sqreen_mw.collector._demo import serve_in_thread as serve
 
-    import uvicorn
-
-    port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise AssertionError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    return serve(app, port, lifespan="off")
 
 
 class FaultyProxy:

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from starlette.applications import Starlette
@@ -102,11 +102,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _serve(app: Any, port: int) -> Iterator[str]:
+def serve_in_thread(app: Any, port: int = 0, lifespan: Literal["on", "off"] = "on") -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on loopback in a daemon thread; yield its URL; stop it on exit."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name=f"demo-uvicorn-{port}", daemon=True)
+    port = port or _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:
@@ -197,10 +199,10 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="sqreen-mw-demo-") as tmp:
         db_path = db or str(Path(tmp) / "demo.db")
         collector_app = create_app(db_path=db_path, api_keys={DEMO_KEY: "demo-shop"}, admin_token=admin)
-        with _serve(collector_app, port or _free_port()) as collector:
+        with serve_in_thread(collector_app, port) as collector:
             say(f"collector listening on {collector} (db: {db_path})")
             client = sqreen_mw.init(DEMO_KEY, collector, app_name="demo-shop", heartbeat_interval=60)
-            with _serve(shop_app(), _free_port()) as shop:
+            with serve_in_thread(shop_app()) as shop:
                 say(f"demo shop listening on {shop}, instrumented with sqreen_mw\n\nTraffic:")
                 try:
                     drive_traffic(shop, say)
