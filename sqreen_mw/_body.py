@@ -9,6 +9,7 @@ read into memory and replayed to the application on its next reads.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -31,6 +32,21 @@ def flat_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy: containers copied (20 levels at most), non-finite floats and other objects as text."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= 20:
+        return TRUNCATION_MARKER
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v, depth + 1) for v in value]
+    return str(value)
+
+
 def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
     """Parse a recorded body: JSON and url-encoded forms when complete, else UTF-8 text (marked when cut)."""
     if not data:
@@ -39,8 +55,8 @@ def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
     if complete:
         if "json" in ctype:
             try:
-                return json.loads(data)
-            except ValueError:
+                return jsonable(json.loads(data))
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses: keep as text
                 pass
         elif ctype.startswith("application/x-www-form-urlencoded"):
             return flat_pairs(parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True))
@@ -153,9 +169,15 @@ class WSGIInput(BodyTee):
     def prefetch(self) -> None:
         if self._remaining is None or not 0 < self._remaining <= self.limit:
             return
-        data = self._stream.read(self._remaining)
-        self._remaining -= len(data)
-        self.feed(data, True)
+        chunks = []
+        while self._remaining > 0:  # a read may return less than asked (raw streams)
+            chunk = self._stream.read(self._remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            self._remaining -= len(chunk)
+        data = b"".join(chunks)
+        self.feed(data, self._remaining == 0)
         self._buffer = data
         self._prefetched = True
 

@@ -33,7 +33,7 @@ from ._schema import (
     format_timestamp,
 )
 from ._scrub import Scrubber
-from ._transport import Transport
+from ._transport import Transport, encode_batch
 
 logger = logging.getLogger("sqreen_mw")
 
@@ -71,7 +71,7 @@ class Client:
             sensitive_values=settings["sensitive_values"],
         )
         self.max_body_bytes: int = settings["max_body_bytes"]
-        self.queue = EventQueue(settings["max_queue_events"], settings["max_queue_bytes"])
+        self.queue = EventQueue(settings["max_queue_events"], settings["max_queue_bytes"], settings["batch_size"])
         self.flusher = Flusher(
             self.queue,
             lambda: Transport(settings["url"], settings["token"], settings["app_name"], settings["request_timeout"]),
@@ -81,12 +81,12 @@ class Client:
             max_event_age=settings["max_event_age"],
             follow_collector_heartbeat="heartbeat_interval" not in settings["explicit"],
         )
-        self._batch_size: int = settings["batch_size"]
         self._seq = itertools.count(1)
         self._id_base = secrets.randbits(74)
         self._capture: list[WireEvent] | None = None
         self._accepting = self.enabled
-        self._started = False
+        self._started_pid: int | None = None  # the process whose flusher runs; another pid = a fork we missed
+        self._flush_mark = 0  # queue.drop_ops when the last flush() returned
         self._closed = False
         if not self.enabled:
             logger.warning("sqreen_mw has no token (SQREEN_TOKEN): calls are validated but no event is sent")
@@ -147,22 +147,35 @@ class Client:
         when = None if timestamp is None else check_timestamp(timestamp)
         info = body = None
         if ctx is not None:
-            info = ctx.info(self.resolver)
-            if collect_body:
-                body = ctx.body(self.max_body_bytes)
-                size += len(repr(body))
-        record = (time.time_ns(), next(self._seq), name, props, user, when, info, body, size + 200)
+            try:
+                info = ctx.info(self.resolver)
+                if collect_body:
+                    body = ctx.body(self.max_body_bytes)
+                    size += len(repr(body))
+            except Exception as exc:  # a request that cannot be read (client gone, odd server) is no app error
+                logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
+        seq = next(self._seq)
+        record = (time.time_ns(), seq, name, props, user, when, info, body, size + 200)
         if self._capture is not None:
             self._capture.append(self._wire(record, {}))
             return True
         if not self._accepting:
+            if self._closed:
+                self.queue.drop("after_shutdown", 1, seq)
             return False
-        if self.queue.put(record) == self._batch_size:
+        if self._started_pid != os.getpid():
+            self._start()
+        if self.queue.put(record):
             self.flusher.wake()
-        if not self._started:
-            self._started = True
-            self.flusher.ensure_started()
         return True
+
+    def _start(self) -> None:
+        # The first event of this process, or of a child forked where os.register_at_fork does not run (a fork
+        # from C, as uWSGI does without py-call-osafterfork): such a child starts afresh like any other.
+        if self._started_pid is not None:
+            self._after_fork()
+        self._started_pid = os.getpid()
+        self.flusher.ensure_started()
 
     def identify(self, user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any] | None = None) -> None:
         """Name the user of the current request; later ``track()`` calls of the request inherit them."""
@@ -189,10 +202,18 @@ class Client:
         self.identify(user)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Deliver everything queued so far; return True when it was all delivered within ``timeout`` seconds."""
-        if not self._started:
-            return not len(self.queue)
-        return self.flusher.flush(next(self._seq) - 1, timeout)
+        """Deliver everything queued so far.
+
+        :return: True when every event tracked since the previous ``flush()`` (or since the start) was delivered
+            within ``timeout`` seconds: none still queued, none dropped.
+        """
+        target = next(self._seq) - 1
+        if self._started_pid is None:
+            ok = not len(self.queue) and not self.queue.dropped_since(self._flush_mark, target)
+        else:
+            ok = self.flusher.flush(target, timeout, self._flush_mark)
+        self._flush_mark = self.queue.drop_ops
+        return ok
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush within ``timeout`` (default ``shutdown_timeout``) and stop; later events are not queued."""
@@ -233,30 +254,76 @@ class Client:
             "body": None if body is None else scrub(body),
         }
 
-    def _serialize(self, batch: list[Record]) -> list[Any]:
+    def _serialize(self, batch: list[Record]) -> tuple[bytes | None, list[Record]]:
+        """The batch body and the records in it; a record that cannot be encoded is left out (the caller counts)."""
         scrubbed: dict[int, Any] = {}
-        return [self._wire(record, scrubbed) for record in batch]
+        try:
+            return encode_batch([self._wire(record, scrubbed) for record in batch]), batch
+        except Exception as exc:  # find the culprits one by one
+            logger.debug("sqreen_mw batch encoding failed (%s); encoding its events one by one", exc)
+        events, kept = [], []
+        for record in batch:
+            try:
+                event = self._wire(record, {})
+                encode_batch([event])
+            except Exception as exc:
+                logger.error("sqreen_mw cannot encode event %r: %s: %s", record[2], type(exc).__name__, exc)
+                continue
+            events.append(event)
+            kept.append(record)
+        return (encode_batch(events) if events else None), kept
 
     def _after_fork(self) -> None:
         self.queue.clear()
         self.flusher.after_fork()
         self._id_base = secrets.randbits(74)
-        self._started = False
+        self._started_pid = None
+        self._flush_mark = 0
+
+
+_exit_deadline: float | None = None  # one shutdown_timeout budget for the whole exit sequence
+
+
+def _exit_budget(client: Client) -> float:
+    global _exit_deadline
+    if _exit_deadline is None:
+        _exit_deadline = time.monotonic() + client.settings["shutdown_timeout"]
+    return max(0.1, _exit_deadline - time.monotonic())
+
+
+def _flush_before_exit() -> None:
+    # Runs when the main thread ends, before `atexit`: by `atexit` time the interpreter refuses new executor jobs,
+    # and asyncio resolves host names in an executor, so a flush that needs a new connection would fail there.
+    for client in list(_live_clients):
+        if client._started_pid == os.getpid() and not client._closed:
+            try:
+                client.flush(_exit_budget(client))
+            except Exception:
+                logger.exception("sqreen_mw exit flush failed")
 
 
 def _shutdown_all() -> None:
     for client in list(_live_clients):
         try:
-            client.shutdown()
+            client.shutdown(_exit_budget(client))
         except Exception:
             logger.exception("sqreen_mw shutdown failed")
 
 
 def _after_fork_all() -> None:
+    global _exit_deadline
+    _exit_deadline = None
     for client in list(_live_clients):
         client._after_fork()
 
 
+_register_thread_exit = getattr(threading, "_register_atexit", None)
+if _register_thread_exit is not None:
+    # concurrent.futures.thread registers its own shutdown here when first imported; these run last-in first-out,
+    # so import it now for ours to run before it.
+    import concurrent.futures.thread  # noqa: F401
+
+    _register_thread_exit(_flush_before_exit)
 atexit.register(_shutdown_all)
 os.register_at_fork(after_in_child=_after_fork_all)
 
@@ -265,11 +332,13 @@ _signal_installed = False
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    _shutdown_all()
     previous = _previous_sigterm
     if callable(previous):
+        # A server's own graceful exit (gunicorn workers): requests still running may track events, and the
+        # process ends through sys.exit, so atexit delivers them. Shutting down here would refuse them.
         previous(signum, frame)
     elif previous in (signal.SIG_DFL, None):
+        _shutdown_all()  # the default action ends the process at once: deliver first
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from ._exceptions import ConfigurationError
 
 DEFAULT_URL = "http://127.0.0.1:8707"
@@ -62,6 +64,13 @@ def _url(name: str, value: Any) -> str:
     text = _text(name, value) or DEFAULT_URL
     if not text.startswith(("http://", "https://")):
         raise ConfigurationError(f"{name} must be an http:// or https:// URL, got {text!r}")
+    try:
+        url = httpx.URL(text)
+        url.port  # noqa: B018 - parses the port, raising on garbage
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ConfigurationError(f"{name} is not a valid URL ({exc}), got {text!r}") from None
+    if not url.host:
+        raise ConfigurationError(f"{name} must name a host, got {text!r}")
     return text.rstrip("/")
 
 

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ._body import BodyTee, flat_pairs, parse_body
+from ._body import BodyTee, flat_pairs, jsonable, parse_body
 from ._exceptions import InvalidEvent
 from ._ip import ClientIPResolver
 from ._schema import RequestInfo, UserIdentifiers
@@ -74,6 +74,18 @@ def context_for(request: object) -> RequestContext:
     bound = current_context.get()
     if isinstance(request, RequestContext):
         return request
+    try:
+        kind, raw = _classify(request)
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # e.g. Flask's request proxy used outside a request
+        raise InvalidEvent(f"request could not be read ({type(exc).__name__}: {exc})") from exc
+    if bound is not None and bound.raw is raw:
+        return bound
+    return RequestContext(kind, raw)
+
+
+def _classify(request: object) -> tuple[int, Any]:
     kind: int
     raw: Any
     if hasattr(request, "META") and type(request).__module__.startswith("django"):
@@ -91,9 +103,7 @@ def context_for(request: object) -> RequestContext:
             "request must be a Starlette/FastAPI Request, a Flask/Werkzeug request, a Django HttpRequest, "
             f"an ASGI scope or a WSGI environ, got {type(request).__name__}"
         )
-    if bound is not None and bound.raw is raw:
-        return bound
-    return RequestContext(kind, raw)
+    return kind, raw
 
 
 _WANTED = frozenset({b"user-agent", b"content-type", b"x-forwarded-for", b"forwarded", b"x-real-ip"})
@@ -206,7 +216,7 @@ def _wsgi_info(environ: Mapping[str, Any], resolver: ClientIPResolver, tee: Body
         if "form" in wz.__dict__:
             form = flat_pairs(wz.form.items(multi=True))
         cached = getattr(wz, "_cached_json", (Ellipsis, Ellipsis))
-        json_body = None if cached[0] is Ellipsis else cached[0]
+        json_body = None if cached[0] is Ellipsis else jsonable(cached[0])  # a copy: the app may change its own
     if form is None and json_body is None:
         form, json_body = _body_params(environ.get("CONTENT_TYPE", ""), tee)
     return {

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from ._queue import SEQ, EventQueue, Record
-from ._transport import AUTH, DROP, OK, SPLIT, Outcome, Transport
+from ._transport import AUTH, DROP, OK, RETRY, SPLIT, Outcome, Transport
 
 logger = logging.getLogger("sqreen_mw")
 
@@ -31,7 +31,7 @@ class Flusher:
         self,
         queue: EventQueue,
         make_transport: Callable[[], Transport],
-        serialize: Callable[[list[Record]], list[Any]],
+        serialize: Callable[[list[Record]], tuple[bytes | None, list[Record]]],
         *,
         heartbeat_interval: float,
         batch_size: int,
@@ -97,11 +97,13 @@ class Flusher:
             return False
         return True
 
-    def flush(self, target: float, timeout: float) -> bool:
-        """Wait until every record up to sequence ``target`` is settled; True when none was dropped meanwhile."""
+    def flush(self, target: float, timeout: float, since_drop_ops: int) -> bool:
+        """Wait until every record up to sequence ``target`` is settled.
+
+        :return: True when none of them was dropped after the ``since_drop_ops``-th drop.
+        """
         if self.queue.settled_through() >= target:
-            return True
-        drop_ops = self.queue.drop_ops
+            return not self.queue.dropped_since(since_drop_ops, target)
         self.ensure_started()
         woken = self.wake(force=True)
         deadline = time.monotonic() + timeout
@@ -113,7 +115,7 @@ class Flusher:
                 self._progress.wait(min(remaining, 0.05 if not woken else 1.0))
                 if not woken:  # the loop was still starting: the first wake was lost
                     woken = self.wake(force=True)
-        return not self.queue.dropped_since(drop_ops, target)
+        return not self.queue.dropped_since(since_drop_ops, target)
 
     def stop(self, timeout: float) -> None:
         """Deliver what is queued within ``timeout`` seconds, log out, and end the thread."""
@@ -166,8 +168,7 @@ class Flusher:
             while not self._stopping:
                 now = time.monotonic()
                 wait = next_beat - now
-                pending = len(self.queue)
-                if pending >= self.batch_size or (pending and self._retry_pending):
+                if self.queue.wants_send() or (len(self.queue) and self._retry_pending):
                     wait = min(wait, max(self._retry_at, self._retry_after_until) - now)
                 with anyio.move_on_after(max(0.0, wait)):
                     await self._wake_event.wait()
@@ -175,18 +176,29 @@ class Flusher:
                 if self._stopping:
                     break
                 beat = time.monotonic() >= next_beat
+                if beat:
+                    next_beat = time.monotonic() + self.heartbeat_interval
                 with anyio.CancelScope() as self._scope:
-                    await self._deliver(transport, everything=beat or self._forced or self._retry_pending)
-                    if beat:
-                        next_beat = time.monotonic() + self.heartbeat_interval
-                        await self._heartbeat(transport)
+                    try:
+                        await self._deliver(transport, everything=beat or self._forced or self._retry_pending)
+                        if beat:
+                            await self._heartbeat(transport)
+                    except Exception as exc:  # a bug must not end delivery for the rest of the process
+                        self._unexpected(exc)
                 self._scope = None
         finally:
             with anyio.move_on_after(max(0.0, self._deadline - time.monotonic()), shield=True):
-                await self._deliver(transport, everything=True, final=True)
-                await transport.logout()
+                try:
+                    await self._deliver(transport, everything=True, final=True)
+                    await transport.logout()
+                except Exception as exc:
+                    self._unexpected(exc)
             with anyio.move_on_after(0.2, shield=True):
                 await transport.aclose()
+
+    def _unexpected(self, exc: Exception) -> None:
+        logger.error("sqreen_mw flusher error (will retry): %s: %s", type(exc).__name__, exc, exc_info=exc)
+        self._failed(Outcome(RETRY, f"{type(exc).__name__}: {exc}"), "flusher")
 
     async def _login(self, transport: Transport) -> bool:
         if transport.session is not None:
@@ -210,12 +222,11 @@ class Flusher:
         self.retries += 1
         self._retry_pending = True  # retry what this round meant to send, even if no batch is full
         now = time.monotonic()
-        if outcome.retry_after is not None:
-            delay = outcome.retry_after
+        self._backoff = min(60.0, max(1.0, self._backoff * 2))
+        delay = self._backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+        if outcome.retry_after is not None:  # honoured, but never below the backoff (Retry-After: 0 loops)
+            delay = max(delay, outcome.retry_after)
             self._retry_after_until = now + delay
-        else:
-            self._backoff = min(60.0, max(1.0, self._backoff * 2))
-            delay = self._backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
         self._retry_at = now + delay
 
     def _succeeded(self) -> None:
@@ -234,7 +245,7 @@ class Flusher:
         while True:
             queue.expire(time.time_ns() - int(self.max_event_age * 1e9))
             self._notify()
-            if not len(queue) or (not everything and len(queue) < self.batch_size):
+            if not len(queue) or (not everything and not queue.wants_send()):
                 return
             now = time.monotonic()
             if now < self._retry_after_until or (now < self._retry_at and not (forced or final)):
@@ -245,7 +256,16 @@ class Flusher:
             if not batch:
                 return
             try:
-                outcome = await transport.send_batch(self._serialize(batch))
+                payload, kept = self._serialize(batch)
+                if len(kept) < len(batch):
+                    bad = len(batch) - len(kept)
+                    logger.error("sqreen_mw dropped %d event(s) that could not be encoded as JSON", bad)
+                    queue.drop("unserializable", bad, batch[0][SEQ])
+                    batch = kept
+                if payload is None:
+                    queue.done()
+                    continue
+                outcome = await transport.send_batch(payload)
             except BaseException:
                 queue.give_back(batch)
                 raise
@@ -264,6 +284,13 @@ class Flusher:
             if outcome.kind == SPLIT and len(batch) > 1:
                 self._batch_limit = max(1, len(batch) // 2)
                 self.queue.give_back(batch)
+                return True
+            invalid = _invalid_indexes(outcome, len(batch))
+            if invalid and len(invalid) < len(batch):
+                # The collector stores a batch all or nothing: leave out the events it named, send the others.
+                self.queue.drop("rejected", len(invalid), batch[min(invalid)][SEQ])
+                logger.error("sqreen_mw collector refused %d event(s): %s", len(invalid), outcome.reason)
+                self.queue.give_back([r for i, r in enumerate(batch) if i not in invalid])
                 return True
             if outcome.kind in (SPLIT, DROP):
                 reason = "too_large" if outcome.kind == SPLIT else "rejected"
@@ -298,3 +325,14 @@ class Flusher:
         stats["sent"] = self.sent
         stats["retries"] = self.retries
         return stats
+
+
+def _invalid_indexes(outcome: Outcome, size: int) -> set[int]:
+    """The batch positions a 422 answer names as invalid (protocol v1 ``errors[].index``)."""
+    if outcome.kind != DROP or not isinstance(outcome.body, dict):
+        return set()
+    errors = outcome.body.get("errors")
+    if not isinstance(errors, list):
+        return set()
+    indexes = (e.get("index") for e in errors if isinstance(e, dict))
+    return {i for i in indexes if type(i) is int and 0 <= i < size}

@@ -23,9 +23,12 @@ SIZE = 8  # index of the byte estimate
 class EventQueue:
     """A deque bounded by count and by estimated bytes, with drop counters by reason."""
 
-    def __init__(self, max_events: int, max_bytes: int) -> None:
+    def __init__(self, max_events: int, max_bytes: int, batch_size: int | None = None) -> None:
         self.max_events = max_events
         self.max_bytes = max_bytes
+        # Send early when a batch is full, or well before either bound would shed events.
+        self.wake_count = max(1, min(batch_size or max_events, max_events // 2))
+        self.wake_bytes = max(1, max_bytes // 2)
         self._items: deque[Record] = deque()
         self._lock = threading.Lock()
         self._bytes = 0
@@ -39,8 +42,8 @@ class EventQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, record: Record) -> int:
-        """Append ``record``; return the new length (the caller wakes the flusher when a batch is full)."""
+    def put(self, record: Record) -> bool:
+        """Append ``record``; return True when the flusher should be woken to send early."""
         lock = self._lock
         lock.acquire()  # cheaper than `with` on this hot path
         try:
@@ -49,12 +52,16 @@ class EventQueue:
             self._bytes += record[SIZE]
             self.tracked += 1
             n = len(items)
-            if n > self.max_events or self._bytes > self.max_bytes:
+            size = self._bytes
+            if n > self.max_events or size > self.max_bytes:
                 self._shed()
-                n = len(items)
         finally:
             lock.release()
-        return n
+        return n == self.wake_count or size - record[SIZE] < self.wake_bytes <= size
+
+    def wants_send(self) -> bool:
+        """Enough is queued to send without waiting for the heartbeat."""
+        return len(self._items) >= self.wake_count or self._bytes >= self.wake_bytes
 
     def _shed(self) -> None:
         items = self._items

@@ -27,9 +27,15 @@ Properties = dict[str, Scalar]
 UserIdentifiers = dict[str, str | int]
 
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+#: Integers must fit in 64 bits (what JSON consumers and SQLite keep exactly).
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
+_MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC).timestamp()
 
 
 def _show(value: object) -> str:
+    if isinstance(value, int) and value.bit_length() > 256:  # repr of a huge int is slow, or refused
+        return f"an int of {value.bit_length()} bits"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -52,6 +58,8 @@ def _scalar(arg: str, key: str, value: object) -> Scalar:
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
+        if not MIN_INT <= value <= MAX_INT:
+            raise InvalidEvent(f"{arg}[{key!r}] must fit in 64 bits (-2**63 to 2**63-1), got {_show(value)}")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -100,7 +108,9 @@ def check_properties(properties: object, arg: str = "properties") -> tuple[Prope
             if len(value) > MAX_STRING_LENGTH:
                 value = _scalar(arg, key, value)
             size += len(value)
-        elif tv not in _SCALAR_TYPES or (tv is float and not math.isfinite(value)):
+        elif tv not in _SCALAR_TYPES or (tv is float and not math.isfinite(value)) or (
+            tv is int and not MIN_INT <= value <= MAX_INT
+        ):
             value = _scalar(arg, key, value)
         out[key] = value
         size += len(key) + 100
@@ -123,6 +133,8 @@ def check_user_identifiers(user_identifiers: object, arg: str = "user_identifier
             raise InvalidEvent(f"{arg}[{key!r}] must be a str or int, got {type(value).__name__} {_show(value)}")
         if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
             raise InvalidEvent(f"{arg}[{key!r}] must be at most {MAX_STRING_LENGTH} characters, got {len(value)}")
+        if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+            raise InvalidEvent(f"{arg}[{key!r}] must fit in 64 bits, got {_show(value)}")
         out[key] = value if type(value) in (str, int) else (str(value) if isinstance(value, str) else int(value))
     return out
 
@@ -133,7 +145,10 @@ def check_timestamp(timestamp: object) -> float:
         raise InvalidEvent(f"timestamp must be a datetime, got {type(timestamp).__name__} {_show(timestamp)}")
     if timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=UTC)
-    return timestamp.timestamp()
+    seconds = timestamp.timestamp()
+    if not _MIN_TS <= seconds <= _MAX_TS:
+        raise InvalidEvent(f"timestamp must be between years 1 and 9999 in UTC, got {timestamp.isoformat()}")
+    return seconds
 
 
 def format_timestamp(seconds: float) -> str:

@@ -69,7 +69,16 @@ def classify(response: httpx.Response) -> Outcome:
         return Outcome(RETRY, _reason(response), _retry_after(response.headers.get("retry-after")))
     if status == 413:
         return Outcome(SPLIT, _reason(response))
-    return Outcome(DROP, _reason(response))
+    try:
+        body = response.json()  # a 422 names the invalid events
+    except ValueError:
+        body = None
+    return Outcome(DROP, _reason(response), body=body)
+
+
+def encode_batch(events: list[Any]) -> bytes:
+    """The batch body; raises ``TypeError``/``ValueError`` on anything JSON cannot carry (NaN included)."""
+    return json.dumps({"events": events}, separators=(",", ":"), allow_nan=False).encode()
 
 
 class Transport:
@@ -87,7 +96,7 @@ class Transport:
     async def _post(self, path: str, content: bytes, headers: dict[str, str]) -> Outcome:
         try:
             response = await self._client.post(path, content=content, headers={**self._headers, **headers})
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # network errors, and e.g. no DNS executor left at interpreter exit
             return Outcome(RETRY, f"{type(exc).__name__}: {exc}")
         return classify(response)
 
@@ -117,8 +126,9 @@ class Transport:
         payload = json.dumps({"stats": stats}).encode()
         return await self._post("/api/v1/agent/heartbeat", payload, self._session_headers({}))
 
-    async def send_batch(self, events: list[Any]) -> Outcome:
-        payload = gzip.compress(json.dumps({"events": events}, separators=(",", ":")).encode(), compresslevel=5)
+    async def send_batch(self, batch_json: bytes) -> Outcome:
+        """POST a batch already encoded by :func:`encode_batch`, gzipped."""
+        payload = gzip.compress(batch_json, compresslevel=5)
         return await self._post("/api/v1/agent/batch", payload, self._session_headers({"Content-Encoding": "gzip"}))
 
     async def logout(self) -> None:

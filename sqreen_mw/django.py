@@ -81,7 +81,8 @@ class SqreenMiddleware:
     @staticmethod
     def _bind_stream(ctx: RequestContext, response: HttpResponseBase) -> HttpResponseBase:
         # A streamed body is produced after the middleware returned: keep the request bound while it is.
-        if getattr(response, "streaming", False):
+        if getattr(response, "streaming", False) and getattr(response, "file_to_stream", None) is None:
+            # (a FileResponse keeps its file so the server can use sendfile)
             content = response.streaming_content
             if getattr(response, "is_async", False):
                 response.streaming_content = _bind_async(ctx, aiter(content))

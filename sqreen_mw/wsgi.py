@@ -38,11 +38,12 @@ class _BoundResponse:
     the common one-chunk response pays nothing per chunk.
     """
 
-    __slots__ = ("_result", "_token")
+    __slots__ = ("_ctx", "_result", "_token")
 
-    def __init__(self, result: Iterable[bytes], token: Token[RequestContext | None]) -> None:
+    def __init__(self, result: Iterable[bytes], ctx: RequestContext, token: Token[RequestContext | None]) -> None:
         self._result = result
-        self._token = token
+        self._ctx = ctx
+        self._token: Token[RequestContext | None] | None = token
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._result)
@@ -53,10 +54,17 @@ class _BoundResponse:
             if close is not None:
                 close()
         finally:
-            try:
-                current_context.reset(self._token)
-            except ValueError:  # closed from another context than the call's: that context ends anyway
-                pass
+            token, self._token = self._token, None
+            if token is not None:  # close() may be called twice
+                _unbind(self._ctx, token)
+
+
+def _unbind(ctx: RequestContext, token: Token[RequestContext | None]) -> None:
+    try:
+        current_context.reset(token)
+    except (ValueError, RuntimeError):  # closed from another context, or out of order
+        if current_context.get() is ctx:
+            current_context.set(None)
 
 
 class SqreenMiddleware:
@@ -74,17 +82,24 @@ class SqreenMiddleware:
         tee = None
         if environ.get("REQUEST_METHOD") not in _NO_BODY:
             length_text = environ.get("CONTENT_LENGTH")
-            length = int(length_text) if length_text and length_text.isdigit() else None
+            length = int(length_text) if length_text and length_text.isascii() and length_text.isdigit() else None
             if length or environ.get("HTTP_TRANSFER_ENCODING"):
                 tee = WSGIInput(environ["wsgi.input"], length, (self._client or get_client()).max_body_bytes)
                 environ["wsgi.input"] = tee
-        token = current_context.set(RequestContext(WSGI, environ, tee))
+        ctx = RequestContext(WSGI, environ, tee)
+        token = current_context.set(ctx)
         try:
             result = self.app(environ, start_response)
         except BaseException:
             current_context.reset(token)
             raise
-        if type(result) is list:  # already produced: nothing runs later, unbind now
+        if type(result) is list or _is_file_wrapper(environ, result):
+            # Nothing of the app runs later (or the server sends a file as is: keep its sendfile path).
             current_context.reset(token)
             return result
-        return _BoundResponse(result, token)
+        return _BoundResponse(result, ctx, token)
+
+
+def _is_file_wrapper(environ: Environ, result: object) -> bool:
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and isinstance(result, wrapper)

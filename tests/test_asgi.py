@@ -202,3 +202,21 @@ async def test_non_http_scopes_pass_through() -> None:
 
     await SqreenMiddleware(app)({"type": "websocket", "path": "/ws"}, None, None)  # type: ignore[arg-type]
     assert calls == ["websocket"]
+
+
+async def test_hostile_json_body_never_raises_into_the_app(make_client: MakeClient) -> None:
+    make_client()
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        await request.body()
+        sqreen_mw.track("login.failed", collect_body=True)
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/deep", endpoint, methods=["POST"])])
+    app.add_middleware(SqreenMiddleware)
+    async with client_for(app) as http:
+        with capture_events() as events:
+            response = await http.post("/deep", content=b"[" * 5000, headers={"content-type": "application/json"})
+    assert response.text == "ok"
+    assert "json" not in events[0]["request"]["params"]  # type: ignore[index]
+    assert events[0]["body"] is None or isinstance(events[0]["body"], str)

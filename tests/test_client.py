@@ -142,3 +142,49 @@ def test_shutdown_stops_queueing(make_client: MakeClient) -> None:
     client.shutdown(timeout=0.1)
     assert sqreen_mw.track("after") is False
     assert client.statistics()["tracked"] == 0
+
+
+def test_track_after_shutdown_is_counted(make_client: MakeClient) -> None:
+    client = make_client(token="k", url="http://127.0.0.1:9")
+    client.shutdown(timeout=0.1)
+    assert sqreen_mw.track("late") is False
+    assert client.statistics()["dropped"] == {"after_shutdown": 1}
+
+
+def test_unreadable_request_argument_is_an_invalid_event(make_client: MakeClient) -> None:
+    make_client()
+
+    class Broken:
+        @property
+        def scope(self) -> dict[str, Any]:
+            raise KeyError("no scope here")
+
+    with pytest.raises(InvalidEvent, match=r"request could not be read \(KeyError"):
+        sqreen_mw.track("x", request=Broken())
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://collector:87o7", "url is not a valid URL"),
+        ("http://[::1", "url is not a valid URL"),
+        ("http://", "url must name a host"),
+    ],
+)
+def test_bad_collector_urls_are_refused_at_init(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        sqreen_mw.Client(url=url)
+
+
+def test_sigterm_chains_to_a_server_handler_without_closing(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqreen_mw import _client
+
+    client = make_client(token="k", url="http://127.0.0.1:9")
+    calls: list[int] = []
+    monkeypatch.setattr(_client, "_previous_sigterm", lambda signum, frame: calls.append(signum))
+    _client._on_sigterm(15, None)
+    assert calls == [15]
+    assert sqreen_mw.track("during.drain") is True  # requests still running may track; atexit delivers them
+    assert client.statistics()["queued"] == 1

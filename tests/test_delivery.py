@@ -73,18 +73,20 @@ def test_overflow_drops_oldest_counts_and_reports_in_heartbeat(make_client: Make
         sqreen_mw.track("flood", properties={"n": n})
     assert client.statistics()["dropped"] == {"queue_full": 150}
     with start_collector(tmp_path / "flood.db", port=port) as collector:
-        assert sqreen_mw.flush(20)
+        assert not sqreen_mw.flush(20)  # delivered what was queued, but 150 of the events tracked were dropped
         assert numbers(collector.events()) == list(range(150, 250))
+        sqreen_mw.track("flood", properties={"n": 250})
+        assert sqreen_mw.flush(20)  # nothing dropped since the previous flush()
         deadline = time.monotonic() + 10
         stats: dict[str, object] = {}
         while time.monotonic() < deadline:
             agents = [a for a in collector.agents() if a["pid"] == os.getpid() and a["stats"]]
             stats = agents[0]["stats"] if agents else {}
-            if stats.get("sent") == 100:
+            if stats.get("sent") == 101:
                 break
             time.sleep(0.1)
         assert stats["dropped"] == {"queue_full": 150}
-        assert stats["tracked"] == 250 and stats["sent"] == 100
+        assert stats["tracked"] == 251 and stats["sent"] == 101
 
 
 def test_memory_stays_bounded_while_the_collector_is_down(make_client: MakeClient) -> None:
@@ -168,3 +170,48 @@ def test_collector_sets_the_heartbeat_unless_the_app_did(make_client: MakeClient
             assert pinned.flusher.heartbeat_interval == 30.0
         finally:
             pinned.shutdown(1)
+
+
+@pytest.mark.sdk_errors_expected
+def test_events_the_collector_refuses_are_left_out_and_the_rest_delivered(
+    make_client: MakeClient, collector: Collector
+) -> None:
+    client = make_client(API_KEY, collector.url, heartbeat_interval=60)
+    for n in range(5):  # a lone surrogate in a user identifier: the collector answers 422 for that event
+        sqreen_mw.track("mixed", properties={"n": n}, user_identifiers={"id": "\ud800" if n == 2 else "u"})
+    assert not sqreen_mw.flush(10)
+    assert numbers(collector.events()) == [0, 1, 3, 4]
+    assert client.statistics()["dropped"] == {"rejected": 1}
+
+
+@pytest.mark.sdk_errors_expected
+def test_an_event_that_cannot_be_encoded_is_dropped_and_delivery_goes_on(
+    make_client: MakeClient, collector: Collector
+) -> None:
+    client = make_client(API_KEY, collector.url, heartbeat_interval=60)
+    odd_scope = {"type": "http", "method": "GET", "path": b"/bytes-not-str", "headers": []}
+    sqreen_mw.track("odd", properties={"n": 0}, request=odd_scope)
+    sqreen_mw.track("fine", properties={"n": 1})
+    assert not sqreen_mw.flush(10)
+    sqreen_mw.track("later", properties={"n": 2})
+    assert sqreen_mw.flush(10)
+    assert numbers(collector.events()) == [1, 2]
+    assert client.statistics()["dropped"] == {"unserializable": 1}
+
+
+def test_retry_after_zero_still_backs_off(make_client: MakeClient, collector: Collector) -> None:
+    proxy = FaultyProxy(collector.url, [(503, {"Retry-After": "0"})] * 100)
+    with serve_in_thread(proxy.app) as url:
+        make_client(API_KEY, url, heartbeat_interval=60)
+        sqreen_mw.track("x")
+        assert not sqreen_mw.flush(3)
+    assert len([1 for _, path, _ in proxy.log if path.endswith("/batch")]) <= 4
+
+
+def test_a_queue_filling_up_by_bytes_is_sent_before_it_sheds(make_client: MakeClient, collector: Collector) -> None:
+    client = make_client(API_KEY, collector.url, heartbeat_interval=60, max_queue_bytes=200_000)
+    for n in range(40):  # about 170 kB: over half the byte bound, under the count that fills a batch
+        sqreen_mw.track("bulky", properties={"n": n, "blob": os.urandom(2000).hex()})
+    events = collector.wait_for(lambda found: len(found) >= 24, timeout=10)  # no flush(), no heartbeat
+    assert len(events) >= 24
+    assert client.statistics()["dropped"] == {}

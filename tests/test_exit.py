@@ -110,3 +110,23 @@ def test_forked_children_deliver_their_own_events_and_none_twice(collector: Coll
     assert {who: sorted(ns) for who, ns in by_who.items()} == {
         who: list(range(10)) for who in ("parent", "parent-late", "child0", "child1")
     }
+
+
+IDLE_THEN_EXIT = """
+import sys, time, sqreen_mw
+sqreen_mw.init(sys.argv[1], sys.argv[2], heartbeat_interval=60)
+sqreen_mw.track("idle.test", properties={"n": 0})
+assert sqreen_mw.flush(10)
+time.sleep(6)  # longer than httpx keeps an idle connection: the exit flush must open a new one (and resolve)
+sqreen_mw.track("idle.test", properties={"n": 1})
+"""
+
+
+def test_exit_flush_reconnects_by_host_name(collector: Collector) -> None:
+    url = collector.url.replace("127.0.0.1", "localhost")
+    proc = spawn([sys.executable, "-c", IDLE_THEN_EXIT, API_KEY, url])
+    try:
+        assert proc.wait(40) == 0, output_of(proc)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    assert sorted(e["properties"]["n"] for e in collector.events()) == [0, 1], output_of(proc)

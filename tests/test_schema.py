@@ -61,6 +61,8 @@ def test_names_at_the_limits_pass() -> None:
         ({"a": float("nan")}, "properties['a'] must be a finite number"),
         ({"a": float("inf")}, "properties['a'] must be a finite number"),
         ({"a": b"x"}, "got bytes"),
+        ({"big": 2**63}, "properties['big'] must fit in 64 bits"),
+        ({"huge": 10**5000}, "properties['huge'] must fit in 64 bits"),
     ],
 )
 def test_bad_properties_are_refused(properties: Any, message: str) -> None:
@@ -103,6 +105,7 @@ def test_scalar_subclasses_become_plain_scalars() -> None:
         ({"admin": True}, "user_identifiers['admin'] must be a str or int, got bool"),
         ({"id": 1.5}, "must be a str or int, got float"),
         ({3: "x"}, "user_identifiers keys must be str"),
+        ({"id": -(2**63) - 1}, "user_identifiers['id'] must fit in 64 bits"),
     ],
 )
 def test_bad_user_identifiers_are_refused(identifiers: Any, message: str) -> None:
@@ -123,6 +126,9 @@ def test_timestamps() -> None:
     with pytest.raises(InvalidEvent, match="timestamp must be a datetime, got str"):
         check_timestamp("2018-03-15")
     assert format_timestamp(check_timestamp(naive)) == "2018-03-15T13:42:00.000000Z"
+    assert format_timestamp(check_timestamp(datetime(999, 1, 1))) == "0999-01-01T00:00:00.000000Z"
+    with pytest.raises(InvalidEvent, match="timestamp must be between years 1 and 9999 in UTC"):
+        check_timestamp(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))))
 
 
 @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)))
@@ -131,8 +137,10 @@ def test_timestamp_round_trip(moment: datetime) -> None:
     assert parse_timestamp(format_timestamp(seconds)) == pytest.approx(seconds, abs=1e-6)
 
 
-@given(st.dictionaries(st.text(min_size=1, max_size=20), st.one_of(st.text(), st.integers(), st.booleans(),
-                                                                    st.none()), max_size=16))
+SCALARS = st.one_of(st.text(), st.integers(-(2**63), 2**63 - 1), st.booleans(), st.none())
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=20), SCALARS, max_size=16))
 def test_valid_properties_always_pass_unchanged(props: dict[str, Any]) -> None:
     out, _ = check_properties(props)
     assert out == {k: v for k, v in props.items()} or any(

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sqreen_mw._transport import AUTH, DROP, OK, RETRY, SPLIT, Transport, classify
+from sqreen_mw._transport import AUTH, DROP, OK, RETRY, SPLIT, Transport, classify, encode_batch
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +59,7 @@ async def test_batches_are_gzip_json_and_keys_stay_in_headers() -> None:
     transport = Transport("http://collector", "secret-key", "app", 5.0, client=client)
     assert (await transport.login()).kind == OK
     events: list[Any] = [{"id": "x", "name": "e"}]
-    assert (await transport.send_batch(events)).kind == OK
+    assert (await transport.send_batch(encode_batch(events))).kind == OK
     await transport.aclose()
     login, batch = seen
     assert login.headers["X-Api-Key"] == "secret-key" and "secret-key" not in str(login.url)

@@ -180,3 +180,76 @@ def test_environ_as_request_argument(make_client: MakeClient) -> None:
         sqreen_mw.track("e", request=environ)
     assert events[0]["request"] == {"client_ip": "192.0.2.1", "user_agent": "x", "path": "/p", "verb": "PUT",
                                     "params": {}}
+
+
+def test_close_twice_is_harmless_and_unbinds(make_client: MakeClient) -> None:
+    make_client()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return iter([b"x"])
+
+    result = SqreenMiddleware(app)({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    assert current_context.get() is not None  # bound until the server closes the response
+    result.close()  # type: ignore[attr-defined]
+    result.close()  # type: ignore[attr-defined]
+    assert current_context.get() is None
+
+
+def test_file_wrapper_responses_are_returned_unwrapped() -> None:
+    class FileWrapper:
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield self.f.read()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"file"))
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/f", "wsgi.file_wrapper": FileWrapper}
+    result = SqreenMiddleware(app)(environ, lambda *a: None)
+    assert isinstance(result, FileWrapper)  # the server can still use sendfile
+    assert current_context.get() is None
+
+
+def test_odd_content_length_does_not_break_the_request(make_client: MakeClient) -> None:
+    make_client()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return [environ["wsgi.input"].read()]
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": "\xb2", "wsgi.input": io.BytesIO(b"")}
+    assert SqreenMiddleware(app)(environ, lambda *a: None) == [b""]
+
+
+def test_prefetch_reads_a_body_delivered_in_short_reads(make_client: MakeClient) -> None:
+    make_client()
+    payload = b"a=1&" * 500
+
+    class Trickle(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = io.BytesIO(payload)
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            return self.data.read(min(7, size) if size >= 0 else 7)
+
+    seen: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        sqreen_mw.track("early", collect_body=True)  # before the app reads: prefetched
+        seen.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": str(len(payload)),
+               "CONTENT_TYPE": "text/plain", "wsgi.input": Trickle()}
+    with capture_events() as events:
+        SqreenMiddleware(app)(environ, lambda *a: None)
+    assert seen == [payload]
+    assert events[0]["body"] == payload.decode()
