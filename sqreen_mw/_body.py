@@ -55,7 +55,7 @@ def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
     if complete:
         if "json" in ctype:
             try:
-                return jsonable(json.loads(data))
+                return json.loads(data, parse_constant=str)  # NaN/Infinity kept as text: JSON has no such numbers
             except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses: keep as text
                 pass
         elif ctype.startswith("application/x-www-form-urlencoded"):
@@ -69,7 +69,7 @@ def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
 class BodyTee:
     """Records the first ``limit`` bytes of a body as the application reads it."""
 
-    __slots__ = ("_chunks", "_size", "ended", "limit", "overflow", "read_any")
+    __slots__ = ("_chunks", "_parsed", "_size", "ended", "limit", "overflow", "read_any")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -78,6 +78,7 @@ class BodyTee:
         self.ended = False
         self.overflow = False
         self.read_any = False
+        self._parsed: tuple[int, int, Any] | None = None
 
     def feed(self, data: bytes, ended: bool) -> None:
         self.read_any = True
@@ -102,6 +103,16 @@ class BodyTee:
         complete = self.ended and not self.overflow and len(data) <= max_bytes
         return data[:max_bytes], complete
 
+    def parsed(self, content_type: str, max_bytes: int) -> Any:
+        """:func:`parse_body` of the captured bytes, computed once per request (until more is read)."""
+        cached = self._parsed
+        if cached is not None and cached[0] == max_bytes and cached[1] == self._size:
+            return cached[2]
+        data, complete = self.captured(max_bytes)
+        value = parse_body(content_type, data, complete)
+        self._parsed = (max_bytes, self._size, value)
+        return value
+
 
 Message = MutableMapping[str, Any]
 
@@ -112,13 +123,26 @@ class ASGIBodyTee(BodyTee):
     __slots__ = ("_receive",)
 
     def __init__(self, receive: Callable[[], Awaitable[Message]], limit: int) -> None:
-        super().__init__(limit)
+        # Created for every request with a body: the fields are set here rather than through super().__init__.
+        self.limit = limit
+        self._chunks = []
+        self._size = 0
+        self.ended = self.overflow = self.read_any = False
+        self._parsed = None
         self._receive = receive
 
     async def receive(self) -> Message:
         message = await self._receive()
         if message["type"] == "http.request":
-            self.feed(message.get("body", b""), not message.get("more_body", False))
+            body = message.get("body", b"")
+            if body and not self.overflow and self._size + len(body) <= self.limit:  # the common case, inline
+                self.read_any = True
+                self._chunks.append(body)
+                self._size += len(body)
+                if not message.get("more_body", False):
+                    self.ended = True
+            else:
+                self.feed(body, not message.get("more_body", False))
         return message
 
 
@@ -128,7 +152,11 @@ class WSGIInput(BodyTee):
     __slots__ = ("_buffer", "_prefetched", "_remaining", "_stream")
 
     def __init__(self, stream: Any, content_length: int | None, limit: int) -> None:
-        super().__init__(limit)
+        self.limit = limit  # (fields set here rather than through super().__init__: one per request with a body)
+        self._chunks = []
+        self._size = 0
+        self.ended = self.overflow = self.read_any = False
+        self._parsed = None
         self._stream = stream
         self._remaining = content_length
         self._prefetched = False

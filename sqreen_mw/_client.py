@@ -22,8 +22,6 @@ from ._flusher import Flusher
 from ._ip import ClientIPResolver
 from ._queue import EventQueue, Record
 from ._schema import (
-    MAX_NAME_LENGTH,
-    RESERVED_PREFIX,
     UserIdentifiers,
     WireEvent,
     check_name,
@@ -82,6 +80,7 @@ class Client:
             follow_collector_heartbeat="heartbeat_interval" not in settings["explicit"],
         )
         self._seq = itertools.count(1)
+        self._names: set[str] = set()  # event names already validated
         self._id_base = secrets.randbits(74)
         self._capture: list[WireEvent] | None = None
         self._accepting = self.enabled
@@ -110,10 +109,14 @@ class Client:
         if options is not None:
             return self._track_options(event_name, options, properties, user_identifiers, timestamp, collect_body,
                                        request)
-        if type(event_name) is not str or not 0 < len(event_name) <= MAX_NAME_LENGTH or event_name.startswith(
-            RESERVED_PREFIX
-        ):
+        try:
+            known = event_name in self._names  # an app tracks a handful of names: check each once
+        except TypeError:  # unhashable: check_name says what is wrong
+            known = False
+        if not known:
             event_name = check_name(event_name)
+            if len(self._names) < 1024:
+                self._names.add(event_name)
         return self._record(event_name, properties, user_identifiers, timestamp, collect_body, request)
 
     def _track_options(self, name: str, options: Mapping[str, Any], *args: Any) -> bool:

@@ -57,13 +57,12 @@ class RequestContext:
         tee = self.body_tee
         if tee is None:
             return None
-        data, complete = tee.captured(max_bytes)
         ctype = (
             _asgi_headers(self.raw).get("content-type", "")
             if self.kind == ASGI
             else self.raw.get("CONTENT_TYPE", "")
         )
-        return parse_body(ctype, data, complete)
+        return tee.parsed(ctype, max_bytes)
 
 
 current_context: ContextVar[RequestContext | None] = ContextVar("sqreen_mw.request", default=None)
@@ -110,15 +109,15 @@ _WANTED = frozenset({b"user-agent", b"content-type", b"x-forwarded-for", b"forwa
 
 
 def _asgi_headers(scope: Mapping[str, Any], extra: str | None = None) -> dict[str, str]:
-    # Only the headers the default properties use are decoded (plus the configured ip_header).
+    # Only the headers the default properties use are decoded (plus the configured ip_header). ASGI header names
+    # are lower-case bytes by the spec, so no case folding here.
     wanted = _WANTED if extra is None else _WANTED | {extra.encode("latin-1")}
     headers: dict[str, str] = {}
     for name, value in scope.get("headers") or ():
-        key_bytes = name.lower()
-        if key_bytes in wanted:
-            key = key_bytes.decode("latin-1")
+        if name in wanted:
+            key = name.decode("latin-1")
             text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text  # repeated: joined in order
     return headers
 
 
@@ -126,12 +125,16 @@ def parse_query(query: str) -> dict[str, Any]:
     """A query string to a dict (repeated keys give lists), like ``parse_qsl(keep_blank_values=True)``."""
     if "%" in query or "+" in query:
         return flat_pairs(parse_qsl(query, keep_blank_values=True))
-    pairs = []
+    out: dict[str, Any] = {}
     for part in query.split("&"):  # the common case, several times faster than parse_qsl
         if part:
             key, _, value = part.partition("=")
-            pairs.append((key, value))
-    return flat_pairs(pairs)
+            if key in out:
+                prev = out[key]
+                out[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+            else:
+                out[key] = value
+    return out
 
 
 def _params(query: str, path: Any, form: Any = None, json_body: Any = None) -> dict[str, Any]:
@@ -149,12 +152,9 @@ def _params(query: str, path: Any, form: Any = None, json_body: Any = None) -> d
 
 def _body_params(ctype: str, tee: BodyTee | None) -> tuple[Any, Any]:
     # Form/JSON fields of a body the application already read (seen through the tee).
-    if tee is None or not tee.read_any:
+    if tee is None or not tee.read_any or not tee.ended or tee.overflow:  # nothing read, or not all of it
         return None, None
-    data, complete = tee.captured(tee.limit)
-    if not complete:
-        return None, None
-    parsed = parse_body(ctype, data, True)
+    parsed = tee.parsed(ctype, tee.limit)
     if ctype.startswith("application/x-www-form-urlencoded") and isinstance(parsed, dict):
         return parsed, None
     if "json" in ctype and not isinstance(parsed, str):
