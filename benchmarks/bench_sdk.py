@@ -711,8 +711,8 @@ def bench_breakdown(client: sqreen_mw.Client, n: int, rounds: int) -> list[str]:
     from urllib.parse import parse_qsl
 
     from sqreen_mw._body import flat_pairs
-    from sqreen_mw._client import get_client
     from sqreen_mw._context import _asgi_headers, _asgi_info
+    from sqreen_mw._lifecycle import get_client
     from sqreen_mw._schema import MAX_NAME_LENGTH, RESERVED_PREFIX, check_properties
 
     scope = asgi_scope()

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import _client
-from ._client import Client, get_client, install_sigterm_handler, set_client
+from . import _lifecycle
+from ._client import Client
 from ._exceptions import ConfigurationError, InvalidEvent, SqreenError, UserBlocked
+from ._lifecycle import get_client, install_sigterm_handler, set_client
 from ._version import __version__
 
 __all__ = [
@@ -79,7 +80,7 @@ def track(
     :return: True when the event was queued; False when sqreen_mw has no token or was shut down.
     :raises InvalidEvent: an argument broke a rule; the message says which and what was given.
     """
-    return (_client._current or get_client()).track(
+    return (_lifecycle._current or get_client()).track(
         event_name,
         options,
         properties=properties,

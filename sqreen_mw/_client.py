@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import os
 import secrets
-import signal
-import threading
 import time
 import weakref
 from collections.abc import Mapping
-from types import FrameType
 from typing import Any
 
 from ._config import resolve
@@ -282,100 +278,3 @@ class Client:
         self._id_base = secrets.randbits(74)
         self._started_pid = None
         self._flush_mark = 0
-
-
-_exit_deadline: float | None = None  # one shutdown_timeout budget for the whole exit sequence
-
-
-def _exit_budget(client: Client) -> float:
-    global _exit_deadline
-    if _exit_deadline is None:
-        _exit_deadline = time.monotonic() + client.settings["shutdown_timeout"]
-    return max(0.1, _exit_deadline - time.monotonic())
-
-
-def _flush_before_exit() -> None:
-    # Runs when the main thread ends, before `atexit`: by `atexit` time the interpreter refuses new executor jobs,
-    # and asyncio resolves host names in an executor, so a flush that needs a new connection would fail there.
-    for client in list(_live_clients):
-        if client._started_pid == os.getpid() and not client._closed:
-            try:
-                client.flush(_exit_budget(client))
-            except Exception:
-                logger.exception("sqreen_mw exit flush failed")
-
-
-def _shutdown_all() -> None:
-    for client in list(_live_clients):
-        try:
-            client.shutdown(_exit_budget(client))
-        except Exception:
-            logger.exception("sqreen_mw shutdown failed")
-
-
-def _after_fork_all() -> None:
-    global _exit_deadline
-    _exit_deadline = None
-    for client in list(_live_clients):
-        client._after_fork()
-
-
-_register_thread_exit = getattr(threading, "_register_atexit", None)
-if _register_thread_exit is not None:
-    # concurrent.futures.thread registers its own shutdown here when first imported; these run last-in first-out,
-    # so import it now for ours to run before it.
-    import concurrent.futures.thread  # noqa: F401
-
-    _register_thread_exit(_flush_before_exit)
-atexit.register(_shutdown_all)
-os.register_at_fork(after_in_child=_after_fork_all)
-
-_previous_sigterm: Any = None
-_signal_installed = False
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    previous = _previous_sigterm
-    if callable(previous):
-        # A server's own graceful exit (gunicorn workers): requests still running may track events, and the
-        # process ends through sys.exit, so atexit delivers them. Shutting down here would refuse them.
-        previous(signum, frame)
-    elif previous in (signal.SIG_DFL, None):
-        _shutdown_all()  # the default action ends the process at once: deliver first
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-
-def install_sigterm_handler() -> None:
-    """Flush on SIGTERM, then chain to the handler installed before (the default one ends the process)."""
-    global _previous_sigterm, _signal_installed
-    if _signal_installed or threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError):  # not the main interpreter / unsupported platform
-        return
-    _signal_installed = True
-
-
-_current: Client | None = None
-_current_lock = threading.Lock()
-
-
-def get_client() -> Client:
-    """The client made by ``init()``, or one made from the environment on first use."""
-    client = _current
-    if client is None:
-        with _current_lock:
-            client = _current
-            if client is None:
-                client = set_client(Client())
-    return client
-
-
-def set_client(client: Client) -> Client:
-    global _current
-    previous, _current = _current, client
-    if previous is not None and previous is not client:
-        previous.shutdown()
-    return client

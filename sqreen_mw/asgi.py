@@ -19,8 +19,9 @@ from typing import Any
 import anyio.to_thread
 
 from ._body import ASGIBodyTee
-from ._client import Client, get_client
+from ._client import Client
 from ._context import ASGI, RequestContext, current_context
+from ._lifecycle import get_client
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

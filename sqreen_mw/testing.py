@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ._client import Client, get_client
+from ._client import Client
+from ._lifecycle import get_client
 from ._schema import WireEvent
 
 __all__ = ["capture_events"]

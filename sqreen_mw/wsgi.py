@@ -18,8 +18,9 @@ from contextvars import Token
 from typing import Any
 
 from ._body import WSGIInput
-from ._client import Client, get_client
+from ._client import Client
 from ._context import WSGI, RequestContext, current_context
+from ._lifecycle import get_client
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]

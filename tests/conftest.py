@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import sqreen_mw
-from sqreen_mw import _client
+from sqreen_mw import _lifecycle
 
 from .support import Collector, start_collector
 
@@ -37,14 +37,14 @@ def make_client() -> Iterator[Callable[..., sqreen_mw.Client]]:
 
     def make(*args: Any, **kwargs: Any) -> sqreen_mw.Client:
         kwargs.setdefault("install_signal_handler", False)
-        client = _client.set_client(sqreen_mw.Client(*args, **kwargs))
+        client = _lifecycle.set_client(sqreen_mw.Client(*args, **kwargs))
         made.append(client)
         return client
 
     yield make
     for client in made:
         client.shutdown(timeout=1.0)
-    _client._current = None
+    _lifecycle._current = None
 
 
 @pytest.fixture

@@ -179,12 +179,12 @@ def test_bad_collector_urls_are_refused_at_init(url: str, message: str) -> None:
 def test_sigterm_chains_to_a_server_handler_without_closing(
     make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqreen_mw import _client
+    from sqreen_mw import _lifecycle
 
     client = make_client(token="k", url="http://127.0.0.1:9")
     calls: list[int] = []
-    monkeypatch.setattr(_client, "_previous_sigterm", lambda signum, frame: calls.append(signum))
-    _client._on_sigterm(15, None)
+    monkeypatch.setattr(_lifecycle, "_previous_sigterm", lambda signum, frame: calls.append(signum))
+    _lifecycle._on_sigterm(15, None)
     assert calls == [15]
     assert sqreen_mw.track("during.drain") is True  # requests still running may track; atexit delivers them
     assert client.statistics()["queued"] == 1
