@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from ._records import AgentSession, EventQuery, EventRecord
 
-__all__ = ["AgentSession", "EventQuery", "EventRecord", "SQLiteStorage", "Storage"]
+__all__ = ["AgentSession", "EventQuery", "EventRecord", "SQLiteStorage", "SchemaError", "Storage"]
 
 
 def _make_encoder() -> Callable[[Any], str]:
@@ -62,8 +62,9 @@ CREATE INDEX IF NOT EXISTS events_name_ts ON events (name, ts);
 CREATE INDEX IF NOT EXISTS events_ip_ts ON events (client_ip, ts);
 CREATE TABLE IF NOT EXISTS event_users (
     value TEXT NOT NULL,
+    ts REAL NOT NULL,
     seq INTEGER NOT NULL,
-    PRIMARY KEY (value, seq)
+    PRIMARY KEY (value, ts, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
@@ -78,8 +79,27 @@ CREATE TABLE IF NOT EXISTS sessions (
     logged_out_at REAL
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 """
+_SCHEMA_VERSION = 2
+# Version 1 keyed event_users by (value, seq): a user's events were sorted on every page. Version 2 keys them by
+# (value, ts, seq), the answer's order, so a page walks the key backwards and stops after ``limit`` rows.
+_MIGRATE_1_TO_2 = """
+CREATE TABLE event_users_v2 (
+    value TEXT NOT NULL,
+    ts REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (value, ts, seq)
+) WITHOUT ROWID;
+INSERT INTO event_users_v2 (value, ts, seq)
+    SELECT u.value, e.ts, u.seq FROM event_users AS u JOIN events AS e ON e.seq = u.seq ORDER BY 1, 2, 3;
+DROP TABLE event_users;
+ALTER TABLE event_users_v2 RENAME TO event_users;
+"""
+
+
+class SchemaError(ValueError):
+    """The database file was made by a version of the collector that this one cannot use (the CLI prints it)."""
 
 
 class Storage(Protocol):
@@ -131,6 +151,60 @@ def _row(e: EventRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # Not executescript(), which would commit the open transaction first.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
+    """The SELECT of :meth:`SQLiteStorage.query_events` and its arguments.
+
+    The rows come from an index walked backwards in (ts, seq) order, so SQLite stops after ``limit`` rows instead of
+    sorting every match: without a user filter, an events index (the ts index ends with the rowid, seq); with one,
+    the (value, ts, seq) key of event_users, each row joined to its event by seq. CROSS JOIN keeps event_users the
+    outer loop: SQLite would otherwise start from the name or IP index.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    until, after = query.until, query.after
+    # One of until and the cursor implies the other: keep only the tighter, so the walk starts at the cursor rather
+    # than at until, skipping the earlier pages' rows again (SQLite bounds the range with one of the two).
+    if until is not None and after is not None:
+        if after[0] < until:
+            until = None
+        elif after[0] >= until:
+            after = None
+    if query.user is None:
+        t, source, columns = "", "events", _EVENT_COLUMNS
+    else:
+        t, source = "u.", "event_users AS u CROSS JOIN events AS e ON e.seq = u.seq"
+        columns = ", ".join(f"e.{column}" for column in _EVENT_COLUMNS.split(", "))
+        where.append("u.value = ?")
+        args.append(query.user)
+    if query.name is not None:
+        where.append("name = ?")
+        args.append(query.name)
+    if query.since is not None:
+        where.append(f"{t}ts >= ?")
+        args.append(query.since)
+    if until is not None:
+        where.append(f"{t}ts < ?")
+        args.append(until)
+    if query.ip is not None:
+        where.append("client_ip = ?")
+        args.append(query.ip)
+    if after is not None:
+        where.append(f"({t}ts, {t}seq) < (?, ?)")
+        args.extend(after)
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    # Only fixed fragments are joined; every value is a bound parameter.
+    sql = f"SELECT {columns} FROM {source}{clause} ORDER BY {t}ts DESC, {t}seq DESC LIMIT ?"  # noqa: S608
+    args.append(query.limit)
+    return sql, args
+
+
 class _Write:
     """One insert_events() call waiting for its group's commit."""
 
@@ -169,7 +243,34 @@ class SQLiteStorage:
         self._conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_BYTES // page_size}")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(_SCHEMA)
+        try:
+            self._prepare_schema(self._conn)
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def _prepare_schema(self, db: sqlite3.Connection) -> None:
+        """Create the tables of a new database, or migrate one made by an older version, in one transaction.
+
+        :raises SchemaError: the file was made by a newer version.
+        """
+        db.execute("BEGIN IMMEDIATE")  # another process opening the same file waits, then sees the result
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.path}: this database was made by a newer version of sqreen-mw (schema version {version},"
+                    f" this version knows up to {_SCHEMA_VERSION}); upgrade sqreen-mw or use another database file"
+                )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(event_users)")}
+            if columns and "ts" not in columns:  # version 1 (or its tables without the version, if interrupted)
+                _run_script(db, _MIGRATE_1_TO_2)
+            _run_script(db, _SCHEMA)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -239,37 +340,14 @@ class SQLiteStorage:
             fresh = [(seq, e) for seq, e in enumerate(events, first) if seq in stored]
         # Sorted: B-tree inserts in key order touch far fewer pages.
         db.executemany(
-            "INSERT OR IGNORE INTO event_users VALUES (?, ?)",
-            sorted([(value, seq) for seq, e in fresh for value in e.users]),
+            "INSERT OR IGNORE INTO event_users VALUES (?, ?, ?)",
+            sorted([(value, e.ts, seq) for seq, e in fresh for value in e.users]),
         )
         return accepted, len(events) - accepted
 
     def query_events(self, query: EventQuery) -> list[EventRecord]:
         """Events matching ``query``, newest first (ts, then seq, descending)."""
-        where: list[str] = []
-        args: list[Any] = []
-        if query.name is not None:
-            where.append("name = ?")
-            args.append(query.name)
-        if query.since is not None:
-            where.append("ts >= ?")
-            args.append(query.since)
-        if query.until is not None:
-            where.append("ts < ?")
-            args.append(query.until)
-        if query.ip is not None:
-            where.append("client_ip = ?")
-            args.append(query.ip)
-        if query.user is not None:
-            where.append("seq IN (SELECT seq FROM event_users WHERE value = ?)")
-            args.append(query.user)
-        if query.after is not None:
-            where.append("(ts, seq) < (?, ?)")
-            args.extend(query.after)
-        clause = " WHERE " + " AND ".join(where) if where else ""
-        # Only fixed fragments are joined; every value is a bound parameter.
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events{clause} ORDER BY ts DESC, seq DESC LIMIT ?"  # noqa: S608
-        args.append(query.limit)
+        sql, args = _event_sql(query)
         with self._lock:
             rows = self._db().execute(sql, args).fetchall()
         out: list[EventRecord] = []
@@ -282,6 +360,12 @@ class SQLiteStorage:
                 )
             )  # fmt: skip
         return out
+
+    def query_plan(self, query: EventQuery) -> list[str]:
+        """The lines of SQLite's ``EXPLAIN QUERY PLAN`` for :meth:`query_events` (tests and diagnostics)."""
+        sql, args = _event_sql(query)
+        with self._lock:
+            return [str(row[3]) for row in self._db().execute(f"EXPLAIN QUERY PLAN {sql}", args)]
 
     def create_session(self, session: AgentSession) -> None:
         """Record a new agent session."""

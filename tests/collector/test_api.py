@@ -142,6 +142,32 @@ async def test_pagination_walks_everything_once_even_with_equal_timestamps(clien
     assert [e["timestamp"][:13] for e in seen[:3]] == ["2024-05-01T13", "2024-05-01T12", "2024-05-01T11"]
 
 
+async def test_user_filter_pages_through_equal_timestamps_newest_first(client: httpx.AsyncClient) -> None:
+    sid = await login(client)
+    mine: list[dict[str, Any]] = []
+    for batch in range(6):  # 150 events of one user, 10 per timestamp, interleaved with other users' events
+        events = [event(timestamp=f"2024-05-01T10:00:{(batch * 25 + i) // 10:02d}Z", users={"id": "mallory"})
+                  for i in range(25)]  # fmt: skip
+        mine += events
+        others = [event(timestamp="2024-05-01T10:00:05Z", users={"id": "someone"}) for _ in range(25)]
+        assert (await send(client, sid, others + events)).json()["accepted"] == 50
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(10):
+        params: dict[str, Any] = {"user": "mallory", "limit": 40, **({"cursor": cursor} if cursor else {})}
+        data = (await client.get("/api/v1/events", headers=ADMIN_HEADERS, params=params)).json()
+        seen += data["events"]
+        cursor = data["next"]
+        if cursor is None:
+            break
+    assert len(seen) == 150 and len(set(_ids(seen))) == 150
+    # Newest first; within a timestamp, the later stored first (the order of the unfiltered listing).
+    assert _ids(seen) == _ids(sorted(mine[::-1], key=lambda e: e["timestamp"], reverse=True))
+    assert [e["timestamp"] for e in seen] == sorted((e["timestamp"] for e in seen), reverse=True)
+    unfiltered = await stored(client, limit=1000)
+    assert _ids(seen) == [i for i in _ids(unfiltered) if i in set(_ids(mine))]
+
+
 async def test_exact_page_has_no_next(client: httpx.AsyncClient) -> None:
     await _seed(client)
     data = (await client.get("/api/v1/events", headers=ADMIN_HEADERS, params={"limit": 4})).json()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 import sqlite3
 import threading
 import uuid
@@ -16,6 +18,7 @@ from sqreen_mw.collector._storage import (
     AgentSession,
     EventQuery,
     EventRecord,
+    SchemaError,
     SQLiteStorage,
     Storage,
     _row,
@@ -222,3 +225,178 @@ def test_concurrent_writers_each_get_their_own_counts(storage: SQLiteStorage) ->
     assert sum(a for a, _ in results) == 8 * 30 + 20  # each shared event accepted exactly once
     assert sum(d for _, d in results) == 7 * 20
     assert len(storage.query_events(EventQuery(limit=1000))) == 260
+
+
+def _matches(e: EventRecord, q: EventQuery) -> bool:
+    """``q``'s filters in Python: the reference for the SQL."""
+    return (
+        (q.name is None or e.name == q.name)
+        and (q.since is None or e.ts >= q.since)
+        and (q.until is None or e.ts < q.until)
+        and (q.ip is None or e.client_ip == q.ip)
+        and (q.user is None or q.user in e.users)
+        and (q.after is None or (e.ts, e.seq) < q.after)
+    )
+
+
+def _pages(storage: SQLiteStorage, query: EventQuery) -> list[EventRecord]:
+    """Every page of ``query``, each after the last event of the previous one, as the API pages."""
+    out: list[EventRecord] = []
+    while True:
+        page = storage.query_events(query)
+        out += page
+        if len(page) < query.limit:
+            return out
+        query = EventQuery(query.name, query.since, query.until, query.ip, query.user, query.limit,
+                           (page[-1].ts, page[-1].seq))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """2,500 events of user "mallory" among 2,500 others, 7 per timestamp, stored out of ts order in batches."""
+    rng = random.Random(7)
+    events = []
+    for i in range(5000):
+        ts = 1000.0 + i // 7
+        if i % 2:  # sometimes the same value under two keys: one user row, one answer
+            users: dict[str, str | int] = {"email": "mallory", "name": "mallory"} if i % 3 else {"id": "mallory"}
+        else:
+            users = {"id": f"u{i % 40}"}
+        events.append(record(ts, name=("login.failed", "search")[i % 3 == 0], ip=f"10.0.0.{i % 5}",
+                             user_identifiers=users))  # fmt: skip
+    rng.shuffle(events)
+    storage = SQLiteStorage(str(tmp_path_factory.mktemp("crowded") / "c.db"))
+    for start in range(0, len(events), 500):
+        storage.insert_events(events[start : start + 500])
+    storage.insert_events(events[:300])  # duplicates: no new user rows
+    everything = storage.query_events(EventQuery(limit=10_000))
+    assert len(everything) == 5000
+    yield storage, everything
+    storage.close()
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"since": 1100.0},
+        {"until": 1300.0},
+        {"since": 1100.0, "until": 1300.0},
+        {"name": "login.failed"},
+        {"ip": "10.0.0.3"},
+        {"name": "search", "ip": "10.0.0.1", "since": 1050.0, "until": 1600.0},
+    ],
+)
+def test_user_filter_pages_all_events_once_newest_first(crowded: Any, filters: dict[str, Any]) -> None:
+    storage, everything = crowded
+    query = EventQuery(user="mallory", limit=100, **filters)
+    expected = [e for e in everything if _matches(e, query)]
+    got = _pages(storage, query)
+    assert [(e.ts, e.seq) for e in got] == [(e.ts, e.seq) for e in expected]
+    assert got == expected
+    assert [e.ts for e in got] == sorted((e.ts for e in got), reverse=True)
+    if not filters:
+        assert len(got) == 2500 and len({e.id for e in got}) == 2500
+
+
+@pytest.mark.parametrize("user", [None, "mallory"])
+@pytest.mark.parametrize("until", [1200.0, 1300.0, 1301.0, 1400.0, math.nan])
+def test_cursor_with_until_on_either_side(crowded: Any, user: str | None, until: float) -> None:
+    storage, everything = crowded
+    cursor = next(e for e in everything if e.ts == 1300.0 and (user is None or user in e.users))
+    query = EventQuery(user=user, until=until, limit=10_000, after=(cursor.ts, cursor.seq))
+    assert storage.query_events(query) == [e for e in everything if _matches(e, query)]
+
+
+_USER_QUERIES = {
+    "user": EventQuery(user="mallory"),
+    "user+since": EventQuery(user="mallory", since=1100.0),
+    "user+until": EventQuery(user="mallory", until=1300.0),
+    "user+since+until": EventQuery(user="mallory", since=1100.0, until=1300.0),
+    "user+cursor": EventQuery(user="mallory", after=(1300.0, 2000)),
+    "user+until+cursor": EventQuery(user="mallory", until=1400.0, after=(1300.0, 2000)),
+    "user+name": EventQuery(user="mallory", name="search"),
+    "user+ip": EventQuery(user="mallory", ip="10.0.0.3"),
+    "all": EventQuery(name="search", since=1000.0, until=1400.0, ip="10.0.0.3", user="mallory", after=(1300.0, 2000)),
+}
+
+
+@pytest.mark.parametrize("analyzed", [False, True])
+@pytest.mark.parametrize("query", _USER_QUERIES.values(), ids=_USER_QUERIES.keys())
+def test_user_filter_walks_the_user_index_without_sorting(
+    crowded: Any, tmp_path: Path, query: EventQuery, analyzed: bool
+) -> None:
+    if analyzed:  # with statistics too, the planner must not switch to the name or IP index and sort
+        storage = crowded[0]
+        storage._db().execute("ANALYZE")
+    else:
+        storage = SQLiteStorage(str(tmp_path / "empty.db"))
+    try:
+        plan = storage.query_plan(query)
+        assert not any("TEMP B-TREE" in line for line in plan), plan
+        assert plan[0].startswith("SEARCH u USING PRIMARY KEY (value=?"), plan
+        if query.after is not None:
+            assert "(ts,seq)<(?,?)" in plan[0], plan  # starts at the cursor, not at until
+    finally:
+        if analyzed:
+            storage._db().execute("DROP TABLE IF EXISTS sqlite_stat1")
+        else:
+            storage.close()
+
+
+_V1_SCHEMA = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL, ts REAL NOT NULL,
+    received_at REAL NOT NULL, app TEXT NOT NULL, client_ip TEXT, properties TEXT NOT NULL, user_identifiers TEXT,
+    request TEXT, body TEXT
+);
+CREATE INDEX events_ts ON events (ts);
+CREATE INDEX events_name_ts ON events (name, ts);
+CREATE INDEX events_ip_ts ON events (client_ip, ts);
+CREATE TABLE event_users (value TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (value, seq)) WITHOUT ROWID;
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY, app TEXT NOT NULL, hostname TEXT, pid INTEGER, sdk_version TEXT, runtime TEXT,
+    started_at REAL NOT NULL, last_heartbeat_at REAL, stats TEXT, logged_out_at REAL
+);
+CREATE INDEX sessions_started ON sessions (started_at);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_database_of_the_first_schema_is_migrated(tmp_path: Path) -> None:
+    path = str(tmp_path / "v1.db")
+    old = [record(float(i // 2), user_identifiers={"id": "ann", "n": i}) for i in range(6)]
+    conn = sqlite3.connect(path)
+    conn.executescript(_V1_SCHEMA)  # as the version before (value, ts, seq) wrote it
+    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [(seq, *_row(e)) for seq, e in enumerate(old, 1)])  # fmt: skip
+    conn.executemany("INSERT INTO event_users VALUES (?, ?)", [(v, s) for s, e in enumerate(old, 1) for v in e.users])
+    conn.execute("INSERT INTO sessions (session_id, app, started_at) VALUES ('s', 'shop', 1.0)")
+    conn.commit()
+    conn.close()
+
+    storage = SQLiteStorage(path)
+    try:
+        assert storage._db().execute("PRAGMA user_version").fetchone()[0] == 2
+        assert [e.id for e in storage.query_events(EventQuery(user="ann"))] == [e.id for e in reversed(old)]
+        assert [e.id for e in storage.query_events(EventQuery(user="3"))] == [old[3].id]
+        assert storage.session_app("s") == "shop"
+        new = record(10.0, user_identifiers={"id": "ann"})
+        assert storage.insert_events([new, old[0]]) == (1, 1)
+        assert [e.id for e in _pages(storage, EventQuery(user="ann", limit=2))] == [new.id] + [
+            e.id for e in reversed(old)
+        ]
+        assert not any("TEMP B-TREE" in line for line in storage.query_plan(EventQuery(user="ann")))
+    finally:
+        storage.close()
+    SQLiteStorage(path).close()  # opening again: nothing left to migrate
+
+
+def test_a_database_of_a_newer_version_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(SchemaError, match=r"future\.db.*newer version of sqreen-mw"):
+        SQLiteStorage(str(path))
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 99  # left as it was
