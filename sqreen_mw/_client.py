@@ -144,6 +144,8 @@ class Client:
         elif ctx is not None:
             user = ctx.user
         when = None if timestamp is None else check_timestamp(timestamp)
+        if collect_body and collect_body is not True:
+            raise InvalidEvent(f"collect_body must be a bool, got {type(collect_body).__name__} {collect_body!r}")
         info = body = None
         if ctx is not None:
             try:

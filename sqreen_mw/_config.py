@@ -86,6 +86,7 @@ class Option:
     default: Any
     parse: Callable[[str, Any], Any]
     doc: str
+    empty_is_a_value: bool = False  # an empty environment variable means "" (e.g. trust no proxy), not unset
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -105,13 +106,13 @@ OPTIONS: tuple[Option, ...] = (
            "seconds the exit flush may take, collector up or down"),
     Option("request_timeout", "SQREEN_REQUEST_TIMEOUT", 10.0, _positive_float, "seconds per HTTP request"),
     Option("trusted_proxies", "SQREEN_TRUSTED_PROXIES", None, _passthrough,
-           "CIDRs of proxies whose forwarding headers are believed, or *; default loopback+private"),
+           "CIDRs of proxies whose forwarding headers are believed, or *; default loopback+private", True),
     Option("ip_header", "SQREEN_IP_HEADER", None, _text, "header set by your proxy with the client IP"),
     Option("strip_sensitive_data", "SQREEN_STRIP_SENSITIVE_DATA", True, _bool, "scrub secrets and card numbers"),
     Option("sensitive_keys", "SQREEN_SENSITIVE_KEYS", None, _passthrough,
-           "regex (str) replacing the key pattern, or a list of extra key names"),
+           "regex (str) replacing the key pattern, or a list of extra key names", True),
     Option("sensitive_values", "SQREEN_SENSITIVE_VALUES", None, _passthrough,
-           "regex (str) replacing the value pattern, or a list of extra regexes"),
+           "regex (str) replacing the value pattern, or a list of extra regexes", True),
     Option("max_body_bytes", "SQREEN_MAX_BODY_BYTES", 10_000, _positive_int, "cap on a body kept by collect_body"),
     Option("install_signal_handler", "SQREEN_INSTALL_SIGNAL_HANDLER", True, _bool,
            "flush on SIGTERM (then chain to the previous handler)"),
@@ -133,7 +134,7 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
         if given.get(option.name) is not None:
             settings[option.name] = option.parse(option.name, given[option.name])
             explicit.add(option.name)
-        elif option.env and environ.get(option.env):
+        elif option.env and (environ.get(option.env) or (option.empty_is_a_value and option.env in environ)):
             settings[option.name] = option.parse(option.env, environ[option.env])
             explicit.add(option.name)
         else:

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ._body import BodyTee, flat_pairs, jsonable, parse_body
+from ._body import DEFAULT_MAX_BODY_BYTES, BodyTee, flat_pairs, jsonable, parse_body
 from ._exceptions import InvalidEvent
 from ._ip import ClientIPResolver
 from ._schema import RequestInfo, UserIdentifiers
@@ -232,12 +232,17 @@ def _django_info(request: Any, resolver: ClientIPResolver) -> RequestInfo:
     meta = request.META
     match = getattr(request, "resolver_match", None)
     form = flat_pairs(request.POST.items()) if hasattr(request, "_post") and request.POST else None
+    json_body = None
+    raw_body = getattr(request, "_body", None)  # set once the view read request.body
+    if raw_body and "json" in meta.get("CONTENT_TYPE", "") and len(raw_body) <= DEFAULT_MAX_BODY_BYTES:
+        parsed = parse_body(meta["CONTENT_TYPE"], raw_body, True)
+        json_body = None if isinstance(parsed, str) else parsed
     return {
         "client_ip": resolver.resolve(meta.get("REMOTE_ADDR"), _EnvironHeaders(meta)),
         "user_agent": meta.get("HTTP_USER_AGENT"),
         "path": request.path,
         "verb": request.method or "GET",
-        "params": _params(meta.get("QUERY_STRING", ""), match.kwargs if match is not None else None, form),
+        "params": _params(meta.get("QUERY_STRING", ""), match.kwargs if match is not None else None, form, json_body),
     }
 
 

@@ -190,6 +190,8 @@ class Flusher:
             with anyio.move_on_after(max(0.0, self._deadline - time.monotonic()), shield=True):
                 try:
                     await self._deliver(transport, everything=True, final=True)
+                    if transport.session is not None:
+                        await self._heartbeat(transport)  # the final statistics, drops included
                     await transport.logout()
                 except Exception as exc:
                     self._unexpected(exc)
@@ -217,7 +219,11 @@ class Flusher:
 
     def _failed(self, outcome: Outcome, what: str) -> None:
         if outcome.reason != self.last_error:
-            logger.warning("sqreen_mw could not reach the collector (%s): %s; will retry", what, outcome.reason)
+            if outcome.kind == AUTH and what == "login":
+                logger.warning("sqreen_mw: the collector refused the API key (%s): check SQREEN_TOKEN; events wait "
+                               "up to max_event_age while it retries", outcome.reason)
+            else:
+                logger.warning("sqreen_mw could not reach the collector (%s): %s; will retry", what, outcome.reason)
         self.last_error = outcome.reason
         self.retries += 1
         self._retry_pending = True  # retry what this round meant to send, even if no batch is full

@@ -188,3 +188,20 @@ def test_sigterm_chains_to_a_server_handler_without_closing(
     assert calls == [15]
     assert sqreen_mw.track("during.drain") is True  # requests still running may track; atexit delivers them
     assert client.statistics()["queued"] == 1
+
+
+def test_empty_environment_value_can_mean_trust_no_proxy(
+    monkeypatch: pytest.MonkeyPatch, make_client: MakeClient
+) -> None:
+    monkeypatch.setenv("SQREEN_TRUSTED_PROXIES", "")
+    make_client()
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "1.2.3.4"}
+    with capture_events() as events:
+        sqreen_mw.track("x", request=environ)
+    assert events[0]["request"] is not None and events[0]["request"]["client_ip"] == "127.0.0.1"
+
+
+def test_collect_body_must_be_a_bool(make_client: MakeClient) -> None:
+    make_client()
+    with pytest.raises(InvalidEvent, match="collect_body must be a bool, got str 'yes'"):
+        sqreen_mw.track("x", collect_body="yes")  # type: ignore[arg-type]

@@ -76,5 +76,6 @@ async def test_async_view_and_async_stream(make_client: MakeClient) -> None:
     placed, chunk = events
     assert placed["user_identifiers"] == {"id": 8}
     assert placed["body"] == {"total": 5, "card": "[REDACTED]"}
+    assert placed["request"] is not None and placed["request"]["params"] == {"json": placed["body"]}
     assert placed["request"] is not None and placed["request"]["client_ip"] == "203.0.113.5"
     assert chunk["request"] is not None and chunk["request"]["path"] == "/astream"

@@ -50,6 +50,9 @@ def test_normal_exit_delivers_queued_events(collector: Collector) -> None:
     code, _, output = run_tracker(collector.url, 5, "exit")
     assert code == 0, output
     assert sorted(e["properties"]["n"] for e in collector.events()) == list(range(20))
+    (agent,) = collector.agents()  # the last heartbeat carries the final statistics, then the agent logs out
+    assert agent["stats"]["sent"] == 20 and agent["stats"]["tracked"] == 20
+    assert agent["logged_out_at"] is not None
 
 
 def test_sigterm_delivers_then_dies_by_the_signal(collector: Collector) -> None:

@@ -200,7 +200,7 @@ def run_demo(
         db_path = db or str(Path(tmp) / "demo.db")
         collector_app = create_app(db_path=db_path, api_keys={DEMO_KEY: "demo-shop"}, admin_token=admin)
         with serve_in_thread(collector_app, port) as collector:
-            say(f"collector listening on {collector} (db: {db_path})")
+            say(f"sqreen-mw collector listening on {collector} (db: {db_path})")
             client = sqreen_mw.init(DEMO_KEY, collector, app_name="demo-shop", heartbeat_interval=60)
             with serve_in_thread(shop_app()) as shop:
                 say(f"demo shop listening on {shop}, instrumented with sqreen_mw\n\nTraffic:")
@@ -216,9 +216,11 @@ def run_demo(
                 f" (flush {'complete' if delivered else 'INCOMPLETE'})"
             )
             report(_events(collector, admin), say)
-            say(f"\nExplore: curl -H 'Authorization: Bearer {admin}' '{collector}/api/v1/events?ip={ATTACKER_IP}'")
-            if keep_running:
-                say("collector keeps running; Ctrl-C to stop")
+            query = f"curl -H 'Authorization: Bearer {admin}' '{collector}/api/v1/events?ip={ATTACKER_IP}'"
+            if not keep_running:
+                say("\nRun `sqreen-mw demo --keep-running` to keep the collector up and explore it.")
+            else:
+                say(f"\nExplore: {query}\nThe collector keeps running; Ctrl-C to stop.")
                 with contextlib.suppress(KeyboardInterrupt):
                     while True:
                         time.sleep(3600)

@@ -34,7 +34,8 @@ def _login_field(body: Mapping[str, Any], key: str, kind: type) -> Any:
     if value is None:
         return None
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise InvalidEvent(f"login field {key!r} must be a {kind.__name__} or null, got {type(value).__name__}")
+        article = "an" if kind is int else "a"
+        raise InvalidEvent(f"login field {key!r} must be {article} {kind.__name__} or null, got {type(value).__name__}")
     return storable(key, value) if isinstance(value, str) else value
 
 

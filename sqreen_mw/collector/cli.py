@@ -82,7 +82,21 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.set_defaults(handler=_demo)
 
 
+def _missing_extra(command: str) -> str | None:
+    """Why ``command`` cannot run, when the collector extra is not installed."""
+    for module in ("uvicorn", "python_multipart"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"sqreen-mw {command}: error: needs the collector extra: pip install 'sqreen_mw[collector]'"
+    return None
+
+
 def _demo(args: argparse.Namespace) -> int:
+    missing = _missing_extra("demo")
+    if missing:
+        print(missing, file=sys.stderr)
+        return EXIT_USAGE
     from ._demo import run_demo
 
     return run_demo(port=args.port, db=args.db, keep_running=args.keep_running)
@@ -106,6 +120,10 @@ def _announce(server: object, host: str, db: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    missing = _missing_extra("serve")
+    if missing:
+        print(missing, file=sys.stderr)
+        return EXIT_USAGE
     import uvicorn  # the collector extra: only `serve` needs it
 
     from . import create_app
@@ -136,6 +154,8 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(Server(config).serve())
     except SystemExit as exc:  # uvicorn exits on startup failures (port in use, ...) after logging why
         return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down cleanly, then re-raised it
+        return 0
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from sqreen_mw.collector.cli import build_parser, main, parse_api_keys
+from tests.support import output_of, read_line_matching, spawn, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
@@ -157,3 +159,25 @@ def test_real_server_login_batch_and_read_back(server: tuple[str, Path]) -> None
         assert (got["id"], got["app"], got["timestamp"]) == (sent["id"], "shop", "2024-05-01T12:00:00.000000Z")
         assert got["request"]["client_ip"] == "198.51.100.9"
     assert db.exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize("module", ["uvicorn", "python_multipart"])
+def test_missing_collector_extra_is_explained(
+    command: str, module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now raises ImportError
+    assert main([command, "--db", str(tmp_path / "x.db"), "--api-key", "k"] if command == "serve" else [command]) == 2
+    assert "pip install 'sqreen_mw[collector]'" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_serve_cleanly(tmp_path: Path) -> None:
+    proc = spawn([sys.executable, "-m", "sqreen_mw.collector.cli", "serve", "--db", str(tmp_path / "c.db"),
+                  "--api-key", "k", "--admin-token", "a", "--port", "0"])
+    try:
+        read_line_matching(proc, r"listening on", STARTUP_TIMEOUT)
+        code = stop_process(proc, signal.SIGINT)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    assert code == 0
+    assert "Traceback" not in output_of(proc)
