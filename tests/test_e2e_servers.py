@@ -82,6 +82,10 @@ def test_example_app_under_real_server(server: str, collector: Collector, tmp_pa
         "sq.signup_track": 1, "sq.auth_track": 2, "order.placed": 1, "order.viewed": 1, "password.reset": RESETS,
     }, output_of(proc)
     assert {e["app"] for e in events} == {app_name}
+    # Each process reported what it sent in its last heartbeat: together, exactly what was stored.
+    sessions = [a for a in collector.agents() if a["app"] == app_name]
+    assert all(a["logged_out_at"] is not None for a in sessions), sessions
+    assert sum(a["stats"]["sent"] for a in sessions if a["stats"]) == len(events), sessions
     by_name: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_name.setdefault(event["name"], []).append(event)
