@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import sqreen_mw
 from sqreen_mw import _lifecycle
 
 from .support import Collector, start_collector
+
+# No deadline (a loaded CI machine is slow, not wrong) and no example database written into the work tree.
+settings.register_profile("tests", deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tests")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests (and the servers they spawn) see no SQREEN_* or Django settings from the shell that runs them."""
+    for name in list(os.environ):
+        if name.startswith("SQREEN_") or name == "DJANGO_SETTINGS_MODULE":
+            monkeypatch.delenv(name)
+    yield
+    client, _lifecycle._current = _lifecycle._current, None
+    if client is not None:
+        client.shutdown(timeout=1.0)
 
 
 @pytest.fixture
@@ -26,7 +44,8 @@ def _sdk_errors_fail_tests(request: pytest.FixtureRequest, caplog: pytest.LogCap
     yield
     if request.node.get_closest_marker("sdk_errors_expected"):
         return
-    errors = [r for r in caplog.get_records("call") if r.name == "sqreen_mw" and r.levelno >= logging.ERROR]
+    records = caplog.get_records("call") + caplog.get_records("teardown")
+    errors = [r for r in records if r.name == "sqreen_mw" and r.levelno >= logging.ERROR]
     assert not errors, f"sqreen_mw logged errors: {[r.getMessage() for r in errors]}"
 
 
@@ -41,10 +60,15 @@ def make_client() -> Iterator[Callable[..., sqreen_mw.Client]]:
         made.append(client)
         return client
 
-    yield make
-    for client in made:
-        client.shutdown(timeout=1.0)
-    _lifecycle._current = None
+    try:
+        yield make
+    finally:
+        _lifecycle._current = None
+        for client in made:
+            try:
+                client.shutdown(timeout=1.0)
+            except Exception as exc:  # the others must still be shut down
+                logging.getLogger(__name__).error("shutdown failed: %s", exc)
 
 
 @pytest.fixture

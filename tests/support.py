@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,11 +77,13 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout
 
 
 _LOGS: dict[int, Path] = {}
+_LOG_DIR = Path(tempfile.mkdtemp(prefix="sqreen_mw-tests-"))
+atexit.register(shutil.rmtree, _LOG_DIR, True)
 
 
 def spawn(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[str]:
     """Start a process whose output goes to a file (a pipe nobody reads could fill up and block the server)."""
-    fd, name = tempfile.mkstemp(prefix="sqreen_mw-test-", suffix=".log")
+    fd, name = tempfile.mkstemp(prefix="server-", suffix=".log", dir=_LOG_DIR)
     try:
         proc = subprocess.Popen(
             list(args),

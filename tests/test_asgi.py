@@ -145,19 +145,20 @@ async def test_streamed_response_keeps_the_context(make_client: MakeClient) -> N
 
 async def test_request_argument_accepts_starlette_request_and_scope(make_client: MakeClient) -> None:
     make_client()
-    seen: list[Any] = []
 
     async def endpoint(request: Request) -> PlainTextResponse:
         sqreen_mw.track("explicit", request=request)
         sqreen_mw.track("explicit", request=request.scope)
-        seen.append(request)
+        sqreen_mw.track("no.request")
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route("/x", endpoint)])  # no middleware: request= is the only way in
     async with client_for(app) as http:
         with capture_events() as events:
             await http.get("/x?q=1")
-    assert [e["request"]["params"] for e in events if e["request"]] == [{"query": {"q": "1"}}] * 2
+    expected = {"client_ip": "203.0.113.9", "user_agent": "python-httpx/" + httpx.__version__, "path": "/x",
+                "verb": "GET", "params": {"query": {"q": "1"}}}
+    assert [e["request"] for e in events] == [expected, expected, None]
 
 
 async def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored(make_client: MakeClient) -> None:
@@ -218,5 +219,75 @@ async def test_hostile_json_body_never_raises_into_the_app(make_client: MakeClie
         with capture_events() as events:
             response = await http.post("/deep", content=b"[" * 5000, headers={"content-type": "application/json"})
     assert response.text == "ok"
-    assert "json" not in events[0]["request"]["params"]  # type: ignore[index]
-    assert events[0]["body"] is None or isinstance(events[0]["body"], str)
+    assert events[0]["request"] is not None and "json" not in events[0]["request"]["params"]
+    assert events[0]["body"] == "[" * 5000  # too deep to parse: kept as text
+
+
+async def test_explicit_user_identifiers_override_the_identified_user(make_client: MakeClient) -> None:
+    make_client()
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        sqreen_mw.identify({"email": "admin@example.com"})
+        sqreen_mw.track("user.impersonated", user_identifiers={"email": "victim@example.com"})
+        sqreen_mw.track("admin.action")
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/x", endpoint)])
+    app.add_middleware(SqreenMiddleware)
+    async with client_for(app) as http:
+        with capture_events() as events:
+            await http.get("/x")
+    assert [e["user_identifiers"] for e in events] == [{"email": "victim@example.com"}, {"email": "admin@example.com"}]
+
+
+async def test_user_agent_and_cut_bodies_are_scrubbed(make_client: MakeClient) -> None:
+    make_client(max_body_bytes=40)
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        await request.body()
+        sqreen_mw.track("x", collect_body=True)
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/x", endpoint, methods=["POST"])])
+    app.add_middleware(SqreenMiddleware)
+    async with client_for(app) as http:
+        with capture_events() as events:
+            await http.post("/x", content=b"note=card 4111 1111 1111 1111 and more text after it",
+                            headers={"content-type": "text/plain", "user-agent": "Bearer abc.def"})
+    assert events[0]["request"] is not None and events[0]["request"]["user_agent"] == "[REDACTED]"
+    assert events[0]["body"] == "[REDACTED]"
+
+
+async def test_lifespan_shutdown_flushes_before_it_completes(make_client: MakeClient, collector: Any) -> None:
+    make_client("test-api-key", collector.url, heartbeat_interval=60)
+    app = make_app()
+    sent: list[str] = []
+    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> dict[str, Any]:
+        return inbox.pop(0)
+
+    async def send(message: Any) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            sqreen_mw.track("before.shutdown", properties={"n": 1})
+        if message["type"] == "lifespan.shutdown.complete":  # the server exits right after this message
+            sent.append(",".join(e["name"] for e in collector.events()))
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "before.shutdown", "lifespan.shutdown.complete"]
+
+
+async def test_an_app_blocking_its_event_loop_does_not_stall_delivery(make_client: MakeClient, collector: Any) -> None:
+    make_client("test-api-key", collector.url, heartbeat_interval=60)
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        sqreen_mw.track("blocking", properties={"n": 1})
+        delivered = sqreen_mw.flush(10)  # blocks this loop: the flusher has a loop of its own
+        return PlainTextResponse(str(delivered))
+
+    app = Starlette(routes=[Route("/x", endpoint)])
+    app.add_middleware(SqreenMiddleware)
+    async with client_for(app) as http:
+        assert (await http.get("/x")).text == "True"
+    assert [e["name"] for e in collector.events()] == ["blocking"]

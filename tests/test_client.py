@@ -137,17 +137,11 @@ def test_environment_configures_the_client(monkeypatch: pytest.MonkeyPatch, make
         sqreen_mw.Client()
 
 
-def test_shutdown_stops_queueing(make_client: MakeClient) -> None:
-    client = make_client(token="k", url="http://127.0.0.1:9")
-    client.shutdown(timeout=0.1)
-    assert sqreen_mw.track("after") is False
-    assert client.statistics()["tracked"] == 0
-
-
 def test_track_after_shutdown_is_counted(make_client: MakeClient) -> None:
     client = make_client(token="k", url="http://127.0.0.1:9")
     client.shutdown(timeout=0.1)
     assert sqreen_mw.track("late") is False
+    assert client.statistics()["tracked"] == 0
     assert client.statistics()["dropped"] == {"after_shutdown": 1}
 
 
@@ -205,3 +199,51 @@ def test_collect_body_must_be_a_bool(make_client: MakeClient) -> None:
     make_client()
     with pytest.raises(InvalidEvent, match="collect_body must be a bool, got str 'yes'"):
         sqreen_mw.track("x", collect_body="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "setting", "expected"),
+    [
+        ("SQREEN_TOKEN", "t0k", "token", "t0k"),
+        ("SQREEN_URL", "https://collector.example:9443/", "url", "https://collector.example:9443"),
+        ("SQREEN_APP_NAME", "shop", "app_name", "shop"),
+        ("SQREEN_HEARTBEAT_INTERVAL", "15", "heartbeat_interval", 15.0),
+        ("SQREEN_BATCH_SIZE", "50", "batch_size", 50),
+        ("SQREEN_MAX_QUEUE_EVENTS", "500", "max_queue_events", 500),
+        ("SQREEN_MAX_QUEUE_BYTES", "100000", "max_queue_bytes", 100000),
+        ("SQREEN_MAX_EVENT_AGE", "60", "max_event_age", 60.0),
+        ("SQREEN_SHUTDOWN_TIMEOUT", "0.5", "shutdown_timeout", 0.5),
+        ("SQREEN_REQUEST_TIMEOUT", "3", "request_timeout", 3.0),
+        ("SQREEN_TRUSTED_PROXIES", "10.0.0.0/8", "trusted_proxies", "10.0.0.0/8"),
+        ("SQREEN_IP_HEADER", "CF-Connecting-IP", "ip_header", "CF-Connecting-IP"),
+        ("SQREEN_STRIP_SENSITIVE_DATA", "false", "strip_sensitive_data", False),
+        ("SQREEN_SENSITIVE_KEYS", "^pin$", "sensitive_keys", "^pin$"),
+        ("SQREEN_SENSITIVE_VALUES", "^x{8}$", "sensitive_values", "^x{8}$"),
+        ("SQREEN_MAX_BODY_BYTES", "2048", "max_body_bytes", 2048),
+        ("SQREEN_INSTALL_SIGNAL_HANDLER", "off", "install_signal_handler", False),
+    ],
+)
+def test_every_environment_variable_of_the_readme(
+    monkeypatch: pytest.MonkeyPatch, make_client: MakeClient, variable: str, value: str, setting: str, expected: Any
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert make_client().settings[setting] == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SQREEN_BATCH_SIZE", "0"),
+        ("SQREEN_MAX_QUEUE_EVENTS", "many"),
+        ("SQREEN_STRIP_SENSITIVE_DATA", "maybe"),
+        ("SQREEN_URL", "ftp://collector"),
+        ("SQREEN_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("SQREEN_SENSITIVE_KEYS", "pass("),
+    ],
+)
+def test_bad_environment_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    option = variable.removeprefix("SQREEN_").lower()
+    with pytest.raises(ConfigurationError) as info:
+        sqreen_mw.Client()
+    assert variable in str(info.value) or option in str(info.value)

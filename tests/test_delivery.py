@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import tracemalloc
@@ -45,6 +46,9 @@ def test_collector_down_then_up_delivers_every_event_exactly_once(make_client: M
     for n in range(300):
         sqreen_mw.track("outage", properties={"n": n})
     assert not sqreen_mw.flush(0.5)  # nothing listens yet
+    deadline = time.monotonic() + 10
+    while not client.statistics()["last_error"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert client.statistics()["last_error"].startswith("ConnectError")
     with start_collector(tmp_path / "late.db", port=port) as collector:
         assert sqreen_mw.flush(20)
@@ -120,11 +124,16 @@ def test_events_older_than_max_event_age_are_dropped_and_counted(make_client: Ma
         sqreen_mw.track("stale", properties={"n": n})
     time.sleep(0.8)
     with start_collector(tmp_path / "age.db", port=port) as collector:
-        sqreen_mw.flush(10)  # False if they expire during this call, True if they already had
+        assert not sqreen_mw.flush(10)  # they expired (before or during this call) instead of being delivered
         assert client.statistics()["dropped"] == {"expired": 10}
-        sqreen_mw.track("history", timestamp=datetime(2015, 1, 1))  # old timestamp, fresh event: kept
-        assert sqreen_mw.flush(10)
-        assert [e["name"] for e in collector.events()] == ["history"]
+        assert collector.events() == []
+
+
+def test_age_counts_from_track_not_from_the_event_timestamp(make_client: MakeClient, collector: Collector) -> None:
+    make_client(API_KEY, collector.url, heartbeat_interval=60, max_event_age=60)
+    sqreen_mw.track("history", timestamp=datetime(2015, 1, 1))  # imported history: an old timestamp, a fresh event
+    assert sqreen_mw.flush(10)
+    assert [(e["name"], e["timestamp"]) for e in collector.events()] == [("history", "2015-01-01T00:00:00.000000Z")]
 
 
 def test_413_splits_the_batch_until_it_fits(make_client: MakeClient, tmp_path: Path) -> None:
@@ -215,3 +224,53 @@ def test_a_queue_filling_up_by_bytes_is_sent_before_it_sheds(make_client: MakeCl
     events = collector.wait_for(lambda found: len(found) >= 24, timeout=10)  # no flush(), no heartbeat
     assert len(events) >= 24
     assert client.statistics()["dropped"] == {}
+
+
+def test_a_401_on_a_batch_logs_in_again_and_delivers(make_client: MakeClient, collector: Collector) -> None:
+    proxy = FaultyProxy(collector.url, [(401, {})])  # e.g. the collector forgot the session
+    with serve_in_thread(proxy.app) as url:
+        client = make_client(API_KEY, url, heartbeat_interval=60)
+        for n in range(5):
+            sqreen_mw.track("relogin", properties={"n": n})
+        assert sqreen_mw.flush(15)
+    logins = [status for _, path, status in proxy.log if path.endswith("/login")]
+    assert logins == [200, 200]
+    assert numbers(collector.events()) == list(range(5))
+    assert client.statistics()["dropped"] == {}
+
+
+def test_a_refused_api_key_is_reported_and_events_wait_then_expire(
+    make_client: MakeClient, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client("not-a-key", collector.url, heartbeat_interval=60, max_event_age=1)
+    sqreen_mw.track("orphan", properties={"n": 1})
+    assert not sqreen_mw.flush(0.5)
+    assert client.statistics()["queued"] == 1
+    deadline = time.monotonic() + 15
+    while client.statistics()["dropped"] != {"expired": 1} and time.monotonic() < deadline:
+        sqreen_mw.flush(0.5)
+    assert client.statistics()["dropped"] == {"expired": 1}
+    refused = [r.getMessage() for r in caplog.records if "refused the API key" in r.getMessage()]
+    assert len(refused) == 1 and "HTTP 401" in refused[0]
+    assert collector.events() == []
+
+
+@pytest.mark.sdk_errors_expected
+def test_logs_never_show_the_token_or_event_data(
+    make_client: MakeClient, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, httpx included
+    secret_value = "do-not-log-this-value"
+    make_client(API_KEY, collector.url, heartbeat_interval=60)
+    sqreen_mw.track("logged", properties={"note": secret_value}, user_identifiers={"id": "\ud800"})  # refused: 422
+    sqreen_mw.flush(10)
+    wrong = sqreen_mw.Client("wrong-token-value", collector.url, install_signal_handler=False)
+    try:
+        wrong.track("logged", properties={"note": secret_value})
+        wrong.flush(1)
+    finally:
+        wrong.shutdown(1)
+    text = "\n".join(f"{r.name}: {r.getMessage()}" for r in caplog.records)
+    assert "refused" in text  # the log did talk about what happened ...
+    for leaked in (API_KEY, "wrong-token-value", secret_value):
+        assert leaked not in text  # ... without the keys or the payload

@@ -66,6 +66,7 @@ def test_example_app_under_real_server(server: str, collector: Collector, tmp_pa
     command, app_name = SERVERS[server]
     port = free_port()
     env = {"SQREEN_TOKEN": API_KEY, "SQREEN_URL": collector.url, "SQREEN_HEARTBEAT_INTERVAL": "60",
+           "SQREEN_SHUTDOWN_TIMEOUT": "10",
            "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}  # HOME: gunicorn's control socket lives there
     proc = spawn([sys.executable, "-m", *bind_args(command, port)], env=env)
     try:

@@ -66,7 +66,7 @@ def test_sigterm_delivers_then_dies_by_the_signal(collector: Collector) -> None:
 def test_exit_with_collector_down_is_bounded_and_reported(mode: str) -> None:
     code, elapsed, output = run_tracker(f"http://127.0.0.1:{free_port()}", 1.0, mode)
     assert code == (0 if mode == "exit" else -signal.SIGTERM)
-    assert elapsed < 4.0
+    assert elapsed < 6.0  # the 1 s budget (plus interpreter exit), far below the 10 s request timeout
     assert "20 of 20 queued event(s) undelivered" in output
 
 
@@ -74,13 +74,13 @@ def test_exit_with_collector_down_is_bounded_and_reported(mode: str) -> None:
 def test_exit_with_collector_hanging_is_bounded(hanging_collector: str, mode: str) -> None:
     code, elapsed, output = run_tracker(hanging_collector, 1.0, mode)
     assert code == (0 if mode == "exit" else -signal.SIGTERM), output
-    assert elapsed < 4.0
+    assert elapsed < 6.0
     assert "undelivered" in output
 
 
 FORKER = """
 import os, sys, sqreen_mw
-sqreen_mw.init(sys.argv[1], sys.argv[2], heartbeat_interval=60)
+sqreen_mw.init(sys.argv[1], sys.argv[2], heartbeat_interval=60, shutdown_timeout=10)
 for n in range(10):
     sqreen_mw.track("fork", properties={"n": n, "who": "parent"})
 assert sqreen_mw.flush(10)  # the parent's flusher thread is running when it forks

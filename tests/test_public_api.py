@@ -29,3 +29,11 @@ def test_import_does_not_import_frameworks() -> None:
            "print(sorted(m for m in ('flask', 'django', 'fastapi', 'uvicorn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_framework_adapters_name_the_extra_to_install() -> None:
+    for module, framework in (("sqreen_mw.flask", "flask"), ("sqreen_mw.django", "django")):
+        code = f"import sys; sys.modules[{framework!r}] = None\ntry:\n    import {module}\n" \
+               f"except ImportError as exc:\n    print(exc)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+        assert f"pip install 'sqreen_mw[{framework}]'" in out.stdout, out.stdout + out.stderr

@@ -252,7 +252,11 @@ def test_depth_cap() -> None:
 
     loop: list[Any] = []
     loop.append(loop)
-    DEFAULT.scrub(loop)  # terminates
+    out_loop = DEFAULT.scrub(loop)  # terminates: the cycle is cut at MAX_DEPTH
+    for _ in range(MAX_DEPTH):
+        assert isinstance(out_loop, list) and len(out_loop) == 1
+        out_loop = out_loop[0]
+    assert out_loop == REDACTED
 
 
 def test_disabled_returns_the_same_object() -> None:

@@ -185,8 +185,11 @@ async def test_limit_defaults_to_100_and_is_capped_at_1000(client: httpx.AsyncCl
     rest = (await client.get("/api/v1/events", headers=ADMIN_HEADERS, params={"cursor": default["next"]})).json()
     assert len(rest["events"]) == 50
     assert rest["next"] is None
+    for _ in range(18):  # 1,050 events in all
+        assert (await send(client, sid, [event() for _ in range(50)])).status_code == 200
     capped = (await client.get("/api/v1/events", headers=ADMIN_HEADERS, params={"limit": 5000})).json()
-    assert len(capped["events"]) == 150
+    assert len(capped["events"]) == 1000
+    assert capped["next"] is not None
 
 
 async def test_agents_newest_first(client: httpx.AsyncClient) -> None:

@@ -90,7 +90,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     env.update(SQREEN_COLLECTOR_API_KEYS="env-key", SQREEN_COLLECTOR_ADMIN_TOKEN="adm1n")
     command = [sys.executable, "-m", "sqreen_mw.collector.cli", "serve", "--db", str(db), "--port", "0",
                "--api-key", "shop=cli-key", "--heartbeat-delay", "5"]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
