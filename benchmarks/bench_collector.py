@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from sqreen_mw.collector._storage import SQLiteStorage, _row
+from sqreen_mw.collector._sqlite import SQLiteStorage, _row
 from sqreen_mw.collector._wire import parse_batch
 
 BUDGET = 50_000.0  # events/s, DESIGN §9

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from ._api import AdminApi
 from ._http import JSON, http_error
 from ._ingest import PROTOCOL_VERSION, AgentEndpoints
-from ._storage import SQLiteStorage
+from ._sqlite import SQLiteStorage
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
 

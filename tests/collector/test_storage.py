@@ -14,16 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sqreen_mw.collector._storage import (
-    AgentSession,
-    EventQuery,
-    EventRecord,
-    SchemaError,
-    SQLiteStorage,
-    Storage,
-    _row,
-    _Write,
-)
+from sqreen_mw.collector._sqlite import SQLiteStorage, _row, _Write
+from sqreen_mw.collector._storage import AgentSession, EventQuery, EventRecord, SchemaError, Storage
 
 
 def record(ts: float = 1000.0, *, name: str = "e", ip: str | None = "10.0.0.1", **kw: Any) -> EventRecord:

@@ -1,0 +1,392 @@
+"""The SQLite implementation of the collector's :class:`~sqreen_mw.collector._storage.Storage`."""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._records import AgentSession, EventQuery, EventRecord
+from ._storage import SchemaError
+
+__all__ = ["SQLiteStorage"]
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    # JSONEncoder.encode() builds a C encoder on every call; for small objects that is most of the cost, so build it
+    # once (2x faster on ingest). ensure_ascii keeps lone surrogates (valid JSON, invalid UTF-8) storable.
+    slow = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - Python without the _json accelerator
+        return slow
+    c_encode = make(None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+
+    def encode(value: Any) -> str:
+        return "".join(c_encode(value, 0))
+
+    sample = {"k": [1, 2.5, "\u00e9\ud800", None, True, {"n": -0.0}]}
+    return encode if encode(sample) == slow(sample) else slow
+
+
+_encode = _make_encoder()
+_PAGE_SIZE = 4096
+_WAL_CHECKPOINT_BYTES = 128 * 2**20
+_EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body"
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers,"
+    " request, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    ts REAL NOT NULL,
+    received_at REAL NOT NULL,
+    app TEXT NOT NULL,
+    client_ip TEXT,
+    properties TEXT NOT NULL,
+    user_identifiers TEXT,
+    request TEXT,
+    body TEXT
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE INDEX IF NOT EXISTS events_name_ts ON events (name, ts);
+CREATE INDEX IF NOT EXISTS events_ip_ts ON events (client_ip, ts);
+CREATE TABLE IF NOT EXISTS event_users (
+    value TEXT NOT NULL,
+    ts REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (value, ts, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    hostname TEXT,
+    pid INTEGER,
+    sdk_version TEXT,
+    runtime TEXT,
+    started_at REAL NOT NULL,
+    last_heartbeat_at REAL,
+    stats TEXT,
+    logged_out_at REAL
+);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
+PRAGMA user_version = 2;
+"""
+_SCHEMA_VERSION = 2
+# Version 1 keyed event_users by (value, seq): a user's events were sorted on every page. Version 2 keys them by
+# (value, ts, seq), the answer's order, so a page walks the key backwards and stops after ``limit`` rows.
+_MIGRATE_1_TO_2 = """
+CREATE TABLE event_users_v2 (
+    value TEXT NOT NULL,
+    ts REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (value, ts, seq)
+) WITHOUT ROWID;
+INSERT INTO event_users_v2 (value, ts, seq)
+    SELECT u.value, e.ts, u.seq FROM event_users AS u JOIN events AS e ON e.seq = u.seq ORDER BY 1, 2, 3;
+DROP TABLE event_users;
+ALTER TABLE event_users_v2 RENAME TO event_users;
+"""
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _row(e: EventRecord) -> tuple[Any, ...]:
+    return (
+        e.id, e.name, e.ts, e.received_at, e.app, e.client_ip, _encode(e.properties),
+        None if e.user_identifiers is None else _encode(e.user_identifiers),
+        None if e.request is None else _encode(e.request),
+        None if e.body is None else _encode(e.body),
+    )  # fmt: skip
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # Not executescript(), which would commit the open transaction first.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
+    """The SELECT of :meth:`SQLiteStorage.query_events` and its arguments.
+
+    The rows come from an index walked backwards in (ts, seq) order, so SQLite stops after ``limit`` rows instead of
+    sorting every match: without a user filter, an events index (the ts index ends with the rowid, seq); with one,
+    the (value, ts, seq) key of event_users, each row joined to its event by seq. CROSS JOIN keeps event_users the
+    outer loop: SQLite would otherwise start from the name or IP index.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    until, after = query.until, query.after
+    # One of until and the cursor implies the other: keep only the tighter, so the walk starts at the cursor rather
+    # than at until, skipping the earlier pages' rows again (SQLite bounds the range with one of the two).
+    if until is not None and after is not None:
+        if after[0] < until:
+            until = None
+        elif after[0] >= until:
+            after = None
+    if query.user is None:
+        t, source, columns = "", "events", _EVENT_COLUMNS
+    else:
+        t, source = "u.", "event_users AS u CROSS JOIN events AS e ON e.seq = u.seq"
+        columns = ", ".join(f"e.{column}" for column in _EVENT_COLUMNS.split(", "))
+        where.append("u.value = ?")
+        args.append(query.user)
+    if query.name is not None:
+        where.append("name = ?")
+        args.append(query.name)
+    if query.since is not None:
+        where.append(f"{t}ts >= ?")
+        args.append(query.since)
+    if until is not None:
+        where.append(f"{t}ts < ?")
+        args.append(until)
+    if query.ip is not None:
+        where.append("client_ip = ?")
+        args.append(query.ip)
+    if after is not None:
+        where.append(f"({t}ts, {t}seq) < (?, ?)")
+        args.extend(after)
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    # Only fixed fragments are joined; every value is a bound parameter.
+    sql = f"SELECT {columns} FROM {source}{clause} ORDER BY {t}ts DESC, {t}seq DESC LIMIT ?"  # noqa: S608
+    args.append(query.limit)
+    return sql, args
+
+
+class _Write:
+    """One insert_events() call waiting for its group's commit."""
+
+    __slots__ = ("done", "error", "events", "result", "rows")
+
+    def __init__(self, events: Sequence[EventRecord], rows: list[tuple[Any, ...]]) -> None:
+        self.events = events
+        self.rows = rows
+        self.done = False
+        self.result = (0, 0)
+        self.error: Exception | None = None
+
+
+class SQLiteStorage:
+    """:class:`Storage` on one SQLite connection (WAL, ``synchronous=NORMAL``) guarded by a lock.
+
+    :param path: database file, created if missing (``":memory:"`` works for tests).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # the connection
+        self._queue_lock = threading.Lock()  # _queue, never held while waiting for the connection
+        self._queue: list[_Write] = []
+        self._conn: sqlite3.Connection | None = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Small pages, a big cache and a big WAL. Measured (benchmarks/bench_collector.py): once the database is
+        # larger than a batch, the client IP index and event_users get one random insert per event, so a commit
+        # writes about one page per event to the WAL: the page size is the bytes written per event. 4 KiB pages
+        # keep ~40k events/s at 600k events stored where 16 KiB pages fell to ~26k/s. A checkpoint copies each
+        # page once however often the WAL rewrote it, so checkpointing every 128 MiB (32,000 pages) instead of
+        # 4 MiB (SQLite's default of 1,000 pages) copies far less. page_size only applies to a new database.
+        self._conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
+        self._conn.execute("PRAGMA cache_size=-65536")
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]  # an older database may have other pages
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_BYTES // page_size}")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        try:
+            self._prepare_schema(self._conn)
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def _prepare_schema(self, db: sqlite3.Connection) -> None:
+        """Create the tables of a new database, or migrate one made by an older version, in one transaction.
+
+        :raises SchemaError: the file was made by a newer version.
+        """
+        db.execute("BEGIN IMMEDIATE")  # another process opening the same file waits, then sees the result
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.path}: this database was made by a newer version of sqreen-mw (schema version {version},"
+                    f" this version knows up to {_SCHEMA_VERSION}); upgrade sqreen-mw or use another database file"
+                )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(event_users)")}
+            if columns and "ts" not in columns:  # version 1 (or its tables without the version, if interrupted)
+                _run_script(db, _MIGRATE_1_TO_2)
+            _run_script(db, _SCHEMA)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("SQLiteStorage is closed")
+        return self._conn
+
+    def insert_events(self, events: Sequence[EventRecord]) -> tuple[int, int]:
+        """Store the events in one transaction, skipping ids already stored; return (accepted, duplicates).
+
+        Group commit: batches that arrive while a transaction runs are committed together by the next writer, one
+        transaction for all. A commit costs about one page write per index leaf touched, so this is what keeps
+        ingest fast with many agents sending small batches.
+        """
+        # Encode before taking the lock: another thread's SQLite work (which releases the GIL) overlaps with it.
+        write = _Write(events, [_row(e) for e in events])
+        with self._queue_lock:
+            self._queue.append(write)
+        with self._lock:
+            if not write.done:  # else another writer committed it with its own group
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit(group)
+        if write.error is not None:
+            raise write.error
+        return write.result
+
+    def _commit(self, group: list[_Write]) -> None:
+        try:
+            self._transaction(group)
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].error = exc
+            else:  # one bad batch must not fail the others: each on its own
+                for write in group:
+                    try:
+                        self._transaction([write])
+                    except Exception as own:
+                        write.error = own
+        finally:
+            for write in group:
+                write.done = True
+
+    def _transaction(self, group: list[_Write]) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for write in group:
+                write.result = self._insert(db, write)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, write: _Write) -> tuple[int, int]:
+        events = write.events
+        # Rows get explicit seqs first..first+n-1; INSERT OR IGNORE skips known ids (dedup), so the seqs present
+        # afterwards are exactly the new events, whose user values then go to event_users.
+        first = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+        before = db.total_changes
+        db.executemany(_INSERT_EVENT, [(first + i, *row) for i, row in enumerate(write.rows)])
+        accepted = db.total_changes - before
+        if accepted == len(events):
+            fresh: Sequence[tuple[int, EventRecord]] = list(enumerate(events, first))
+        else:
+            stored = {row[0] for row in db.execute("SELECT seq FROM events WHERE seq >= ?", (first,))}
+            fresh = [(seq, e) for seq, e in enumerate(events, first) if seq in stored]
+        # Sorted: B-tree inserts in key order touch far fewer pages.
+        db.executemany(
+            "INSERT OR IGNORE INTO event_users VALUES (?, ?, ?)",
+            sorted([(value, e.ts, seq) for seq, e in fresh for value in e.users]),
+        )
+        return accepted, len(events) - accepted
+
+    def query_events(self, query: EventQuery) -> list[EventRecord]:
+        """Events matching ``query``, newest first (ts, then seq, descending)."""
+        sql, args = _event_sql(query)
+        with self._lock:
+            rows = self._db().execute(sql, args).fetchall()
+        out: list[EventRecord] = []
+        for row in rows:
+            users = _load(row[8])
+            out.append(
+                EventRecord(
+                    row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]), users, _load(row[9]),
+                    _load(row[10]), tuple(str(v) for v in users.values()) if users else (), row[0],
+                )
+            )  # fmt: skip
+        return out
+
+    def query_plan(self, query: EventQuery) -> list[str]:
+        """The lines of SQLite's ``EXPLAIN QUERY PLAN`` for :meth:`query_events` (tests and diagnostics)."""
+        sql, args = _event_sql(query)
+        with self._lock:
+            return [str(row[3]) for row in self._db().execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+
+    def create_session(self, session: AgentSession) -> None:
+        """Record a new agent session."""
+        s = session
+        with self._lock:
+            self._db().execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    s.session_id, s.app, s.hostname, s.pid, s.sdk_version, s.runtime, s.started_at,
+                    s.last_heartbeat_at, None if s.stats is None else _encode(s.stats), s.logged_out_at,
+                ),
+            )  # fmt: skip
+
+    def session_app(self, session_id: str) -> str | None:
+        """The app of an active (not logged out) session, or None."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT app FROM sessions WHERE session_id = ? AND logged_out_at IS NULL", (session_id,))
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
+
+    def heartbeat(self, session_id: str, stats: dict[str, Any], at: float) -> bool:
+        """Store the stats of an active session; False when the session is unknown or logged out."""
+        with self._lock:
+            cur = self._db().execute(
+                "UPDATE sessions SET stats = ?, last_heartbeat_at = ? WHERE session_id = ? AND logged_out_at IS NULL",
+                (_encode(stats), at, session_id),
+            )
+        return cur.rowcount == 1
+
+    def logout(self, session_id: str, at: float) -> bool:
+        """Mark an active session logged out; False when the session is unknown or already logged out."""
+        with self._lock:
+            cur = self._db().execute(
+                "UPDATE sessions SET logged_out_at = ? WHERE session_id = ? AND logged_out_at IS NULL",
+                (at, session_id),
+            )
+        return cur.rowcount == 1
+
+    def list_agents(self, limit: int = 1000) -> list[AgentSession]:
+        """Sessions, newest first."""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT session_id, app, hostname, pid, sdk_version, runtime, started_at, last_heartbeat_at,"
+                    " logged_out_at, stats FROM sessions ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                    (limit,),
+                )
+                .fetchall()
+            )
+        return [
+            AgentSession(
+                session_id=row[0], app=row[1], hostname=row[2], pid=row[3], sdk_version=row[4], runtime=row[5],
+                started_at=row[6], last_heartbeat_at=row[7], logged_out_at=row[8], stats=_load(row[9]),
+            )
+            for row in rows
+        ]  # fmt: skip
+
+    def close(self) -> None:
+        """Close the connection (idempotent); later calls raise ``RuntimeError``."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
