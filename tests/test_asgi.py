@@ -67,6 +67,13 @@ def make_app() -> Starlette:
     return app
 
 
+def instrumented(endpoint: Any, path: str, post: bool = False) -> Starlette:
+    """A one-route Starlette app behind the middleware."""
+    app = Starlette(routes=[Route(path, endpoint, methods=["POST"] if post else ["GET"])])
+    app.add_middleware(SqreenMiddleware)
+    return app
+
+
 def client_for(app: Any, client: tuple[str, int] = ("203.0.113.9", 5000)) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=client), base_url="http://app")
 
@@ -213,8 +220,7 @@ async def test_hostile_json_body_never_raises_into_the_app(make_client: MakeClie
         sqreen_mw.track("login.failed", collect_body=True)
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[Route("/deep", endpoint, methods=["POST"])])
-    app.add_middleware(SqreenMiddleware)
+    app = instrumented(endpoint, "/deep", post=True)
     async with client_for(app) as http:
         with capture_events() as events:
             response = await http.post("/deep", content=b"[" * 5000, headers={"content-type": "application/json"})
@@ -232,8 +238,7 @@ async def test_explicit_user_identifiers_override_the_identified_user(make_clien
         sqreen_mw.track("admin.action")
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[Route("/x", endpoint)])
-    app.add_middleware(SqreenMiddleware)
+    app = instrumented(endpoint, "/x")
     async with client_for(app) as http:
         with capture_events() as events:
             await http.get("/x")
@@ -248,8 +253,7 @@ async def test_user_agent_and_cut_bodies_are_scrubbed(make_client: MakeClient) -
         sqreen_mw.track("x", collect_body=True)
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[Route("/x", endpoint, methods=["POST"])])
-    app.add_middleware(SqreenMiddleware)
+    app = instrumented(endpoint, "/x", post=True)
     async with client_for(app) as http:
         with capture_events() as events:
             await http.post("/x", content=b"note=card 4111 1111 1111 1111 and more text after it",
@@ -286,8 +290,7 @@ async def test_an_app_blocking_its_event_loop_does_not_stall_delivery(make_clien
         delivered = sqreen_mw.flush(10)  # blocks this loop: the flusher has a loop of its own
         return PlainTextResponse(str(delivered))
 
-    app = Starlette(routes=[Route("/x", endpoint)])
-    app.add_middleware(SqreenMiddleware)
+    app = instrumented(endpoint, "/x")
     async with client_for(app) as http:
         assert (await http.get("/x")).text == "True"
     assert [e["name"] for e in collector.events()] == ["blocking"]
