@@ -29,6 +29,9 @@ UserIdentifiers = dict[str, str | int]
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
 #: Integers must fit in 64 bits (what JSON consumers and SQLite keep exactly).
 MIN_INT, MAX_INT = -(2**63), 2**63 - 1
+#: Timestamps later than now plus this many seconds (clock skew between app servers and the collector) are refused,
+#: by the SDK and the collector alike: a far-future event would sit at the top of every newest-first page forever.
+MAX_FUTURE_SKEW = 3600.0
 _MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 _MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC).timestamp()
 
