@@ -403,7 +403,7 @@ def parse_playbook(obj: object, *, allow_http_webhooks: bool = False, name: str 
 
     threshold = obj.get("threshold")
     if not isinstance(threshold, int) or isinstance(threshold, bool) or not 1 <= threshold <= MAX_THRESHOLD:
-        errors.append(("threshold", f"is required: an integer from 1 to {MAX_THRESHOLD}, got {_show(threshold)}"))
+        errors.append(("threshold", f"must be an integer from 1 to {MAX_THRESHOLD}, got {_show(threshold)}"))
         threshold = 1
     window = 60.0
     if "window" not in obj:
