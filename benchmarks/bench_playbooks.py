@@ -23,11 +23,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from bench_collector import BATCH, _records, make_events  # noqa: E402
+from bench_collector import BATCH, _records, make_events
 
-from sqreen_mw._schema import format_timestamp  # noqa: E402
-from sqreen_mw.collector._sqlite import SQLiteStorage  # noqa: E402
-from sqreen_mw.collector.automation import Automation, parse_playbook  # noqa: E402
+from sqreen_mw._schema import format_timestamp
+from sqreen_mw.collector._sqlite import SQLiteStorage
+from sqreen_mw.collector.automation import Automation, parse_playbook
 
 BUDGET = 50_000.0
 
