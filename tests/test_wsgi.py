@@ -81,7 +81,7 @@ def test_flask_default_properties_view_args_and_form(make_client: MakeClient) ->
     }
     assert viewed["request"] is not None
     assert viewed["request"]["client_ip"] == "198.51.100.20"
-    assert viewed["request"]["params"] == {"path": {"order_id": 17}}
+    assert viewed["request"]["params"] == {"path": {"order_id": "17"}}
     assert viewed["user_identifiers"] == {"id": 5}
     assert current_context.get() is None
 
