@@ -112,13 +112,13 @@ class AutomationTables:
         marks = ", ".join("?" * len(unique))
         sql = (
             "SELECT seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request"  # noqa: S608
-            f" FROM events INDEXED BY events_ts WHERE ts >= ? AND ts < ? AND (ts, seq) > (?, ?) AND name IN ({marks})"
+            f" FROM events INDEXED BY events_ts WHERE ts >= ? AND ts < ? AND (ts > ? OR seq > ?) AND name IN ({marks})"
             " ORDER BY ts, seq LIMIT ?"
-        )
+        )  # the cursor as "ts >= cursor" bounds the index range, so each chunk starts where the last one ended
         after: tuple[float, int] = (since, -1)
         while unique:
             with self._lock:
-                rows = self._db().execute(sql, (since, until, *after, *unique, batch)).fetchall()
+                rows = self._db().execute(sql, (after[0], until, *after, *unique, batch)).fetchall()
             chunk = []
             for row in rows:
                 users = None if row[8] is None else json.loads(row[8])
