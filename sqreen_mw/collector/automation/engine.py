@@ -219,7 +219,7 @@ def replay(
     counter = PlaybookCounter(playbook, max_actors)
     names = set(playbook.events)
     for event in events:
-        if event.name not in names or not counter.matches(event):
+        if event.name not in names or event.blocked or not counter.matches(event):
             continue
         candidate = counter.observe(event, event.ts)
         if candidate is not None:
