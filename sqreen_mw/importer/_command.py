@@ -166,7 +166,7 @@ def _summary(
         print(
             f"{rows} rows read in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):.0f} rows/s): {tally.sent} sent, "
             f"{tally.stored} stored, {tally.duplicates} duplicates, {rejected} rejected, "
-            f"{len(undelivered)} not delivered",
+            f"{len(undelivered)} not delivered, {tally.retries} retries",
             file=out, flush=True,
         )  # fmt: skip
     for lines, reason in tally.undelivered:

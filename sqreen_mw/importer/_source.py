@@ -47,7 +47,9 @@ class Source:
     raw: IO[bytes]
     stream: IO[bytes]
     size: int | None
-    _lines: int = field(default=0)
+    _text: IO[str] | None = None
+    _reader: Any = None  # csv.reader: its type is private to typeshed
+    _columns: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def position(self) -> int:
         try:
@@ -60,6 +62,8 @@ class Source:
         return self._jsonl() if self.format == "jsonl" else self._csv()
 
     def close(self) -> None:
+        if self._text is not None:
+            self._text.close()
         self.stream.close()
         self.raw.close()
 
@@ -86,19 +90,29 @@ class Source:
                 continue
             yield number, row
 
-    def _csv(self) -> Iterator[Row]:
-        text = io.TextIOWrapper(self.stream, encoding="utf-8-sig", newline="")
-        reader = csv.reader(text, strict=True)
+    def read_header(self) -> None:
+        """CSV: read and check the header now, so a bad column stops the import before anything is sent."""
+        if self.format != "csv":
+            return
+        self._text = io.TextIOWrapper(self.stream, encoding="utf-8-sig", newline="")
+        self._reader = csv.reader(self._text, strict=True)
         try:
-            header = next(reader, None)
-            if header is None:
-                return
-            columns = [_column(name) for name in header]
-            seen: set[tuple[str, str]] = set()
-            for column in columns:
-                if column[:2] in seen:
-                    raise SourceError(f"CSV column {column[2]!r} appears twice")
-                seen.add(column[:2])
+            header = next(self._reader, None)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise SourceError(f"{self.name}: cannot read the CSV header: {exc}") from None
+        self._columns = [_column(name) for name in header or []]
+        seen: set[tuple[str, str]] = set()
+        for column in self._columns:
+            if column[:2] in seen:
+                raise SourceError(f"CSV column {column[2]!r} appears twice")
+            seen.add(column[:2])
+
+    def _csv(self) -> Iterator[Row]:
+        if self._reader is None:
+            self.read_header()
+        reader, columns = self._reader, self._columns
+        assert reader is not None  # noqa: S101 -- set by read_header
+        try:
             start = reader.line_num + 1
             for cells in reader:
                 number, start = start, reader.line_num + 1
@@ -201,4 +215,10 @@ def open_source(path: str, format: str | None = None) -> Source:
     stream: IO[bytes] = buffered
     if buffered.peek(2)[:2] == _GZIP_MAGIC:
         stream = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-    return Source("stdin" if path == "-" else path, fmt, buffered, stream, size)
+    source = Source("stdin" if path == "-" else path, fmt, buffered, stream, size)
+    try:
+        source.read_header()
+    except SourceError:
+        source.close()
+        raise
+    return source
