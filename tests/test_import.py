@@ -199,7 +199,7 @@ def test_same_file_twice_stores_nothing_twice_whatever_the_packaging(collector: 
     assert (summary(second)["stored"], summary(second)["duplicates"]) == (0, 3000)
     gz = tmp_path / "events.jsonl.gz"
     gz.write_bytes(gzip.compress(path.read_bytes()))
-    for again in (run_import(collector, str(gz)), run_import(collector, "-", stdin=gz)):
+    for again in (run_import(collector, str(gz), "--gzip", "always"), run_import(collector, "-", stdin=gz)):
         assert again.returncode == 0, again.stderr
         assert (summary(again)["stored"], summary(again)["duplicates"]) == (0, 3000)
     assert count(collector) == 3000

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop once more than N rows were rejected (default: no limit)")
     parser.add_argument("--batch-size", type=_positive_int, default=2000, metavar="N", help="events per request")
     parser.add_argument("--in-flight", type=_positive_int, default=2, metavar="N", help="batches sent at once")
+    parser.add_argument("--gzip", choices=("auto", "always", "never"), default="auto",
+                        help="compress batches (auto: unless the collector is on loopback)")
     parser.add_argument("--retry-for", type=_seconds, default=300.0, metavar="SECONDS",
                         help="give up when the collector refuses or misses a batch for this long (default 300)")
     parser.add_argument("--progress-every", type=_seconds, default=5.0, metavar="SECONDS",
@@ -89,7 +91,9 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         source = open_source(args.file, args.format)
     except SourceError as exc:
         return _error(str(exc))
-    session = Session(settings["url"], settings["token"], settings["app_name"], settings["request_timeout"])
+    session = Session(
+        settings["url"], settings["token"], settings["app_name"], settings["request_timeout"], gzip=args.gzip
+    )
     try:
         login = session.login()
         if login.kind == AUTH:

@@ -3,6 +3,7 @@
 Batches go through a bounded queue to ``in_flight`` sender threads, so the next batch is read and encoded while
 the collector stores the previous ones, and reading waits when the collector is slower (back-pressure). Per batch:
 
+* gzip unless the collector is on loopback (there CPU, not bytes, is what limits an import);
 * ``200``: counted as stored / duplicates (the collector deduplicates by id, so a resent batch is harmless);
 * ``429``, ``408``, ``5xx``, network errors: retried with jittered exponential backoff honouring ``Retry-After``,
   for as long as ``retry_for`` seconds without a success; then the batch is reported as not delivered and the
@@ -15,6 +16,7 @@ the collector stores the previous ones, and reading waits when the collector is 
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import json
 import os
 import platform
@@ -23,6 +25,7 @@ import random
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,13 +67,15 @@ class Tally:
 class Session:
     """One agent session (protocol v1) over a synchronous httpx client; the same headers as the SDK."""
 
-    def __init__(self, url: str, token: str, app_name: str | None, timeout: float) -> None:
+    def __init__(self, url: str, token: str, app_name: str | None, timeout: float, gzip: str = "auto") -> None:
         self._token = token
         self._app_name = app_name
         self._client = httpx.Client(base_url=url, timeout=timeout, headers={"User-Agent": f"sqreen_mw/{__version__}"})
         self.key: str | None = None
         self.app: str = app_name or "default"
         self._lock = threading.Lock()
+        # Compressing costs both sides CPU, which is what limits an import over loopback; elsewhere bytes matter more.
+        self.compress = gzip == "always" or (gzip == "auto" and not _is_loopback(url))
 
     def _post(self, path: str, content: bytes, headers: dict[str, str]) -> Outcome:
         try:
@@ -101,9 +106,11 @@ class Session:
             return outcome
 
     def send(self, payload: bytes) -> tuple[Outcome, str | None]:
-        """POST a gzipped batch; also return the session key used (to log in again after a 401)."""
+        """POST a batch body (gzipped when :attr:`compress`); also return the session key used (for a 401)."""
         key = self.key
-        headers = {"X-Session-Key": key or "", "Content-Type": "application/json", "Content-Encoding": "gzip"}
+        headers = {"X-Session-Key": key or "", "Content-Type": "application/json"}
+        if self.compress:
+            headers["Content-Encoding"] = "gzip"
         return self._post("/api/v1/agent/batch", payload, headers), key
 
     def logout(self) -> None:
@@ -113,6 +120,14 @@ class Session:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _ranges(lines: list[int]) -> str:
@@ -259,7 +274,9 @@ class Sender:
 
     def _send(self, batch: Batch) -> Outcome | None:
         """Send until the collector answers something other than "retry"; None when given up."""
-        payload = gzip.compress(encode_items(batch.events), compresslevel=1)  # fast: loopback is the usual case
+        payload = encode_items(batch.events)
+        if self._session.compress:
+            payload = gzip.compress(payload, compresslevel=1)
         delay, relogins = 0.2, 0
         give_up_at: float | None = None
         while True:
