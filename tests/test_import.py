@@ -170,6 +170,10 @@ def test_unknown_csv_column_is_a_usage_error(collector: Collector, tmp_path: Pat
     result = run_import(collector, str(path))
     assert result.returncode == 2
     assert "unknown CSV column 'props.attempt'" in result.stderr
+    path.write_text("name,user.email\nx,ann@example.com\n")
+    result = run_import(collector, str(path))
+    assert result.returncode == 2
+    assert "the CSV header has no timestamp column" in result.stderr
     assert count(collector) == 0
 
 

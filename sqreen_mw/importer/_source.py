@@ -106,6 +106,9 @@ class Source:
             if column[:2] in seen:
                 raise SourceError(f"CSV column {column[2]!r} appears twice")
             seen.add(column[:2])
+        missing = [name for name in ("name", "timestamp") if (name, "") not in seen]
+        if missing:
+            raise SourceError(f"the CSV header has no {' and no '.join(missing)} column: every event needs both")
 
     def _csv(self) -> Iterator[Row]:
         if self._reader is None:
