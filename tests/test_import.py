@@ -238,8 +238,8 @@ def test_collector_refusals_named_by_line_and_the_rest_stored(collector: Collect
     assert count(collector) == 9
 
 
-def test_back_pressure_retries_and_split(collector: Collector, tmp_path: Path) -> None:
-    proxy = FaultyProxy(collector.url, [(503, {}), (429, {"Retry-After": "1"}), (413, {})])
+def test_back_pressure_retries_relogin_and_split(collector: Collector, tmp_path: Path) -> None:
+    proxy = FaultyProxy(collector.url, [(503, {}), (429, {"Retry-After": "1"}), (401, {}), (413, {})])
     path = write_jsonl(tmp_path / "events.jsonl", 500)
     with serve_in_thread(proxy.app) as url:
         started = time.monotonic()
@@ -249,7 +249,8 @@ def test_back_pressure_retries_and_split(collector: Collector, tmp_path: Path) -
     assert summary(result)["retries"] == 2
     assert time.monotonic() - started >= 1.0  # Retry-After honoured
     statuses = [status for _, path_, status in proxy.log if path_.endswith("/batch")]
-    assert statuses == [503, 429, 413, 200, 200]  # the refused batch went again in two halves
+    assert statuses == [503, 429, 401, 413, 200, 200]  # the refused batch went again in two halves
+    assert [path_ for _, path_, _ in proxy.log].count("/api/v1/agent/login") == 2  # logged in again after the 401
     assert count(collector) == 500
 
 
