@@ -11,9 +11,10 @@ from .._config import resolve
 from .._exceptions import ConfigurationError, InvalidEvent
 from .._scrub import Scrubber
 from .._transport import AUTH, OK
-from ._delivery import Batch, Sender, Session, Tally, describe_lines
+from ._delivery import Batch, Sender, Tally, describe_lines
 from ._events import EventMaker
 from ._progress import make_progress
+from ._session import Session
 from ._source import FORMATS, Source, SourceError, open_source
 
 EXIT_OK = 0
