@@ -324,7 +324,9 @@ def test_memory_stays_flat_with_file_size(collector: Collector, tmp_path: Path) 
     rss_large, _ = _peak_rss_kib(import_args(collector, str(large), "-q"))
     assert large.stat().st_size > 9 * small.stat().st_size
     print(f"peak RSS: {rss_small} KiB for 20k rows, {rss_large} KiB for 200k rows")
-    assert rss_large - rss_small < 12 * 1024, (rss_small, rss_large)  # KiB: a 10x larger file, no more memory
+    # KiB. Loading the 60 MB file would add hundreds of MiB; streaming leaves only the batches in flight, whose peak
+    # count depends on how far the collector lags (measured here: +0 to +12 MiB on a loaded 2-CPU machine).
+    assert rss_large - rss_small < 20 * 1024, (rss_small, rss_large)
 
 
 def test_progress_on_a_pipe_is_plain_periodic_lines(collector: Collector, tmp_path: Path) -> None:
