@@ -226,16 +226,22 @@ def test_content_id_is_stable_canonical_and_a_uuid8() -> None:
 
 
 def test_collector_refusals_named_by_line_and_the_rest_stored(collector: Collector, tmp_path: Path) -> None:
-    # A lone surrogate passes the SDK's validators but the collector refuses it (422): the importer names the row.
+    # The importer validates what the collector does; a refusal it cannot foresee (a newer collector's rule) is
+    # a 422 naming the batch positions: the importer names those rows by line and resends the others.
     path = tmp_path / "events.jsonl"
     rows = [json.dumps(_row(i)) for i in range(10)]
-    rows[4] = json.dumps({**_row(4), "name": "bad\ud800"})
+    rows[7] = json.dumps({**_row(7), "name": "bad\ud800"})  # refused locally, before sending
     path.write_text("\n".join(rows) + "\n")
-    result = run_import(collector, str(path))
+    refusal = {"error": "1 invalid event", "errors": [{"index": 4, "id": None, "field": "properties",
+                                                       "message": "properties.attempt is not allowed here"}]}
+    proxy = FaultyProxy(collector.url, [(422, {}, refusal)])
+    with serve_in_thread(proxy.app) as url:
+        result = run_import(url, str(path), "--in-flight", "1")
     assert result.returncode == 1
-    assert re.search(r"line 5: refused by the collector: event_name must be valid Unicode", result.stderr)
-    assert summary(result)["stored"] == 9
-    assert count(collector) == 9
+    assert re.search(r"line 8: event_name must be valid Unicode", result.stderr)
+    assert re.search(r"line 5: refused by the collector: properties.attempt is not allowed here", result.stderr)
+    assert summary(result)["stored"] == 8
+    assert count(collector) == 8
 
 
 def test_back_pressure_retries_relogin_and_split(collector: Collector, tmp_path: Path) -> None:
