@@ -52,7 +52,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from ._exceptions import ConfigurationError
-from ._schema import REDACTED
+from ._schema import REDACTED, TRUNCATION_MARKER
 
 #: Containers nested deeper than this are replaced by the marker.
 MAX_DEPTH = 20
@@ -254,6 +254,7 @@ _EQ_VALUE = re.compile(r"""[^\s&;,"'{}\[\]()<>]+""")
 _COLON_VALUE = re.compile(r"""[^\r\n&;,"'{}\[\]()<>]*[^\s&;,"'{}\[\]()<>]""")
 _MIN_VALUE_TEXT = 8  # no built-in value rule matches fewer characters ("Bearer x")
 _MIN_KV_TEXT = 5  # "pin=1"
+_MAX_PASSES = 4
 
 
 def _normalise(key: str) -> str:
@@ -396,10 +397,14 @@ class Scrubber:
             parsed = self._scrub_json(text, depth)
             if parsed is not None:
                 return parsed
-        if self._defaults and len(text) >= _MIN_VALUE_TEXT:
-            text = _redact_values(text)
-        if self._keys_on and ("=" in text or ":" in text):
-            text = self._redact_pairs(text)
+        for _ in range(_MAX_PASSES):  # a redaction can open a word boundary for another rule: run to a fixed point
+            before = text
+            if self._defaults and len(text) >= _MIN_VALUE_TEXT:
+                text = _redact_values(text)
+            if self._keys_on and ("=" in text or ":" in text):
+                text = self._redact_pairs(text)
+            if text is before or text == before:
+                break
         return text
 
     def _scrub_json(self, text: str, depth: int) -> str | None:
@@ -433,6 +438,8 @@ class Scrubber:
             if span is None:
                 continue
             begin, end = span
+            if text.startswith(" " + REDACTED, end):  # "Authorization: Basic [REDACTED]": one marker for the lot
+                end += 1 + len(REDACTED)
             if text[begin:end] == REDACTED:
                 continue
             out.append(text[pos:begin])
@@ -476,7 +483,10 @@ def _value_span(text: str, start: int, sep: str) -> tuple[int, int] | None:
         return None if match is None else match.span()
     if match is None or not match.group(1):
         return None
-    return match.span(1)
+    begin, end = match.span(1)
+    if text.endswith(TRUNCATION_MARKER, begin, end):  # a cut body: keep saying so
+        end -= len(TRUNCATION_MARKER)
+    return (begin, end) if end > begin else None
 
 
 def _secret_replacer(match: re.Match[str]) -> str:
