@@ -16,8 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ._api import AdminApi
-from ._http import JSON, http_error
+from ._http import BODY_READ_TIMEOUT, JSON, http_error, storage_unavailable
 from ._ingest import PROTOCOL_VERSION, AgentEndpoints
+from ._records import StorageUnavailable
 from ._sqlite import SQLiteStorage
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
@@ -35,6 +36,8 @@ def create_app(
     max_body_bytes: int = 10 * 1024 * 1024,
     max_batch_events: int = 10_000,
     heartbeat_delay: int | None = None,
+    max_parallel_batches: int = 2,
+    body_timeout: float = BODY_READ_TIMEOUT,
 ) -> Starlette:
     """Build the collector ASGI app, opening (or creating) its SQLite database.
 
@@ -48,6 +51,9 @@ def create_app(
     :param max_body_bytes: largest batch body, compressed and once decompressed (larger: 413).
     :param max_batch_events: most events per batch (more: 413).
     :param heartbeat_delay: seconds between heartbeats told to agents at login; None lets them use their default.
+    :param max_parallel_batches: most batches decoded at once, bounding memory (~40 MB each at most); a batch
+        waiting more than 5 s for a slot is answered 503 with ``Retry-After``.
+    :param body_timeout: seconds a client has to send its body once the headers are in (longer: 408).
     :raises ValueError: no API key, an empty key or admin token, or a limit below 1.
     :return: the Starlette application; ``app.state.storage`` is its storage.
     """
@@ -57,8 +63,10 @@ def create_app(
         raise ValueError("api_keys must not contain an empty key")
     if admin_token is not None and not admin_token.strip():
         raise ValueError("admin_token must be a non-empty string, or None to disable the admin API")
-    if max_body_bytes < 1 or max_batch_events < 1:
-        raise ValueError("max_body_bytes and max_batch_events must be at least 1")
+    if max_body_bytes < 1 or max_batch_events < 1 or max_parallel_batches < 1:
+        raise ValueError("max_body_bytes, max_batch_events and max_parallel_batches must be at least 1")
+    if not body_timeout > 0:
+        raise ValueError("body_timeout must be a positive number of seconds")
     if heartbeat_delay is not None and heartbeat_delay < 1:
         raise ValueError("heartbeat_delay must be at least 1 second, or None")
 
@@ -69,6 +77,8 @@ def create_app(
         heartbeat_delay=heartbeat_delay,
         max_body_bytes=max_body_bytes,
         max_batch_events=max_batch_events,
+        max_parallel_batches=max_parallel_batches,
+        body_timeout=body_timeout,
     )
     admin = AdminApi(storage, admin_token)
 
@@ -81,7 +91,7 @@ def create_app(
 
     app = Starlette(
         routes=[Route("/healthz", _healthz, methods=["GET"]), *agents.routes(), *admin.routes()],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, StorageUnavailable: storage_unavailable},
         lifespan=lifespan,
     )
     app.state.storage = storage

@@ -40,7 +40,7 @@ def parse_api_keys(values: Sequence[str]) -> dict[str, str]:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}: use 0 to 65535")
     return int(text)
 
