@@ -55,7 +55,8 @@ def create_app(
         waiting more than 5 s for a slot is answered 503 with ``Retry-After``.
     :param body_timeout: seconds a client has to send its body once the headers are in (longer: 408).
     :raises ValueError: no API key, an empty key or admin token, or a limit below 1.
-    :return: the Starlette application; ``app.state.storage`` is its storage.
+    :return: the Starlette application; ``app.state.storage`` is its storage, ``app.state.agents`` its
+        :class:`~sqreen_mw.collector._ingest.AgentEndpoints`.
     """
     if not api_keys:
         raise ValueError("create_app() needs at least one API key in api_keys")
@@ -95,4 +96,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.storage = storage
+    app.state.agents = agents
     return app
