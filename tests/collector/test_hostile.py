@@ -43,7 +43,9 @@ async def heartbeat(client: httpx.AsyncClient, sid: str, content: bytes) -> http
 
 async def send_raw(client: httpx.AsyncClient, sid: str, text: str) -> httpx.Response:
     return await client.post(
-        "/api/v1/agent/batch", headers={"X-Session-Key": sid, "Content-Encoding": "gzip"}, content=gzip.compress(text.encode())
+        "/api/v1/agent/batch",
+        headers={"X-Session-Key": sid, "Content-Encoding": "gzip"},
+        content=gzip.compress(text.encode()),
     )
 
 
@@ -185,7 +187,7 @@ async def test_json_value_bomb_is_refused_before_decoding(tmp_path: Path) -> Non
 
 def test_value_count_skips_strings() -> None:
     assert count_values(b'["a,b,{c}[", 1]', 1) == 2  # the first count is quick (6), the exact one 2
-    assert count_values(b'[{}, {}, {}]', 100) <= 10
+    assert count_values(b"[{}, {}, {}]", 100) <= 10
 
 
 async def test_stored_rows_the_api_cannot_encode_do_not_break_pages(app: Starlette, client: httpx.AsyncClient) -> None:
