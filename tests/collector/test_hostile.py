@@ -186,7 +186,7 @@ async def test_json_value_bomb_is_refused_before_decoding(tmp_path: Path) -> Non
 
 
 def test_value_count_skips_strings() -> None:
-    assert count_values(b'["a,b,{c}[", 1]', 1) == 2  # the first count is quick (6), the exact one 2
+    assert count_values(b'["a,b,{c}[", 1]', 1) == 3  # the quick count is 7; the list and its 2 items
     assert count_values(b"[{}, {}, {}]", 100) <= 10
 
 
