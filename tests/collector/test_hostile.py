@@ -286,3 +286,27 @@ async def test_fuzzed_batches_never_500_and_never_store_part(
             assert after == before
         before = after
     assert (await client.get("/api/v1/agents", headers=ADMIN_HEADERS)).status_code == 200
+
+
+_query_values = st.text(max_size=30) | st.sampled_from(["0", "1000", "\u00b2", "1e3", "203.0.113.0/24", "::/0", "Z"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    login_body=st.dictionaries(st.sampled_from(["app_name", "hostname", "pid", "sdk_version", "runtime"]), _json),
+    stats=_json,
+    params=st.dictionaries(
+        st.sampled_from(["name", "app", "user", "ip", "since", "until", "limit", "cursor", "x"]), _query_values
+    ),
+)
+async def test_fuzzed_login_heartbeat_and_queries_never_500(
+    client: httpx.AsyncClient, login_body: dict[str, Any], stats: Any, params: dict[str, str]
+) -> None:
+    response = await client.post("/api/v1/agent/login", headers={"X-Api-Key": API_KEY}, content=json.dumps(login_body))
+    assert response.status_code in (200, 400), response.text
+    sid = await login(client)
+    beat = await heartbeat(client, sid, json.dumps({"stats": stats}).encode())
+    assert beat.status_code in (200, 400), beat.text
+    for path in ("/api/v1/events", "/api/v1/agents"):
+        answer = await client.get(path, headers=ADMIN_HEADERS, params=params if path.endswith("events") else None)
+        assert answer.status_code in (200, 400), answer.text
