@@ -291,3 +291,74 @@ def test_a_failing_collector_costs_the_app_nothing_and_exit_is_bounded(fault: st
     # track() never waits on the network: its cost is the same order as with a healthy collector (loose bound:
     # the machine is shared, the figures in docs/reliability.md are the honest comparison)
     assert faulty["p99_us"] < max(10 * healthy["p99_us"], 2000)
+
+
+# --- many threads, and forks from threads that are tracking ---------------------------------------------------------
+
+THREADS_SCRIPT = textwrap.dedent('''
+    import json, os, sys, threading, time
+    import sqreen_mw
+
+    per_thread, forks = int(sys.argv[1]), int(sys.argv[2])
+    client = sqreen_mw.init(install_signal_handler=False)
+    children = []
+    lock = threading.Lock()
+
+    def work(t):
+        for i in range(per_thread):
+            sqreen_mw.track("thread", properties={"uid": f"p-{t}-{i}"})
+            if t < forks and i == per_thread // 2:  # fork from a thread in the middle of tracking
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        for j in range(100):
+                            sqreen_mw.track("child", properties={"uid": f"c-{t}-{j}"})
+                        ok = sqreen_mw.flush(60)
+                        stats = client.statistics()
+                        print("CHILD " + json.dumps({"ok": ok, "tracked": stats["tracked"], "sent": stats["sent"]}),
+                              flush=True)
+                        code = 0 if ok and stats["tracked"] == stats["sent"] == 100 else 1
+                    finally:
+                        os._exit(code)
+                with lock:
+                    children.append(pid)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = []
+    for pid in children:  # bounded: a child that hangs is reported, not waited for
+        for _ in range(1200):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                codes.append(status)
+                break
+            time.sleep(0.05)
+        else:
+            codes.append("hung")
+    ok = sqreen_mw.flush(120)
+    stats = client.statistics()
+    print("RESULT " + json.dumps({"ok": ok, "codes": codes, "stats": stats}), flush=True)
+''')
+
+
+@pytest.mark.parametrize("per_thread", [pytest.param(1000, id="16x1000"),
+                                        pytest.param(10_000, id="16x10000", marks=pytest.mark.slow)])
+def test_sixteen_threads_and_forks_from_tracking_threads_add_up(per_thread: int, tmp_path: Path,
+                                                                 collector: Collector) -> None:
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS_SCRIPT)
+    env = {"SQREEN_TOKEN": API_KEY, "SQREEN_URL": collector.url, "SQREEN_HEARTBEAT_INTERVAL": "1",
+           "SQREEN_MAX_QUEUE_EVENTS": "200000", "SQREEN_MAX_QUEUE_BYTES": "500000000"}
+    proc = spawn([sys.executable, str(script), str(per_thread), "2"], env=env)
+    result = load_result(proc, 300)
+    assert result["ok"] and result["codes"] == [0, 0], output_of(proc)
+    assert result["stats"]["tracked"] == result["stats"]["sent"] == 16 * per_thread
+    assert result["stats"]["dropped"] == {}
+    counts = uids(collector.wait_for(lambda evs: len(evs) >= 16 * per_thread + 200, timeout=60))
+    expected = {f"p-{t}-{i}" for t in range(16) for i in range(per_thread)}
+    expected |= {f"c-{t}-{j}" for t in range(2) for j in range(100)}
+    assert set(counts) == expected and set(counts.values()) == {1}
