@@ -212,12 +212,13 @@ ANY_VALUE = st.one_of(
     st.binary(max_size=8), st.lists(st.integers(), max_size=3), st.builds(Hostile), st.builds(object),
 )
 
+ANY_KEY = st.one_of(ANY_TEXT, st.integers(), st.builds(Hostile))
+
 
 @settings(max_examples=60)
 @given(
     name=st.one_of(ANY_TEXT, ANY_VALUE),
-    properties=st.one_of(st.none(), st.dictionaries(st.one_of(ANY_TEXT, ANY_VALUE), ANY_VALUE, max_size=20),
-                         ANY_VALUE),
+    properties=st.one_of(st.none(), st.dictionaries(ANY_KEY, ANY_VALUE, max_size=20), ANY_VALUE),
     identifiers=st.one_of(st.none(), st.dictionaries(ANY_TEXT, ANY_VALUE, max_size=3), ANY_VALUE),
 )
 def test_track_either_queues_an_event_that_leaves_the_process_or_raises_invalid_event(
