@@ -183,7 +183,9 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument("--port", type=_port, default=0, help="collector port; 0 picks a free one")
     parser.add_argument("--db", default=None, help="keep the events in this SQLite file (none: a temporary one)")
-    parser.add_argument("--keep-running", action="store_true", help="keep the collector up afterwards (Ctrl-C)")
+    parser.add_argument(
+        "--no-wait", action="store_true", help="exit at the end (default: keep the collector up to explore, Ctrl-C)"
+    )
     parser.set_defaults(handler=_demo)
 
 
@@ -245,7 +247,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        return run_demo(port=args.port, db=args.db, keep_running=args.keep_running)
+        return run_demo(port=args.port, db=args.db, keep_running=not args.no_wait)
     except sqlite3.Error as exc:
         return _fail("demo", f"cannot open the database --db {args.db}: {exc}: check that its directory exists")
 

@@ -147,7 +147,7 @@ def test_version_and_defaults_in_help() -> None:
 
 
 def test_demo_stopped_by_sigterm_removes_its_temporary_directory(tmp_path: Path) -> None:
-    proc = spawn([*CLI, "demo", "--keep-running"], env={"TMPDIR": str(tmp_path)})
+    proc = spawn([*CLI, "demo"], env={"TMPDIR": str(tmp_path)})  # without --no-wait: runs until stopped
     try:
         read_line_matching(proc, r"keeps running", 90)
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith("sqreen-mw-demo-")]
