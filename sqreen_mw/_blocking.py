@@ -2,13 +2,16 @@
 
 The flusher builds a new :class:`Actions` whenever the collector sends a new actions version and swaps it onto the
 client in one attribute assignment; request threads read that attribute and call :meth:`Actions.ip_block` /
-:meth:`Actions.user_block` without a lock, since nothing in a snapshot ever changes.
+:meth:`Actions.user_block` without a lock: the blocks of a snapshot never change (only its answer cache, through
+atomic dict operations).
 
-IP lookup cost does not grow with the number of blocks: every IPv4 and IPv6 network is an integer range (IPv6 keys
-are offset by 2**32 so both families share one sorted list), the ranges are flattened at build time into disjoint
-segments, and a lookup is one bisection over their starts (C code, ~log2(2n) integer comparisons) after a cached
-parse of the address text. CIDR blocks are either nested or disjoint, so each segment is covered by a known set of
-blocks; it keeps the one that expires last: when that one has expired, every block covering the segment has.
+IP lookup: every IPv4 and IPv6 network is an integer range (IPv6 keys are offset by 2**32 so both families share one
+sorted list), the ranges are flattened at build time into disjoint segments, and finding an address is one
+bisection over their starts (C code, ~log2(2n) integer comparisons) after parsing the address text with
+``inet_pton``. Each snapshot remembers the answer per address text (bounded), so a returning client costs one dict
+lookup whatever the number of blocks; only an address new to the snapshot pays the parse and the bisection. CIDR
+blocks are either nested or disjoint, so each segment is covered by a known set of blocks; it keeps the one that
+expires last: when that one has expired, every block covering the segment has.
 
 Expiry (``expires_at``) is checked at lookup time against ``time.time()``, so a block ends on time even when no newer
 list arrives (collector down). Loopback, unspecified and the app's own trusted proxies (DESIGN §4) are carved out of
@@ -26,6 +29,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,9 +49,8 @@ NEVER_BLOCKED: tuple[str, ...] = ("127.0.0.0/8", "0.0.0.0/32", "::1/128", "::/12
 _V6_OFFSET = 1 << 32  # IPv6 keys follow every IPv4 key: one sorted list serves both families
 _MAPPED_LO = 0xFFFF_0000_0000
 _MAPPED_HI = 0xFFFF_FFFF_FFFF
-_CACHE_SIZE = 4096
+_CACHE_SIZE = 8192  # addresses remembered per snapshot (about 1 MiB at most)
 _NOT_AN_ADDRESS = -1  # sorts before every segment: bisect finds nothing
-_addresses: dict[str, int] = {}  # address text -> key; shared by every snapshot (keys do not depend on the blocks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +77,9 @@ def address_key(text: str) -> int:
     """The integer key of an address in the shared IPv4/IPv6 key space, or -1 when ``text`` is not an address.
 
     Accepts what :class:`~sqreen_mw._ip.ClientIPResolver` returns (canonical IPv4 or IPv6 text); IPv4-mapped IPv6
-    becomes the IPv4 key. Cached (bounded): a client IP is parsed once, not per request.
+    becomes the IPv4 key.
     """
-    key = _addresses.get(text)
-    if key is None:
-        key = _parse_key(text)
-        if len(_addresses) >= _CACHE_SIZE:  # bounded: a flood of distinct addresses cannot grow it
-            _addresses.clear()
-        _addresses[text] = key
-    return key
+    return _parse_key(text)
 
 
 def _parse_key(text: str) -> int:
@@ -98,6 +95,25 @@ def _parse_key(text: str) -> int:
 
 
 def _range(cidr: str) -> tuple[int, int, str] | None:
+    """(first key, last key, canonical CIDR) of a network, or ``None`` when ``cidr`` is not one."""
+    # Fast path for the collector's canonical "address/prefix" (a 10,000-block list builds in tens of ms, and the
+    # flusher thread holds the GIL meanwhile); anything unusual goes through ipaddress.
+    text, slash, plen = cidr.partition("/")
+    if (plen.isascii() and plen.isdigit() and len(plen) <= 3) or not slash:
+        family, bits = (socket.AF_INET6, 128) if ":" in text else (socket.AF_INET, 32)
+        prefix = int(plen) if slash else bits
+        try:
+            value = int.from_bytes(socket.inet_pton(family, text), "big")
+        except (OSError, ValueError):
+            value = -1
+        # (IPv4-mapped and IPv4-compatible spellings are left to ipaddress, which unmaps or prints them its way)
+        if prefix <= bits and (value >> 32 if bits == 128 else value) > 0 and not _MAPPED_LO <= value <= _MAPPED_HI:
+            host = (1 << (bits - prefix)) - 1
+            start = value & ~host
+            canonical = f"{socket.inet_ntop(family, start.to_bytes(bits // 8, 'big'))}/{prefix}"
+            if bits == 128:
+                return start + _V6_OFFSET, start + host + _V6_OFFSET, canonical
+            return start, start + host, canonical
     net = parse_network(cidr)
     if net is None:
         return None
@@ -124,6 +140,9 @@ def _expiry(value: Any) -> float | None:
     return when.timestamp()
 
 
+_MISS = Block("", "", None, None)  # "not looked up yet" in an answer cache
+
+
 class Actions:
     """An immutable set of blocks, as built by :func:`build_actions`.
 
@@ -132,7 +151,7 @@ class Actions:
     block exists), ``invalid`` (entries skipped), ``blocks`` (every usable block, in list order).
     """
 
-    __slots__ = ("_owners", "_starts", "_users", "blocks", "has_ip_blocks", "has_user_blocks", "hot_events",
+    __slots__ = ("_found", "_owners", "_starts", "_users", "blocks", "has_ip_blocks", "has_user_blocks", "hot_events",
                  "invalid", "version")
 
     def __init__(self, version: int, ip_blocks: Iterable[tuple[int, int, Block]], user_blocks: Iterable[Block],
@@ -155,23 +174,35 @@ class Actions:
             self._starts, self._owners = _segments(ranges)
         else:
             self._starts, self._owners = [], []
+        # address text -> covering block or None, for this snapshot's segments; a returning client costs one dict
+        # lookup instead of a parse and a bisection. Bounded; dict operations are atomic, so no lock.
+        self._found: dict[str | None, Block | None] = {}
 
-    def ip_block(self, address: str | None, now: float) -> Block | None:
+    def ip_block(self, address: str | None, now: float | None = None) -> Block | None:
         """The active block covering ``address`` (canonical text, as the resolver returns it), or ``None``.
 
-        :param now: ``time.time()``; a block whose ``expires_at`` is past no longer applies.
+        :param now: epoch seconds, default ``time.time()`` (read only when a block covers the address); a block
+            whose ``expires_at`` is past no longer applies.
         """
+        block = self._found.get(address, _MISS)
+        if block is _MISS:
+            block = self._find(address)
+        if block is None:
+            return None
+        expires_at = block.expires_at
+        if expires_at is not None and (time.time() if now is None else now) >= expires_at:
+            return None
+        return block
+
+    def _find(self, address: str | None) -> Block | None:
         if address is None:
             return None
-        key = _addresses.get(address)
-        if key is None:
-            key = address_key(address)
-        i = bisect_right(self._starts, key) - 1
-        if i < 0:
-            return None
-        block = self._owners[i]
-        if block is None or (block.expires_at is not None and now >= block.expires_at):
-            return None
+        i = bisect_right(self._starts, _parse_key(address)) - 1
+        block = self._owners[i] if i >= 0 else None
+        found = self._found
+        if len(found) >= _CACHE_SIZE:  # a flood of distinct addresses cannot grow it
+            found.clear()
+        found[address] = block
         return block
 
     def user_block(self, identifiers: Mapping[str, Any] | None, now: float) -> Block | None:

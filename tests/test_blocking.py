@@ -250,10 +250,18 @@ def test_address_key(text: str, expected: int) -> None:
     assert address_key(text) == expected
 
 
-def test_address_cache_is_bounded() -> None:
-    for i in range(10_000):
-        address_key(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
-    assert len(_blocking._addresses) <= 4096
+def test_answer_cache_is_bounded() -> None:
+    actions = build_actions([ip("b", "11.0.0.0/8")])
+    for i in range(20_000):
+        assert actions.ip_block(f"11.{i // 65536}.{i // 256 % 256}.{i % 256}", NOW) is not None
+        assert actions.ip_block(f"12.{i // 65536}.{i // 256 % 256}.{i % 256}", NOW) is None
+    assert 0 < len(actions._found) <= 8192
+
+
+def test_now_defaults_to_the_clock() -> None:
+    actions = build_actions([ip("past", "203.0.113.0/24", PAST), ip("future", "198.51.100.0/24", FUTURE)])
+    assert actions.ip_block("203.0.113.1") is None
+    assert (b := actions.ip_block("198.51.100.1")) is not None and b.id == "future"
 
 
 # --- property test against a brute-force oracle ------------------------------------------------------------------
@@ -324,6 +332,16 @@ def test_user_lookup_matches_a_brute_force_oracle(blocks: list[dict[str, Any]], 
     assert (found is not None) == bool(matches and probe)
     if found is not None:
         assert int(found.id[1:]) in matches
+
+
+@given(net=st.one_of(_v4_net, _v6_net))
+def test_fast_cidr_parse_agrees_with_ipaddress(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    offset = 0 if net.version == 4 else 2**32
+    expected = (int(net.network_address) + offset, int(net.broadcast_address) + offset, str(net))
+    assert _blocking._range(str(net)) == expected
+    single = (expected[0], expected[0], f"{net.network_address}/{net.max_prefixlen}")
+    assert _blocking._range(str(net.network_address)) == single
+    assert _blocking._range(f"{net.broadcast_address}/{net.prefixlen}") == expected  # host bits ignored
 
 
 def test_user_key() -> None:
