@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._records import AgentSession, EventQuery, EventRecord
+from ._sqlite_automation import AUTOMATION_SCHEMA, AutomationTables
 from ._storage import SchemaError
 
 __all__ = ["SQLiteStorage"]
@@ -165,17 +166,17 @@ def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
 class _Write:
     """One insert_events() call waiting for its group's commit."""
 
-    __slots__ = ("done", "error", "events", "result", "rows")
+    __slots__ = ("done", "error", "events", "fresh", "rows")
 
     def __init__(self, events: Sequence[EventRecord], rows: list[tuple[Any, ...]]) -> None:
         self.events = events
         self.rows = rows
         self.done = False
-        self.result = (0, 0)
+        self.fresh: list[EventRecord] = []  # the events that were new
         self.error: Exception | None = None
 
 
-class SQLiteStorage:
+class SQLiteStorage(AutomationTables):
     """:class:`Storage` on one SQLite connection (WAL, ``synchronous=NORMAL``) guarded by a lock.
 
     :param path: database file, created if missing (``":memory:"`` works for tests).
@@ -224,6 +225,7 @@ class SQLiteStorage:
             if columns and "ts" not in columns:  # version 1 (or its tables without the version, if interrupted)
                 _run_script(db, _MIGRATE_1_TO_2)
             _run_script(db, _SCHEMA)
+            _run_script(db, AUTOMATION_SCHEMA)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -235,7 +237,12 @@ class SQLiteStorage:
         return self._conn
 
     def insert_events(self, events: Sequence[EventRecord]) -> tuple[int, int]:
-        """Store the events in one transaction, skipping ids already stored; return (accepted, duplicates).
+        """Store the events in one transaction, skipping ids already stored; return (accepted, duplicates)."""
+        fresh = self.store_events(events)
+        return len(fresh), len(events) - len(fresh)
+
+    def store_events(self, events: Sequence[EventRecord]) -> list[EventRecord]:
+        """Store the events in one transaction, skipping ids already stored; return the new ones, in order.
 
         Group commit: batches that arrive while a transaction runs are committed together by the next writer, one
         transaction for all. A commit costs about one page write per index leaf touched, so this is what keeps
@@ -252,7 +259,7 @@ class SQLiteStorage:
                 self._commit(group)
         if write.error is not None:
             raise write.error
-        return write.result
+        return write.fresh
 
     def _commit(self, group: list[_Write]) -> None:
         try:
@@ -275,14 +282,14 @@ class SQLiteStorage:
         db.execute("BEGIN IMMEDIATE")
         try:
             for write in group:
-                write.result = self._insert(db, write)
+                write.fresh = self._insert(db, write)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, write: _Write) -> tuple[int, int]:
+    def _insert(db: sqlite3.Connection, write: _Write) -> list[EventRecord]:
         events = write.events
         # Rows get explicit seqs first..first+n-1; INSERT OR IGNORE skips known ids (dedup), so the seqs present
         # afterwards are exactly the new events, whose user values then go to event_users.
@@ -300,7 +307,7 @@ class SQLiteStorage:
             "INSERT OR IGNORE INTO event_users VALUES (?, ?, ?)",
             sorted([(value, e.ts, seq) for seq, e in fresh for value in e.users]),
         )
-        return accepted, len(events) - accepted
+        return list(events) if accepted == len(events) else [e for _, e in fresh]
 
     def query_events(self, query: EventQuery) -> list[EventRecord]:
         """Events matching ``query``, newest first (ts, then seq, descending)."""
