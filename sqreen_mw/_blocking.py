@@ -205,12 +205,15 @@ class Actions:
         found[address] = block
         return block
 
-    def user_block(self, identifiers: Mapping[str, Any] | None, now: float) -> Block | None:
-        """The active block on exactly these identifiers (same keys, same values), or ``None``."""
+    def user_block(self, identifiers: Mapping[str, Any] | None, now: float | None = None) -> Block | None:
+        """The active block on exactly these identifiers (same keys, same values), or ``None``.
+
+        :param now: epoch seconds, default ``time.time()``.
+        """
         if not identifiers or not self._users:
             return None
         block = self._users.get(user_key(identifiers))
-        if block is None or not block.active(now):
+        if block is None or not block.active(time.time() if now is None else now):
             return None
         return block
 

@@ -107,6 +107,8 @@ def test_environment_variables(
     monkeypatch: pytest.MonkeyPatch, make_client: MakeClient, variable: str, value: str, setting: str, expected: object
 ) -> None:
     monkeypatch.setenv(variable, value)
+    if variable == "SQREEN_BLOCK_CONTENT_TYPE":
+        monkeypatch.setenv("SQREEN_BLOCK_BODY", "Blocked.")  # the type of a custom body
     assert make_client().settings[setting] == expected
 
 
