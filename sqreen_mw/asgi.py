@@ -11,6 +11,19 @@ request body so ``collect_body=True`` works without taking the body from the app
 server sends ``lifespan.shutdown.complete`` (within ``shutdown_timeout``; not waiting at all when the collector is
 known to be down, or once an attempt fails: the exit hooks try again, and a test suite entering
 ``with TestClient(app):`` many times is not slowed down).
+
+Blocking (the collector's ``block_ip`` / ``block_user`` actions):
+
+- A request (or WebSocket) from a blocked client IP gets the block response (403 JSON, or HTML for browsers;
+  ``block_status``/``block_body``/``block_content_type``) before the app runs; a WebSocket is closed with 1008 before
+  it is accepted. The client IP is resolved only when some IP block exists: otherwise a request pays nothing more.
+- ``identify()`` / ``auth_track(True, ...)`` of a blocked user raise :class:`~sqreen_mw.UserBlocked` and flag the
+  request. While some user is blocked the middleware watches ``http.response.start``: the block response is sent
+  when the exception reaches the middleware uncaught, and replaces the app's own response when the app caught it
+  (or turned it into an error page), as long as the app had not started its response before the refusal. A response already started (a stream that identifies
+  the user midway) is let finish, with a warning on logger ``sqreen_mw``; the user's next request is refused.
+- This works with ``BaseHTTPMiddleware`` user middleware (FastAPI's ``@app.middleware("http")``) inside or outside
+  this one: ``UserBlocked`` is an ``Exception``, so Starlette passes it through.
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 Put it near the top (after ``SecurityMiddleware``) so every view sees the request context. It works under WSGI
 (gunicorn, ``runserver``) and ASGI (uvicorn, daphne); Django's ASGI handler has no lifespan, so queued events are
 flushed at exit by ``atexit`` and the SIGTERM handler that ``sqreen_mw.init()`` installs.
+
+Blocking, the same under WSGI and ASGI: a request from a blocked client IP gets the block response before the
+view (and the middleware below this one) runs. A view whose ``identify()`` / ``auth_track(True, ...)`` refused the
+user gets the block response instead of its own, whether it let :class:`~sqreen_mw.UserBlocked` out
+(``process_exception``: no 500, no error log) or caught it; a streamed body that refuses the user midway is let
+finish, with a warning on logger ``sqreen_mw``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@ included) and calls its ``close()``; in between, and after a response that is ne
 (``collect_body=True`` before the app read it), a seekable server stream is moved back to where it was, so what
 reads it later (a test client re-sending on 307/308, ``request.form`` after the response, an outer middleware)
 finds it whole.
+
+Blocking: a request from a blocked client IP gets the block response before the app runs (the client IP is
+resolved only when some IP block exists). While some user is blocked, ``start_response`` is watched: when
+``identify()`` / ``auth_track(True, ...)`` refused the user during the app call, the app's response (its own, or
+Flask's 500 for an uncaught :class:`~sqreen_mw.UserBlocked`) is closed and the block response sent instead. An app
+that starts its response later (a generator calling ``start_response`` as it is iterated) and refuses the user while
+streaming is let finish, with a warning on logger ``sqreen_mw``.
 """
 
 from __future__ import annotations
