@@ -89,6 +89,7 @@ class Client:
             max_event_age=settings["max_event_age"],
             follow_collector_heartbeat="heartbeat_interval" not in settings["explicit"],
             on_actions=self.enforcer.set_actions,
+            extra_statistics=self.enforcer.statistics,
         )
         self._seq = itertools.count(1)
         self._names: set[str] = set()  # event names already validated
@@ -288,9 +289,9 @@ class Client:
 
     def statistics(self) -> dict[str, Any]:
         """Delivery counters: queued, queued_bytes, tracked, sent, dropped (by reason), retries, flusher_restarts,
-        last_error, enabled."""
-        stats = self.flusher.statistics()
-        stats.update(self.enforcer.statistics())
+        last_error, enabled; and enforcement: blocked (requests refused, by "ip" / "user"), block_reports_suppressed
+        (enforcement events left out by the once-per-actor-per-minute limit), actions_version (held)."""
+        stats = self.flusher.statistics()  # the enforcer's counters included
         stats["last_error"] = self.flusher.last_error
         stats["enabled"] = self.enabled
         return stats

@@ -68,8 +68,10 @@ class Flusher:
         follow_collector_heartbeat: bool = False,
         on_actions: Callable[[Mapping[str, Any]], Any] | None = None,
         push_wait: float = 10.0,
+        extra_statistics: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.queue = queue
+        self._extra_statistics = extra_statistics  # reported in the heartbeat too (e.g. requests blocked)
         self._on_actions = on_actions  # takes each new actions payload; None: no push channel either
         # Seconds the collector may hold a long-poll: well under the idle timeouts of common proxies (60 s), and
         # a collector shutting down gracefully waits for open requests at most this long.
@@ -474,6 +476,8 @@ class Flusher:
         stats["sent"] = self.sent
         stats["retries"] = self.retries
         stats["flusher_restarts"] = self.restarts
+        if self._extra_statistics is not None:
+            stats.update(self._extra_statistics())
         return stats
 
 

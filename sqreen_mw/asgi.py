@@ -20,8 +20,9 @@ Blocking (the collector's ``block_ip`` / ``block_user`` actions):
 - ``identify()`` / ``auth_track(True, ...)`` of a blocked user raise :class:`~sqreen_mw.UserBlocked` and flag the
   request. While some user is blocked the middleware watches ``http.response.start``: the block response is sent
   when the exception reaches the middleware uncaught, and replaces the app's own response when the app caught it
-  (or turned it into an error page), as long as the app had not started its response before the refusal. A response already started (a stream that identifies
-  the user midway) is let finish, with a warning on logger ``sqreen_mw``; the user's next request is refused.
+  (or turned it into an error page), as long as the app had not started its response before the refusal. A
+  response already started (a stream that identifies the user midway) is let finish, with a warning on logger
+  ``sqreen_mw``; the user's next request is refused.
 - This works with ``BaseHTTPMiddleware`` user middleware (FastAPI's ``@app.middleware("http")``) inside or outside
   this one: ``UserBlocked`` is an ``Exception``, so Starlette passes it through.
 """
