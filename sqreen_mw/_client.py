@@ -241,10 +241,8 @@ class Client:
         if not isinstance(success, bool):
             raise InvalidEvent(f"success must be a bool, got {type(success).__name__} {_show(success)}")
         user = check_user_identifiers(user_identifiers, "auth_track user identifiers", repair=True, truncate=True)
-        if success and (block := self.enforcer.user_block(user)) is not None:
-            ctx = current_context.get()
-            if ctx is not None:
-                ctx.blocked = block  # flagged before the attempt is recorded: it must not feed a playbook
+        if success:
+            self._flag_if_blocked(user)
         self._record("sq.auth_track", {"success": success}, user, None, False, None)
         if success:
             self._identify_checked(user)
@@ -252,8 +250,15 @@ class Client:
     def signup_track(self, **user_identifiers: str | int) -> None:
         """Record a signup as ``sq.signup_track`` and identify the new user (long identifiers truncated, as above)."""
         user = check_user_identifiers(user_identifiers, "signup_track user identifiers", repair=True, truncate=True)
+        self._flag_if_blocked(user)
         self._record("sq.signup_track", None, user, None, False, None)
         self._identify_checked(user)
+
+    def _flag_if_blocked(self, user: UserIdentifiers) -> None:
+        # Flag the request before the event that names a blocked user is recorded, so that event is sent marked
+        # "blocked" too (it must not feed a playbook); identify() then refuses the user.
+        if (block := self.enforcer.user_block(user)) is not None and (ctx := current_context.get()) is not None:
+            ctx.blocked = block
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Deliver everything queued so far.
