@@ -37,7 +37,9 @@ always the client.
 
 A forwarding header (or the configured ``ip_header``) arriving from a peer that is not trusted is ignored, and the
 first time that happens in a process one warning on logger ``sqreen_mw`` names the peer and the option to set: an app
-behind a proxy that is not on loopback would otherwise record (and block) its proxy's address for every client.
+behind a proxy that is not on loopback would otherwise record (and block) its proxy's address for every client. A
+header that contains the peer's own address is not reported: the server already applied it (uvicorn's
+``--proxy-headers`` makes the client it read there the peer).
 """
 
 from __future__ import annotations
@@ -113,6 +115,13 @@ def parse_network(entry: str) -> _Network | None:
         if mapped is not None:  # ::ffff:10.0.0.0/104 means 10.0.0.0/8: addresses are unmapped before the check
             return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
     return net
+
+
+def _bare(peer: str) -> str:
+    """The address part of a peer string (``[::1]:80`` -> ``::1``, ``1.2.3.4:80`` -> ``1.2.3.4``)."""
+    if peer.startswith("["):
+        return peer[1:].partition("]")[0]
+    return peer.partition(":")[0] if peer.count(":") == 1 else peer
 
 
 def _forwarded_for(value: str) -> list[str]:
@@ -266,7 +275,10 @@ class ClientIPResolver:
         global _warned_untrusted
         names = (*_FORWARDING_HEADERS, self._ip_header) if self._ip_header else _FORWARDING_HEADERS
         for name in names:
-            if headers.get(name):
+            value = headers.get(name)
+            if value and _bare(peer) not in value:
+                # (A header that names the peer itself was already applied by the server: uvicorn's
+                # --proxy-headers replaces the peer with the client it read there. Nothing was ignored.)
                 _warned_untrusted = True
                 logger.warning(
                     "sqreen_mw ignored the %s header of a request from %s, which is not a trusted proxy: the peer is "

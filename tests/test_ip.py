@@ -192,6 +192,10 @@ def test_forwarding_header_from_untrusted_peer_warns_once(
         ("10.0.0.5", {"user-agent": "x"}),
         ("127.0.0.1", {"x-forwarded-for": "203.0.113.7"}),  # trusted peer: the header is used
         (None, {"x-forwarded-for": "203.0.113.7"}),
+        # uvicorn --proxy-headers already made the header's client the peer: nothing was ignored
+        ("198.51.100.10", {"x-forwarded-for": "198.51.100.10"}),
+        ("198.51.100.10:4711", {"x-forwarded-for": "6.6.6.6, 198.51.100.10"}),
+        ("[2001:db8::7]:80", {"x-forwarded-for": "2001:db8::7"}),
     ],
 )
 def test_no_warning_without_an_ignored_header(
