@@ -25,10 +25,8 @@ Entries the SDK cannot use (not an object, no id, a value that is not a network 
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import socket
-import threading
 import time
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
@@ -40,8 +38,7 @@ from ._ip import parse_network
 
 logger = logging.getLogger("sqreen_mw")
 
-__all__ = ["EMPTY", "NEVER_BLOCKED", "Actions", "Block", "ReportLimiter", "address_key", "build_actions",
-           "enforcement_event", "user_key"]
+__all__ = ["EMPTY", "NEVER_BLOCKED", "Actions", "Block", "address_key", "build_actions", "user_key"]
 
 #: Networks no action can block, whatever the list says: loopback and the unspecified addresses.
 NEVER_BLOCKED: tuple[str, ...] = ("127.0.0.0/8", "0.0.0.0/32", "::1/128", "::/128")
@@ -347,54 +344,3 @@ def _block(entry: Any) -> tuple[Block, tuple[int, int] | None] | None:
 
 
 EMPTY = build_actions([], -1)
-
-
-def enforcement_event(block: Block, actor: str | Mapping[str, Any]) -> tuple[str, dict[str, str]]:
-    """The name and properties of the event that reports one enforcement: ``sq.action.block_ip`` with the client IP,
-    or ``sq.action.block_user`` with the identifier map as compact JSON text (properties hold scalars only)."""
-    if block.kind == "ip":
-        return "sq.action.block_ip", {"block_id": block.id, "actor": str(actor)}
-    text = actor if isinstance(actor, str) else json.dumps(dict(actor), sort_keys=True, separators=(",", ":"))
-    return "sq.action.block_user", {"block_id": block.id, "actor": text}
-
-
-class ReportLimiter:
-    """At most one enforcement event per actor per ``interval`` seconds, so a flood cannot fill the queue.
-
-    Memory is bounded: at most ``max_actors`` actors are remembered. When that many were reported within the last
-    ``interval``, further new actors are not reported until the oldest entry ages out (counted in ``suppressed``,
-    like the repeats of known actors).
-
-    :param interval: seconds between two reports of one actor.
-    :param max_actors: how many actors are remembered at most.
-    """
-
-    __slots__ = ("_full_until", "_lock", "_seen", "interval", "max_actors", "suppressed")
-
-    def __init__(self, interval: float = 60.0, max_actors: int = 10_000) -> None:
-        self.interval = interval
-        self.max_actors = max_actors
-        self.suppressed = 0
-        self._seen: dict[Any, float] = {}
-        self._full_until = float("-inf")
-        self._lock = threading.Lock()  # request threads share it; held for a few dict operations, never across I/O
-
-    def allow(self, actor: Any, now: float) -> bool:
-        """Whether to report ``actor`` (hashable) now; ``now`` is ``time.monotonic()``."""
-        with self._lock:
-            last = self._seen.get(actor)
-            if last is not None and now - last < self.interval:
-                self.suppressed += 1
-                return False
-            if last is None and len(self._seen) >= self.max_actors:
-                if now < self._full_until:
-                    self.suppressed += 1
-                    return False
-                horizon = now - self.interval
-                self._seen = {key: at for key, at in self._seen.items() if at > horizon}
-                if len(self._seen) >= self.max_actors:  # all still fresh: sweep again when the oldest ages out
-                    self._full_until = min(self._seen.values()) + self.interval
-                    self.suppressed += 1
-                    return False
-            self._seen[actor] = now
-            return True

@@ -12,13 +12,15 @@ and reported as ``sq.action.block_ip`` / ``sq.action.block_user`` at most once p
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._block_response import BlockResponse
-from ._blocking import EMPTY, Actions, Block, ReportLimiter, build_actions, enforcement_event, user_key
+from ._blocking import EMPTY, Actions, Block, build_actions, user_key
 from ._context import RequestContext
 from ._ip import ClientIPResolver
 
@@ -26,7 +28,7 @@ logger = logging.getLogger("sqreen_mw")
 
 Report = Callable[[str, dict[str, str], Mapping[str, Any] | None, RequestContext | None], None]
 
-__all__ = ["Enforcer"]
+__all__ = ["Enforcer", "ReportLimiter", "enforcement_event"]
 
 
 class Enforcer:
@@ -105,3 +107,54 @@ class Enforcer:
         """Refusals by kind, reports left out by the rate limit, the actions version held."""
         return {"blocked": dict(self.counts), "block_reports_suppressed": self._limiter.suppressed,
                 "actions_version": self.actions.version}
+
+
+def enforcement_event(block: Block, actor: str | Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """The name and properties of the event that reports one enforcement: ``sq.action.block_ip`` with the client IP,
+    or ``sq.action.block_user`` with the identifier map as compact JSON text (properties hold scalars only)."""
+    if block.kind == "ip":
+        return "sq.action.block_ip", {"block_id": block.id, "actor": str(actor)}
+    text = actor if isinstance(actor, str) else json.dumps(dict(actor), sort_keys=True, separators=(",", ":"))
+    return "sq.action.block_user", {"block_id": block.id, "actor": text}
+
+
+class ReportLimiter:
+    """At most one enforcement event per actor per ``interval`` seconds, so a flood cannot fill the queue.
+
+    Memory is bounded: at most ``max_actors`` actors are remembered. When that many were reported within the last
+    ``interval``, further new actors are not reported until the oldest entry ages out (counted in ``suppressed``,
+    like the repeats of known actors).
+
+    :param interval: seconds between two reports of one actor.
+    :param max_actors: how many actors are remembered at most.
+    """
+
+    __slots__ = ("_full_until", "_lock", "_seen", "interval", "max_actors", "suppressed")
+
+    def __init__(self, interval: float = 60.0, max_actors: int = 10_000) -> None:
+        self.interval = interval
+        self.max_actors = max_actors
+        self.suppressed = 0
+        self._seen: dict[Any, float] = {}
+        self._full_until = float("-inf")
+        self._lock = threading.Lock()  # request threads share it; held for a few dict operations, never across I/O
+
+    def allow(self, actor: Any, now: float) -> bool:
+        """Whether to report ``actor`` (hashable) now; ``now`` is ``time.monotonic()``."""
+        with self._lock:
+            last = self._seen.get(actor)
+            if last is not None and now - last < self.interval:
+                self.suppressed += 1
+                return False
+            if last is None and len(self._seen) >= self.max_actors:
+                if now < self._full_until:
+                    self.suppressed += 1
+                    return False
+                horizon = now - self.interval
+                self._seen = {key: at for key, at in self._seen.items() if at > horizon}
+                if len(self._seen) >= self.max_actors:  # all still fresh: sweep again when the oldest ages out
+                    self._full_until = min(self._seen.values()) + self.interval
+                    self.suppressed += 1
+                    return False
+            self._seen[actor] = now
+            return True

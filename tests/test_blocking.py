@@ -12,16 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sqreen_mw import _blocking
-from sqreen_mw._blocking import (
-    EMPTY,
-    Actions,
-    Block,
-    ReportLimiter,
-    address_key,
-    build_actions,
-    enforcement_event,
-    user_key,
-)
+from sqreen_mw._blocking import EMPTY, Actions, Block, address_key, build_actions, user_key
+from sqreen_mw._enforce import ReportLimiter, enforcement_event
 
 NOW = 1_800_000_000.0  # a fixed "now" (2027): expiry is checked against the time given to the lookup
 PAST = "2020-01-01T00:00:00Z"
