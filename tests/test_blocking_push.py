@@ -83,14 +83,16 @@ def test_reconnects_after_a_collector_restart(make_client: MakeClient, tmp_path:
         client = started(make_client(API_KEY, collector.url, heartbeat_interval=60))
         block(collector, "ip", "203.0.113.0/24")
         until(lambda: client.actions.ip_block("203.0.113.9") is not None, 5)
-    # the collector is down: blocks are still enforced (until they expire)
-    time.sleep(0.5)
+    # The agent's collector is down. Blocks are still enforced (until they expire), and a block is made meanwhile
+    # through another collector process on the same database, which the agent does not know.
+    with start_collector(db) as elsewhere:
+        block(elsewhere, "ip", "198.51.100.0/24")
     assert client.actions.ip_block("203.0.113.9") is not None
-    with start_collector(db, port=port) as collector:
-        # made while the agent is disconnected (backing off): it arrives on reconnect, the versions differ
-        block(collector, "ip", "198.51.100.0/24")
-        took = until(lambda: client.actions.ip_block("198.51.100.9") is not None, 30)
-        print(f"reconnected and got the missed block after {took:.1f} s")
+    assert client.actions.ip_block("198.51.100.9") is None
+    with start_collector(db, port=port):
+        # the agent reconnects (backoff), the versions differ, the missed block arrives
+        took = until(lambda: client.actions.ip_block("198.51.100.9") is not None, 40)
+        print(f"reconnected and got the missed block {took:.1f} s after the collector was back")
     client.shutdown(timeout=2)
 
 
