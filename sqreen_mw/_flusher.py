@@ -386,6 +386,10 @@ class Flusher:
             if self.follow_collector_heartbeat and isinstance(delay, int | float) and delay > 0:
                 self.heartbeat_interval = float(delay)
             logger.info("sqreen_mw logged in to the collector as app %r", body.get("app"))
+            if len(self.queue) and self._on_actions is not None:
+                # Events tracked before this process knew which names are hot may feed a playbook: send them now
+                # rather than at the next heartbeat (once per login).
+                self._hot = True
             return True
         self._failed(outcome, "login", transport)
         return False

@@ -117,3 +117,36 @@ def test_hot_events_are_sent_at_once(make_client: MakeClient, collector: Collect
     sqreen_mw.track("login.failed")
     took = until(lambda: len(collector.events(name="login.failed")) == 1, 5)
     print(f"hot event stored after {took * 1000:.0f} ms")
+
+
+def test_events_tracked_before_the_first_login_answer_are_sent_on_login(make_client: MakeClient,
+                                                                        collector: Collector) -> None:
+    # Until its login is answered a process does not know which names are hot: what it queued meanwhile goes as
+    # soon as the answer arrives, not at the next heartbeat (a worker busy at start must not miss an attack).
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from .support import FaultyProxy, serve_in_thread
+
+    forward = FaultyProxy(collector.url, [])
+
+    async def slow_login(request: Request) -> Response:
+        if request.url.path.endswith("/login"):
+            await anyio.sleep(1.0)
+        return await forward._handle(request)  # type: ignore[no-any-return]
+
+    with httpx.Client(base_url=collector.url, timeout=10,
+                      headers={"Authorization": f"Bearer {collector.admin_token}"}) as http:
+        http.put("/api/v1/playbooks/early", json={
+            "name": "early", "event": "login.failed", "actor": "ip", "threshold": 1000, "window": "5m",
+            "response": [{"action": "log"}]}).raise_for_status()
+    app = Starlette(routes=[Route("/{path:path}", slow_login, methods=["GET", "POST"])])
+    with serve_in_thread(app) as url:
+        client = make_client(API_KEY, url, heartbeat_interval=60)
+        client.start()
+        sqreen_mw.track("login.failed")  # while the login is on its way
+        assert "login.failed" not in client.actions.hot_events
+        until(lambda: len(collector.events(name="login.failed")) == 1, 5)
