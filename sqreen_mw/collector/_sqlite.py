@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._records import AgentSession, EventQuery, EventRecord
+from ._sqlite_explorer import EXPLORER_SCHEMA, ExplorerQueries, update_rollups
 from ._storage import SchemaError
 
 __all__ = ["SQLiteStorage"]
@@ -77,7 +78,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
 PRAGMA user_version = 2;
-"""
+""" + EXPLORER_SCHEMA
 _SCHEMA_VERSION = 2
 # Version 1 keyed event_users by (value, seq): a user's events were sorted on every page. Version 2 keys them by
 # (value, ts, seq), the answer's order, so a page walks the key backwards and stops after ``limit`` rows.
@@ -175,7 +176,7 @@ class _Write:
         self.error: Exception | None = None
 
 
-class SQLiteStorage:
+class SQLiteStorage(ExplorerQueries):
     """:class:`Storage` on one SQLite connection (WAL, ``synchronous=NORMAL``) guarded by a lock.
 
     :param path: database file, created if missing (``":memory:"`` works for tests).
@@ -300,6 +301,7 @@ class SQLiteStorage:
             "INSERT OR IGNORE INTO event_users VALUES (?, ?, ?)",
             sorted([(value, e.ts, seq) for seq, e in fresh for value in e.users]),
         )
+        update_rollups(db, fresh)
         return accepted, len(events) - accepted
 
     def query_events(self, query: EventQuery) -> list[EventRecord]:
