@@ -19,6 +19,7 @@ from ._api import AdminApi
 from ._http import JSON, http_error
 from ._ingest import PROTOCOL_VERSION, AgentEndpoints
 from ._sqlite import SQLiteStorage
+from .explorer import Explorer
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
 
@@ -71,6 +72,7 @@ def create_app(
         max_batch_events=max_batch_events,
     )
     admin = AdminApi(storage, admin_token)
+    explorer = Explorer(storage, admin_token, heartbeat_delay=heartbeat_delay)  # the web page at /
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -80,7 +82,7 @@ def create_app(
             storage.close()
 
     app = Starlette(
-        routes=[Route("/healthz", _healthz, methods=["GET"]), *agents.routes(), *admin.routes()],
+        routes=[Route("/healthz", _healthz, methods=["GET"]), *agents.routes(), *admin.routes(), *explorer.routes()],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )

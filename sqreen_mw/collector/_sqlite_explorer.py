@@ -368,7 +368,9 @@ class ExplorerQueries:
         """
         args: list[Any] = []
         if group.startswith("property:"):
-            expr = "json_extract(properties, ?)"
+            # Booleans as true / false, not json_extract's 1 / 0 (which would merge them with the numbers 1 and 0).
+            expr = "CASE json_type(properties, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'" \
+                " ELSE json_extract(properties, ?1) END"
             args.append(prop_path(group.removeprefix("property:")))
         elif group in _GROUPS:
             expr = _GROUPS[group]
