@@ -384,7 +384,7 @@ class ExplorerQueries:
         )
         sql = (
             f"SELECT {expr} AS g, count(*) AS c, count(DISTINCT user_identifiers), count(DISTINCT client_ip),"  # noqa: S608
-            f" sum(count(*)) OVER () FROM ({inner}) GROUP BY g ORDER BY c DESC, g LIMIT ?"
+            f" sum(count(*)) OVER () FROM ({inner}) GROUP BY g ORDER BY c DESC, g IS NULL, g LIMIT ?"
         )
         with self._lock:
             rows = self._explorer_db().execute(sql, [*args, *fargs, limit]).fetchall()
