@@ -6,7 +6,7 @@ Run it with ``sqreen-mw serve`` (see :mod:`sqreen_mw.collector.cli`), or build t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -19,6 +19,8 @@ from ._api import AdminApi
 from ._http import JSON, http_error
 from ._ingest import PROTOCOL_VERSION, AgentEndpoints
 from ._sqlite import SQLiteStorage
+from .automation import Allowlist, Automation, Playbook
+from .automation.api import AutomationApi
 from .explorer import Explorer
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
@@ -36,6 +38,9 @@ def create_app(
     max_body_bytes: int = 10 * 1024 * 1024,
     max_batch_events: int = 10_000,
     heartbeat_delay: int | None = None,
+    playbooks: Sequence[Playbook] = (),
+    allow: Allowlist | None = None,
+    allow_http_webhooks: bool = False,
 ) -> Starlette:
     """Build the collector ASGI app, opening (or creating) its SQLite database.
 
@@ -49,8 +54,12 @@ def create_app(
     :param max_body_bytes: largest batch body, compressed and once decompressed (larger: 413).
     :param max_batch_events: most events per batch (more: 413).
     :param heartbeat_delay: seconds between heartbeats told to agents at login; None lets them use their default.
+    :param playbooks: the playbooks of the ``--playbooks`` file (see :func:`.automation.load_playbooks_file`).
+    :param allow: the file's allowlist.
+    :param allow_http_webhooks: accept plain-http webhook URLs beyond loopback in API-made playbooks.
     :raises ValueError: no API key, an empty key or admin token, or a limit below 1.
-    :return: the Starlette application; ``app.state.storage`` is its storage.
+    :return: the Starlette application; ``app.state.storage`` is its storage, ``app.state.automation`` its
+        :class:`~.automation.Automation` (playbooks, blocks, firings).
     """
     if not api_keys:
         raise ValueError("create_app() needs at least one API key in api_keys")
@@ -64,9 +73,15 @@ def create_app(
         raise ValueError("heartbeat_delay must be at least 1 second, or None")
 
     storage = SQLiteStorage(db_path)
+    try:
+        automation = Automation(storage, playbooks=playbooks, allow=allow, allow_http_webhooks=allow_http_webhooks)
+    except BaseException:
+        storage.close()
+        raise
     agents = AgentEndpoints(
         storage,
         api_keys,
+        automation=automation,
         heartbeat_delay=heartbeat_delay,
         max_body_bytes=max_body_bytes,
         max_batch_events=max_batch_events,
@@ -79,12 +94,20 @@ def create_app(
         try:
             yield
         finally:
+            automation.close()
             storage.close()
 
     app = Starlette(
-        routes=[Route("/healthz", _healthz, methods=["GET"]), *agents.routes(), *admin.routes(), *explorer.routes()],
+        routes=[
+            Route("/healthz", _healthz, methods=["GET"]),
+            *agents.routes(),
+            *admin.routes(),
+            *AutomationApi(automation, storage, admin_token).routes(),
+            *explorer.routes(),
+        ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
     app.state.storage = storage
+    app.state.automation = automation
     return app

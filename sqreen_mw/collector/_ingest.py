@@ -17,6 +17,8 @@ from ._auth import match_api_key, session_key
 from ._http import JSON, error, read_body, rejected
 from ._storage import AgentSession, Storage
 from ._wire import Rejected, decode_json, parse_batch, storable
+from .automation.api import actions_fields
+from .automation.service import Automation
 
 PROTOCOL_VERSION = 1
 #: Largest login / heartbeat / logout body accepted.
@@ -56,6 +58,7 @@ class AgentEndpoints:
 
     :param storage: where sessions and events go.
     :param api_keys: accepted API keys, each mapped to the app it names ("" to let the agent name its app).
+    :param automation: playbooks fed by the stored events, and the actions told to agents.
     :param heartbeat_delay: seconds between heartbeats told to agents (None: the agent's default).
     :param max_body_bytes: largest batch body, compressed and decompressed.
     :param max_batch_events: most events in one batch.
@@ -66,11 +69,13 @@ class AgentEndpoints:
         storage: Storage,
         api_keys: Mapping[str, str],
         *,
+        automation: Automation,
         heartbeat_delay: int | None,
         max_body_bytes: int,
         max_batch_events: int,
     ) -> None:
         self.storage = storage
+        self.automation = automation
         self.api_keys = dict(api_keys)
         self.heartbeat_delay = heartbeat_delay
         self.max_body_bytes = max_body_bytes
@@ -120,13 +125,15 @@ class AgentEndpoints:
         except InvalidEvent as exc:
             return error(400, str(exc))
         await to_thread.run_sync(self.storage.create_session, session)
+        if body.get("trusted_proxies") is not None:
+            await to_thread.run_sync(self.automation.note_trusted_proxies, body["trusted_proxies"])
         return JSON(
             {
                 "protocol": PROTOCOL_VERSION,
                 "session_id": session.session_id,
                 "app": session.app,
                 "heartbeat_delay": self.heartbeat_delay,
-                "actions": [],
+                **self.automation.actions(),
             }
         )
 
@@ -143,7 +150,7 @@ class AgentEndpoints:
             return error(400, str(exc))
         if not await to_thread.run_sync(self.storage.heartbeat, sid, stats, time.time()):
             return error(401, _NO_SESSION)
-        return JSON({"actions": [], "commands": []})
+        return JSON({"commands": [], **actions_fields(self.automation, request)})
 
     async def batch(self, request: Request) -> Response:
         """``POST /api/v1/agent/batch``: store a batch of events, all or nothing, deduplicated by id."""
@@ -167,13 +174,17 @@ class AgentEndpoints:
                 max_bytes=self.max_body_bytes,
                 max_events=self.max_batch_events,
             )
-            return self.storage.insert_events(records) if records else (0, 0)
+            if not records:
+                return 0, 0
+            fresh = self.storage.store_events(records)
+            self.automation.observe(fresh)  # deduplicated first, then counted
+            return len(fresh), len(records) - len(fresh)
 
         try:
             accepted, duplicates = await to_thread.run_sync(work)
         except Rejected as exc:
             return rejected(exc)
-        return JSON({"accepted": accepted, "duplicates": duplicates})
+        return JSON({"accepted": accepted, "duplicates": duplicates, **actions_fields(self.automation, request)})
 
     async def logout(self, request: Request) -> Response:
         """``POST /api/v1/agent/logout``: end the session."""

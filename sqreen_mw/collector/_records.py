@@ -10,7 +10,8 @@ class EventRecord(NamedTuple):
     """A validated event.
 
     ``users`` are its identifier values as text (for the ``user`` filter); ``seq`` is its position in storage
-    (0 until stored), the tiebreaker of the newest-first order.
+    (0 until stored), the tiebreaker of the newest-first order; ``blocked`` marks an event the agent tracked while
+    refusing the request (it never feeds a playbook).
     """
 
     id: str
@@ -25,6 +26,7 @@ class EventRecord(NamedTuple):
     body: Any
     users: tuple[str, ...]
     seq: int = 0
+    blocked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

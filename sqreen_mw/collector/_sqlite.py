@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._records import AgentSession, EventQuery, EventRecord
+from ._sqlite_automation import AUTOMATION_SCHEMA, AutomationTables
 from ._sqlite_explorer import EXPLORER_SCHEMA, ExplorerQueries, update_rollups
 from ._storage import SchemaError
 
@@ -78,7 +79,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
 PRAGMA user_version = 2;
-""" + EXPLORER_SCHEMA
+"""
 _SCHEMA_VERSION = 2
 # Version 1 keyed event_users by (value, seq): a user's events were sorted on every page. Version 2 keys them by
 # (value, ts, seq), the answer's order, so a page walks the key backwards and stops after ``limit`` rows.
@@ -166,17 +167,17 @@ def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
 class _Write:
     """One insert_events() call waiting for its group's commit."""
 
-    __slots__ = ("done", "error", "events", "result", "rows")
+    __slots__ = ("done", "error", "events", "fresh", "rows")
 
     def __init__(self, events: Sequence[EventRecord], rows: list[tuple[Any, ...]]) -> None:
         self.events = events
         self.rows = rows
         self.done = False
-        self.result = (0, 0)
+        self.fresh: list[EventRecord] = []  # the events that were new
         self.error: Exception | None = None
 
 
-class SQLiteStorage(ExplorerQueries):
+class SQLiteStorage(AutomationTables, ExplorerQueries):
     """:class:`Storage` on one SQLite connection (WAL, ``synchronous=NORMAL``) guarded by a lock.
 
     :param path: database file, created if missing (``":memory:"`` works for tests).
@@ -225,6 +226,8 @@ class SQLiteStorage(ExplorerQueries):
             if columns and "ts" not in columns:  # version 1 (or its tables without the version, if interrupted)
                 _run_script(db, _MIGRATE_1_TO_2)
             _run_script(db, _SCHEMA)
+            _run_script(db, AUTOMATION_SCHEMA)
+            _run_script(db, EXPLORER_SCHEMA)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -236,7 +239,12 @@ class SQLiteStorage(ExplorerQueries):
         return self._conn
 
     def insert_events(self, events: Sequence[EventRecord]) -> tuple[int, int]:
-        """Store the events in one transaction, skipping ids already stored; return (accepted, duplicates).
+        """Store the events in one transaction, skipping ids already stored; return (accepted, duplicates)."""
+        fresh = self.store_events(events)
+        return len(fresh), len(events) - len(fresh)
+
+    def store_events(self, events: Sequence[EventRecord]) -> list[EventRecord]:
+        """Store the events in one transaction, skipping ids already stored; return the new ones, in order.
 
         Group commit: batches that arrive while a transaction runs are committed together by the next writer, one
         transaction for all. A commit costs about one page write per index leaf touched, so this is what keeps
@@ -253,7 +261,7 @@ class SQLiteStorage(ExplorerQueries):
                 self._commit(group)
         if write.error is not None:
             raise write.error
-        return write.result
+        return write.fresh
 
     def _commit(self, group: list[_Write]) -> None:
         try:
@@ -276,14 +284,14 @@ class SQLiteStorage(ExplorerQueries):
         db.execute("BEGIN IMMEDIATE")
         try:
             for write in group:
-                write.result = self._insert(db, write)
+                write.fresh = self._insert(db, write)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, write: _Write) -> tuple[int, int]:
+    def _insert(db: sqlite3.Connection, write: _Write) -> list[EventRecord]:
         events = write.events
         # Rows get explicit seqs first..first+n-1; INSERT OR IGNORE skips known ids (dedup), so the seqs present
         # afterwards are exactly the new events, whose user values then go to event_users.
@@ -302,7 +310,7 @@ class SQLiteStorage(ExplorerQueries):
             sorted([(value, e.ts, seq) for seq, e in fresh for value in e.users]),
         )
         update_rollups(db, fresh)
-        return accepted, len(events) - accepted
+        return list(events) if accepted == len(events) else [e for _, e in fresh]
 
     def query_events(self, query: EventQuery) -> list[EventRecord]:
         """Events matching ``query``, newest first (ts, then seq, descending)."""

@@ -25,6 +25,10 @@ class Storage(Protocol):
         """Store the events atomically, skipping ids already stored; return (accepted, duplicates)."""
         ...
 
+    def store_events(self, events: Sequence[EventRecord]) -> list[EventRecord]:
+        """Store the events atomically, skipping ids already stored; return the new ones, in order."""
+        ...
+
     def query_events(self, query: EventQuery) -> list[EventRecord]:
         """Events matching ``query``, newest first (ts, then seq, descending)."""
         ...

@@ -169,6 +169,9 @@ def parse_batch(
                         storable("user_identifiers", v)
             field = "request"
             request, client_ip = (None, None) if event.get("request") is None else _request(event["request"])
+            blocked = event.get("blocked") is True  # tracked while the agent refused the request
+            if blocked and request is not None:
+                request = {**request, "blocked": True}  # kept with the event: replays skip it too
         except InvalidEvent as exc:
             n_invalid += 1
             if len(errors) < MAX_REPORTED_ERRORS:
@@ -178,7 +181,7 @@ def parse_batch(
             records.append(
                 EventRecord(
                     event_id, name, ts, received_at, app, client_ip, properties, identifiers, request,
-                    event.get("body"), users,
+                    event.get("body"), users, 0, blocked,
                 )
             )  # fmt: skip
     if n_invalid:

@@ -66,6 +66,15 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--port", type=_port, default=env.get("SQREEN_COLLECTOR_PORT", str(DEFAULT_PORT)), help="0 picks a free port"
     )
     parser.add_argument("--heartbeat-delay", type=int, default=None, metavar="SECONDS", help="told to agents")
+    parser.add_argument(
+        "--playbooks",
+        default=env.get("SQREEN_COLLECTOR_PLAYBOOKS"),
+        metavar="FILE",
+        help="TOML file of playbooks and allowlist, validated at start (also SQREEN_COLLECTOR_PLAYBOOKS)",
+    )
+    parser.add_argument(
+        "--allow-http-webhooks", action="store_true", help="accept plain-http webhook URLs beyond loopback"
+    )
     parser.set_defaults(handler=_serve)
 
 
@@ -127,6 +136,19 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # the collector extra: only `serve` needs it
 
     from . import create_app
+    from .automation import Allowlist, Playbook, PlaybookError, load_playbooks_file
+
+    playbooks: list[Playbook] = []
+    allow: Allowlist | None = None
+    if args.playbooks:
+        try:
+            playbooks, allow = load_playbooks_file(args.playbooks, allow_http_webhooks=args.allow_http_webhooks)
+        except OSError as exc:
+            print(f"sqreen-mw serve: error: --playbooks {args.playbooks}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except PlaybookError as exc:
+            print(f"sqreen-mw serve: error: --playbooks {args.playbooks}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
 
     specs = list(args.api_key)
     specs += [spec for spec in os.environ.get("SQREEN_COLLECTOR_API_KEYS", "").split(",") if spec.strip()]
@@ -135,7 +157,8 @@ def _serve(args: argparse.Namespace) -> int:
         if not api_keys:
             raise ValueError("no API key: pass --api-key KEY (or APP=KEY), or set SQREEN_COLLECTOR_API_KEYS")
         app = create_app(
-            db_path=args.db, api_keys=api_keys, admin_token=args.admin_token, heartbeat_delay=args.heartbeat_delay
+            db_path=args.db, api_keys=api_keys, admin_token=args.admin_token, heartbeat_delay=args.heartbeat_delay,
+            playbooks=playbooks, allow=allow, allow_http_webhooks=args.allow_http_webhooks,
         )
     except ValueError as exc:
         print(f"sqreen-mw serve: error: {exc}", file=sys.stderr)

@@ -40,7 +40,7 @@ async def test_login_answers_a_session(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/v1/agent/login", headers={"X-Api-Key": API_KEY}, json=body)
     assert response.status_code == 200
     data = response.json()
-    assert set(data) == {"protocol", "session_id", "app", "heartbeat_delay", "actions"}
+    assert set(data) == {"protocol", "session_id", "app", "heartbeat_delay", "actions", "actions_version", "hot_events"}
     assert data["protocol"] == 1
     assert data["app"] == "blog"
     assert data["heartbeat_delay"] == 30
@@ -97,7 +97,7 @@ async def test_heartbeat_stores_stats(client: httpx.AsyncClient) -> None:
     stats = {"queued": 3, "queued_bytes": 900, "tracked": 10, "sent": 7, "dropped": {"queue_full": 2}, "retries": 1}
     response = await client.post("/api/v1/agent/heartbeat", headers={"X-Session-Key": sid}, json={"stats": stats})
     assert response.status_code == 200
-    assert response.json() == {"actions": [], "commands": []}
+    assert response.json() == {"commands": []}  # no X-Actions-Version sent: no actions fields
     agent = (await client.get("/api/v1/agents", headers=ADMIN_HEADERS)).json()["agents"][0]
     assert agent["stats"] == stats
     assert agent["last_heartbeat_at"] is not None

@@ -193,7 +193,7 @@ def test_group_commit_isolates_a_failing_batch(storage: SQLiteStorage) -> None:
     group = [_Write(batch, [_row(e) for e in batch]) for batch in (good1, bad, good2)]
     storage._commit(group)
     assert [w.done for w in group] == [True, True, True]
-    assert (group[0].result, group[0].error, group[2].result, group[2].error) == ((2, 0), None, (1, 0), None)
+    assert (len(group[0].fresh), group[0].error, len(group[2].fresh), group[2].error) == (2, None, 1, None)
     assert isinstance(group[1].error, sqlite3.Error)
     assert sorted(e.id for e in storage.query_events(EventQuery())) == sorted(e.id for e in good1 + good2)
 

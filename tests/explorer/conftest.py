@@ -36,9 +36,13 @@ def _missing_browser() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context() -> Iterator[Any]:
-    """A fresh headless Chromium profile for the whole session."""
+    """A headless Chromium with a fresh profile, per test module.
+
+    Not per session: sync Playwright keeps an asyncio loop running on this thread while it is open, and the anyio
+    tests of other modules could not start theirs.
+    """
     reason = _missing_browser()
     if reason is not None:
         if REQUIRE_BROWSER:
