@@ -87,7 +87,7 @@ def create_app(
         max_batch_events=max_batch_events,
     )
     admin = AdminApi(storage, admin_token)
-    explorer = Explorer(storage, admin_token, heartbeat_delay=heartbeat_delay)  # the web page at /
+    explorer = Explorer(storage, admin_token, automation=automation, heartbeat_delay=heartbeat_delay)  # the page at /
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -15,7 +15,8 @@ from starlette.staticfiles import StaticFiles
 from .._auth import _same
 from .._records import AgentSession, EventRecord
 from .._sqlite_explorer import BreakdownRow, ExplorerFilter, Overview
-from . import _views
+from ..automation import Automation
+from . import _automation_views, _views
 from ._pages import STATIC, render
 from ._security import COOKIE, HEADERS, LoginLimiter, SecurityHeaders, Session, Sessions, same_token
 
@@ -23,6 +24,8 @@ LOGIN_COOKIE = "sqreen_explorer_login"
 MAX_FORM_BYTES = 16 * 1024
 
 Page = Callable[["ExplorerStorage", Request, Session, dict[str, Any]], Awaitable[Response]]
+AutomationPage = Callable[[Automation, Request, Session, dict[str, Any]], Awaitable[Response]]
+AutomationForm = Callable[[Automation, Request, Session, dict[str, Any], dict[str, str]], Awaitable[Response]]
 
 
 class ExplorerStorage(Protocol):
@@ -52,6 +55,7 @@ class Explorer:
 
     :param storage: the collector's storage.
     :param admin_token: the token that logs in; None disables the explorer (its pages say how to enable it).
+    :param automation: playbooks and blocks (``app.state.automation``); None leaves their pages out.
     :param heartbeat_delay: seconds between agent heartbeats (None: the SDK's default, 60): agents silent for three
         of them are shown as stale.
     :param session_max_age: seconds a login lasts.
@@ -63,6 +67,7 @@ class Explorer:
         storage: ExplorerStorage,
         admin_token: str | None,
         *,
+        automation: Automation | None = None,
         heartbeat_delay: int | None = None,
         session_max_age: int = 8 * 3600,
         login_failures: int = 5,
@@ -71,7 +76,8 @@ class Explorer:
         self.admin_token = admin_token
         self.sessions = None if admin_token is None else Sessions(admin_token, session_max_age)
         self.limiter = LoginLimiter(login_failures, 60.0)
-        self.context: dict[str, Any] = {"heartbeat_delay": heartbeat_delay or 60}
+        self.automation = automation
+        self.context: dict[str, Any] = {"heartbeat_delay": heartbeat_delay or 60, "automation": automation}
 
     def routes(self) -> list[BaseRoute]:
         """The explorer's routes: ``/``, ``/login``, ``/logout``, ``/events``, ... and ``/static``."""
@@ -83,7 +89,19 @@ class Explorer:
             ("/actor", _views.actor),
             ("/agents", _views.agents),
         ]
+        acting: list[BaseRoute] = []
+        if self.automation is not None:
+            a = _automation_views
+            acting = [
+                Route("/blocks", self._gate_automation(a.blocks), methods=["GET"]),
+                Route("/blocks", self._post(a.add_block), methods=["POST"]),
+                Route("/blocks/{block_id}/lift", self._post(a.lift_block), methods=["POST"]),
+                Route("/playbooks", self._gate_automation(a.playbooks), methods=["GET"]),
+                Route("/playbooks/backtest", self._post(a.run_backtest), methods=["POST"]),
+                Route("/playbooks/{name}/state", self._post(a.set_playbook_state), methods=["POST"]),
+            ]
         return [
+            *acting,
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
@@ -111,6 +129,37 @@ class Explorer:
 
         return endpoint
 
+    def _gate_automation(self, page: AutomationPage) -> Callable[[Request], Awaitable[Response]]:
+        automation = self.automation
+        if automation is None:  # pragma: no cover - routes exist only with automation
+            raise RuntimeError("no automation")
+
+        async def view(
+            storage: ExplorerStorage, request: Request, session: Session, context: dict[str, Any]
+        ) -> Response:
+            return await page(automation, request, session, context)
+
+        return self._gate(view)
+
+    def _post(self, handler: AutomationForm) -> Callable[[Request], Awaitable[Response]]:
+        """A state-changing form: a valid session and its CSRF token, or nothing happens."""
+        automation = self.automation
+        if automation is None:  # pragma: no cover - routes exist only with automation
+            raise RuntimeError("no automation")
+
+        async def endpoint(request: Request) -> Response:
+            session = self.session(request)
+            if session is None:
+                return RedirectResponse("/login", 303, headers=HEADERS)
+            form = await self._form(request)
+            if form is None:
+                return render("error.html", 413, message="The form is too large.")
+            if not same_token(form.get("csrf"), session.csrf):
+                return render("error.html", 403, message="Missing or wrong CSRF token: reload the page and try again.")
+            return await handler(automation, request, session, self.context, form)
+
+        return endpoint
+
     async def login_form(self, request: Request, *, status: int = 200, message: str | None = None) -> Response:
         """``GET /login``: the token form, with a CSRF token bound to a fresh pre-login cookie."""
         if self.sessions is None:
@@ -129,7 +178,7 @@ class Explorer:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
             return None
-        form = await request.form(max_files=0, max_fields=20)
+        form = await request.form(max_files=0, max_fields=40)
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
     async def login(self, request: Request) -> Response:

@@ -6,6 +6,7 @@ runs its storage queries in a worker thread.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from starlette.responses import Response
 
 from .._api import encode_cursor
 from .._records import AgentSession
+from ._automation_views import actor_story
 from ._pages import render
 from ._params import PRESETS, Filters, bucket_for, parse_filters
 from ._security import Session
@@ -145,11 +147,26 @@ async def actor(storage: ExplorerStorage, request: Request, session: Session, co
     rows = await to_thread.run_sync(storage.search_events, query, PAGE_SIZE + 1)
     page = rows[:PAGE_SIZE]
     earlier = filters.link("/actor", cursor=encode_cursor(page[-1])) if len(rows) > PAGE_SIZE else None
+    kind, value = ("ip", str(ip)) if ip else ("user", str(user))
+    users = list({_compact_key(e.user_identifiers): e.user_identifiers for e in page if e.user_identifiers}.values())
+    story = None
+    automation = context.get("automation")
+    if automation is not None:
+        story = await to_thread.run_sync(actor_story, automation, kind, value, users)
     return render(
-        "actor.html", 400 if errors else 200, errors=errors, f=filters, kind="ip" if ip else "user",
-        value=ip or user, summary=summary, first_seen=first, last_seen=last, events=list(reversed(page)),
-        earlier=earlier, latest=filters.link("/actor") if query.after else None, **base,
+        "actor.html", 400 if errors else 200, errors=errors, f=filters, kind=kind, value=value, summary=summary,
+        first_seen=first, last_seen=last, events=list(reversed(page)), earlier=earlier,
+        latest=filters.link("/actor") if query.after else None, story=story, users=users, back=_back(request),
+        **base,
     )  # fmt: skip
+
+
+def _compact_key(ids: dict[str, Any] | None) -> str:
+    return json.dumps(ids, sort_keys=True, ensure_ascii=True)
+
+
+def _back(request: Request) -> str:
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
 
 def _agent_row(agent: AgentSession, now: float, delay: int) -> dict[str, Any]:
