@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support import Collector
@@ -31,6 +32,11 @@ def hostile(collector: Collector) -> Iterator[Collector]:
             body={"comment": payload},
         ))  # fmt: skip
         send(collector, session, events[-1:])
+        # A user block named by attacker-chosen identifiers, with a reason quoting them.
+        answer = httpx.post(f"{collector.url}/api/v1/blocks", timeout=10,
+                            headers={"Authorization": f"Bearer {collector.admin_token}"},
+                            json={"kind": "user", "value": {"email": payload}, "duration": "1h", "reason": payload})
+        assert answer.status_code == 201, answer.text
     yield collector
 
 
@@ -46,7 +52,8 @@ def _assert_inert(page: Any, where: str) -> None:
 def test_payloads_render_as_text(page: Any, hostile: Collector) -> None:
     log_in(page, hostile)
     pages = ["/", "/events", "/agents", "/breakdown?group=name", "/breakdown?group=user", "/breakdown?group=app",
-             "/breakdown?group=property&key=note", "/actor?ip=198.51.100.1"]
+             "/breakdown?group=property&key=note", "/actor?ip=198.51.100.1", "/blocks", "/playbooks",
+             "/actor?user=0"]
     for path in pages:
         page.goto(hostile.url + path)
         page.wait_for_load_state("load")
