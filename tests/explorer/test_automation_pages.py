@@ -76,7 +76,7 @@ def test_block_and_lift_an_ip_from_its_timeline(page: Any, guarded: Collector) -
     blocks = [b for b in _blocks(guarded) if b["value"] == "192.0.2.77"]
     assert len(blocks) == 1 and blocks[0]["reason"] == "probing <checkout>" and blocks[0]["playbook"] is None
 
-    page.get_by_role("link", name="Blocks", exact=True).click()
+    page.get_by_role("navigation", name="Views").get_by_role("link", name="Blocks", exact=True).click()
     row = page.locator(f"tr[data-block='{blocks[0]['id']}']")
     assert "probing <checkout>" in row.inner_text() and "manual" in row.inner_text()
     row.get_by_role("button", name=re.compile("Lift")).click()
@@ -90,7 +90,7 @@ def test_playbook_block_firings_and_backtest(page: Any, guarded: Collector) -> N
     log_in(page, guarded, "/blocks")
     active = page.get_by_role("region", name="Active").inner_text()
     assert "198.51.100.9" in active and "credential-stuffing" in active
-    page.get_by_role("link", name="Playbooks", exact=True).click()
+    page.get_by_role("navigation", name="Views").get_by_role("link", name="Playbooks", exact=True).click()
     stuffing = page.locator("section#pb-credential-stuffing")
     assert "acting" in stuffing.inner_text()
     assert "dry run" in page.locator("section#pb-watch-orders").inner_text()

@@ -54,7 +54,7 @@ def test_walk_through(page: Any, shop: Collector) -> None:
     assert page.locator("#total").inner_text() == "41"
 
     # Events filtered by name, the filter kept in the URL.
-    page.get_by_role("link", name="Events", exact=True).click()
+    page.get_by_role("navigation", name="Views").get_by_role("link", name="Events", exact=True).click()
     page.get_by_label("Name").fill("order.placed")
     page.get_by_role("button", name="Apply").click()
     page.wait_for_url(re.compile(r"/events\?.*name=order.placed"))
@@ -77,7 +77,7 @@ def test_walk_through(page: Any, shop: Collector) -> None:
     assert "sq.auth_track" in detail and "198.51.100.9" in detail and "success" in detail
 
     # Breakdown by a property; a row is a filter.
-    page.get_by_role("link", name="Breakdown", exact=True).click()
+    page.get_by_role("navigation", name="Views").get_by_role("link", name="Breakdown", exact=True).click()
     page.get_by_label("Group by").select_option("property")
     page.get_by_label("Property key").fill("success")
     page.get_by_role("button", name="Apply").click()
@@ -101,7 +101,7 @@ def test_walk_through(page: Any, shop: Collector) -> None:
     assert stamps == sorted(stamps)
 
     # Agents: the drops cannot be missed.
-    page.get_by_role("link", name="Agents", exact=True).click()
+    page.get_by_role("navigation", name="Views").get_by_role("link", name="Agents", exact=True).click()
     assert "7 queue_full" in page.get_by_role("alert").inner_text()
     assert "shop" in page.locator("table[data-rows]").inner_text()
 

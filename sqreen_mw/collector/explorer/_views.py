@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from .._api import encode_cursor
 from .._records import AgentSession
+from .._sqlite_explorer import Overview
 from ._automation_views import actor_story
 from ._pages import render
 from ._params import PRESETS, Filters, bucket_for, parse_filters
@@ -37,7 +38,7 @@ def _base(request: Request, session: Session, context: dict[str, Any], page: str
     }  # fmt: skip
 
 
-def _chart(overview: Any) -> dict[str, Any]:
+def _chart(overview: Overview) -> dict[str, Any]:
     """The chart's data: the busiest names as series, the rest summed as "other"."""
     ranked = sorted(overview.series.items(), key=lambda item: -sum(item[1]))
     series = [{"name": name, "data": data} for name, data in ranked[:MAX_SERIES]]
