@@ -369,8 +369,10 @@ class ExplorerQueries:
         args: list[Any] = []
         if group.startswith("property:"):
             # Booleans as true / false, not json_extract's 1 / 0 (which would merge them with the numbers 1 and 0).
-            expr = "CASE json_type(properties, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'" \
+            expr = (
+                "CASE json_type(properties, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'"
                 " ELSE json_extract(properties, ?1) END"
+            )
             args.append(prop_path(group.removeprefix("property:")))
         elif group in _GROUPS:
             expr = _GROUPS[group]
@@ -399,9 +401,7 @@ class ExplorerQueries:
         """
         source, clause, args = _filter_sql(f, cursor=False)
         t = "u." if f.user is not None else ""
-        inner = (
-            f"SELECT name, {t}ts AS ts FROM {source}{clause} ORDER BY {t}ts DESC LIMIT {BREAKDOWN_SCAN}"  # noqa: S608
-        )
+        inner = f"SELECT name, {t}ts AS ts FROM {source}{clause} ORDER BY {t}ts DESC LIMIT {BREAKDOWN_SCAN}"  # noqa: S608
         sql = f"SELECT name, count(*) AS c, min(ts), max(ts) FROM ({inner}) GROUP BY name ORDER BY c DESC, name"  # noqa: S608
         with self._lock:
             rows = self._explorer_db().execute(sql, args).fetchall()

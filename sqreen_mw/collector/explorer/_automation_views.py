@@ -54,7 +54,7 @@ def parse_user_value(text: str) -> dict[str, Any]:
             return value
     key, sep, rest = text.partition("=")
     if not sep or not key.strip() or not rest.strip():
-        raise BlockRefused("value", 'a user is key=value (e.g. email=a@example.com) or a JSON identifier map')
+        raise BlockRefused("value", "a user is key=value (e.g. email=a@example.com) or a JSON identifier map")
     return {key.strip(): rest.strip()}
 
 
@@ -84,8 +84,12 @@ async def add_block(
     kind = form.get("kind", "")
     try:
         value: Any = parse_user_value(form.get("value", "")) if kind == "user" else form.get("value", "")
-        body = {"kind": kind, "value": value, "duration": form.get("duration", "1h"),
-                "reason": form.get("reason", "").strip() or "blocked from the explorer"}
+        body = {
+            "kind": kind,
+            "value": value,
+            "duration": form.get("duration", "1h"),
+            "reason": form.get("reason", "").strip() or "blocked from the explorer",
+        }
         await to_thread.run_sync(automation.create_block, body)
     except BlockRefused as exc:
         return await _blocks_page(automation, session, context, 422, f"Not blocked: {exc.field}: {exc}", form)
