@@ -12,7 +12,7 @@ import pytest
 from starlette.applications import Starlette
 
 from sqreen_mw.collector import create_app
-from sqreen_mw.collector.explorer._security import Sessions
+from sqreen_mw.collector.explorer._security import LoginLimiter, Sessions
 from tests.support import Collector
 
 TOKEN = "explorer-admin-token"
@@ -190,3 +190,13 @@ def test_real_server_cookie_flags_over_http(collector: Collector) -> None:
         morsel = _cookie(answer, "sqreen_explorer")["sqreen_explorer"]
         assert morsel["httponly"] and morsel["samesite"].lower() == "strict" and not morsel["secure"]
         assert client.get("/").status_code == 200
+
+
+def test_login_limit_is_per_address_and_ends_with_its_window() -> None:
+    limiter = LoginLimiter(failures=3, window=60.0)
+    for i in range(3):
+        assert limiter.retry_after("192.0.2.1", now=100.0 + i) == 0
+        limiter.failed("192.0.2.1", now=100.0 + i)
+    assert limiter.retry_after("192.0.2.1", now=103.0) == 58
+    assert limiter.retry_after("192.0.2.2", now=103.0) == 0  # another address is not held back
+    assert limiter.retry_after("192.0.2.1", now=160.5) == 0  # the first failure left the window
