@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sqreen_mw.collector import _sqlite_explorer as explorer_queries
 from sqreen_mw.collector._records import EventRecord
 from sqreen_mw.collector._sqlite import SQLiteStorage
 from sqreen_mw.collector._sqlite_explorer import ExplorerFilter
@@ -187,3 +188,17 @@ def test_overview_refuses_odd_buckets(tmp_path: Path) -> None:
             storage.overview(T0, T0 + 3600, 90)
     finally:
         storage.close()
+
+
+def test_breakdown_reads_a_bounded_number_of_the_newest_events(
+    loaded: tuple[SQLiteStorage, list[EventRecord]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage, records = loaded
+    monkeypatch.setattr(explorer_queries, "BREAKDOWN_SCAN", 100)
+    rows, scanned, capped = storage.breakdown(ExplorerFilter(), "name")
+    newest = sorted(records, key=lambda e: -e.ts)[:100]
+    assert (scanned, capped) == (100, True)
+    assert {r.value: r.count for r in rows} == dict(Counter(e.name for e in newest))
+    summary, first, _ = storage.actor_summary(ExplorerFilter(user="a@x"))
+    assert sum(n for _, n in summary) == 100
+    assert first == min(e.ts for e in sorted((e for e in records if "a@x" in e.users), key=lambda e: -e.ts)[:100])
