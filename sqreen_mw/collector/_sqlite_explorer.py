@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import json.encoder
 import sqlite3
 import threading
 from collections import Counter
@@ -66,7 +67,14 @@ _UPSERT_HOUR = (
     "INSERT INTO explorer_hour (kind, hour, value, n) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (kind, hour, value) DO UPDATE SET n = n + excluded.n"
 )
-_user_key = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode
+_quote = json.encoder.encode_basestring_ascii
+
+
+def _user_key(identifiers: dict[str, Any]) -> str:
+    # Canonical JSON (sorted keys, ASCII) of an identifier map, built by hand: json.dumps costs several times more,
+    # once per event at ingest. Values are str or int (the validator made sure).
+    items = sorted(identifiers.items()) if len(identifiers) > 1 else identifiers.items()
+    return "{" + ",".join(f"{_quote(k)}:{_quote(v) if type(v) is str else int(v)}" for k, v in items) + "}"
 
 
 def user_key(identifiers: dict[str, Any] | None) -> str | None:

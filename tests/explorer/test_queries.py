@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 import sqlite3
 import uuid
@@ -202,3 +203,10 @@ def test_breakdown_reads_a_bounded_number_of_the_newest_events(
     summary, first, _ = storage.actor_summary(ExplorerFilter(user="a@x"))
     assert sum(n for _, n in summary) == 100
     assert first == min(e.ts for e in sorted((e for e in records if "a@x" in e.users), key=lambda e: -e.ts)[:100])
+
+
+@pytest.mark.parametrize(
+    "ids", [{"email": "a@x"}, {"id": 7, "email": "\u00e9\ud800\"<"}, {"b": 1, "a": "2"}, {"n": -3}]
+)
+def test_user_key_is_canonical_json(ids: dict[str, Any]) -> None:
+    assert explorer_queries.user_key(ids) == json.dumps(ids, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
