@@ -21,7 +21,7 @@ from ..automation.model import user_key
 from ..automation.store import Block, Firing
 from ._pages import render
 from ._params import PRESETS, parse_filters
-from ._security import HEADERS, Session
+from ._security import HEADERS, Session, safe_path
 
 DURATIONS = ("15m", "1h", "6h", "1d", "7d", "permanent")
 RECENT_FIRINGS = 10
@@ -30,13 +30,6 @@ HISTORY = 200
 
 def _base(session: Session, context: dict[str, Any], page: str) -> dict[str, Any]:
     return {"signed_in": True, "csrf": session.csrf, "page": page, "presets": list(PRESETS), **context}
-
-
-def safe_back(target: str | None, default: str) -> str:
-    """A path on this site to return to after a form."""
-    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
-        return default
-    return target
 
 
 def parse_user_value(text: str) -> dict[str, Any]:
@@ -93,7 +86,7 @@ async def add_block(
         await to_thread.run_sync(automation.create_block, body)
     except BlockRefused as exc:
         return await _blocks_page(automation, session, context, 422, f"Not blocked: {exc.field}: {exc}", form)
-    return RedirectResponse(safe_back(form.get("next"), "/blocks"), 303, headers=HEADERS)
+    return RedirectResponse(safe_path(form.get("next"), "/blocks"), 303, headers=HEADERS)
 
 
 async def lift_block(
@@ -104,7 +97,7 @@ async def lift_block(
     lifted = await to_thread.run_sync(automation.lift_block, block_id)
     if lifted is None:
         return await _blocks_page(automation, session, context, 404, f"No active block has the id {block_id!r}.", {})
-    return RedirectResponse(safe_back(form.get("next"), "/blocks"), 303, headers=HEADERS)
+    return RedirectResponse(safe_path(form.get("next"), "/blocks"), 303, headers=HEADERS)
 
 
 def _firings(automation: Automation, playbook: str | None, limit: int) -> list[Firing]:

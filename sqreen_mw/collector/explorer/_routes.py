@@ -18,7 +18,7 @@ from .._sqlite_explorer import BreakdownRow, ExplorerFilter, Overview
 from ..automation import Automation
 from . import _automation_views, _views
 from ._pages import STATIC, render
-from ._security import COOKIE, HEADERS, LoginLimiter, SecurityHeaders, Session, Sessions, same_token
+from ._security import COOKIE, HEADERS, LoginLimiter, SecurityHeaders, Session, Sessions, safe_path, same_token
 
 LOGIN_COOKIE = "sqreen_explorer_login"
 MAX_FORM_BYTES = 16 * 1024
@@ -37,13 +37,6 @@ class ExplorerStorage(Protocol):
     def breakdown(self, f: ExplorerFilter, group: str, limit: int = 100) -> tuple[list[BreakdownRow], int, bool]: ...
     def actor_summary(self, f: ExplorerFilter) -> tuple[list[tuple[str, int]], float | None, float | None]: ...
     def list_agents(self, limit: int = 1000) -> list[AgentSession]: ...
-
-
-def _safe_next(target: str | None) -> str:
-    # Only a path on this site: "//host" and "/\\host" would leave it.
-    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
-        return "/"
-    return target
 
 
 def _client(request: Request) -> str:
@@ -165,11 +158,11 @@ class Explorer:
         if self.sessions is None:
             return render("disabled.html", 404)
         if self.session(request) is not None and message is None:
-            return RedirectResponse(_safe_next(request.query_params.get("next")), 303, headers=HEADERS)
+            return RedirectResponse(safe_path(request.query_params.get("next")), 303, headers=HEADERS)
         nonce = secrets.token_urlsafe(18)
         response = render(
             "login.html", status, message=message, csrf=self.sessions.login_token(nonce),
-            next=_safe_next(request.query_params.get("next")),
+            next=safe_path(request.query_params.get("next")),
         )  # fmt: skip
         self._cookie(request, response, LOGIN_COOKIE, nonce, 3600)
         return response
@@ -201,7 +194,7 @@ class Explorer:
             self.limiter.failed(client)
             return await self._refused(request, 401, "Wrong admin token.")
         cookie, _ = self.sessions.issue()
-        response = RedirectResponse(_safe_next(form.get("next")), 303, headers=HEADERS)
+        response = RedirectResponse(safe_path(form.get("next")), 303, headers=HEADERS)
         self._cookie(request, response, COOKIE, cookie, self.sessions.max_age)
         response.delete_cookie(LOGIN_COOKIE, path="/", httponly=True, samesite="strict")
         return response

@@ -102,6 +102,13 @@ class Sessions:
         return self._sign(f"login:{nonce}")
 
 
+def safe_path(target: str | None, default: str = "/") -> str:
+    """``target`` when it is a path on this site, else ``default``: "//host" and "/\\host" would leave it."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return default
+    return target
+
+
 def same_token(given: str | None, expected: str) -> bool:
     """Constant-time comparison of a submitted CSRF token."""
     return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
