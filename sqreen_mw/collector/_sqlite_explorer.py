@@ -262,6 +262,14 @@ def _filter_sql(f: ExplorerFilter, *, cursor: bool) -> tuple[str, str, list[Any]
     return source, (" WHERE " + " AND ".join(where)) if where else "", args
 
 
+# A property's value as JSON text: one function call per row, and true / false stay apart from 1 / 0 (json_extract
+# gives booleans as integers). "->" needs SQLite 3.38; older ones get the same text the long way.
+_PROPERTY_JSON = (
+    "properties -> ?1"
+    if sqlite3.sqlite_version_info >= (3, 38)
+    else "CASE json_type(properties, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'"
+    " ELSE json_quote(json_extract(properties, ?1)) END"
+)
 _GROUPS = {
     "name": "name",
     "ip": "client_ip",
@@ -376,11 +384,7 @@ class ExplorerQueries:
         """
         args: list[Any] = []
         if group.startswith("property:"):
-            # Booleans as true / false, not json_extract's 1 / 0 (which would merge them with the numbers 1 and 0).
-            expr = (
-                "CASE json_type(properties, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'"
-                " ELSE json_extract(properties, ?1) END"
-            )
+            expr = _PROPERTY_JSON
             args.append(prop_path(group.removeprefix("property:")))
         elif group in _GROUPS:
             expr = _GROUPS[group]
@@ -419,7 +423,7 @@ class ExplorerQueries:
 
 
 def _group_value(group: str, value: Any) -> Any:
-    if group == "user" and isinstance(value, str):
+    if (group == "user" or group.startswith("property:")) and isinstance(value, str):
         return json.loads(value)
     return value
 

@@ -135,7 +135,11 @@ def test_breakdown_by_property_and_user(loaded: tuple[SQLiteStorage, list[EventR
     rows, _, _ = storage.breakdown(ExplorerFilter(name="sq.auth_track"), "property:success")
     logins = [e for e in records if e.name == "sq.auth_track"]
     assert {r.value: r.count for r in rows} == {
-        "true": sum(e.properties["success"] for e in logins), "false": sum(not e.properties["success"] for e in logins)}
+        True: sum(e.properties["success"] for e in logins), False: sum(not e.properties["success"] for e in logins)}
+    rows, _, _ = storage.breakdown(ExplorerFilter(name="order.placed"), "property:qty")
+    orders = [e for e in records if e.name == "order.placed"]
+    assert {(type(r.value), r.value): r.count for r in rows} == dict(
+        Counter((type(e.properties["qty"]), e.properties["qty"]) for e in orders))
     rows, _, _ = storage.breakdown(ExplorerFilter(), "user")
     assert {None if r.value is None else tuple(sorted(r.value.items())): r.count for r in rows} == dict(
         Counter(None if e.user_identifiers is None else tuple(sorted(e.user_identifiers.items())) for e in records))

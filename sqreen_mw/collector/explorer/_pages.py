@@ -29,6 +29,11 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=True)
 
 
+def _scalar(value: Any) -> str:
+    """A property value as typed: strings as they are, anything else as JSON (true, 2.5, null)."""
+    return value if isinstance(value, str) else _compact(value)
+
+
 def _number(value: int) -> str:
     return f"{value:,}"
 
@@ -45,7 +50,9 @@ ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENV.filters.update(iso=_iso, pretty=_pretty, compact=_compact, number=_number, text=_text, fromjson=json.loads)
+ENV.filters.update(
+    scalar=_scalar, iso=_iso, pretty=_pretty, compact=_compact, number=_number, text=_text, fromjson=json.loads
+)
 
 
 def render(template: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
