@@ -1,30 +1,36 @@
-"""The Event Explorer's queries on SQLite, and the rollup tables that keep them fast.
+"""The Event Explorer's queries on SQLite (a mixin of ``SQLiteStorage``).
 
-Rollups are counts maintained at ingest, in the transaction that stores the events (:func:`update_rollups`, called
-from ``SQLiteStorage._insert``), so they are never ahead of or behind the events:
-
-- ``explorer_minute (minute, name, n)``: events per minute and name, the chart of short ranges;
-- ``explorer_hour (kind, hour, value, n)``: per hour, events by name (kind 0), client IP (1), user (2), app (3) and
-  login outcome of ``sq.auth_track`` (4): the chart of long ranges, totals and the top lists.
-
-Breakdowns and filtered listings walk the events themselves through the ``(ts)`` / ``(client_ip, ts)`` /
-``event_users`` indexes, newest first, bounded by ``limit`` (a breakdown reads at most ``BREAKDOWN_SCAN`` events and
-says when it stopped there).
+The overview reads the rollup tables of :mod:`._sqlite_rollups`, kept at ingest. Breakdowns and filtered listings
+walk the events themselves through the ``(ts)`` / ``(client_ip, ts)`` / ``event_users`` indexes, newest first,
+bounded by ``limit`` (a breakdown reads at most ``BREAKDOWN_SCAN`` events and says when it stopped there).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import json.encoder
+import logging
 import sqlite3
 import threading
-from collections import Counter
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._records import EventRecord
+from ._sqlite_rollups import (
+    EVENT_COLUMNS,
+    KIND_APP,
+    KIND_IP,
+    KIND_LOGIN,
+    KIND_NAME,
+    KIND_USER,
+    ROLLUP_SCHEMA,
+    backfill_progress,
+    backfill_step,
+    record,
+    update_rollups,
+    user_key,
+)
 
 __all__ = [
     "BREAKDOWN_SCAN",
@@ -33,103 +39,17 @@ __all__ = [
     "ExplorerFilter",
     "ExplorerQueries",
     "update_rollups",
+    "user_key",
 ]
 
-EXPLORER_SCHEMA = """
-CREATE TABLE IF NOT EXISTS explorer_minute (
-    minute INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (minute, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS explorer_hour (
-    kind INTEGER NOT NULL,
-    hour INTEGER NOT NULL,
-    value TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (kind, hour, value)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS explorer_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO explorer_state
-    SELECT 'rollups', CASE WHEN EXISTS (SELECT 1 FROM events) THEN 'pending' ELSE 'ready' END
-"""
+logger = logging.getLogger("sqreen_mw.collector")
 
-KIND_NAME, KIND_IP, KIND_USER, KIND_APP, KIND_LOGIN = 0, 1, 2, 3, 4
-LOGIN_EVENT = "sq.auth_track"
+#: The rollup tables, created with the rest of the schema.
+EXPLORER_SCHEMA = ROLLUP_SCHEMA
 #: Most events a breakdown reads (the newest ones of the range): its answer time stays bounded.
 BREAKDOWN_SCAN = 50_000
-_EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body"
-_UPSERT_MINUTE = (
-    "INSERT INTO explorer_minute (minute, name, n) VALUES (?, ?, ?)"
-    " ON CONFLICT (minute, name) DO UPDATE SET n = n + excluded.n"
-)
-_UPSERT_HOUR = (
-    "INSERT INTO explorer_hour (kind, hour, value, n) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (kind, hour, value) DO UPDATE SET n = n + excluded.n"
-)
-_quote = json.encoder.encode_basestring_ascii
-
-
-def _user_key(identifiers: dict[str, Any]) -> str:
-    # Canonical JSON (sorted keys, ASCII) of an identifier map, built by hand: json.dumps costs several times more,
-    # once per event at ingest. Values are str or int (the validator made sure).
-    items = sorted(identifiers.items()) if len(identifiers) > 1 else identifiers.items()
-    return "{" + ",".join(f"{_quote(k)}:{_quote(v) if type(v) is str else int(v)}" for k, v in items) + "}"
-
-
-def user_key(identifiers: dict[str, Any] | None) -> str | None:
-    """The text a user is counted under in the rollups: its identifier map as canonical JSON."""
-    return None if not identifiers else _user_key(identifiers)
-
-
-def _outcome(properties: dict[str, Any]) -> str:
-    return "success" if properties.get("success") is True else "failure"
-
-
-def update_rollups(db: sqlite3.Connection, fresh: Sequence[tuple[int, EventRecord]]) -> None:
-    """Add newly stored events to the rollup tables, inside the caller's transaction."""
-    minutes: Counter[tuple[int, str]] = Counter()
-    hours: Counter[tuple[int, int, str]] = Counter()
-    for _, e in fresh:
-        minute = int(e.ts // 60)
-        hour = minute // 60
-        minutes[minute, e.name] += 1
-        hours[KIND_NAME, hour, e.name] += 1
-        hours[KIND_APP, hour, e.app] += 1
-        if e.client_ip is not None:
-            hours[KIND_IP, hour, e.client_ip] += 1
-        if e.user_identifiers:
-            hours[KIND_USER, hour, _user_key(e.user_identifiers)] += 1
-        if e.name == LOGIN_EVENT:
-            hours[KIND_LOGIN, hour, _outcome(e.properties)] += 1
-    # Sorted: B-tree upserts in key order touch far fewer pages.
-    db.executemany(_UPSERT_MINUTE, sorted((m, name, n) for (m, name), n in minutes.items()))
-    db.executemany(_UPSERT_HOUR, sorted((k, h, v, n) for (k, h, v), n in hours.items()))
-
-
-def _rebuild_rollups(db: sqlite3.Connection) -> None:
-    """Recompute every rollup from the stored events (a database made before the rollups existed)."""
-    db.execute("DELETE FROM explorer_minute")
-    db.execute("DELETE FROM explorer_hour")
-    batch: list[tuple[int, EventRecord]] = []
-    for row in db.execute(f"SELECT {_EVENT_COLUMNS} FROM events"):  # noqa: S608 - fixed columns
-        batch.append((row[0], _record(row)))
-        if len(batch) >= 10_000:
-            update_rollups(db, batch)
-            batch = []
-    update_rollups(db, batch)
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _record(row: Sequence[Any]) -> EventRecord:
-    users = _load(row[8])
-    return EventRecord(
-        row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]), users, _load(row[9]), _load(row[10]),
-        tuple(str(v) for v in users.values()) if users else (), row[0],
-    )  # fmt: skip
+_EVENT_COLUMNS = EVENT_COLUMNS
+_record = record
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,22 +210,34 @@ class ExplorerQueries:
         raise NotImplementedError
 
     def _explorer_db(self) -> sqlite3.Connection:
-        """The connection, with ip_in() registered and rollups complete (call with the lock held)."""
+        """The connection, with ip_in() registered; starts the backfill of older events once (call with the lock)."""
         db = self._db()
         if not getattr(self, "_explorer_ready", False):
             db.create_function("ip_in", 2, _ip_in, deterministic=True)
-            state = db.execute("SELECT value FROM explorer_state WHERE key = 'rollups'").fetchone()
-            if state is None or state[0] != "ready":
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    _rebuild_rollups(db)
-                    db.execute("INSERT OR REPLACE INTO explorer_state VALUES ('rollups', 'ready')")
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+            if backfill_progress(db) is not None:
+                threading.Thread(target=self._backfill, name="sqreen_mw-explorer-backfill", daemon=True).start()
             self._explorer_ready = True
         return db
+
+    def _backfill(self) -> None:
+        # A chunk per transaction, the lock released in between: ingest and pages go on meanwhile.
+        try:
+            while True:
+                with self._lock:
+                    try:
+                        more = backfill_step(self._db())
+                    except RuntimeError:  # closed
+                        return
+                if not more:
+                    return
+                time.sleep(0.005)
+        except Exception:
+            logger.exception("sqreen_mw collector: counting older events into the explorer's rollups failed")
+
+    def rollup_backfill(self) -> tuple[int, int] | None:
+        """(events counted, events to count) while older events are still being added to the rollups, else None."""
+        with self._lock:
+            return backfill_progress(self._explorer_db())
 
     def overview(self, since: float, until: float, bucket: int, top: int = 10) -> Overview:
         """Counts per name in buckets of ``bucket`` seconds (a multiple of 60), totals and top lists of the range.

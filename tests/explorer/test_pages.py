@@ -98,3 +98,12 @@ async def test_unknown_event_and_bad_actor(client: tuple[httpx.AsyncClient, Star
     for query in ("", "?ip=nonsense", "?ip=192.0.2.1&user=a"):
         answer = await c.get(f"/actor{query}")
         assert answer.status_code == 400 and "an actor is one ip=" in unescape(answer.text), query
+
+
+async def test_overview_says_while_older_events_are_being_counted(
+    client: tuple[httpx.AsyncClient, Starlette], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, app = client
+    assert "events stored before this version" not in (await c.get("/")).text
+    monkeypatch.setattr(app.state.storage, "rollup_backfill", lambda: (25_000, 100_000))
+    assert "Counting the 100,000 events stored before this version: 25 % done" in (await c.get("/")).text

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import random
 import sqlite3
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from sqreen_mw.collector import _sqlite_explorer as explorer_queries
+from sqreen_mw.collector import _sqlite_rollups as rollups
 from sqreen_mw.collector._records import EventRecord
 from sqreen_mw.collector._sqlite import SQLiteStorage
 from sqreen_mw.collector._sqlite_explorer import ExplorerFilter
@@ -164,24 +166,43 @@ def test_actor_summary_and_event(loaded: tuple[SQLiteStorage, list[EventRecord]]
     assert storage.get_event(str(uuid.uuid4())) is None
 
 
-def test_rollups_rebuilt_for_a_database_made_before_them(tmp_path: Path) -> None:
+def _wait_for_backfill(storage: SQLiteStorage, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while storage.rollup_backfill() is not None:
+        assert time.monotonic() < deadline, f"backfill still at {storage.rollup_backfill()} after {timeout}s"
+        time.sleep(0.02)
+
+
+def test_rollups_backfilled_for_a_database_made_before_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rollups, "BACKFILL_CHUNK", 40)  # many chunks, so ingest interleaves with them
     rng = random.Random(9)
-    records = [_record(rng, i) for i in range(500)]
+    records = [_record(rng, i) for i in range(600)]
     path = str(tmp_path / "old.db")
     storage = SQLiteStorage(path)
     storage.insert_events(records)
     storage.close()
     with sqlite3.connect(path) as db:  # as an older version left it: events, no rollups
-        db.execute("DROP TABLE explorer_minute")
-        db.execute("DROP TABLE explorer_hour")
-        db.execute("DROP TABLE explorer_state")
+        for table in ("explorer_minute", "explorer_hour", "explorer_backfill"):
+            db.execute(f"DROP TABLE {table}")
     storage = SQLiteStorage(path)
     try:
+        assert storage.rollup_backfill() is not None  # starts it
+        later = [_record(rng, i)._replace(ts=T0 + 10 + i) for i in range(50)]
+        for lo in range(0, len(later), 5):  # stored while the backfill runs: counted once, at ingest
+            storage.insert_events(later[lo : lo + 5])
+        storage.insert_events(records[:30])  # duplicates of old events count nothing
+        _wait_for_backfill(storage)
+        everything = records + later
         data = storage.overview(T0, T0 + 3 * 86_400, 3600)
-        assert data.total == len(records)
-        assert dict(data.names) == dict(Counter(e.name for e in records))
-        storage.insert_events([_record(rng, 1)._replace(ts=T0 + 10)])
-        assert storage.overview(T0, T0 + 3 * 86_400, 3600).total == len(records) + 1
+        assert data.total == len(everything)
+        assert dict(data.names) == dict(Counter(e.name for e in everything))
+        assert dict(data.ips) == dict(Counter(e.client_ip for e in everything if e.client_ip).most_common(10))
+    finally:
+        storage.close()
+    storage = SQLiteStorage(path)  # reopened: nothing counted twice
+    try:
+        assert storage.rollup_backfill() is None
+        assert storage.overview(T0, T0 + 3 * 86_400, 3600).total == len(records) + 50
     finally:
         storage.close()
 

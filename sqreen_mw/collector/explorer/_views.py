@@ -69,6 +69,7 @@ async def overview(storage: ExplorerStorage, request: Request, session: Session,
     return render(
         "overview.html", 400 if errors else 200, errors=errors, f=filters, data=data, chart=_chart(data),
         stacked=request.query_params.get("stack", "1") != "0", drops=await _drops(storage),
+        backfill=await to_thread.run_sync(storage.rollup_backfill),
         **_base(request, session, context, "overview"),
     )  # fmt: skip
 
