@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ._schema import TRUNCATION_MARKER
+from ._schema import TRUNCATION_MARKER, representable
 
 #: Default cap on a collected body, in bytes.
 DEFAULT_MAX_BODY_BYTES = 10_000
@@ -32,19 +32,42 @@ def flat_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe copy: containers copied (20 levels at most), non-finite floats and other objects as text."""
-    if value is None or isinstance(value, str | bool | int):
+#: What a non-finite float becomes on the wire (JSON has no such numbers): the text JavaScript prints for it.
+NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def finite_or_text(value: float) -> float | str:
+    """``value`` when finite, else ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``."""
+    if math.isfinite(value):
         return value
+    return NON_FINITE.get(value, "NaN")
+
+
+def jsonable(value: Any, depth: int = 0, max_depth: int = 20) -> Any:
+    """A JSON-safe copy: containers copied (``max_depth`` levels, deeper ones replaced by ``TRUNCATION_MARKER``),
+    non-finite floats as ``"Infinity"``/``"-Infinity"``/``"NaN"``, lone surrogates in text (keys too) as U+FFFD,
+    other objects as their ``str()``.
+    """
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return representable(value)
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if depth >= 20:
+        return finite_or_text(value)
+    if depth >= max_depth:
         return TRUNCATION_MARKER
     if isinstance(value, dict):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+        return {representable(str(k)): jsonable(v, depth + 1, max_depth) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [jsonable(v, depth + 1) for v in value]
-    return str(value)
+        return [jsonable(v, depth + 1, max_depth) for v in value]
+    try:
+        return representable(str(value))
+    except Exception as exc:  # an object whose __str__ raises: keep the event, say what it was
+        return f"<{type(value).__name__} object whose str() raised {type(exc).__name__}>"
+
+
+def _finite_float(text: str) -> float | str:
+    return finite_or_text(float(text))
 
 
 def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
@@ -55,7 +78,8 @@ def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
     if complete:
         if "json" in ctype:
             try:
-                return json.loads(data, parse_constant=str)  # NaN/Infinity kept as text: JSON has no such numbers
+                # NaN/Infinity kept as text (JSON has no such numbers), and so is what overflows a float (1e400)
+                return json.loads(data, parse_constant=str, parse_float=_finite_float)
             except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses: keep as text
                 pass
         elif ctype.startswith("application/x-www-form-urlencoded"):
@@ -149,7 +173,7 @@ class ASGIBodyTee(BodyTee):
 class WSGIInput(BodyTee):
     """Stands in for ``environ["wsgi.input"]``: the application reads through it, the tee records."""
 
-    __slots__ = ("_buffer", "_prefetched", "_remaining", "_stream")
+    __slots__ = ("_buffer", "_prefetched", "_remaining", "_rewound", "_stream")
 
     def __init__(self, stream: Any, content_length: int | None, limit: int) -> None:
         self.limit = limit  # (fields set here rather than through super().__init__: one per request with a body)
@@ -160,6 +184,7 @@ class WSGIInput(BodyTee):
         self._stream = stream
         self._remaining = content_length
         self._prefetched = False
+        self._rewound = False  # prefetched, then the stream moved back: the app reads it itself, already recorded
         self._buffer = b""  # prefetched bytes not yet handed to the application
 
     def _from_buffer(self, size: int) -> bytes:
@@ -172,7 +197,8 @@ class WSGIInput(BodyTee):
     def _seen(self, data: bytes) -> bytes:
         if self._remaining is not None:
             self._remaining -= len(data)
-        self.feed(data, not data or self._remaining == 0)
+        if not self._rewound:
+            self.feed(data, not data or self._remaining == 0)
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -194,9 +220,19 @@ class WSGIInput(BodyTee):
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
 
+    def _tell(self) -> int | None:
+        # Where a seekable stream stands (BytesIO of test clients, spooled files), else None.
+        try:
+            if not self._stream.seekable():
+                return None
+            return int(self._stream.tell())
+        except Exception:  # no seekable()/tell(), or a stream that says seekable and is not
+            return None
+
     def prefetch(self) -> None:
         if self._remaining is None or not 0 < self._remaining <= self.limit:
             return
+        start, length = self._tell(), self._remaining
         chunks = []
         while self._remaining > 0:  # a read may return less than asked (raw streams)
             chunk = self._stream.read(self._remaining)
@@ -206,6 +242,15 @@ class WSGIInput(BodyTee):
             self._remaining -= len(chunk)
         data = b"".join(chunks)
         self.feed(data, self._remaining == 0)
+        if start is not None:
+            try:
+                self._stream.seek(start)
+            except Exception:  # noqa: S110 - cannot move back: replay from the buffer below
+                pass
+            else:  # the server's stream is as it was: the app (and whoever reads it later) reads it directly
+                self._remaining = length
+                self._rewound = True
+                return
         self._buffer = data
         self._prefetched = True
 

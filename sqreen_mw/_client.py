@@ -6,11 +6,13 @@ import itertools
 import logging
 import os
 import secrets
+import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
+from ._body import jsonable
 from ._config import resolve
 from ._context import context_for, current_context
 from ._exceptions import InvalidEvent
@@ -20,6 +22,7 @@ from ._queue import EventQueue, Record
 from ._schema import (
     UserIdentifiers,
     WireEvent,
+    _show,
     check_name,
     check_properties,
     check_timestamp,
@@ -81,6 +84,7 @@ class Client:
         self._capture: list[WireEvent] | None = None
         self._accepting = self.enabled
         self._started_pid: int | None = None  # the process whose flusher runs; another pid = a fork we missed
+        self._start_lock = threading.Lock()
         self._flush_mark = 0  # queue.drop_ops when the last flush() returned
         self._closed = False
         if not self.enabled:
@@ -140,7 +144,7 @@ class Client:
         ctx = current_context.get() if request is None else context_for(request)
         user: UserIdentifiers | None = None
         if user_identifiers is not None:
-            user = check_user_identifiers(user_identifiers)
+            user = check_user_identifiers(user_identifiers, repair=True)
         elif ctx is not None:
             user = ctx.user
         when = None if timestamp is None else check_timestamp(timestamp)
@@ -173,46 +177,66 @@ class Client:
     def _start(self) -> None:
         # The first event of this process, or of a child forked where os.register_at_fork does not run (a fork
         # from C, as uWSGI does without py-call-osafterfork): such a child starts afresh like any other.
-        if self._started_pid is not None:
-            self._after_fork()
-        self._started_pid = os.getpid()
-        self.flusher.ensure_started()
+        # Threads making their first track() together all get here: only the first starts, and only a pid that
+        # changed since is a fork (an unlocked check took the second thread for a fork and cleared the queue).
+        with self._start_lock:
+            pid = os.getpid()
+            if self._started_pid == pid:
+                return
+            if self._started_pid is not None:
+                self._after_fork()
+            self.flusher.ensure_started()
+            self._started_pid = pid
 
     def identify(self, user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any] | None = None) -> None:
         """Name the user of the current request; later ``track()`` calls of the request inherit them."""
-        user = check_user_identifiers(user_identifiers)
+        user = check_user_identifiers(user_identifiers, repair=True)
         trait_map = None if traits is None else check_properties(traits, "traits")[0]
+        self._identify_checked(user, trait_map)
+
+    @staticmethod
+    def _identify_checked(user: UserIdentifiers, traits: dict[str, Any] | None = None) -> None:
         ctx = current_context.get()
         if ctx is not None:
             ctx.user = user
-            ctx.traits = trait_map
+            ctx.traits = traits
 
     def auth_track(self, success: bool, **user_identifiers: str | int) -> None:
-        """Record a login attempt as ``sq.auth_track``; a successful one also identifies the user."""
+        """Record a login attempt as ``sq.auth_track``; a successful one also identifies the user.
+
+        Identifiers usually come from the login form: one longer than ``MAX_STRING_LENGTH`` is truncated with a
+        marker rather than refused (an attacker must not turn the login page into an error).
+        """
         if not isinstance(success, bool):
-            raise InvalidEvent(f"success must be a bool, got {type(success).__name__} {success!r}")
-        user = check_user_identifiers(user_identifiers, "auth_track user identifiers")
+            raise InvalidEvent(f"success must be a bool, got {type(success).__name__} {_show(success)}")
+        user = check_user_identifiers(user_identifiers, "auth_track user identifiers", repair=True, truncate=True)
         self._record("sq.auth_track", {"success": success}, user, None, False, None)
         if success:
-            self.identify(user)
+            self._identify_checked(user)
 
     def signup_track(self, **user_identifiers: str | int) -> None:
-        """Record a signup as ``sq.signup_track`` and identify the new user."""
-        user = check_user_identifiers(user_identifiers, "signup_track user identifiers")
+        """Record a signup as ``sq.signup_track`` and identify the new user (long identifiers truncated, as above)."""
+        user = check_user_identifiers(user_identifiers, "signup_track user identifiers", repair=True, truncate=True)
         self._record("sq.signup_track", None, user, None, False, None)
-        self.identify(user)
+        self._identify_checked(user)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Deliver everything queued so far.
 
         :return: True when every event tracked since the previous ``flush()`` (or since the start) was delivered
-            within ``timeout`` seconds: none still queued, none dropped.
+            to the collector within ``timeout`` seconds: none still queued, none dropped. False without a token
+            (nothing is ever delivered then).
         """
+        return self._flush(timeout, give_up_when_down=False)
+
+    def _flush(self, timeout: float, *, give_up_when_down: bool) -> bool:
         target = next(self._seq) - 1
-        if self._started_pid is None:
+        if not self.enabled:
+            ok = False
+        elif self._started_pid is None:
             ok = not len(self.queue) and not self.queue.dropped_since(self._flush_mark, target)
         else:
-            ok = self.flusher.flush(target, timeout, self._flush_mark)
+            ok = self.flusher.flush(target, timeout, self._flush_mark, give_up_when_down=give_up_when_down)
         self._flush_mark = self.queue.drop_ops
         return ok
 
@@ -229,7 +253,8 @@ class Client:
             logger.warning("sqreen_mw exited with %d of %d queued event(s) undelivered", len(self.queue), queued)
 
     def statistics(self) -> dict[str, Any]:
-        """Delivery counters: queued, queued_bytes, tracked, sent, dropped (by reason), retries, last_error."""
+        """Delivery counters: queued, queued_bytes, tracked, sent, dropped (by reason), retries, flusher_restarts,
+        last_error, enabled."""
         stats = self.flusher.statistics()
         stats["last_error"] = self.flusher.last_error
         stats["enabled"] = self.enabled
@@ -256,23 +281,32 @@ class Client:
         }
 
     def _serialize(self, batch: list[Record]) -> tuple[bytes | None, list[Record]]:
-        """The batch body and the records in it; a record that cannot be encoded is left out (the caller counts)."""
+        """The batch body and the records in it; a record that cannot be encoded is left out (the caller counts).
+
+        Request data may carry what JSON or the collector cannot (``1e400`` parsed to infinity, lone surrogates):
+        when the batch does not encode, its events are made representable (:func:`jsonable`) and encoded again.
+        """
         scrubbed: dict[int, Any] = {}
         try:
-            return encode_batch([self._wire(record, scrubbed) for record in batch]), batch
+            events = [self._wire(record, scrubbed) for record in batch]
+            return encode_batch(events), batch
+        except Exception as exc:
+            logger.debug("sqreen_mw batch encoding failed (%s); making its events representable", exc)
+        try:
+            return encode_batch([_representable(self._wire(record, {})) for record in batch]), batch
         except Exception as exc:  # find the culprits one by one
             logger.debug("sqreen_mw batch encoding failed (%s); encoding its events one by one", exc)
-        events, kept = [], []
+        kept_events, kept = [], []
         for record in batch:
             try:
-                event = self._wire(record, {})
+                event = _representable(self._wire(record, {}))
                 encode_batch([event])
             except Exception as exc:
                 logger.error("sqreen_mw cannot encode event %r: %s: %s", record[2], type(exc).__name__, exc)
                 continue
-            events.append(event)
+            kept_events.append(event)
             kept.append(record)
-        return (encode_batch(events) if events else None), kept
+        return (encode_batch(kept_events) if kept_events else None), kept
 
     def _after_fork(self) -> None:
         self.queue.clear()
@@ -280,3 +314,8 @@ class Client:
         self._id_base = secrets.randbits(74)
         self._started_pid = None
         self._flush_mark = 0
+
+
+def _representable(event: WireEvent) -> WireEvent:
+    # Deep enough for any body the collector stores; deeper levels become TRUNCATION_MARKER.
+    return cast(WireEvent, jsonable(event, max_depth=64))

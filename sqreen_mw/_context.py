@@ -4,6 +4,9 @@ The middleware only creates a small :class:`RequestContext` and binds it to a ``
 (client IP, user agent, path, verb, parameters) are read from the framework's request the first time an event of that
 request needs them, then cached for the other events of the same request. A request that tracks nothing pays for one
 object and one ``ContextVar.set``/``reset``.
+
+``params.path`` (the route's path parameters) holds text under every framework: FastAPI's ``"1"`` and Flask's or
+Django's ``1`` (an ``int`` converter) are both sent as ``"1"``.
 """
 
 from __future__ import annotations
@@ -142,12 +145,21 @@ def _params(query: str, path: Any, form: Any = None, json_body: Any = None) -> d
     if query:
         params["query"] = parse_query(query)
     if path:
-        params["path"] = {str(k): v if isinstance(v, str | int | float | bool) else str(v) for k, v in path.items()}
+        # Always text, whatever the framework's converter made of the URL segment (FastAPI "1", Flask and Django 1):
+        # the same route gives the same params under every framework, and filters compare like with like.
+        params["path"] = {str(k): v if type(v) is str else _text(v) for k, v in path.items()}
     if form:
         params["form"] = form
     if json_body is not None:
         params["json"] = json_body
     return params
+
+
+def _text(value: object) -> str:
+    try:
+        return str(value)
+    except Exception as exc:  # an app-defined converter's object whose __str__ raises
+        return f"<{type(value).__name__} object whose str() raised {type(exc).__name__}>"
 
 
 def _body_params(ctype: str, tee: BodyTee | None) -> tuple[Any, Any]:

@@ -3,8 +3,14 @@
 It wakes on the heartbeat (``heartbeat_interval``), when a batch fills, when ``flush()`` asks, and at shutdown.
 Failed sends are retried with jittered exponential backoff (1 s doubling to 60 s) or the collector's ``Retry-After``;
 events older than ``max_event_age`` (from ``track()``) are dropped and counted. The thread is started lazily, so a
-process that forks before tracking anything (gunicorn ``--preload``) never forks a running flusher; a child that forks
-after it started gets a fresh queue and its own flusher.
+process that forks before tracking anything never forks a running flusher; a child that forks after it started gets
+a fresh queue and its own flusher.
+
+A process may fork while its flusher runs (gunicorn ``--preload`` with an app that tracks at import time). A thread
+caught mid-import by ``fork()`` leaves the child a half-initialised module, so everything the loop imports lazily
+(the anyio backend, httpcore and h11, the IDNA codec...) is imported by :func:`preload` in the calling thread before
+the flusher thread starts. Should the loop still die of an unexpected error, it is restarted with backoff (1 s
+doubling to 60 s), logged and counted (``flusher_restarts``, reported in the heartbeat).
 """
 
 from __future__ import annotations
@@ -24,6 +30,29 @@ from ._queue import SEQ, EventQueue, Record
 from ._transport import AUTH, DROP, OK, RETRY, SPLIT, Outcome, Transport
 
 logger = logging.getLogger("sqreen_mw")
+
+_preloaded = False
+
+
+def preload() -> None:
+    """Import what the flusher loop would otherwise import in its own thread, where a fork could catch it."""
+    global _preloaded
+    if _preloaded:
+        return
+    import encodings.idna  # noqa: F401 - httpx encodes host names with it
+    import gzip  # noqa: F401
+    import ssl  # noqa: F401
+
+    import anyio._backends._asyncio  # noqa: F401 - anyio.run imports its backend lazily
+    import h11  # noqa: F401
+    import httpcore
+    import httpx  # noqa: F401
+
+    httpcore.AsyncConnectionPool  # noqa: B018 - resolves httpcore's lazy submodules now
+    _preloaded = True
+
+
+_RESTART_MAX_DELAY = 60.0
 
 
 class Flusher:
@@ -67,7 +96,9 @@ class Flusher:
         self._retry_pending = False
         self.sent = 0
         self.retries = 0
+        self.restarts = 0
         self.last_error = ""
+        self._url_refused = False  # a 404 on login was reported
 
     def after_fork(self) -> None:
         self._reset_state()
@@ -81,6 +112,7 @@ class Flusher:
             if self._pid != os.getpid():
                 self._reset_state()
             if self._thread is None and not self._stopping:
+                preload()
                 self._thread = threading.Thread(target=self._run, name="sqreen_mw-flusher", daemon=True)
                 self._thread.start()
 
@@ -97,13 +129,24 @@ class Flusher:
             return False
         return True
 
-    def flush(self, target: float, timeout: float, since_drop_ops: int) -> bool:
+    @property
+    def collector_down(self) -> bool:
+        """The last attempt to reach the collector failed (and none succeeded since)."""
+        return bool(self.last_error)
+
+    def flush(self, target: float, timeout: float, since_drop_ops: int, *, give_up_when_down: bool = False) -> bool:
         """Wait until every record up to sequence ``target`` is settled.
 
+        :param give_up_when_down: return at once when the collector is known to be down, or as soon as an attempt
+            made during this flush fails (a lifespan shutdown must not wait ``shutdown_timeout`` on a dead collector;
+            the exit hooks try again).
         :return: True when none of them was dropped after the ``since_drop_ops``-th drop.
         """
         if self.queue.settled_through() >= target:
             return not self.queue.dropped_since(since_drop_ops, target)
+        if give_up_when_down and self.collector_down:
+            return False
+        retries = self.retries
         self.ensure_started()
         woken = self.wake(force=True)
         deadline = time.monotonic() + timeout
@@ -111,6 +154,8 @@ class Flusher:
             while self.queue.settled_through() < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (self._thread is not None and not self._thread.is_alive()):
+                    return False
+                if give_up_when_down and self.retries != retries:
                     return False
                 self._progress.wait(min(remaining, 0.05 if not woken else 1.0))
                 if not woken:  # the loop was still starting: the first wake was lost
@@ -148,13 +193,28 @@ class Flusher:
             self._scope.cancel()
 
     def _run(self) -> None:
-        try:
-            anyio.run(self._main)
-        except Exception:  # never let the thread die silently
-            logger.exception("sqreen_mw flusher stopped on an unexpected error")
-        finally:
-            self._loop = None
-            self._notify()
+        delay = 1.0
+        while True:
+            try:
+                anyio.run(self._main)
+                return
+            except Exception:  # never let delivery end: restart the loop after a pause
+                self._loop = None
+                self._notify()
+                if self._stopping or self._pid != os.getpid():
+                    logger.exception("sqreen_mw flusher stopped on an unexpected error")
+                    return
+                self.restarts += 1
+                logger.exception("sqreen_mw flusher stopped on an unexpected error; restart %d in %.0f s",
+                                 self.restarts, delay)
+                # Sleep in steps so that stop() is not kept waiting for the whole pause.
+                until = time.monotonic() + delay
+                while time.monotonic() < until and not self._stopping:
+                    time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+                delay = min(_RESTART_MAX_DELAY, delay * 2)
+            finally:
+                self._loop = None
+                self._notify()
 
     async def _main(self) -> None:
         self._wake_event = anyio.Event()
@@ -214,11 +274,17 @@ class Flusher:
                 self.heartbeat_interval = float(delay)
             logger.info("sqreen_mw logged in to the collector as app %r", body.get("app"))
             return True
-        self._failed(outcome, "login")
+        self._failed(outcome, "login", transport)
         return False
 
-    def _failed(self, outcome: Outcome, what: str) -> None:
-        if outcome.reason != self.last_error:
+    def _failed(self, outcome: Outcome, what: str, transport: Transport | None = None) -> None:
+        if what == "login" and outcome.reason.startswith("HTTP 404") and transport is not None:
+            if not self._url_refused:  # a wrong URL is a configuration error, not an outage: say so once
+                self._url_refused = True
+                logger.error("sqreen_mw: collector URL %s answered 404 on /api/v1/agent/login: SQREEN_URL must be "
+                             "the collector's base URL (e.g. http://127.0.0.1:8707); will keep retrying",
+                             transport.url)
+        elif outcome.reason != self.last_error:
             if outcome.kind == AUTH and what == "login":
                 logger.warning("sqreen_mw: the collector refused the API key (%s): check SQREEN_TOKEN; events wait "
                                "up to max_event_age while it retries", outcome.reason)
@@ -330,6 +396,7 @@ class Flusher:
         stats = self.queue.statistics()
         stats["sent"] = self.sent
         stats["retries"] = self.retries
+        stats["flusher_restarts"] = self.restarts
         return stats
 
 

@@ -7,6 +7,8 @@ They are on the hot path of ``track()``: the common case (a small dict of plain 
 from __future__ import annotations
 
 import math
+import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypedDict
@@ -39,8 +41,43 @@ _MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC).timestamp()
 def _show(value: object) -> str:
     if isinstance(value, int) and value.bit_length() > 256:  # repr of a huge int is slow, or refused
         return f"an int of {value.bit_length()} bits"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception as exc:  # an object whose __repr__ raises must give InvalidEvent, not that exception
+        return f"<{type(value).__name__} object whose repr() raised {type(exc).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _as_str(arg: str, value: str) -> str:
+    # A str subclass may override __str__; a failing one is the caller's bad value, reported as InvalidEvent.
+    try:
+        return str.__str__(value)
+    except Exception as exc:  # pragma: no cover - str.__str__ of a str does not fail
+        raise InvalidEvent(f"{arg} could not be read as text: {type(exc).__name__}") from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def representable(text: str) -> str:
+    """``text`` with each lone surrogate (not UTF-8 encodable, refused by the collector) replaced by U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def check_name(name: object, *, allow_reserved: bool = False) -> str:
@@ -48,11 +85,13 @@ def check_name(name: object, *, allow_reserved: bool = False) -> str:
     if type(name) is not str:
         if not isinstance(name, str):
             raise InvalidEvent(f"event_name must be a str, got {type(name).__name__} {_show(name)}")
-        name = str(name)
+        name = _as_str("event_name", name)
     if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidEvent(f"event_name must be 1 to {MAX_NAME_LENGTH} characters long, got {len(name)}: {_show(name)}")
     if not allow_reserved and name.startswith(RESERVED_PREFIX):
         raise InvalidEvent(f"event_name must not start with {RESERVED_PREFIX!r} (reserved for sqreen_mw), got {name!r}")
+    if _has_lone_surrogate(name):  # the collector refuses such names: refuse them here, where the bug is
+        raise InvalidEvent(f"event_name must be valid Unicode, got a lone surrogate in {_show(name)}")
     return name
 
 
@@ -69,7 +108,7 @@ def _scalar(arg: str, key: str, value: object) -> Scalar:
             raise InvalidEvent(f"{arg}[{key!r}] must be a finite number (JSON has no NaN/Infinity), got {value!r}")
         return float(value)
     if isinstance(value, str):
-        value = str(value)
+        value = _as_str(f"{arg}[{key!r}]", value)
         if len(value) > MAX_STRING_LENGTH:
             return value[: MAX_STRING_LENGTH - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
         return value
@@ -120,8 +159,16 @@ def check_properties(properties: object, arg: str = "properties") -> tuple[Prope
     return out, size
 
 
-def check_user_identifiers(user_identifiers: object, arg: str = "user_identifiers") -> UserIdentifiers:
-    """Validate and copy a user identifier map (``str`` keys, ``str`` or ``int`` values, at least one entry)."""
+def check_user_identifiers(
+    user_identifiers: object, arg: str = "user_identifiers", *, repair: bool = False, truncate: bool = False
+) -> UserIdentifiers:
+    """Validate and copy a user identifier map (``str`` keys, ``str`` or ``int`` values, at least one entry).
+
+    With ``repair`` (the SDK), lone surrogates in keys and values become U+FFFD: the collector stores valid Unicode
+    only, and identifiers often come from request data. A value longer than
+    ``MAX_STRING_LENGTH`` raises, unless ``truncate`` (the calls fed with request data: ``auth_track``,
+    ``signup_track``), which cuts it to that length, ending with ``TRUNCATION_MARKER``. Wrong types always raise.
+    """
     if not isinstance(user_identifiers, Mapping):
         raise InvalidEvent(f"{arg} must be a mapping, got {type(user_identifiers).__name__} {_show(user_identifiers)}")
     if not user_identifiers:
@@ -132,18 +179,34 @@ def check_user_identifiers(user_identifiers: object, arg: str = "user_identifier
     for key, value in user_identifiers.items():
         if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
             raise _bad_key(arg, key)
+        if repair:
+            key = representable(key)
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise InvalidEvent(f"{arg}[{key!r}] must be a str or int, got {type(value).__name__} {_show(value)}")
-        if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
-            raise InvalidEvent(f"{arg}[{key!r}] must be at most {MAX_STRING_LENGTH} characters, got {len(value)}")
-        if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
-            raise InvalidEvent(f"{arg}[{key!r}] must fit in 64 bits, got {_show(value)}")
-        out[key] = value if type(value) in (str, int) else (str(value) if isinstance(value, str) else int(value))
+        if isinstance(value, str):
+            if type(value) is not str:
+                value = _as_str(f"{arg}[{key!r}]", value)
+            if repair:
+                value = representable(value)
+            if len(value) > MAX_STRING_LENGTH:
+                if not truncate:
+                    raise InvalidEvent(
+                        f"{arg}[{key!r}] must be at most {MAX_STRING_LENGTH} characters, got {len(value)}"
+                    )
+                value = value[: MAX_STRING_LENGTH - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+        else:
+            if not MIN_INT <= value <= MAX_INT:
+                raise InvalidEvent(f"{arg}[{key!r}] must fit in 64 bits, got {_show(value)}")
+            value = int(value)
+        out[key] = value
     return out
 
 
-def check_timestamp(timestamp: object) -> float:
-    """Return a ``datetime`` as POSIX seconds; a naive datetime is taken as UTC."""
+def check_timestamp(timestamp: object, now: float | None = None) -> float:
+    """Return a ``datetime`` as POSIX seconds; a naive datetime is taken as UTC.
+
+    :raises InvalidEvent: not a datetime, outside years 1 to 9999, or later than ``now`` plus ``MAX_FUTURE_SKEW``.
+    """
     if not isinstance(timestamp, datetime):
         raise InvalidEvent(f"timestamp must be a datetime, got {type(timestamp).__name__} {_show(timestamp)}")
     if timestamp.tzinfo is None:
@@ -151,6 +214,12 @@ def check_timestamp(timestamp: object) -> float:
     seconds = timestamp.timestamp()
     if not _MIN_TS <= seconds <= _MAX_TS:
         raise InvalidEvent(f"timestamp must be between years 1 and 9999 in UTC, got {timestamp.isoformat()}")
+    limit = (time.time() if now is None else now) + MAX_FUTURE_SKEW
+    if seconds > limit:
+        raise InvalidEvent(
+            f"timestamp must not be more than {MAX_FUTURE_SKEW:g} s in the future (clock skew allowance), "
+            f"got {timestamp.isoformat()}"
+        )
     return seconds
 
 
@@ -202,3 +271,4 @@ class Stats(TypedDict):
     sent: int
     dropped: dict[str, int]
     retries: int
+    flusher_restarts: int

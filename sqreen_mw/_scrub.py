@@ -1,87 +1,69 @@
 """Scrubbing of secrets from everything sqreen_mw records, before it leaves the process.
 
-:meth:`Scrubber.scrub` returns a copy of a value in which:
+The rules are data: :file:`sqreen_mw/scrub_rules.toml`, loaded once at import and documented in
+``docs/scrubbing.md``. :meth:`Scrubber.scrub` returns a copy of a value in which:
 
-* **Sensitive keys.** Under a dict key that matches the key pattern, the whole value (string, number, nested dict or
+* **Sensitive keys.** Under a dict key that matches a key rule, the whole value (string, number, nested dict or
   list, anything) becomes the single marker :data:`~sqreen_mw._schema.REDACTED`. Keys are matched case-insensitively
-  after normalising ``-`` to ``_`` (``X-Api-Key`` -> ``x_api_key``); camelCase keys are also tried split into words
-  (``authToken`` -> ``auth_token``). :data:`DEFAULT_SENSITIVE_KEYS` has two parts:
+  after normalising (``-`` to ``_``, ``[`` to ``_``, ``]`` dropped: ``X-Api-Key`` -> ``x_api_key``, ``user[pass]``
+  -> ``user_pass``); camelCase keys are also tried split into words (``authToken`` -> ``auth_token``). The file's
+  ``[keys]`` table has fragments matched *anywhere* in the key and fragments that must be the key's *last word*
+  (a word starts after a character that is not a letter or digit), so ``x_auth``, ``user_pass``, ``connect.sid`` and
+  ``card[cvv]`` are redacted while ``author``, ``passenger``, ``inside`` and ``session_count`` are not. This covers
+  Sqreen's list, Sentry's ``DEFAULT_DENYLIST`` and Datadog's key regex without Datadog's bare substrings ``pass``,
+  ``sid`` and ``signed``; known over-matches kept on purpose: ``token`` also hits ``max_tokens``, ``secret`` hits
+  ``secretary``.
 
-  - *anywhere in the key*: ``passw``, ``pass_phrase``/``passphrase``, ``pass_code``/``passcode``, ``pwd``/``pword``,
-    ``secret``, ``token``, ``api_key``/``apikey``, ``access_key``, ``private_key``, ``public_key``,
-    ``consumer_id``/``consumer_key``, ``credential``, ``authorization``/``authorisation``, ``bearer``, ``signature``,
-    ``jwt``, ``csrf``, ``xsrf``, ``sessionid``/``session_id``/``sessid`` (so ``jsessionid``, ``phpsessid``,
-    ``asp.net_sessionid``), ``session_key``, ``forwarded_for``;
-  - *as the whole key or its last word* (a word starts after a non-alphanumeric character such as ``_`` or ``.``):
-    ``auth``, ``pass``, ``sid``, ``session(s)``, ``cookie(s)``, ``sig``, ``signed``, ``otp``, ``cvv``/``cvv2``,
-    ``cvc``/``cvc2``, ``creds``, ``symfony``. So ``x_auth``, ``user_pass``, ``connect.sid``, ``user_session`` and
-    ``set_cookie`` are redacted, while ``author``, ``passenger``, ``bypass``, ``inside``, ``side_effect``,
-    ``session_count``, ``auth_method``, ``cookie_consent`` and ``signed_in`` are not.
-
-  This covers Sqreen's list (``password, passwd, secret, authorization, api_key, apikey, access_token, token``),
-  Sentry's ``DEFAULT_DENYLIST`` and Datadog's key regex without Datadog's bare substrings ``pass``, ``sid`` and
-  ``signed`` (which redact ``passenger``, ``inside`` and ``designed``). Known over-matches, kept on purpose:
-  ``token`` also hits ``max_tokens``/``token_type``; ``secret`` hits ``secretary``.
-
-* **Sensitive values.** A string matching a value pattern becomes ``REDACTED`` as a whole.
-  :data:`DEFAULT_SENSITIVE_VALUES` finds ``Bearer <token>`` (any case), JWTs (``eyJ…``.``…``.``…``), PEM private
-  keys (``-----BEGIN … PRIVATE KEY``), GitHub tokens (``ghp_…``, ``github_pat_…``) and payment cards. A card is
-  looked for in every run of 13 or more ASCII digits where single spaces or dashes may separate digit groups
-  (``4111 1111 1111 1111``, ``4111-1111-1111-1111``): some sequence of whole groups of that run must hold 13 to 19
-  digits, start with 2-6 (Mastercard 2/5, Amex/JCB/Diners 3, Visa 4, Discover/UnionPay/Maestro 6) and pass the Luhn
-  check (done in Python). Digits glued together form one group, so a card hidden in a longer number is not found,
-  while a card written next to another number (``5 4111 1111 1111 1111``) is. Luhn and the first digit keep most
-  long numbers intact, including millisecond timestamps and snowflake ids (which start with 1); a random 13-19 digit
-  number starting with 2-6 still passes Luhn one time in ten. An ``int`` of 13-19 digits is checked the same way.
-  ``bytes`` are checked as Latin-1 text.
+* **Secrets inside strings.** Every string is searched once with all value rules combined (bearer and ``Basic``
+  credentials, JWTs, PEM private keys, cloud, payment-provider, chat and code-host tokens, webhook URLs, the password
+  of ``scheme://user:pass@host``, a token in a URL path after ``/reset/``, ``/token/``, ..., payment cards confirmed
+  by the Luhn check). Only the match (or its ``secret`` group) is replaced, so ``curl/8.4 token/ghp_…`` keeps
+  ``curl/8.4``. In text that pairs a key with a value (``a=1&password=x`` form text, cut JSON ``"pin": "1234"``,
+  ``Authorization: Token x``) the value of a sensitive key is replaced too. A string holding a whole JSON document
+  (a ``text/plain`` body, a JSON field inside JSON) is parsed, scrubbed as data and re-serialised when something was
+  redacted. A card is looked for in every run of 13 or more ASCII digits where single spaces or dashes may separate
+  digit groups: some sequence of whole groups must hold 13 to 19 digits, start with 2-6 and pass Luhn; digits glued
+  together form one group, so a card hidden in a longer number is not found. An ``int`` of 13-19 digits is checked
+  the same way. ``bytes`` are checked as Latin-1 text and replaced whole when they hold a secret.
 
 * **Structure.** Dicts and other mappings become dicts (keys kept), lists, tuples and sets become lists; other
   objects are returned as they are. Containers nested deeper than :data:`MAX_DEPTH` become ``REDACTED`` (this also
-  stops self-referencing structures). The input is never mutated.
+  stops self-referencing structures). The input is never mutated. Scrubbing twice gives the same result as once.
 
-Options: ``sensitive_keys``/``sensitive_values`` given as a ``str`` replace the default regex (matched with
-``re.search``, case-insensitive for keys, against the normalised key: write ``_`` for ``-``); ``""`` disables that
-rule (as Sqreen's agents did). Given as an iterable they add to the default: exact key names (normalised the same way)
-or extra value regexes. A match of a value regex with a named group ``card`` is only a hit when that group holds a
-card as defined above (any non-digit separates groups there).
-``enabled=False`` makes :meth:`Scrubber.scrub` return its argument untouched.
+Options: ``sensitive_keys``/``sensitive_values`` given as a ``str`` replace the default key rules / value rules
+(matched with ``re.search``, case-insensitive for keys, against the normalised key: write ``_`` for ``-``); ``""``
+disables that rule. Given as an iterable they add to the defaults: exact key names (normalised the same way) or
+extra value regexes. A string in which a user value regex matches is replaced whole, unless the regex has a named
+group ``secret`` (then only that group is). A match with a named group ``card`` only counts when that group holds a
+card as defined above. ``enabled=False`` makes :meth:`Scrubber.scrub` return its argument untouched.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
-from collections.abc import Iterable, Mapping
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
 from typing import Any
+from urllib.parse import unquote_plus
 
 from ._exceptions import ConfigurationError
-from ._schema import REDACTED
+from ._schema import REDACTED, TRUNCATION_MARKER
 
-#: The default key regex, searched in normalised keys (see the module docstring).
-DEFAULT_SENSITIVE_KEYS = (
-    r"(?:passw|pass_?(?:phrase|code)|pw(?:or)?d|secret|token|(?:api|access|private|public)_?key|consumer_?(?:id|key)"
-    r"|credential|authori[sz]ation|bearer|signature|jwt|csrf|xsrf|sess(?:ion)?_?id|session_?key|forwarded_for)"
-    r"|(?<![a-z0-9])(?:auth|pass|sid|sessions?|cookies?|sig|signed|otp|cvv2?|cvc2?|creds|symfony)\Z"
-)
-_BEARER = r"(?i:\bbearer\s+[a-z0-9._~+/=-]+)"
-_JWT = r"ey[I-L][A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"
-_PEM = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY"
-_GITHUB = r"\b(?:gh[oprsu]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"
-_CARD = r"(?P<card>[0-9](?:[ -]?[0-9]){12,})"  # a whole run of 13+ digits; _is_card looks for the card inside
-#: The default value regex: bearer tokens, JWTs, PEM private keys, GitHub tokens, card-number candidates (group
-#: ``card``, confirmed by the Luhn check). Internally each part runs behind a cheap substring test.
-DEFAULT_SENSITIVE_VALUES = "|".join((_BEARER, _JWT, _PEM, _GITHUB, _CARD))
 #: Containers nested deeper than this are replaced by the marker.
 MAX_DEPTH = 20
+#: The packaged rules file (see ``docs/scrubbing.md``).
+RULES_FILE = "scrub_rules.toml"
 
 _CACHE_SIZE = 4096
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[^0-9]+")
 _CARD_FIRST = frozenset("23456")
-_BEARER_RE = re.compile(_BEARER)
-_JWT_RE = re.compile(_JWT)
-_PEM_RE = re.compile(_PEM)
-_GITHUB_RE = re.compile(_GITHUB)
-_CARD_RE = re.compile(_CARD)
+_SECRET_GROUP = "(?P<secret>"  # noqa: S105 - a regex group, not a password
 
 
 def _luhn(digits: str) -> bool:
@@ -109,29 +91,178 @@ def _is_card(candidate: str) -> bool:
     return False
 
 
-def _default_hit(text: str) -> bool:
-    # DEFAULT_SENSITIVE_VALUES, part by part: one regex over the whole string costs microseconds, the literal
-    # pre-checks cost nanoseconds. Only "Bearer x" can be shorter than 13 characters.
-    if ("earer" in text or "EARER" in text) and _BEARER_RE.search(text):
-        return True
-    if len(text) < 13:
+def _is_basic_text(secret: str) -> bool:
+    try:
+        decoded = base64.b64decode(secret + "=" * (-len(secret) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
         return False
-    if ("ey" in text and _JWT_RE.search(text)) or ("PRIVATE KEY" in text and _PEM_RE.search(text)):
-        return True
-    if ("gh" in text or "github_pat_" in text) and _GITHUB_RE.search(text):
-        return True
-    data = text.encode("utf-8", "surrogatepass")  # counting digits in C is 3-5x cheaper than a regex scan
-    if len(data) - len(data.translate(None, b"0123456789")) < 13 or _CARD_RE.search(text) is None:
-        return False
-    return any(_is_card(match.group()) for match in _CARD_RE.finditer(text))
+    return ":" in decoded and decoded.isprintable()
 
 
-def _search(regex: re.Pattern[str], text: str) -> bool:
-    for match in regex.finditer(text):
-        card = match.groupdict().get("card") if regex.groupindex else None
-        if card is None or _is_card(card):
-            return True
-    return False
+def _token_like(secret: str) -> bool:
+    return any(c.isdigit() for c in secret) and any(c.isalpha() for c in secret)
+
+
+def _mixed(secret: str) -> bool:
+    return any(c.isupper() for c in secret) and any(c.islower() for c in secret) and any(c.isdigit() for c in secret)
+
+
+#: The tests a rule's ``check`` may name.
+CHECKS: dict[str, Callable[[str], bool]] = {
+    "luhn": _is_card,
+    "basic": _is_basic_text,
+    "token_like": _token_like,
+    "mixed": _mixed,
+}
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """One detector of the rules file (the fields are documented at the top of the file)."""
+
+    name: str
+    pattern: str
+    example: str
+    check: str | None = None
+    hints: tuple[str, ...] = ()
+    ignore_case: bool = False
+    min_length: int = 0
+    min_digits: int = 0
+
+
+def _load_rules(data: bytes) -> tuple[list[str], list[str], tuple[ValueRule, ...]]:
+    """(anywhere key fragments, last-word key fragments, value rules) from the rules file's bytes."""
+    doc = tomllib.loads(data.decode("utf-8"))
+    keys = doc["keys"]
+    anywhere, last_word = list(keys["anywhere"]), list(keys["last_word"])
+    rules = []
+    for table in doc["values"]:
+        ignore_case = bool(table.get("ignore_case", False))
+        hints = tuple(h.lower() if ignore_case else h for h in table.get("hints", ()))
+        rule = ValueRule(
+            table["name"],
+            table["pattern"],
+            table["example"],
+            table.get("check"),
+            hints,
+            ignore_case,
+            int(table.get("min_length", 0)),
+            int(table.get("min_digits", 0)),
+        )
+        re.compile(rule.pattern)  # a broken shipped file fails at import, loudly
+        if rule.check is not None and rule.check not in CHECKS:
+            raise ValueError(f"{RULES_FILE}: rule {rule.name!r}: unknown check {rule.check!r}")
+        if rule.pattern.count(_SECRET_GROUP) > 1:
+            raise ValueError(f"{RULES_FILE}: rule {rule.name!r}: more than one 'secret' group")
+        rules.append(rule)
+    return anywhere, last_word, tuple(rules)
+
+
+_ANYWHERE, _LAST_WORD, RULES = _load_rules(resources.files(__package__).joinpath(RULES_FILE).read_bytes())
+
+#: The default key regex, searched in normalised keys (built from the rules file's ``[keys]``).
+DEFAULT_SENSITIVE_KEYS = f"(?:{'|'.join(_ANYWHERE)})|(?<![a-z0-9])(?:{'|'.join(_LAST_WORD)})\\Z"
+#: The value rules as one regex, for ``sensitive_values=DEFAULT_SENSITIVE_VALUES + "|..."``: given as a ``str`` it
+#: redacts whole strings and applies no check but Luhn (on group ``card``); the built-in rules are more precise.
+DEFAULT_SENSITIVE_VALUES = "|".join(
+    f"(?P<card>{rule.pattern})" if rule.check == "luhn" else rule.pattern.replace(_SECRET_GROUP, "(?:")
+    for rule in RULES
+)
+
+
+class _Compiled:
+    """A value rule ready to run."""
+
+    __slots__ = ("check", "hints", "ignore_case", "min_digits", "min_length", "regex", "secret")
+
+    def __init__(self, rule: ValueRule) -> None:
+        self.regex = re.compile(rule.pattern)
+        self.secret: str | int = "secret" if _SECRET_GROUP in rule.pattern else 0
+        self.check = None if rule.check is None else CHECKS[rule.check]
+        self.hints = rule.hints
+        self.ignore_case = rule.ignore_case
+        self.min_length = rule.min_length
+        self.min_digits = rule.min_digits
+
+    def redact(self, text: str) -> str:
+        out: list[str] = []
+        pos = 0
+        for match in self.regex.finditer(text):
+            if self.check is not None and not self.check(match.group(self.secret)):
+                continue
+            start, end = match.span(self.secret)
+            out.append(text[pos:start])
+            out.append(REDACTED)
+            pos = end
+        if not out:
+            return text
+        out.append(text[pos:])
+        return "".join(out)
+
+
+_COMPILED = tuple(_Compiled(rule) for rule in RULES)
+_HINTED = tuple(rule for rule in _COMPILED if rule.hints)
+_UNHINTED = tuple(rule for rule in _COMPILED if not rule.hints)
+_HINT_RULE = {hint: rule for rule in reversed(_HINTED) for hint in rule.hints}
+# Every hint in one regex (one for the case-sensitive hints, one run on the lower-cased text for the others): a string
+# that holds none (most strings) skips every hinted rule after two scans.
+_HINT_RE = re.compile("|".join(re.escape(h) for r in _HINTED if not r.ignore_case for h in r.hints))
+_HINT_CI_RE = re.compile("|".join(re.escape(h) for r in _HINTED if r.ignore_case for h in r.hints))
+_ORDER = {rule: i for i, rule in enumerate(_COMPILED)}
+_DIGITS = b"0123456789"
+_LONG_TEXT = 512
+# A string shorter than this cannot hold a match of a rule without hints.
+_UNHINTED_MIN = min((max(r.min_length, r.min_digits) for r in _UNHINTED), default=0)
+
+
+def _redact_values(text: str) -> str:
+    """``text`` with every match of the built-in value rules (or its secret group) replaced by the marker."""
+    hits: set[_Compiled] = set()
+    if len(text) > _LONG_TEXT:  # substring tests beat the alternation's per-character scan on long text
+        lower = text.lower()
+        hits = {rule for hint, rule in _HINT_RULE.items() if hint in (lower if rule.ignore_case else text)}
+    elif _HINT_RE.search(text) is not None or _HINT_CI_RE.search(text.lower()) is not None:
+        hits = {_HINT_RULE[m.group()] for m in _HINT_RE.finditer(text)}
+        hits.update(_HINT_RULE[m.group()] for m in _HINT_CI_RE.finditer(text.lower()))
+    if hits:
+        for rule in sorted(hits, key=_ORDER.__getitem__):  # the file's order: e.g. a JWT before a bearer token
+            text = rule.redact(text)
+    if len(text) < _UNHINTED_MIN:
+        return text
+    digits = -1
+    for rule in _UNHINTED:
+        if len(text) < rule.min_length:
+            continue
+        if rule.min_digits:
+            if digits < 0:  # counting digits in C is several times cheaper than a regex scan
+                data = text.encode("utf-8", "surrogatepass")
+                digits = len(data) - len(data.translate(None, _DIGITS))
+            if digits < rule.min_digits:
+                continue
+        text = rule.redact(text)
+    return text
+
+
+# A key then "=" or ":" in text (form text, JSON text, header lines); the value is found after it, by hand.
+_KEY_SEP = re.compile(
+    r"""(?<![A-Za-z0-9_.\[\]%$@+-])(["']?)((?:[A-Za-z_$@]|2(?=fa))[A-Za-z0-9_.\[\]%$@+-]{0,63})\1"""
+    r"""[ \t]{0,3}([=:])[ \t]{0,3}"""
+)
+_DQ_VALUE = re.compile(r'"((?:[^"\\]|\\.)*)"?', re.DOTALL)
+_SQ_VALUE = re.compile(r"'([^']*)'?")
+_EQ_VALUE = re.compile(r"""[^\s&;,"'{}\[\]()<>]+""")
+_COLON_VALUE = re.compile(r"""[^\r\n&;,"'{}\[\]()<>]*[^\s&;,"'{}\[\]()<>]""")
+_MIN_VALUE_TEXT = 8  # no built-in value rule matches fewer characters ("Bearer x")
+_MIN_KV_TEXT = 5  # "pin=1"
+_MAX_PASSES = 4
+
+
+def _normalise(key: str) -> str:
+    return key.lower().replace("-", "_").replace("[", "_").replace("]", "")
+
+
+def _split(key: str) -> str:
+    return _normalise(_CAMEL.sub("_", key))  # authToken -> auth_token
 
 
 def _compile(option: str, regex: str, flags: int = 0) -> re.Pattern[str]:
@@ -141,26 +272,26 @@ def _compile(option: str, regex: str, flags: int = 0) -> re.Pattern[str]:
         raise ConfigurationError(f"{option}: invalid regex {regex!r}: {exc}") from None
 
 
-def _normalise(key: str) -> str:
-    return key.lower().replace("-", "_")
-
-
-def _split(key: str) -> str:
-    return _normalise(_CAMEL.sub("_", key))  # authToken -> auth_token
+def _user_hit(regex: re.Pattern[str], text: str) -> bool:
+    for match in regex.finditer(text):
+        card = match.groupdict().get("card") if regex.groupindex else None
+        if card is None or _is_card(card):
+            return True
+    return False
 
 
 class Scrubber:
-    """Redacts sensitive keys and values (rules and defaults in the module docstring).
+    """Redacts sensitive keys and values (rules and defaults in the module docstring and ``docs/scrubbing.md``).
 
     :param enabled: ``False`` turns :meth:`scrub` into the identity.
     :param sensitive_keys: ``None`` for :data:`DEFAULT_SENSITIVE_KEYS`; a ``str`` regex replacing it (``""``: no key
         rule); an iterable of exact key names added to it.
-    :param sensitive_values: ``None`` for :data:`DEFAULT_SENSITIVE_VALUES`; a ``str`` regex replacing it (``""``: no
-        value rule); an iterable of regexes added to it.
+    :param sensitive_values: ``None`` for the built-in value rules; a ``str`` regex replacing them (``""``: no value
+        rule); an iterable of regexes added to them.
     :raises ConfigurationError: a regex does not compile, or an option has the wrong type.
     """
 
-    __slots__ = ("_defaults", "_enabled", "_extra_keys", "_key_cache", "_key_re", "_value_res")
+    __slots__ = ("_defaults", "_enabled", "_extra_keys", "_key_cache", "_key_re", "_keys_on", "_value_res")
 
     def __init__(
         self,
@@ -173,9 +304,10 @@ class Scrubber:
         key_regex, extra_keys = _split_option("sensitive_keys", sensitive_keys, DEFAULT_SENSITIVE_KEYS)
         self._key_re = _compile("sensitive_keys", key_regex, re.IGNORECASE) if key_regex else None
         self._extra_keys = frozenset(form for k in extra_keys for form in (_normalise(k), _split(k)))
+        self._keys_on = self._key_re is not None or bool(self._extra_keys)
         value_regex, extra_values = _split_option("sensitive_values", sensitive_values, DEFAULT_SENSITIVE_VALUES)
         replaced = isinstance(sensitive_values, str)
-        self._defaults = not replaced  # the default value rules (and the int card check) run on a fast path
+        self._defaults = not replaced  # the built-in value rules (and the int card check)
         patterns = [value_regex] if replaced and value_regex else []
         self._value_res = tuple(_compile("sensitive_values", r) for r in [*patterns, *extra_values])
         self._key_cache: dict[str, bool] = {}
@@ -204,17 +336,12 @@ class Scrubber:
         return hit
 
     def is_sensitive_value(self, text: str) -> bool:
-        """Whether a string matches a value rule (and is therefore redacted as a whole).
+        """Whether scrubbing changes a string (some value rule, or a sensitive key in its text, matches).
 
         :param text: the string to check.
-        :return: ``True`` when a value regex finds a match (a ``card`` group must also pass Luhn).
+        :return: ``True`` when :meth:`scrub` would redact all or part of ``text``.
         """
-        if self._defaults and _default_hit(text):
-            return True
-        for regex in self._value_res:  # not any(genexpr): that costs more than the whole default check
-            if _search(regex, text):
-                return True
-        return False
+        return self._scrub_str(text, 0) != text
 
     def scrub(self, value: Any) -> Any:
         """A copy of ``value`` with sensitive data replaced by ``REDACTED``; ``value`` itself is not changed.
@@ -229,7 +356,7 @@ class Scrubber:
     def _scrub(self, value: Any, depth: int) -> Any:
         kind = type(value)
         if kind is str:
-            return REDACTED if self.is_sensitive_value(value) else value
+            return self._scrub_str(value, depth) if len(value) >= _MIN_KV_TEXT else value
         if kind is dict:
             if depth >= MAX_DEPTH:
                 return REDACTED
@@ -245,7 +372,7 @@ class Scrubber:
                 if hidden:
                     out[key] = REDACTED
                 elif type(item) is str:  # the common case, inlined
-                    out[key] = REDACTED if self.is_sensitive_value(item) else item
+                    out[key] = self._scrub_str(item, depth) if len(item) >= _MIN_KV_TEXT else item
                 else:
                     out[key] = self._scrub(item, depth + 1)
             return out
@@ -259,6 +386,70 @@ class Scrubber:
             return value
         return self._scrub_other(value, depth)
 
+    def _scrub_str(self, text: str, depth: int) -> str:
+        for regex in self._value_res:  # the user's regexes: a hit redacts the whole string (or its secret group)
+            if regex.groupindex.get("secret"):
+                text = regex.sub(_secret_replacer, text)
+            elif _user_hit(regex, text):
+                return REDACTED
+        first = text[:1]
+        if (first == "{" or first == "[" or first.isspace()) and depth < MAX_DEPTH:
+            parsed = self._scrub_json(text, depth)
+            if parsed is not None:
+                return parsed
+        for _ in range(_MAX_PASSES):  # a redaction can open a word boundary for another rule: run to a fixed point
+            before = text
+            if self._defaults and len(text) >= _MIN_VALUE_TEXT:
+                text = _redact_values(text)
+            if self._keys_on and ("=" in text or ":" in text):
+                text = self._redact_pairs(text)
+            if text is before or text == before:
+                break
+        return text
+
+    def _scrub_json(self, text: str, depth: int) -> str | None:
+        """A JSON document in a string, scrubbed; ``None`` when ``text`` is not one."""
+        stripped = text.strip()
+        if not stripped or stripped[0] not in "{[" or stripped[-1] != ("}" if stripped[0] == "{" else "]"):
+            return None
+        try:
+            data = json.loads(stripped)
+        except (ValueError, RecursionError):  # not JSON (or cut): the text rules run instead
+            return None
+        scrubbed = self._scrub(data, depth + 1)
+        if scrubbed == data:
+            return text  # nothing redacted: keep the original text, layout and all
+        return json.dumps(scrubbed, ensure_ascii=False)
+
+    def _redact_pairs(self, text: str) -> str:
+        """``text`` with the value after every sensitive ``key=`` / ``key:`` / ``"key":`` replaced by the marker."""
+        out: list[str] = []
+        pos = 0
+        for match in _KEY_SEP.finditer(text):
+            start = match.end()
+            if start < pos:  # inside a value already redacted
+                continue
+            key = match.group(2)
+            if "%" in key or "+" in key:
+                key = unquote_plus(key)  # form text: user%5Bpassword%5D
+            if not self.is_sensitive_key(key):
+                continue
+            span = _value_span(text, start, match.group(3))
+            if span is None:
+                continue
+            begin, end = span
+            if text.startswith(" " + REDACTED, end):  # "Authorization: Basic [REDACTED]": one marker for the lot
+                end += 1 + len(REDACTED)
+            if text[begin:end] == REDACTED:
+                continue
+            out.append(text[pos:begin])
+            out.append(REDACTED)
+            pos = end
+        if not out:
+            return text
+        out.append(text[pos:])
+        return "".join(out)
+
     def _card_int(self, value: int) -> bool:
         return self._defaults and 10**12 <= value < 10**19 and _is_card(str(value))
 
@@ -271,12 +462,38 @@ class Scrubber:
         if isinstance(value, int):
             return self._scrub(int(value), depth)
         if isinstance(value, bytes | bytearray):
-            return REDACTED if self.is_sensitive_value(value.decode("latin-1")) else bytes(value)
+            text = value.decode("latin-1")
+            return REDACTED if self._scrub_str(text, depth) != text else bytes(value)
         if isinstance(value, Mapping):
             return self._scrub(dict(value.items()), depth)
         if isinstance(value, list | tuple | set | frozenset):
             return self._scrub(list(value), depth)
         return value
+
+
+def _value_span(text: str, start: int, sep: str) -> tuple[int, int] | None:
+    """Where the value after a key and its separator lies in ``text`` (quotes excluded), or ``None``."""
+    first = text[start : start + 1]
+    if first == '"':
+        match = _DQ_VALUE.match(text, start)
+    elif first == "'":
+        match = _SQ_VALUE.match(text, start)
+    else:
+        match = (_EQ_VALUE if sep == "=" else _COLON_VALUE).match(text, start)
+        return None if match is None else match.span()
+    if match is None or not match.group(1):
+        return None
+    begin, end = match.span(1)
+    if text.endswith(TRUNCATION_MARKER, begin, end):  # a cut body: keep saying so
+        end -= len(TRUNCATION_MARKER)
+    return (begin, end) if end > begin else None
+
+
+def _secret_replacer(match: re.Match[str]) -> str:
+    whole = match.group()
+    begin, end = match.span("secret")
+    offset = match.start()
+    return whole[: begin - offset] + REDACTED + whole[end - offset :]
 
 
 def _split_option(option: str, given: str | Iterable[str] | None, default: str) -> tuple[str, list[str]]:

@@ -77,8 +77,12 @@ def classify(response: httpx.Response) -> Outcome:
 
 
 def encode_batch(events: list[Any]) -> bytes:
-    """The batch body; raises ``TypeError``/``ValueError`` on anything JSON cannot carry (NaN included)."""
-    return json.dumps({"events": events}, separators=(",", ":"), allow_nan=False).encode()
+    """The batch body, UTF-8 JSON.
+
+    :raises TypeError: a value JSON cannot carry.
+    :raises ValueError: a non-finite float, or (``UnicodeEncodeError``) a lone surrogate, which the collector refuses.
+    """
+    return json.dumps({"events": events}, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
 class Transport:
@@ -92,6 +96,11 @@ class Transport:
         self._client = client or httpx.AsyncClient(base_url=url, timeout=timeout)
         self._headers = {"User-Agent": f"sqreen_mw/{__version__}"}
         self.session: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The collector's base URL, as configured."""
+        return str(self._client.base_url).rstrip("/")
 
     async def _post(self, path: str, content: bytes, headers: dict[str, str]) -> Outcome:
         try:

@@ -8,7 +8,9 @@
 
 It binds the request to the context ``track()`` reads (sync endpoints run in a thread pool see it too), tees the
 request body so ``collect_body=True`` works without taking the body from the app, and flushes queued events when the
-server sends ``lifespan.shutdown.complete``.
+server sends ``lifespan.shutdown.complete`` (within ``shutdown_timeout``; not waiting at all when the collector is
+known to be down, or once an attempt fails: the exit hooks try again, and a test suite entering
+``with TestClient(app):`` many times is not slowed down).
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ class SqreenMiddleware:
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
                 client = self._client or get_client()
-                await anyio.to_thread.run_sync(client.flush, client.settings["shutdown_timeout"])
+                await anyio.to_thread.run_sync(
+                    lambda: client._flush(client.settings["shutdown_timeout"], give_up_when_down=True)
+                )
             await send(message)
 
         return lifespan_send

@@ -14,7 +14,8 @@ try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
     from django.http import HttpRequest, HttpResponseBase
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("sqreen_mw.django needs Django: pip install 'sqreen_mw[django]'") from exc
+    raise ImportError("sqreen_mw.django needs Django: pip install 'sqreen_mw[django]' "
+                      "(from a checkout of sqreen_mw: pip install -e '.[django]')") from exc
 
 from ._context import DJANGO, RequestContext, current_context
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 try:
     from flask import Flask
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("sqreen_mw.flask needs Flask: pip install 'sqreen_mw[flask]'") from exc
+    raise ImportError("sqreen_mw.flask needs Flask: pip install 'sqreen_mw[flask]' "
+                      "(from a checkout of sqreen_mw: pip install -e '.[flask]')") from exc
 
 from ._client import Client
 from .wsgi import SqreenMiddleware

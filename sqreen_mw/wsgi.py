@@ -6,15 +6,17 @@
     app.wsgi_app = SqreenMiddleware(app.wsgi_app)   # Flask
     application = SqreenMiddleware(application)     # any WSGI app
 
-The request stays bound while the server iterates the response (streamed responses included) and until it calls the
-response's ``close()``, as PEP 3333 servers do (Werkzeug's test client leaves ``close()`` to you: use its responses
-as context managers). ``wsgi.input`` is teed so ``collect_body=True`` never takes the body from the app.
+The request is bound while the app runs, and again while the server iterates the response (streamed responses
+included) and calls its ``close()``; in between, and after a response that is never closed, nothing is bound.
+``wsgi.input`` is teed so ``collect_body=True`` never takes the body from the app; when the body must be read ahead
+(``collect_body=True`` before the app read it), a seekable server stream is moved back to where it was, so what
+reads it later (a test client re-sending on 307/308, ``request.form`` after the response, an outer middleware)
+finds it whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import Token
 from typing import Any
 
 from ._body import WSGIInput
@@ -32,40 +34,46 @@ __all__ = ["SqreenMiddleware"]
 
 
 class _BoundResponse:
-    """The app's response iterable; the request stays bound until the server calls ``close()``.
+    """The app's response iterable; the request is bound again while the server iterates it and calls ``close()``.
 
-    WSGI servers iterate the response and call ``close()`` in the thread (and context) that called the app, so the
-    binding made for the call simply lasts until ``close()``: streamed bodies and ``close()`` see the request, and
-    the common one-chunk response pays nothing per chunk.
+    The binding made for the app call ends when the app returns: a response never closed (Werkzeug's test client
+    leaves ``close()`` to the caller) must not leave its request bound to later code of the same thread. Streamed
+    chunks and ``close()`` still see the request, for one ``ContextVar.set``/``reset`` per chunk.
     """
 
-    __slots__ = ("_ctx", "_result", "_token")
+    __slots__ = ("_ctx", "_iterator", "_result")
 
-    def __init__(self, result: Iterable[bytes], ctx: RequestContext, token: Token[RequestContext | None]) -> None:
+    def __init__(self, result: Iterable[bytes], ctx: RequestContext) -> None:
         self._result = result
         self._ctx = ctx
-        self._token: Token[RequestContext | None] | None = token
+        self._iterator: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._result)
+        token = current_context.set(self._ctx)
+        try:
+            self._iterator = iter(self._result)
+        finally:
+            current_context.reset(token)
+        return self
+
+    def __next__(self) -> bytes:
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._iterator = iter(self._result)
+        token = current_context.set(self._ctx)
+        try:
+            return next(iterator)
+        finally:
+            current_context.reset(token)
 
     def close(self) -> None:
-        try:
-            close = getattr(self._result, "close", None)
-            if close is not None:
+        close = getattr(self._result, "close", None)
+        if close is not None:
+            token = current_context.set(self._ctx)
+            try:
                 close()
-        finally:
-            token, self._token = self._token, None
-            if token is not None:  # close() may be called twice
-                _unbind(self._ctx, token)
-
-
-def _unbind(ctx: RequestContext, token: Token[RequestContext | None]) -> None:
-    try:
-        current_context.reset(token)
-    except (ValueError, RuntimeError):  # closed from another context, or out of order
-        if current_context.get() is ctx:
-            current_context.set(None)
+            finally:
+                current_context.reset(token)
 
 
 class SqreenMiddleware:
@@ -91,14 +99,12 @@ class SqreenMiddleware:
         token = current_context.set(ctx)
         try:
             result = self.app(environ, start_response)
-        except BaseException:
+        finally:
             current_context.reset(token)
-            raise
         if type(result) is list or _is_file_wrapper(environ, result):
             # Nothing of the app runs later (or the server sends a file as is: keep its sendfile path).
-            current_context.reset(token)
             return result
-        return _BoundResponse(result, ctx, token)
+        return _BoundResponse(result, ctx)
 
 
 def _is_file_wrapper(environ: Environ, result: object) -> bool:

@@ -167,7 +167,8 @@ def serve_in_thread(app: Any, port: int = 0) -> contextlib.AbstractContextManage
 class FaultyProxy:
     """A real HTTP hop in front of the collector that answers the first batch requests with scripted failures."""
 
-    def __init__(self, upstream: str, batch_faults: Sequence[tuple[int, dict[str, str]]]) -> None:
+    def __init__(self, upstream: str, batch_faults: Sequence[tuple[Any, ...]]) -> None:
+        """``batch_faults``: (status, headers) or (status, headers, JSON body) answered to the first batches."""
         from starlette.applications import Starlette
         from starlette.routing import Route
 
@@ -182,9 +183,10 @@ class FaultyProxy:
         body = await request.body()
         path = request.url.path
         if path.endswith("/batch") and self.batch_faults:
-            status, headers = self.batch_faults.pop(0)
+            status, headers, *payload = self.batch_faults.pop(0)
             self.log.append((time.monotonic(), path, status))
-            return JSONResponse({"error": "injected fault"}, status_code=status, headers=headers)
+            return JSONResponse(payload[0] if payload else {"error": "injected fault"}, status_code=status,
+                                headers=headers)
         keep = {k: v for k, v in request.headers.items()
                 if k in ("x-api-key", "x-session-key", "content-type", "content-encoding", "authorization")}
         async with httpx.AsyncClient(base_url=self.upstream, timeout=10) as upstream:

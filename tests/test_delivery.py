@@ -182,30 +182,33 @@ def test_collector_sets_the_heartbeat_unless_the_app_did(make_client: MakeClient
 
 
 @pytest.mark.sdk_errors_expected
-def test_events_the_collector_refuses_are_left_out_and_the_rest_delivered(
+def test_lone_surrogates_the_collector_refuses_are_repaired_before_they_leave(
     make_client: MakeClient, collector: Collector
 ) -> None:
     client = make_client(API_KEY, collector.url, heartbeat_interval=60)
-    for n in range(5):  # a lone surrogate in a user identifier: the collector answers 422 for that event
-        sqreen_mw.track("mixed", properties={"n": n}, user_identifiers={"id": "\ud800" if n == 2 else "u"})
-    assert not sqreen_mw.flush(10)
-    assert numbers(collector.events()) == [0, 1, 3, 4]
-    assert client.statistics()["dropped"] == {"rejected": 1}
+    for n in range(5):  # the collector answers 422 for a lone surrogate in a user identifier: never send one
+        sqreen_mw.track("mixed", properties={"n": n, "note": "\udc00"},
+                        user_identifiers={"id": "\ud800" if n == 2 else "u"})
+    assert sqreen_mw.flush(10)
+    events = collector.events()
+    assert numbers(events) == [0, 1, 2, 3, 4]
+    assert sorted(e["user_identifiers"]["id"] for e in events) == ["u", "u", "u", "u", "\ufffd"]
+    assert {e["properties"]["note"] for e in events} == {"\ufffd"}
+    assert client.statistics()["dropped"] == {}
 
 
-@pytest.mark.sdk_errors_expected
-def test_an_event_that_cannot_be_encoded_is_dropped_and_delivery_goes_on(
+def test_an_event_json_cannot_carry_is_made_representable_and_delivered(
     make_client: MakeClient, collector: Collector
 ) -> None:
     client = make_client(API_KEY, collector.url, heartbeat_interval=60)
     odd_scope = {"type": "http", "method": "GET", "path": b"/bytes-not-str", "headers": []}
     sqreen_mw.track("odd", properties={"n": 0}, request=odd_scope)
     sqreen_mw.track("fine", properties={"n": 1})
-    assert not sqreen_mw.flush(10)
-    sqreen_mw.track("later", properties={"n": 2})
     assert sqreen_mw.flush(10)
-    assert numbers(collector.events()) == [1, 2]
-    assert client.statistics()["dropped"] == {"unserializable": 1}
+    events = collector.events()
+    assert numbers(events) == [0, 1]
+    assert [e["request"]["path"] for e in events if e["name"] == "odd"] == ["b'/bytes-not-str'"]
+    assert client.statistics()["dropped"] == {}
 
 
 def test_retry_after_zero_still_backs_off(make_client: MakeClient, collector: Collector) -> None:

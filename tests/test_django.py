@@ -41,7 +41,7 @@ def test_sync_views_get_request_properties_and_user(make_client: MakeClient) -> 
         "params": {"query": {"next": "/x"}, "form": {"email": "a@example.com", "password": "[REDACTED]"}},
     }
     assert viewed["request"] is not None
-    assert viewed["request"]["params"] == {"query": {"password": "[REDACTED]"}, "path": {"item_id": 12}}
+    assert viewed["request"]["params"] == {"query": {"password": "[REDACTED]"}, "path": {"item_id": "12"}}
     assert viewed["user_identifiers"] == {"id": 7}
     assert current_context.get() is None
 

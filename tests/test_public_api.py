@@ -37,3 +37,4 @@ def test_framework_adapters_name_the_extra_to_install() -> None:
                f"except ImportError as exc:\n    print(exc)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
         assert f"pip install 'sqreen_mw[{framework}]'" in out.stdout, out.stdout + out.stderr
+        assert f"from a checkout of sqreen_mw: pip install -e '.[{framework}]'" in out.stdout, out.stdout

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from sqreen_mw import InvalidEvent
 from sqreen_mw._schema import (
+    MAX_FUTURE_SKEW,
     MAX_STRING_LENGTH,
     TRUNCATION_MARKER,
     check_name,
@@ -134,7 +135,7 @@ def test_timestamps() -> None:
 
 @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)))
 def test_timestamp_round_trip(moment: datetime) -> None:
-    seconds = check_timestamp(moment)
+    seconds = check_timestamp(moment, now=datetime(2200, 1, 1, tzinfo=UTC).timestamp())
     assert parse_timestamp(format_timestamp(seconds)) == pytest.approx(seconds, abs=1e-6)
 
 
@@ -146,3 +147,53 @@ def test_valid_properties_always_pass_unchanged(props: dict[str, Any]) -> None:
     out, _ = check_properties(props)
     cut = {k: v[:4082] + "...[truncated]" if isinstance(v, str) and len(v) > 4096 else v for k, v in props.items()}
     assert out == cut
+
+
+def test_timestamps_beyond_the_clock_skew_allowance_are_refused() -> None:
+    now = datetime.now(UTC)
+    assert check_timestamp(now + timedelta(seconds=MAX_FUTURE_SKEW - 60)) > now.timestamp()  # skew is fine
+    with pytest.raises(InvalidEvent, match="timestamp must not be more than 3600 s in the future"):
+        check_timestamp(datetime(2100, 1, 1))
+    with pytest.raises(InvalidEvent, match="in the future"):
+        check_timestamp(now + timedelta(seconds=MAX_FUTURE_SKEW + 60))
+
+
+class _Hostile:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr exploded")
+
+    def __str__(self) -> str:
+        raise RuntimeError("str exploded")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: check_name(_Hostile()),
+        lambda: check_properties({"k": _Hostile()}),
+        lambda: check_properties(_Hostile()),
+        lambda: check_properties({_Hostile(): 1}),
+        lambda: check_properties({f"k{i}": i for i in range(17)} | {"x": _Hostile()}),
+        lambda: check_user_identifiers({"id": _Hostile()}),
+        lambda: check_user_identifiers(_Hostile()),
+        lambda: check_timestamp(_Hostile()),
+    ],
+)
+def test_objects_whose_repr_raises_give_invalid_event(call: Any) -> None:
+    with pytest.raises(InvalidEvent, match=r"repr\(\) raised RuntimeError|at most"):
+        call()
+
+
+def test_lone_surrogates_in_names_are_refused_and_in_identifiers_repaired() -> None:
+    with pytest.raises(InvalidEvent, match="event_name must be valid Unicode"):
+        check_name("order\ud800")
+    assert check_user_identifiers({"email": "a\udc00b", "k\ud800": 1}, repair=True) == {
+        "email": "a\ufffdb", "k\ufffd": 1}
+    assert check_user_identifiers({"email": "a\udc00b"}) == {"email": "a\udc00b"}  # the collector checks itself
+
+
+def test_long_identifiers_raise_unless_truncation_is_asked() -> None:
+    with pytest.raises(InvalidEvent, match="must be at most 4096 characters"):
+        check_user_identifiers({"email": "x" * 5000})
+    out = check_user_identifiers({"email": "x" * 5000}, truncate=True)
+    assert len(out["email"]) == MAX_STRING_LENGTH and out["email"].endswith(TRUNCATION_MARKER)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,8 +12,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sqreen_mw._exceptions import ConfigurationError
-from sqreen_mw._schema import REDACTED
-from sqreen_mw._scrub import DEFAULT_SENSITIVE_KEYS, DEFAULT_SENSITIVE_VALUES, MAX_DEPTH, Scrubber, _luhn
+from sqreen_mw._schema import REDACTED, TRUNCATION_MARKER
+from sqreen_mw._scrub import (
+    DEFAULT_SENSITIVE_KEYS,
+    DEFAULT_SENSITIVE_VALUES,
+    MAX_DEPTH,
+    RULES,
+    RULES_FILE,
+    Scrubber,
+    ValueRule,
+    _luhn,
+)
 
 DEFAULT = Scrubber()
 
@@ -118,8 +130,13 @@ NOT_CARDS = [
 
 @pytest.mark.parametrize("text", CARDS)
 def test_card_numbers_are_redacted(text: str) -> None:
-    assert DEFAULT.scrub(text) == REDACTED
-    assert DEFAULT.scrub({"comment": text}) == {"comment": REDACTED}
+    out = DEFAULT.scrub(text)
+    assert REDACTED in out and _digits(out) <= _digits(text) - 13  # the card's run replaced, the rest kept
+    assert DEFAULT.scrub({"comment": text}) == {"comment": out}
+
+
+def _digits(text: str) -> int:
+    return sum(c.isdigit() for c in text)
 
 
 @pytest.mark.parametrize("text", NOT_CARDS)
@@ -170,8 +187,9 @@ JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNry
     ],
 )
 def test_secret_values_are_redacted(text: str) -> None:
-    assert DEFAULT.scrub(text) == REDACTED
-    assert DEFAULT.scrub([text, "ok"]) == [REDACTED, "ok"]
+    out = DEFAULT.scrub(text)
+    assert out in (REDACTED, "Authorization: [REDACTED]", "token=[REDACTED]&x=1")
+    assert DEFAULT.scrub([text, "ok"]) == [out, "ok"]
 
 
 @pytest.mark.parametrize(
@@ -388,7 +406,8 @@ def test_no_luhn_valid_card_survives(card: str, sep: str, before: str, after: st
     after = after if not after or not after[0].isdigit() else " " + after
     text = before + _layout(card, sep) + after
     out = DEFAULT.scrub({"comment": text, "list": [text], "int": int(card)})
-    assert out == {"comment": REDACTED, "list": [REDACTED], "int": REDACTED}
+    assert REDACTED in out["comment"] and _layout(card, sep) not in out["comment"]
+    assert out["list"] == [out["comment"]] and out["int"] == REDACTED
 
 
 @given(data=_json)
@@ -406,3 +425,204 @@ def test_sensitive_keys_never_leak(data: dict[str, Any]) -> None:
     for key in data:
         if key in SQREEN_KEYS:
             assert out[key] == REDACTED
+
+
+# --- A corpus of realistic cases, one per category: (input, the secret that must not survive). ---------------------
+SECRET_CORPUS: list[tuple[Any, str]] = [
+    # bracketed and other form keys
+    ({"user[pass]": "hunter2"}, "hunter2"),
+    ({"card[cvv]": "123"}, "123"),
+    ({"a[b][password]": "hunter2"}, "hunter2"),
+    ({"user[password_confirmation]": "hunter2"}, "hunter2"),
+    ({"payment[card_number]": "4111111111111111"}, "4111111111111111"),
+    # keys outside the classic lists
+    ({"otp": "492817"}, "492817"),
+    ({"totp": "492817"}, "492817"),
+    ({"2fa_code": "492817"}, "492817"),
+    ({"mfaCode": "492817"}, "492817"),
+    ({"sms_code": "492817"}, "492817"),
+    ({"pin": "4821"}, "4821"),
+    ({"card_pin": "4821"}, "4821"),
+    ({"ssn": "078-05-1120"}, "078-05-1120"),
+    ({"nin": "QQ123456C"}, "QQ123456C"),
+    ({"national_id": "1850312345678"}, "1850312345678"),
+    ({"cvc": "123"}, "123"),
+    ({"csc": "1234"}, "1234"),
+    ({"security_code": "123"}, "123"),
+    ({"recovery_codes": ["a1b2-c3d4", "e5f6-g7h8"]}, "a1b2-c3d4"),
+    ({"query": "mutation Login($pw: String!) { login(pw: $pw) }", "variables": {"pw": "hunter2"}}, "hunter2"),
+    ({"query": 'mutation { login(email: "a@b.c", password: "hunter2") }'}, "hunter2"),
+    ({"variables": '{"password": "hunter2", "email": "a@b.c"}'}, "hunter2"),
+    # secrets in the URL path
+    ({"path": "/reset/9f8e7d6c5b4a39281706f5e4d3c2b1a0"}, "9f8e7d6c5b4a39281706f5e4d3c2b1a0"),
+    ({"path": "/password-reset/Zx8kP2qL9mN4vB7c"}, "Zx8kP2qL9mN4vB7c"),
+    ({"path": "/api/key/sk_live_4eC39HqLyjWDarjtT1zdp7dc"}, "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+    ({"path": "/invite/a1b2c3d4e5f6g7h8/accept"}, "a1b2c3d4e5f6g7h8"),
+    ({"path": "/confirm/550e8400-e29b-41d4-a716-446655440000"}, "550e8400-e29b-41d4-a716-446655440000"),
+    ({"path": "/callback?access_token=ya29.a0AfH6SMBx&state=1"}, "ya29.a0AfH6SMBx"),
+    # raw and cut bodies
+    ({"body": "email=bob%40example.com&password=hunter2&remember=1"}, "hunter2"),
+    ({"body": "email=bob%40example.com&user%5Bpassword%5D=hunter2"}, "hunter2"),
+    ({"body": '{"email": "bob@example.com", "password": "hunter2", "note": "aaaa' + TRUNCATION_MARKER}, "hunter2"),
+    ({"body": '{"email": "bob@example.com", "password": "hunt' + TRUNCATION_MARKER}, "hunt"),
+    ({"body": '{"user": {"pin": 4821, "name": "x"' + TRUNCATION_MARKER}, "4821"),
+    ({"body": "password: hunter2\nremember: yes"}, "hunter2"),
+    ({"body": "Authorization: Token 9a8b7c6d5e4f\r\nAccept: */*"}, "9a8b7c6d5e4f"),
+    # JSON sent as text, JSON inside a string
+    ({"body": '{"email": "bob@example.com", "password": "hunter2"}'}, "hunter2"),
+    ({"body": '[{"token": "t0k3n-value"}]'}, "t0k3n-value"),
+    ({"payload": '{"nested": "{\\"api_key\\": \\"k-123456\\"}"}'}, "k-123456"),
+    # well-known credential shapes
+    ("AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    ("key ASIAY34FZKBOKMUTVV7A in use", "ASIAY34FZKBOKMUTVV7A"),
+    ("aws wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+    ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+    ("rk_live_51H8x2yKZvKYlo2C0aBcDeFgH", "rk_live_51H8x2yKZvKYlo2C0aBcDeFgH"),
+    ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+    ("ghp_16C7e42F292c6912E7710c838347Ae178B4a", "ghp_16C7e42F292c6912E7710c838347Ae178B4a"),
+    ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "github_pat_11ABCDEFG"),
+    ("glpat-xxxxxxxxxxxxxxxxxxxx", "glpat-xxxxxxxxxxxxxxxxxxxx"),
+    ("xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "AbCdEfGhIjKlMnOpQrStUvWx"),
+    ("xoxp-123456789012-123456789012-123456789012-abcdef", "abcdef"),
+    ("hook https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX", "XXXXXXXXXXXX"),
+    ("https://discord.com/api/webhooks/123456789012345678/AbCdEf-GhIjKl_MnOpQr", "AbCdEf-GhIjKl_MnOpQr"),
+    ("AIzaSyA-1234567890abcdefghijklmnopqrstu", "AIzaSyA-1234567890abcdefghijklmnopqrstu"),
+    ("sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD", "abcdefghijklmnopqrstuvwxyz0123456789"),
+    ("npm_abcdefghijklmnopqrstuvwxyz0123456789", "npm_abcdefghijklmnopqrstuvwxyz0123456789"),
+    ("SG.abcdefghijklmnopqrstuv.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "abcdefghijklmnopqrstuv"),
+    ("postgres://app:s3cr3t-pw@db.internal:5432/shop", "s3cr3t-pw"),
+    ("redis://:r3d1s-pw@cache:6379/0", "r3d1s-pw"),
+    ("amqp://guest:guestpw@rabbit//", "guestpw"),
+    ("Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l", "YWxhZGRpbjpvcGVuc2VzYW1l"),
+    ("curl -H 'Authorization: Bearer mF_9.B5f-4.1JqM' https://api", "mF_9.B5f-4.1JqM"),
+    (f"jwt {JWT} end", JWT),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n-----END OPENSSH PRIVATE KEY-----", "b3BlbnNzaC1rZXk"),
+    ("paid with 4111 1111 1111 1111 today", "4111 1111 1111 1111"),
+    # user agents with a token-like part
+    ("MyApp/2.1 (iPhone; token=abc123def456ghi) CFNetwork/1408", "abc123def456ghi"),
+    ("okhttp/4.9.0 Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.", "eyJhbGciOiJub25lIn0"),
+    ("Bot/1.0 (+https://example.com; key=AKIAIOSFODNN7EXAMPLE)", "AKIAIOSFODNN7EXAMPLE"),
+]
+
+KEPT_CORPUS: list[Any] = [
+    "alice@example.com",
+    "Alice O'Hara",
+    "José Ramírez-Núñez",
+    "ord_8f3a2c",
+    "ORDER-2026-000123",
+    "SKU-1234-XL",
+    "550e8400-e29b-41d4-a716-446655440000",
+    "2026-12-02T05:51:43Z",
+    "2026-12-02 05:51:43.123456+00:00",
+    "1764654703123",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+    "curl/8.4.0",
+    "python-httpx/0.27.0",
+    "/api/v1/orders/42/items",
+    "/orders/550e8400-e29b-41d4-a716-446655440000",
+    "/reset",
+    "/reset/done",
+    "/keys/42",
+    "https://example.com/docs?page=2&sort=asc",
+    "postgres://db.internal:5432/shop",
+    "pk_live_51H8x2yKZvKYlo2C0",  # a publishable key is public by design
+    "da39a3ee5e6b4b0d3255bfef95601890afd80709",  # a SHA-1 (git commit id)
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "The basic plan costs 10 EUR",
+    "Basic information",
+    "skip-navigation-link",
+    "note: ring the bell twice",
+    "price: 12.50, qty: 2",
+    '{"sku": "SKU-1", "qty": 2}',
+    "[1, 2, 3]",
+    "+1 (555) 123-4567",
+    {"passenger_count": 2, "author": "bob", "session_count": 3, "signed_in": True},
+    {"email": "alice@example.com", "name": "Alice", "order_id": "ord_8f3a2c", "amount": 129.9, "currency": "EUR"},
+]
+
+
+@pytest.mark.parametrize(("value", "secret"), SECRET_CORPUS)
+def test_corpus_secrets_are_redacted(value: Any, secret: str) -> None:
+    out = DEFAULT.scrub(value)
+    assert secret not in repr(out) and secret not in json.dumps(out)
+    assert DEFAULT.scrub(out) == out
+
+
+@pytest.mark.parametrize("value", KEPT_CORPUS)
+def test_corpus_ordinary_data_is_kept(value: Any) -> None:
+    assert DEFAULT.scrub(value) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("MyApp/2.1 (iPhone; token=abc123def456ghi) CFNetwork", "MyApp/2.1 (iPhone; token=[REDACTED]) CFNetwork"),
+        ("postgres://app:pw@db/x", "postgres://app:[REDACTED]@db/x"),
+        ("/reset/9f8e7d6c5b4a3928", "/reset/[REDACTED]"),
+        ("https://hooks.slack.com/services/T0/B0/XXXX", "https://hooks.slack.com/services/[REDACTED]"),
+        ("a=1&password=x&b=2", "a=1&password=[REDACTED]&b=2"),
+        ('{"password": "hunt' + TRUNCATION_MARKER, '{"password": "[REDACTED]' + TRUNCATION_MARKER),
+        ('{"a": 1, "pin": "1234"}', '{"a": 1, "pin": "[REDACTED]"}'),
+        ('{"a":1}', '{"a":1}'),  # nothing redacted: the text is kept as written
+        ("card 4111 1111 1111 1111 exp 12/29", "card [REDACTED] exp 12/29"),
+    ],
+)
+def test_only_the_secret_part_goes(text: str, expected: str) -> None:
+    assert DEFAULT.scrub(text) == expected
+    assert DEFAULT.is_sensitive_value(text) is (text != expected)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.name)
+def test_every_rule_redacts_its_example(rule: ValueRule) -> None:
+    out = DEFAULT.scrub(rule.example)
+    assert REDACTED in out and out != rule.example
+    assert DEFAULT.scrub(out) == out
+    assert re.compile(rule.pattern).search(REDACTED) is None  # the marker never matches: idempotence
+
+
+def test_rules_file_is_shipped_and_documented() -> None:
+    text = resources.files("sqreen_mw").joinpath(RULES_FILE).read_text("utf-8")
+    names = [rule.name for rule in RULES]
+    assert len(names) == len(set(names)) >= 15
+    docs = (Path(__file__).parent.parent / "docs" / "scrubbing.md").read_text("utf-8")
+    for name in names:
+        assert f'name = "{name}"' in text
+        assert f"`{name}`" in docs, f"docs/scrubbing.md does not describe rule {name}"
+
+
+def test_user_value_regex_with_secret_group_redacts_that_part() -> None:
+    scrubber = Scrubber(sensitive_values=[r"emp-(?P<secret>[0-9]{6})"])
+    assert scrubber.scrub("badge emp-123456 ok") == "badge emp-[REDACTED] ok"
+    assert scrubber.scrub("emp-1") == "emp-1"
+
+
+def test_disabled_key_rules_leave_key_value_text() -> None:
+    assert Scrubber(sensitive_keys="").scrub("password=hunter2") == "password=hunter2"
+
+
+_text_with_secrets = st.lists(
+    st.sampled_from([ex for _, ex in [(r.name, r.example) for r in RULES]] + ["password=x", '"pin": "12', "&", " "])
+    | st.text(max_size=15),
+    max_size=6,
+).map("".join)
+
+
+@given(text=_text_with_secrets)
+def test_scrubbing_text_never_raises_and_is_idempotent(text: str) -> None:
+    once = DEFAULT.scrub(text)
+    assert isinstance(once, str)
+    assert DEFAULT.scrub(once) == once
+
+
+@given(data=_json)
+def test_scrub_never_raises(data: Any) -> None:
+    DEFAULT.scrub({"body": json.dumps(data), "raw": repr(data), "data": data})
+
+
+@given(prefix=st.text(max_size=12), suffix=st.text(max_size=12), rule=st.sampled_from(RULES))
+def test_secret_never_grows(prefix: str, suffix: str, rule: ValueRule) -> None:
+    # Around anything, an example's secret does not come out longer, and nothing is added to the text around it.
+    text = f"{prefix} {rule.example} {suffix}"
+    out = DEFAULT.scrub(text)
+    assert len(out) <= len(text) + len(REDACTED)
+    assert DEFAULT.scrub(out) == out

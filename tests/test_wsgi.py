@@ -81,7 +81,7 @@ def test_flask_default_properties_view_args_and_form(make_client: MakeClient) ->
     }
     assert viewed["request"] is not None
     assert viewed["request"]["client_ip"] == "198.51.100.20"
-    assert viewed["request"]["params"] == {"path": {"order_id": 17}}
+    assert viewed["request"]["params"] == {"path": {"order_id": "17"}}
     assert viewed["user_identifiers"] == {"id": 5}
     assert current_context.get() is None
 
@@ -190,10 +190,77 @@ def test_close_twice_is_harmless_and_unbinds(make_client: MakeClient) -> None:
         return iter([b"x"])
 
     result = SqreenMiddleware(app)({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
-    assert current_context.get() is not None  # bound until the server closes the response
+    assert current_context.get() is None  # unbound once the app returned; bound again around iteration and close
+    assert list(result) == [b"x"]
     result.close()  # type: ignore[attr-defined]
     result.close()  # type: ignore[attr-defined]
     assert current_context.get() is None
+
+
+def test_a_response_never_closed_leaves_no_request_bound(make_client: MakeClient) -> None:
+    make_client()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return iter([b"x"])  # not a list: the middleware wraps it
+
+    with capture_events() as events:
+        result = SqreenMiddleware(app)({"REQUEST_METHOD": "GET", "PATH_INFO": "/old"}, lambda *a: None)
+        assert list(result) == [b"x"]  # iterated, never closed (Werkzeug's test client without `with`)
+        sqreen_mw.identify({"id": "later"})
+        sqreen_mw.track("outside")
+    assert events[0]["request"] is None and events[0]["user_identifiers"] is None
+
+
+def test_flask_307_resend_and_request_form_after_body_read_ahead(make_client: MakeClient) -> None:
+    make_client()
+    app = flask.Flask(__name__)
+
+    @app.post("/old")
+    def old() -> Any:
+        sqreen_mw.track("moved", collect_body=True)  # reads the body ahead: the view never reads it
+        return flask.redirect("/new", code=307)
+
+    @app.post("/new")
+    def new() -> Any:
+        return {"form": flask.request.form.to_dict()}
+
+    from sqreen_mw.flask import instrument
+
+    with capture_events() as events:
+        response = instrument(app).test_client().post("/old", data={"a": "1"}, follow_redirects=True)
+    assert response.status_code == 200
+    assert response.json == {"form": {"a": "1"}}  # the test client re-sent the whole body on the 307
+    assert events[0]["body"] == {"a": "1"}
+
+
+def test_read_ahead_moves_a_seekable_server_stream_back(make_client: MakeClient) -> None:
+    make_client()
+    seen: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        sqreen_mw.track("early", collect_body=True)
+        seen.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return [b""]
+
+    original = io.BytesIO(b"a=1&b=2")
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": "7",
+               "CONTENT_TYPE": "application/x-www-form-urlencoded", "wsgi.input": original}
+    with capture_events() as events:
+        SqreenMiddleware(app)(environ, lambda *a: None)
+    assert seen == [b"a=1&b=2"]
+    assert events[0]["body"] == {"a": "1", "b": "2"}
+    assert original.read() == b""  # the app read it all, through the stream itself
+
+    def lazy(environ: dict[str, Any], start_response: Any) -> Any:
+        sqreen_mw.track("early", collect_body=True)  # the app itself never reads the body
+        start_response("200 OK", [])
+        return [b""]
+
+    original = io.BytesIO(b"a=1&b=2")
+    SqreenMiddleware(lazy)({**environ, "wsgi.input": original}, lambda *a: None)
+    assert original.read() == b"a=1&b=2"  # an outer middleware or the server finds the body whole
 
 
 def test_file_wrapper_responses_are_returned_unwrapped() -> None:

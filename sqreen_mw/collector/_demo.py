@@ -15,7 +15,6 @@ import socket
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -30,14 +29,10 @@ import sqreen_mw
 from sqreen_mw.asgi import SqreenMiddleware
 
 from . import create_app
+from ._demo_script import ATTACKER_IP, DEMO_PLAYBOOKS, DemoError, drive_traffic, report
+from .automation.service import parse_file_tables
 
 DEMO_KEY = "demo-app-key"
-ATTACKER_IP = "203.0.113.66"
-SHOPPERS = [
-    ("alice@example.com", "wonderland", "198.51.100.10"),
-    ("bob@example.com", "builder", "198.51.100.11"),
-    ("carol@example.com", "carol-pass", "198.51.100.12"),
-]
 
 
 def _hash(password: str) -> str:
@@ -54,7 +49,8 @@ def shop_app() -> Starlette:
         email, password = str(form["email"]), str(form["password"])
         users[email] = _hash(password)
         sqreen_mw.signup_track(email=email)
-        token = sessions.setdefault(secrets.token_urlsafe(8), email)
+        token = secrets.token_urlsafe(8)
+        sessions[token] = email
         return JSONResponse({"token": token}, status_code=201)
 
     async def login(request: Request) -> JSONResponse:
@@ -122,90 +118,29 @@ def serve_in_thread(app: Any, port: int = 0, lifespan: Literal["on", "off"] = "o
         thread.join(10)
 
 
-class DemoError(RuntimeError):
-    """The demo shop did not answer as scripted."""
-
-
-def _checked(response: httpx.Response, *expected: int) -> httpx.Response:
-    if response.status_code not in expected:
-        raise DemoError(f"{response.request.method} {response.request.url.path} answered {response.status_code}: "
-                        f"{response.text[:200]}")
-    return response
-
-
-def drive_traffic(shop: str, say: Callable[[str], None]) -> None:
-    """Shoppers sign up, log in and buy; an attacker tries a list of leaked passwords."""
-    with httpx.Client(base_url=shop, timeout=10) as http:
-        for email, password, ip in SHOPPERS:
-            via = {"X-Forwarded-For": ip, "User-Agent": "Mozilla/5.0 (demo shopper)"}
-            _checked(http.post("/signup", data={"email": email, "password": password}, headers=via), 201)
-            login = http.post("/login", data={"email": email, "password": password}, headers=via)
-            token = _checked(login, 200).json()["token"]
-            order = http.post(
-                "/orders?coupon=WELCOME",
-                headers={**via, "Authorization": f"Bearer {token}"},
-                json={"item": "teapot", "quantity": 1, "card_number": "4111 1111 1111 1111"},
-            )
-            _checked(order, 201)
-        say(f"  3 shoppers signed up, logged in and ordered (client IPs {', '.join(s[2] for s in SHOPPERS)})")
-        attacker = {"X-Forwarded-For": ATTACKER_IP, "User-Agent": "python-requests/2.31 (stuffing)"}
-        guesses = ["123456", "password", "qwerty", "letmein", "dragon", "monkey", "abc123", "iloveyou"]
-        tries = 0
-        for email, _, _ in SHOPPERS:
-            for guess in guesses:
-                _checked(http.post("/login", data={"email": email, "password": guess}, headers=attacker), 401)
-                tries += 1
-        _checked(http.post("/password/reset", data={"email": "alice@example.com"}, headers=attacker), 202)
-        say(f"  attacker {ATTACKER_IP} tried {tries} leaked passwords against {len(SHOPPERS)} accounts")
-
-
-def _events(collector: str, admin: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 1000}
-    with httpx.Client(base_url=collector, headers={"Authorization": f"Bearer {admin}"}, timeout=10) as http:
-        while True:
-            body = http.get("/api/v1/events", params=params).json()
-            out.extend(body["events"])
-            if not body["next"]:
-                return out
-            params["cursor"] = body["next"]
-
-
-def report(events: list[dict[str, Any]], say: Callable[[str], None]) -> None:
-    say(f"\nThe collector stored {len(events)} events:")
-    for name, count in sorted(Counter(e["name"] for e in events).items()):
-        say(f"  {count:4d}  {name}")
-    failed = Counter(
-        (e["request"] or {}).get("client_ip")
-        for e in events
-        if e["name"] == "sq.auth_track" and not e["properties"].get("success")
-    )
-    say("\nFailed logins by client IP (what a playbook watches):")
-    for ip, count in failed.most_common():
-        flag = "  <-- credential stuffing" if count >= 5 else ""
-        say(f"  {count:4d}  {ip}{flag}")
-    order = next(e for e in events if e["name"] == "order.placed")
-    say("\nOne order.placed event, as stored (note the scrubbed card number and the inherited user):")
-    say(f"  user_identifiers: {order['user_identifiers']}")
-    say(f"  request: {order['request']}")
-    say(f"  body: {order['body']}")
-
-
 def run_demo(
     *, port: int = 0, db: str | None = None, keep_running: bool = False, say: Callable[[str], None] = print
 ) -> int:
-    """Run the demo; return the process exit code (0 when every tracked event reached the collector)."""
+    """Run the demo; return the process exit code (0 when the attackers were blocked, everyone else served, and
+    every tracked event reached the collector)."""
+    import tomllib
+
     admin = secrets.token_urlsafe(12)
+    playbooks, allow = parse_file_tables(tomllib.loads(DEMO_PLAYBOOKS), allow_http_webhooks=False)
     with tempfile.TemporaryDirectory(prefix="sqreen-mw-demo-") as tmp:
         db_path = db or str(Path(tmp) / "demo.db")
-        collector_app = create_app(db_path=db_path, api_keys={DEMO_KEY: "demo-shop"}, admin_token=admin)
+        collector_app = create_app(
+            db_path=db_path, api_keys={DEMO_KEY: "demo-shop"}, admin_token=admin, playbooks=playbooks, allow=allow
+        )
         with serve_in_thread(collector_app, port) as collector:
             say(f"sqreen-mw collector listening on {collector} (db: {db_path})")
-            client = sqreen_mw.init(DEMO_KEY, collector, app_name="demo-shop", heartbeat_interval=60)
+            say("playbooks: " + ", ".join(f"{p.name}{' (dry run)' if p.dry_run else ''}" for p in playbooks))
+            # The default one-minute heartbeat: events that feed a playbook are sent at once anyway.
+            client = sqreen_mw.init(DEMO_KEY, collector, app_name="demo-shop")
             with serve_in_thread(shop_app()) as shop:
                 say(f"demo shop listening on {shop}, instrumented with sqreen_mw\n\nTraffic:")
                 try:
-                    drive_traffic(shop, say)
+                    outcome = drive_traffic(shop, collector, admin, say)
                 except (DemoError, httpx.HTTPError) as exc:
                     say(f"demo failed: {exc}")
                     return 1
@@ -215,7 +150,7 @@ def run_demo(
                 f"\nSDK: tracked {stats['tracked']}, sent {stats['sent']}, dropped {stats['dropped'] or 'none'}"
                 f" (flush {'complete' if delivered else 'INCOMPLETE'})"
             )
-            report(_events(collector, admin), say)
+            shown = report(outcome, collector, admin, say)
             query = f"curl -H 'Authorization: Bearer {admin}' '{collector}/api/v1/events?ip={ATTACKER_IP}'"
             if not keep_running:
                 say("\nRun `sqreen-mw demo --keep-running` to keep the collector up and explore it.")
@@ -225,4 +160,4 @@ def run_demo(
                     while True:
                         time.sleep(3600)
             sqreen_mw.shutdown()
-    return 0 if delivered else 1
+    return 0 if delivered and shown else 1

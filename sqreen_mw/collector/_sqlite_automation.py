@@ -7,6 +7,7 @@ with a version of the collector that does not know them: they need no schema ver
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
 import threading
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS allowlist (id TEXT PRIMARY KEY, kind TEXT NOT NULL, v
 CREATE TABLE IF NOT EXISTS protected_networks (network TEXT PRIMARY KEY, seen_at REAL NOT NULL);
 """
 
+#: The JSON columns :meth:`AutomationTables.scan_events` can decode.
+ALL_FIELDS = frozenset({"properties", "user_identifiers", "request"})
 _BLOCK_COLUMNS = "id, kind, value, reason, playbook, created_at, expires_at, lifted_at, firing_id"
 _FIRING_COLUMNS = "id, playbook, actor_kind, actor_value, at, count, event_ids, responses, seq"
 
@@ -67,6 +70,14 @@ def _block(row: Sequence[Any]) -> Block:
 def _firing(row: Sequence[Any]) -> Firing:
     return Firing(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], json.loads(row[6]),
                   json.loads(row[7]), row[8])
+
+
+def _blocked(raw: str | None, request: Any) -> bool:
+    # The request's own top-level "blocked" key (set by ingest); the text test only avoids decoding most requests.
+    if raw is None or '"blocked":true' not in raw:
+        return False
+    decoded = json.loads(raw) if request is None else request
+    return isinstance(decoded, dict) and decoded.get("blocked") is True
 
 
 def new_id(prefix: str) -> str:
@@ -101,35 +112,47 @@ class AutomationTables:
     # --- events ---------------------------------------------------------------------------------------------
 
     def scan_events(
-        self, names: Sequence[str], since: float, until: float, batch: int = 2000
+        self, names: Sequence[str], since: float, until: float, batch: int = 2000,
+        fields: frozenset[str] = ALL_FIELDS,
     ) -> Iterator[list[EventRecord]]:
         """Events of these names with since <= ts < until, oldest first (ts, then seq), in chunks of ``batch``.
 
-        The walk follows the ts index from a cursor (forced: with the name index SQLite would sort the whole range
-        for every chunk), so memory holds one chunk whatever the range holds.
+        Each name walks its (name, ts) index from a cursor, touching only its own rows; the names are merged in
+        (ts, seq) order. Memory holds one chunk per name whatever the range holds. Only the JSON columns named in
+        ``fields`` are decoded (the others are left empty): decoding is most of a replay's cost.
         """
-        unique = list(dict.fromkeys(names))
-        marks = ", ".join("?" * len(unique))
-        sql = (
-            "SELECT seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request"  # noqa: S608
-            f" FROM events INDEXED BY events_ts WHERE ts >= ? AND ts < ? AND (ts, seq) > (?, ?) AND name IN ({marks})"
-            " ORDER BY ts, seq LIMIT ?"
-        )
-        after: tuple[float, int] = (since, -1)
-        while unique:
-            with self._lock:
-                rows = self._db().execute(sql, (since, until, *after, *unique, batch)).fetchall()
-            chunk = []
-            for row in rows:
-                users = None if row[8] is None else json.loads(row[8])
-                request = None if row[9] is None else json.loads(row[9])
-                chunk.append(EventRecord(
-                    row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]), users, request, None,
-                    tuple(str(v) for v in users.values()) if users else (), row[0],
-                    isinstance(request, dict) and request.get("blocked") is True,
-                ))  # fmt: skip
-            if chunk:
+        walks = [self._scan_name(name, since, until, batch, fields) for name in dict.fromkeys(names)]
+        merged = walks[0] if len(walks) == 1 else heapq.merge(*walks, key=lambda e: (e.ts, e.seq))
+        chunk: list[EventRecord] = []
+        for event in merged:
+            chunk.append(event)
+            if len(chunk) >= batch:
                 yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def _scan_name(
+        self, name: str, since: float, until: float, batch: int, fields: frozenset[str]
+    ) -> Iterator[EventRecord]:
+        want_props, want_users, want_request = (f in fields for f in ("properties", "user_identifiers", "request"))
+        sql = (
+            "SELECT seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request"
+            " FROM events INDEXED BY events_name_ts WHERE name = ? AND ts >= ? AND ts < ? AND (ts > ? OR seq > ?)"
+            " ORDER BY ts, seq LIMIT ?"
+        )  # the cursor as "ts >= cursor" bounds the index range, so each chunk starts where the last one ended
+        after: tuple[float, int] = (since, -1)
+        while True:
+            with self._lock:
+                rows = self._db().execute(sql, (name, after[0], until, *after, batch)).fetchall()
+            for row in rows:
+                users = None if row[8] is None or not want_users else json.loads(row[8])
+                request = None if row[9] is None or not want_request else json.loads(row[9])
+                yield EventRecord(
+                    row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]) if want_props else {}, users,
+                    request, None, tuple(str(v) for v in users.values()) if users else (), row[0],
+                    _blocked(row[9], request),
+                )  # fmt: skip
             if len(rows) < batch:
                 return
             after = (rows[-1][3], rows[-1][0])

@@ -111,12 +111,26 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(port=args.port, db=args.db, keep_running=args.keep_running)
 
 
+def _add_import(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ..importer import add_arguments, run
+
+    parser = subparsers.add_parser(
+        "import",
+        help="import past events from a JSON Lines or CSV file",
+        description="Send past events from a JSON Lines or CSV file (or '-' for stdin, gzip or not) to the collector; "
+        "rows without an id get one derived from their content, so importing a file twice stores nothing twice.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sqreen-mw`` argument parser with all its subcommands."""
     parser = argparse.ArgumentParser(prog="sqreen-mw", description="sqreen_mw collector and tools")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_serve(subparsers)
     _add_demo(subparsers)
+    _add_import(subparsers)
     return parser
 
 

@@ -298,3 +298,19 @@ def _seconds_until(iso: str) -> float:
     from sqreen_mw._schema import parse_timestamp
 
     return parse_timestamp(iso) - time.time()
+
+
+async def test_backtest_skips_refused_requests_only(client: httpx.AsyncClient) -> None:
+    sid = await login(client)
+    base = time.time() - 86400
+    refused = [{**failed_login(blocked=True), "timestamp": format_timestamp(base + i)} for i in range(5)]
+    sneaky = []  # an attacker's own "blocked" field inside the request data must not hide the attempts
+    for i in range(3):
+        e = {**failed_login(), "timestamp": format_timestamp(base + 10 + i)}
+        e["request"] = {**e["request"], "params": {"json": {"blocked": True}}}
+        sneaky.append(e)
+    assert (await send(client, sid, refused + sneaky)).status_code == 200
+    body = {"playbook": STUFFING, "since": format_timestamp(base - 1)}
+    result = (await client.post("/api/v1/playbooks/backtest", headers=ADMIN_HEADERS, json=body)).json()
+    assert result["events_scanned"] == 8
+    assert [f["event_ids"] for f in result["firings"]] == [[e["id"] for e in sneaky]]

@@ -65,3 +65,13 @@ def test_file_playbooks_are_served(tmp_path: Path) -> None:
     with start_collector(tmp_path / "events.db", extra=["--playbooks", str(path)]) as collector:
         playbooks = collector._get("/api/v1/playbooks")["playbooks"]
         assert [(p["name"], p["source"], p["threshold"]) for p in playbooks] == [("credential-stuffing", "file", 10)]
+
+
+def test_the_example_playbooks_file_is_valid() -> None:
+    from sqreen_mw.collector.automation import load_playbooks_file
+
+    from ..support import ROOT
+
+    playbooks, _ = load_playbooks_file(str(ROOT / "examples" / "playbooks.toml"))
+    assert [p.name for p in playbooks] == ["credential-stuffing", "password-spraying", "distributed-stuffing",
+                                           "card-testing"]

@@ -259,3 +259,33 @@ def test_playbooks_file_errors_name_the_playbook(tmp_path: Path) -> None:
     path.write_text('[allow]\nips = ["198.51.100.0/24"]\nusers = [{ email = "ops@example.com" }]\n')
     playbooks, allow = load_playbooks_file(str(path))
     assert playbooks == [] and allow.to_json() == {"ips": ["198.51.100.0/24"], "users": [{"email": "ops@example.com"}]}
+
+
+def test_repeat_offenders_get_escalating_blocks(tmp_path: Path) -> None:
+    from sqreen_mw.collector._sqlite import SQLiteStorage
+    from sqreen_mw.collector.automation import Automation
+
+    now = [1_000_000.0]
+    storage = SQLiteStorage(str(tmp_path / "e.db"))
+    pb = parse_playbook(with_(threshold=2, window="1m", cooldown="1m", where={}, response=[
+        {"action": "block_ip", "duration": "10m", "escalate": 3, "max_duration": "1h"}]))
+    automation = Automation(storage, playbooks=[pb], clock=lambda: now[0])
+    try:
+        durations = []
+        for _ in range(4):
+            for block in automation.list_blocks():
+                automation.lift_block(block.id)
+            assert automation.observe([record("sq.auth_track", now[0]) for _ in range(2)]) == 1
+            (block,) = automation.list_blocks()
+            durations.append(round((block.expires_at or 0) - now[0]))
+            now[0] += 120  # past the cooldown, within 24 h
+        assert durations == [600, 1800, 3600, 3600]  # 10m, x3, then capped at 1h
+        now[0] += 86400 * 2  # two days later the history is forgotten
+        for block in automation.list_blocks():
+            automation.lift_block(block.id)
+        automation.observe([record("sq.auth_track", now[0]) for _ in range(2)])
+        (block,) = automation.list_blocks()
+        assert round((block.expires_at or 0) - now[0]) == 600
+    finally:
+        automation.close()
+        storage.close()

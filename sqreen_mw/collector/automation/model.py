@@ -252,6 +252,19 @@ class Playbook:
         return out
 
     @property
+    def fields(self) -> frozenset[str]:
+        """The event fields its conditions and actors read (properties, user_identifiers, request)."""
+        needed = set()
+        for spec in (self.actor, self.distinct):
+            if spec == "user":
+                needed.add("user_identifiers")
+            elif spec is not None and spec.startswith("property:"):
+                needed.add("properties")
+        for c in self.conditions:
+            needed.add("request" if c.key.startswith("request.") else "properties")
+        return frozenset(needed)
+
+    @property
     def acts(self) -> bool:
         """Whether the playbook takes actions now (enabled and not a dry run): its events are "hot"."""
         return self.enabled and not self.dry_run

@@ -574,7 +574,7 @@ class Automation:
 
         def events() -> Iterator[EventRecord]:
             nonlocal scanned, truncated, last_ts
-            for chunk in self.store.scan_events(pb.events, since, until):
+            for chunk in self.store.scan_events(pb.events, since, until, fields=pb.fields):
                 for event in chunk:
                     scanned += 1
                     last_ts = event.ts

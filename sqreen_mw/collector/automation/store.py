@@ -64,9 +64,11 @@ class AutomationStore(Protocol):
         ...
 
     def scan_events(
-        self, names: Sequence[str], since: float, until: float, batch: int = 2000
+        self, names: Sequence[str], since: float, until: float, batch: int = 2000,
+        fields: frozenset[str] = frozenset({"properties", "user_identifiers", "request"}),
     ) -> Iterator[list[EventRecord]]:
-        """Events of these names with since <= ts < until, oldest first (ts, then seq), in chunks."""
+        """Events of these names with since <= ts < until, oldest first (ts, then seq), in chunks; only the JSON
+        fields named in ``fields`` (properties, user_identifiers, request) need be filled in."""
         ...
 
     def actions_version(self) -> int: ...

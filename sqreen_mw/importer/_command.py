@@ -1,0 +1,184 @@
+"""The ``import`` subcommand: arguments, the read-validate-batch loop and the summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import IO
+
+from .._config import resolve
+from .._exceptions import ConfigurationError, InvalidEvent
+from .._scrub import Scrubber
+from .._transport import AUTH, OK
+from ._delivery import Batch, Sender, Tally, describe_lines
+from ._events import EventMaker
+from ._progress import make_progress
+from ._session import Session
+from ._source import FORMATS, Source, SourceError, open_source
+
+EXIT_OK = 0
+#: Some row was not stored: rejected, not delivered, or not read (``--max-errors``, a collector that stayed away).
+EXIT_NOT_DELIVERED = 1
+EXIT_USAGE = 2
+#: Largest batch the collector accepts by default (protocol v1: 10,000 events).
+MAX_BATCH = 10_000
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a positive integer")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use 0 or a positive integer")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a positive number of seconds")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the ``import`` arguments on ``parser``."""
+    parser.add_argument("file", metavar="FILE", help="JSON Lines or CSV file, '-' for stdin; may be gzip-compressed")
+    parser.add_argument("--format", choices=FORMATS, help="default: csv for *.csv[.gz], else jsonl")
+    parser.add_argument("--url", help="collector base URL (default: SQREEN_URL, else http://127.0.0.1:8707)")
+    parser.add_argument("--token", help="the app's API key on the collector (default: SQREEN_TOKEN)")
+    parser.add_argument("--app", help="app name, unless the API key names one (default: SQREEN_APP_NAME)")
+    parser.add_argument("--max-errors", type=_count, default=None, metavar="N",
+                        help="stop once more than N rows were rejected (default: no limit)")
+    parser.add_argument("--batch-size", type=_positive_int, default=2000, metavar="N", help="events per request")
+    parser.add_argument("--in-flight", type=_positive_int, default=2, metavar="N", help="batches sent at once")
+    parser.add_argument("--gzip", choices=("auto", "always", "never"), default="auto",
+                        help="compress batches (auto: unless the collector is on loopback)")
+    parser.add_argument("--retry-for", type=_seconds, default=300.0, metavar="SECONDS",
+                        help="give up when the collector refuses or misses a batch for this long (default 300)")
+    parser.add_argument("--progress-every", type=_seconds, default=5.0, metavar="SECONDS",
+                        help="seconds between progress lines when stderr is not a terminal (default 5)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary; errors still shown")
+
+
+def _error(message: str) -> int:
+    print(f"sqreen-mw import: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    """Run an import; :return: 0 when every row is stored (or already was), 1 when some is not, 2 on usage errors."""
+    out = out or sys.stdout
+    if args.batch_size > MAX_BATCH:
+        return _error(f"--batch-size must be at most {MAX_BATCH} (the collector's limit)")
+    try:
+        settings = resolve({"token": args.token, "url": args.url, "app_name": args.app})
+        scrubber = Scrubber(
+            enabled=settings["strip_sensitive_data"],
+            sensitive_keys=settings["sensitive_keys"],
+            sensitive_values=settings["sensitive_values"],
+        )
+    except ConfigurationError as exc:
+        return _error(str(exc))
+    if not settings["token"]:
+        return _error("no API key: pass --token KEY or set SQREEN_TOKEN")
+    try:
+        source = open_source(args.file, args.format)
+    except SourceError as exc:
+        return _error(str(exc))
+    session = Session(
+        settings["url"], settings["token"], settings["app_name"], settings["request_timeout"], gzip=args.gzip
+    )
+    try:
+        login = session.login()
+        if login.kind == AUTH:
+            return _error(f"the collector at {settings['url']} refused the API key ({login.reason})")
+        if login.kind != OK:
+            return _error(f"cannot log in to the collector at {settings['url']}: {login.reason}")
+        return _import(args, source, session, EventMaker(scrubber, session.app), out)
+    finally:
+        session.logout()
+        session.close()
+        source.close()
+
+
+def _import(args: argparse.Namespace, source: Source, session: Session, maker: EventMaker, out: IO[str]) -> int:
+    progress = make_progress(source.size, quiet=args.quiet, every=args.progress_every)
+    tally = Tally()
+
+    def reject(line: int, reason: str) -> None:
+        progress.message(f"line {line}: {reason}")
+
+    sender = Sender(session, tally, reject, in_flight=args.in_flight, retry_for=args.retry_for)
+    rows = local_rejected = 0
+    last_line = 0
+    stopped: str | None = None
+    events: list[str] = []
+    lines: list[int] = []
+    make, limit, size = maker.make, args.max_errors, args.batch_size
+    started = time.monotonic()
+    try:
+        for line, row in source.rows():
+            last_line = line
+            rows += 1
+            if isinstance(row, str):
+                reason = row
+            else:
+                try:
+                    events.append(make(row))
+                    lines.append(line)
+                except InvalidEvent as exc:
+                    reason = str(exc)
+                else:
+                    if len(events) >= size:
+                        sender.put(Batch(events, lines))
+                        events, lines = [], []
+                        progress.update(rows, source.position(), local_rejected + tally.rejected)
+                        if sender.failure:
+                            stopped = sender.failure
+                            break
+                    continue
+            local_rejected += 1
+            progress.message(f"line {line}: {reason}")
+            if limit is not None and local_rejected + tally.rejected > limit:
+                stopped = f"more than {limit} rejected rows (--max-errors)"
+                break
+    except SourceError as exc:
+        stopped = str(exc)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    if events:
+        sender.put(Batch(events, lines))
+    progress.close(rows, source.position(), local_rejected + tally.rejected)
+    sender.close()
+    elapsed = time.monotonic() - started
+    return _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out)
+
+
+def _summary(
+    args: argparse.Namespace, tally: Tally, rows: int, local_rejected: int, stopped: str | None, last_line: int,
+    elapsed: float, out: IO[str],
+) -> int:
+    rejected = local_rejected + tally.rejected
+    undelivered = sorted(line for lines, _ in tally.undelivered for line in lines)
+    if not args.quiet:
+        print(
+            f"{rows} rows read in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):.0f} rows/s): {tally.sent} sent, "
+            f"{tally.stored} stored, {tally.duplicates} duplicates, {rejected} rejected, "
+            f"{len(undelivered)} not delivered, {tally.retries} retries",
+            file=out, flush=True,
+        )  # fmt: skip
+    for lines, reason in tally.undelivered:
+        print(f"sqreen-mw import: lines {describe_lines(lines)} not delivered: {reason}", file=sys.stderr)
+    if stopped:
+        print(f"sqreen-mw import: stopped after line {last_line}: {stopped}; later lines were not imported",
+              file=sys.stderr)
+    if rejected and not args.quiet:
+        print(f"sqreen-mw import: {rejected} rejected rows (listed above by line) were not imported", file=sys.stderr)
+    return EXIT_NOT_DELIVERED if rejected or undelivered or stopped else EXIT_OK

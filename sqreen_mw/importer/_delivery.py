@@ -1,0 +1,242 @@
+"""Delivering batches of imported events to the collector: back-pressure, retries, splits, nothing dropped.
+
+Batches go through a bounded queue to ``in_flight`` sender threads, so the next batch is read and encoded while
+the collector stores the previous ones, and reading waits when the collector is slower (back-pressure). Per batch:
+
+* gzip unless the collector is on loopback (there CPU, not bytes, is what limits an import);
+* ``200``: counted as stored / duplicates (the collector deduplicates by id, so a resent batch is harmless);
+* ``429``, ``408``, ``5xx``, network errors: retried with jittered exponential backoff honouring ``Retry-After``,
+  for as long as ``retry_for`` seconds without a success; then the batch is reported as not delivered and the
+  import stops;
+* ``401``: log in again (a restarted collector forgets sessions), then resend;
+* ``413``: split in two and resend the halves (a single event too large is reported);
+* ``422``: the events the collector names are reported as rejected with their line numbers, the rest resent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._transport import AUTH, OK, RETRY, SPLIT, Outcome
+from ._events import encode_items
+from ._session import Session
+
+_MAX_RELOGINS = 3
+
+
+class Fatal(Exception):
+    """The collector refuses to go on (API key refused, protocol error): the import stops."""
+
+
+@dataclass
+class Batch:
+    """Events (JSON texts from :meth:`EventMaker.make`) with the input line number of each."""
+
+    events: list[str]
+    lines: list[int]
+
+
+@dataclass
+class Tally:
+    """What happened to the rows, shared by the reader and the senders (guarded by ``lock``)."""
+
+    sent: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    rejected: int = 0
+    undelivered: list[tuple[list[int], str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _ranges(lines: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    parts: list[str] = []
+    start = prev = lines[0]
+    for line in [*lines[1:], None]:
+        if line is not None and line == prev + 1:
+            prev = line
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if line is not None:
+            start = prev = line
+    return ", ".join(parts)
+
+
+def describe_lines(lines: list[int]) -> str:
+    """Line numbers as compact ranges, the way the summary names them."""
+    return _ranges(sorted(lines)) if lines else ""
+
+
+class Sender:
+    """Sender threads fed by a bounded queue.
+
+    :param session: a logged-in session.
+    :param tally: where outcomes are counted.
+    :param on_reject: called with (line, reason) for each row the collector refused.
+    :param in_flight: batches being sent at once (each by its own thread).
+    :param retry_for: seconds of failures after which a batch is given up.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        tally: Tally,
+        on_reject: Callable[[int, str], None],
+        *,
+        in_flight: int = 2,
+        retry_for: float = 300.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._session = session
+        self._tally = tally
+        self._on_reject = on_reject
+        self._retry_for = retry_for
+        self._sleep = sleep
+        self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=in_flight)
+        self.failure: str | None = None  # set when a batch was given up: the reader stops
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"sqreen-mw-import-{i}", daemon=True) for i in range(in_flight)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, batch: Batch) -> None:
+        """Queue a batch; blocks while ``in_flight`` batches wait (back-pressure)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        self._give_up(batch, self.failure or "import stopped")
+
+    def close(self) -> None:
+        """Send what is queued, then stop the threads."""
+        for _ in self._threads:
+            while True:
+                try:
+                    self._queue.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    if not any(t.is_alive() for t in self._threads):
+                        break
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            if self._stop.is_set():
+                self._give_up(batch, self.failure or "import stopped")
+                continue
+            self._deliver(batch)
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        self._stop.set()
+
+    def _give_up(self, batch: Batch, reason: str) -> None:
+        if batch.lines:
+            with self._tally.lock:
+                self._tally.undelivered.append((batch.lines, reason))
+
+    def _deliver(self, first: Batch) -> None:
+        pending = [first]
+        while pending:
+            batch = pending.pop()
+            if self._stop.is_set():
+                self._give_up(batch, self.failure or "import stopped")
+                continue
+            try:
+                self._settle(batch, pending)
+            except Exception as exc:  # Fatal, or a bug: either way no row may go unaccounted for
+                self._fail(str(exc) if isinstance(exc, Fatal) else f"{type(exc).__name__}: {exc}")
+                self._give_up(batch, self.failure or str(exc))
+
+    def _settle(self, batch: Batch, pending: list[Batch]) -> None:
+        """Send one batch and account for the answer; parts still to send go on ``pending``."""
+        outcome = self._send(batch)
+        if outcome is None:  # given up
+            return
+        if outcome.kind == OK:
+            body = outcome.body if isinstance(outcome.body, dict) else {}
+            with self._tally.lock:
+                self._tally.sent += len(batch.events)
+                self._tally.stored += int(body.get("accepted", 0))
+                self._tally.duplicates += int(body.get("duplicates", 0))
+        elif outcome.kind == SPLIT:
+            if len(batch.events) == 1:
+                self._reject(batch, {0: f"the collector refused the event: {outcome.reason}"})
+            else:
+                half = len(batch.events) // 2
+                pending.append(Batch(batch.events[half:], batch.lines[half:]))
+                pending.append(Batch(batch.events[:half], batch.lines[:half]))
+        else:
+            named = _named_errors(outcome.body, len(batch.events))
+            if not named:  # a refusal that names no event: the collector and this tool disagree
+                raise Fatal(f"the collector refused a batch: {outcome.reason}")
+            self._reject(batch, named)
+            keep = [i for i in range(len(batch.events)) if i not in named]
+            if keep:
+                pending.append(Batch([batch.events[i] for i in keep], [batch.lines[i] for i in keep]))
+
+    def _reject(self, batch: Batch, named: dict[int, str]) -> None:
+        with self._tally.lock:
+            self._tally.rejected += len(named)
+        for index in sorted(named):
+            self._on_reject(batch.lines[index], named[index])
+
+    def _send(self, batch: Batch) -> Outcome | None:
+        """Send until the collector answers something other than "retry"; None when given up."""
+        payload = encode_items(batch.events)
+        if self._session.compress:
+            payload = gzip.compress(payload, compresslevel=1)
+        delay, relogins = 0.2, 0
+        give_up_at: float | None = None
+        while True:
+            outcome, key = self._session.send(payload)
+            if outcome.kind == AUTH:
+                relogins += 1
+                if relogins > _MAX_RELOGINS:
+                    raise Fatal(f"the collector keeps refusing the session: {outcome.reason}")
+                outcome = self._session.login(stale=key)
+                if outcome.kind == OK:
+                    continue
+                if outcome.kind == AUTH:
+                    raise Fatal(f"the collector refused the API key: {outcome.reason}")
+            if outcome.kind != RETRY:
+                return outcome
+            now = time.monotonic()
+            give_up_at = give_up_at or now + self._retry_for
+            if now >= give_up_at or self._stop.is_set():
+                self._fail(f"the collector did not accept a batch for {self._retry_for:g} s: {outcome.reason}")
+                self._give_up(batch, self.failure or outcome.reason)
+                return None
+            with self._tally.lock:
+                self._tally.retries += 1
+            wait = max(outcome.retry_after or 0.0, delay * random.uniform(0.5, 1.0))  # noqa: S311 -- jitter
+            self._sleep(min(wait, max(0.0, give_up_at - now)))
+            delay = min(delay * 2, 30.0)
+
+
+def _named_errors(body: Any, size: int) -> dict[int, str]:
+    """``{index: message}`` of the events a 422 answer names (protocol v1 ``errors[]``)."""
+    if not isinstance(body, dict) or not isinstance(body.get("errors"), list):
+        return {}
+    named: dict[int, str] = {}
+    for error in body["errors"]:
+        if isinstance(error, dict) and type(error.get("index")) is int and 0 <= error["index"] < size:
+            named[error["index"]] = f"refused by the collector: {error.get('message') or error.get('field')}"
+    return named

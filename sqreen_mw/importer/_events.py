@@ -1,0 +1,181 @@
+"""One import row to one wire event: validated with the SDK's own validators, scrubbed, with a content-derived id.
+
+**Ids.** A row without ``id`` gets a UUID derived from its content, so importing the same file twice stores nothing
+twice (the collector deduplicates by id): SHA-256 of ``sqreen_mw import v1``, a newline, the app name as a JSON
+string, a newline, then the canonical JSON (sorted keys, no spaces, ASCII escapes) of the object with keys ``body``,
+``name``, ``properties``, ``request``, ``timestamp`` and ``user_identifiers`` as the collector will store them
+(timestamp normalised to ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, missing fields as ``null``/``{}``, properties, request and
+body already scrubbed); its first 16 bytes, with the version nibble set to 8 and the variant bits to ``10``
+(RFC 9562 UUIDv8). The app is in it so that the same history imported into two apps is stored in both. The hash is
+taken after scrubbing so that an id never lets anyone test guesses of a secret the scrubber removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from .._exceptions import InvalidEvent
+from .._schema import (
+    MAX_FUTURE_SKEW,
+    RequestInfo,
+    WireEvent,
+    check_name,
+    check_properties,
+    check_user_identifiers,
+    format_timestamp,
+    parse_timestamp,
+)
+from .._scrub import Scrubber
+
+FIELDS = ("id", "name", "timestamp", "properties", "user_identifiers", "request", "body")
+_FIELD_SET = frozenset(FIELDS)
+REQUEST_FIELDS = ("client_ip", "user_agent", "path", "verb", "params")
+_ID_PREFIX = b"sqreen_mw import v1\n"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_MIN_TS = -62135596800.0  # 0001-01-01T00:00:00Z
+_MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z
+_MAX_CLIENT_IP = 255
+_WIRE_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+# Sorted keys, no spaces, ASCII, no NaN: one encoder for the canonical form and the wire (dumps() with options
+# builds a new encoder per call).
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def content_id(content: bytes) -> str:
+    """The UUIDv8 of a row's prefixed canonical JSON (see the module docstring)."""
+    digest = bytearray(hashlib.sha256(content).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _timestamp(value: object, latest: float) -> str:
+    if value is None:
+        raise InvalidEvent("timestamp is required: an ISO 8601 str such as '2024-05-01T10:00:00Z'")
+    if not isinstance(value, str):
+        raise InvalidEvent(f"timestamp must be an ISO 8601 str, got {type(value).__name__} {_show(value)}")
+    try:
+        seconds = parse_timestamp(value)
+    except (ValueError, OverflowError):
+        raise InvalidEvent(f"timestamp must be ISO 8601, got {_show(value)}") from None
+    if not _MIN_TS <= seconds <= _MAX_TS:
+        raise InvalidEvent(f"timestamp must be between years 1 and 9999 UTC, got {_show(value)}")
+    if seconds > latest:
+        raise InvalidEvent(
+            f"timestamp must not be more than {MAX_FUTURE_SKEW:.0f} s in the future (imported events are history), "
+            f"got {_show(value)}"
+        )
+    return format_timestamp(seconds)
+
+
+def _request(value: object) -> RequestInfo:
+    # Missing keys get the values an event tracked outside a request would have; other keys are kept, as on the wire.
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"request must be an object or null, got {type(value).__name__} {_show(value)}")
+    request: dict[str, Any] = {"client_ip": None, "user_agent": None, "path": "", "verb": "", "params": {}, **value}
+    for key in ("client_ip", "user_agent"):
+        if request[key] is not None and not isinstance(request[key], str):
+            raise InvalidEvent(f"request.{key} must be a str or null, got {type(request[key]).__name__} "
+                               f"{_show(request[key])}")
+    if request["client_ip"] is not None and len(request["client_ip"]) > _MAX_CLIENT_IP:
+        raise InvalidEvent(f"request.client_ip must be at most {_MAX_CLIENT_IP} characters")
+    for key in ("path", "verb"):
+        if not isinstance(request[key], str):
+            raise InvalidEvent(f"request.{key} must be a str, got {type(request[key]).__name__} {_show(request[key])}")
+    if not isinstance(request["params"], dict):
+        raise InvalidEvent(f"request.params must be an object, got {type(request['params']).__name__}")
+    return request  # type: ignore[return-value]
+
+
+class EventMaker:
+    """Turns rows into wire events for one app, each already encoded as the JSON text of one batch item.
+
+    :param scrubber: the same scrubbing as live events (the SDK's settings).
+    :param app: the app the collector stores the events under (part of the derived id).
+    :param clock: current POSIX time, for the future-timestamp rule.
+    """
+
+    def __init__(self, scrubber: Scrubber, app: str, clock: Callable[[], float] = time.time) -> None:
+        self._scrub = scrubber.scrub
+        self._prefix = _ID_PREFIX + json.dumps(app).encode() + b"\n"
+        self._clock = clock
+        self._made = 0
+        self._set_latest()
+
+    def _set_latest(self) -> None:
+        self._latest = self._clock() + MAX_FUTURE_SKEW
+        self._latest_text = format_timestamp(self._latest)
+
+    def event(self, row: dict[str, Any]) -> WireEvent:
+        """The wire event for ``row`` (decoded from :meth:`make`'s text)."""
+        event: WireEvent = json.loads(self.make(row))
+        return event
+
+    def make(self, row: dict[str, Any]) -> str:
+        """The JSON text of the wire event for ``row``.
+
+        :raises InvalidEvent: with the same messages as ``track()`` and the collector.
+        """
+        if not _FIELD_SET.issuperset(row):
+            unknown = sorted(str(key) for key in row if key not in _FIELD_SET)
+            raise InvalidEvent(f"unknown field {', '.join(map(repr, unknown))}: a row has {', '.join(FIELDS)}")
+        self._made += 1
+        if not self._made & 0xFFFF:  # a long import: let "now" move on
+            self._set_latest()
+        name = check_name(row.get("name"), allow_reserved=True)
+        timestamp = row.get("timestamp")
+        # Fast path: a timestamp already in the wire form compares as text; only its validity needs checking.
+        if not (type(timestamp) is str and _WIRE_TS.fullmatch(timestamp) and timestamp <= self._latest_text
+                and _valid_iso(timestamp)):
+            timestamp = _timestamp(timestamp, self._latest)
+        raw = row.get("properties")
+        properties, _ = check_properties({} if raw is None else raw)
+        users = row.get("user_identifiers")
+        if users is not None:
+            users = check_user_identifiers(users)
+        request = row.get("request")
+        if request is not None:
+            request = self._scrub(_request(request))
+        body = row.get("body")
+        if body is not None:
+            body = self._scrub(body)
+        if properties:
+            properties = self._scrub(properties)
+        # Keys in sorted order: this text is both the canonical form hashed for the id and the wire item.
+        text = _encode({
+            "body": body, "name": name, "properties": properties, "request": request, "timestamp": timestamp,
+            "user_identifiers": users,
+        })  # fmt: skip
+        event_id = row.get("id")
+        if event_id is None:
+            event_id = content_id(self._prefix + text.encode())
+        elif not isinstance(event_id, str) or not _UUID.fullmatch(event_id):
+            raise InvalidEvent(f"id must be a UUID in canonical 8-4-4-4-12 hex form, got {_show(event_id)}")
+        else:
+            event_id = event_id.lower()
+        return f'{{"id":"{event_id}",{text[1:]}'
+
+
+def _valid_iso(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text[:-1])
+    except ValueError:
+        return False
+    return True
+
+
+def encode_items(items: list[str]) -> bytes:
+    """A batch body from event texts made by :meth:`EventMaker.make`."""
+    return ('{"events":[' + ",".join(items) + "]}").encode()

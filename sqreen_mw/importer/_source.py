@@ -1,0 +1,227 @@
+"""Reading an import file as a stream of rows: JSON Lines or CSV, plain or gzip, a path or ``-`` for stdin.
+
+Nothing is loaded whole: rows come one at a time with their line number, so memory stays flat with file size.
+A row is a ``dict`` in the JSON Lines shape (the ``track()`` fields), or the ``str`` reason it could not be read.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, NoReturn
+
+FORMATS = ("jsonl", "csv")
+_GZIP_MAGIC = b"\x1f\x8b"
+_SINGLE_COLUMNS = {"id": "id", "name": "name", "timestamp": "timestamp"}
+_REQUEST_COLUMNS = {"ip": "client_ip", "user_agent": "user_agent", "path": "path", "verb": "verb"}
+_PREFIXES = {"prop.": "properties", "user.": "user_identifiers", "param.": "params"}
+_TYPES = ("str", "int", "float", "bool")
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
+
+Row = tuple[int, dict[str, Any] | str]
+
+
+class SourceError(Exception):
+    """The input as a whole cannot be read (missing file, unknown CSV column, bad encoding): the import stops."""
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # one decoder: loads() with options builds one per call
+
+
+@dataclass
+class Source:
+    """An open input. ``position()`` and ``size`` (bytes of the file as stored, None for stdin) drive the ETA."""
+
+    name: str
+    format: str
+    raw: IO[bytes]
+    stream: IO[bytes]
+    size: int | None
+    _text: IO[str] | None = None
+    _reader: Any = None  # csv.reader: its type is private to typeshed
+    _columns: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def position(self) -> int:
+        try:
+            return self.raw.tell()
+        except (OSError, ValueError):
+            return 0
+
+    def rows(self) -> Iterator[Row]:
+        """``(line number, row)`` for each non-blank row."""
+        return self._jsonl() if self.format == "jsonl" else self._csv()
+
+    def close(self) -> None:
+        if self._text is not None:
+            self._text.close()
+        self.stream.close()
+        self.raw.close()
+
+    def _jsonl(self) -> Iterator[Row]:
+        decode = _DECODER.decode
+        for number, line in enumerate(self.stream, 1):
+            if not line.strip():
+                continue
+            try:
+                text = line.decode()
+            except UnicodeDecodeError as exc:
+                yield number, f"line is not valid UTF-8: {exc}"
+                continue
+            try:
+                row = decode(text)
+            except ValueError as exc:
+                yield number, f"invalid JSON: {exc}"
+                continue
+            except RecursionError:
+                yield number, "invalid JSON: nested too deep"
+                continue
+            if type(row) is not dict:
+                yield number, f"row must be a JSON object, got {type(row).__name__}"
+                continue
+            yield number, row
+
+    def read_header(self) -> None:
+        """CSV: read and check the header now, so a bad column stops the import before anything is sent."""
+        if self.format != "csv":
+            return
+        self._text = io.TextIOWrapper(self.stream, encoding="utf-8-sig", newline="")
+        self._reader = csv.reader(self._text, strict=True)
+        try:
+            header = next(self._reader, None)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise SourceError(f"{self.name}: cannot read the CSV header: {exc}") from None
+        self._columns = [_column(name) for name in header or []]
+        seen: set[tuple[str, str]] = set()
+        for column in self._columns:
+            if column[:2] in seen:
+                raise SourceError(f"CSV column {column[2]!r} appears twice")
+            seen.add(column[:2])
+        missing = [name for name in ("name", "timestamp") if (name, "") not in seen]
+        if missing:
+            raise SourceError(f"the CSV header has no {' and no '.join(missing)} column: every event needs both")
+
+    def _csv(self) -> Iterator[Row]:
+        if self._reader is None:
+            self.read_header()
+        reader, columns = self._reader, self._columns
+        assert reader is not None  # noqa: S101 -- set by read_header
+        try:
+            start = reader.line_num + 1
+            for cells in reader:
+                number, start = start, reader.line_num + 1
+                if not any(cells):
+                    continue
+                if len(cells) != len(columns):
+                    yield number, f"row has {len(cells)} cells, the header has {len(columns)} columns"
+                    continue
+                try:
+                    yield number, _csv_row(columns, cells)
+                except ValueError as exc:
+                    yield number, str(exc)
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{self.name}: not valid UTF-8 after line {reader.line_num}: {exc}") from None
+        except csv.Error as exc:
+            raise SourceError(f"{self.name}: line {reader.line_num}: bad CSV: {exc}") from None
+
+
+def _column(header: str) -> tuple[str, str, str, str]:
+    """A CSV header cell as (field, key, header, type); raises SourceError naming an unknown column."""
+    name, _, kind = header.strip().partition(":")
+    kind = kind or "str"
+    if name in _SINGLE_COLUMNS or name in _REQUEST_COLUMNS:
+        if kind != "str":
+            raise SourceError(f"CSV column {header!r}: only prop.<key> and param.<key> columns take a :type")
+        return (_SINGLE_COLUMNS.get(name) or "request", _REQUEST_COLUMNS.get(name, ""), header, kind)
+    for prefix, target in _PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            if kind not in _TYPES or (target == "user_identifiers" and kind not in ("str", "int")):
+                allowed = "str or int" if target == "user_identifiers" else ", ".join(_TYPES)
+                raise SourceError(f"CSV column {header!r}: unknown type {kind!r}, use {allowed}")
+            return (target, name[len(prefix) :], header, kind)
+    raise SourceError(
+        f"unknown CSV column {header!r}: use id, name, timestamp, ip, user_agent, path, verb, prop.<key>, "
+        "user.<key> or param.<key> (a prop./param./user. column may end with :int, :float or :bool)"
+    )
+
+
+def _convert(header: str, kind: str, cell: str) -> Any:
+    if kind == "str":
+        return cell
+    text = cell.strip()
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(f"column {header!r} must be {'an' if kind == 'int' else 'a'} {kind}, got {cell!r}") from None
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError(f"column {header!r} must be a bool (true/false), got {cell!r}")
+
+
+def _csv_row(columns: list[tuple[str, str, str, str]], cells: list[str]) -> dict[str, Any]:
+    # An empty cell means "not given": the key is left out (CSV cannot tell an empty string from nothing).
+    row: dict[str, Any] = {}
+    request: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    for (target, key, header, kind), cell in zip(columns, cells, strict=True):
+        if cell == "":
+            continue
+        if target == "request":
+            request[key] = cell
+        elif target == "params":
+            params[key] = _convert(header, kind, cell)
+        elif key:
+            row.setdefault(target, {})[key] = _convert(header, kind, cell)
+        else:
+            row[target] = cell
+    if params:
+        request["params"] = params
+    if request:
+        row["request"] = request
+    return row
+
+
+def guess_format(path: str) -> str:
+    """``csv`` for ``*.csv`` and ``*.csv.gz``, else ``jsonl``."""
+    name = path.lower().removesuffix(".gz")
+    return "csv" if name.endswith(".csv") else "jsonl"
+
+
+def open_source(path: str, format: str | None = None) -> Source:
+    """Open ``path`` (``-`` is stdin); gzip is recognised by its magic bytes, whatever the name.
+
+    :raises SourceError: the file cannot be opened, or the format is unknown.
+    """
+    fmt = format or guess_format(path)
+    if fmt not in FORMATS:
+        raise SourceError(f"unknown format {fmt!r}: use jsonl or csv")
+    try:
+        # stdin through its file descriptor: a binary buffer we can peek at, left open for the interpreter.
+        buffered = open(sys.stdin.fileno(), "rb", closefd=False) if path == "-" else open(path, "rb")
+        size = None if path == "-" else os.fstat(buffered.fileno()).st_size
+    except OSError as exc:
+        raise SourceError(f"cannot open {path}: {exc.strerror}") from None
+    stream: IO[bytes] = buffered
+    if buffered.peek(2)[:2] == _GZIP_MAGIC:
+        stream = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
+    source = Source("stdin" if path == "-" else path, fmt, buffered, stream, size)
+    try:
+        source.read_header()
+    except SourceError:
+        source.close()
+        raise
+    return source
