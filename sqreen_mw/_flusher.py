@@ -7,15 +7,20 @@ process that forks before tracking anything never forks a running flusher; a chi
 a fresh queue and its own flusher.
 
 A process may fork while its flusher runs (gunicorn ``--preload`` with an app that tracks at import time). A thread
-caught mid-import by ``fork()`` leaves the child a half-initialised module, so everything the loop imports lazily
-(the anyio backend, httpcore and h11, the IDNA codec...) is imported by :func:`preload` in the calling thread before
-the flusher thread starts. Should the loop still die of an unexpected error, it is restarted with backoff (1 s
-doubling to 60 s), logged and counted (``flusher_restarts``, reported in the heartbeat).
+caught by ``fork()`` mid-import leaves the child a half-initialised module, or a module lock no thread of the child
+will ever release (its flusher then hangs on its first import). Two defences: everything the loop imports lazily (the
+anyio backend, httpcore, sniffio, h11, certifi, the IDNA codec...) is imported by :func:`preload` in the calling
+thread before the flusher thread starts, and an at-fork hook (:meth:`Flusher.quiesce`) waits, within a bound, for
+the loop to be idle (waiting for work, holding no lock) before the process forks: httpcore tries ``import sniffio``
+on every request, which takes a module lock even when sniffio is not installed. Should the loop still die of an
+unexpected error, it is restarted with backoff (1 s doubling to 60 s), logged and counted (``flusher_restarts``,
+reported in the heartbeat).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import random
@@ -42,13 +47,20 @@ def preload() -> None:
     import encodings.idna  # noqa: F401 - httpx encodes host names with it
     import gzip  # noqa: F401
     import ssl  # noqa: F401
+    import warnings  # noqa: F401
 
     import anyio._backends._asyncio  # noqa: F401 - anyio.run imports its backend lazily
+    import certifi  # noqa: F401 - httpx's SSL context
     import h11  # noqa: F401
-    import httpcore
-    import httpx  # noqa: F401
+    import httpcore  # httpx imports it lazily, in its transport
+    import httpx._transports.default  # noqa: F401
 
-    httpcore.AsyncConnectionPool  # noqa: B018 - resolves httpcore's lazy submodules now
+    try:
+        importlib.import_module("sniffio")  # httpcore imports it on each request, and copes without it
+    except ImportError:
+        pass
+
+    httpcore.AsyncConnectionPool  # noqa: B018
     _preloaded = True
 
 
@@ -85,6 +97,8 @@ class Flusher:
         self._scope: anyio.CancelScope | None = None
         self._progress = threading.Condition()
         self._start_lock = threading.Lock()
+        self._busy = threading.Lock()  # held by the loop thread except while it waits for work (see quiesce)
+        self._quiesced = False
         self._stopping = False
         self._deadline = 0.0
         self._forced = False
@@ -115,6 +129,20 @@ class Flusher:
                 preload()
                 self._thread = threading.Thread(target=self._run, name="sqreen_mw-flusher", daemon=True)
                 self._thread.start()
+
+    def quiesce(self, timeout: float = 2.0) -> None:
+        """Before ``fork()``: wait up to ``timeout`` seconds for the loop to be idle, and keep it so until
+        :meth:`resume` (the child must not inherit a lock or an import the loop was in the middle of)."""
+        thread = self._thread
+        if thread is None or self._pid != os.getpid() or not thread.is_alive() or thread is threading.current_thread():
+            return
+        self._quiesced = self._busy.acquire(timeout=timeout)
+
+    def resume(self) -> None:
+        """After ``fork()``, in the parent: let the loop go on."""
+        if self._quiesced:
+            self._quiesced = False
+            self._busy.release()
 
     def wake(self, force: bool = False) -> bool:
         """Wake the loop; ``force`` also skips the current backoff once. False when the loop is not running yet."""
@@ -196,7 +224,8 @@ class Flusher:
         delay = 1.0
         while True:
             try:
-                anyio.run(self._main)
+                with self._busy:
+                    anyio.run(self._main)
                 return
             except Exception:  # never let delivery end: restart the loop after a pause
                 self._loop = None
@@ -230,8 +259,12 @@ class Flusher:
                 wait = next_beat - now
                 if self.queue.wants_send() or (len(self.queue) and self._retry_pending):
                     wait = min(wait, max(self._retry_at, self._retry_after_until) - now)
-                with anyio.move_on_after(max(0.0, wait)):
-                    await self._wake_event.wait()
+                self._busy.release()  # idle: a fork may happen now
+                try:
+                    with anyio.move_on_after(max(0.0, wait)):
+                        await self._wake_event.wait()
+                finally:
+                    self._busy.acquire()
                 self._wake_event = anyio.Event()
                 if self._stopping:
                     break

@@ -5,7 +5,8 @@
 - SIGTERM: chained to the handler installed before. A server's own handler (gunicorn workers) is left to end the
   process through ``sys.exit``, where the exit hooks deliver; with the default handler (uvicorn re-raises the signal
   after restoring it, Django's ``runserver``), the clients are shut down first, then the signal ends the process.
-- ``os.register_at_fork``: a child starts with an empty queue and its own flusher.
+- ``os.register_at_fork``: before a fork, each flusher is brought to an idle point (bounded wait); a child starts with
+  an empty queue and its own flusher.
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ def _shutdown_all() -> None:
             logger.exception("sqreen_mw shutdown failed")
 
 
+def _before_fork_all() -> None:
+    for client in list(_live_clients):
+        client.flusher.quiesce()
+
+
+def _after_fork_parent_all() -> None:
+    for client in list(_live_clients):
+        client.flusher.resume()
+
+
 def _after_fork_all() -> None:
     global _exit_deadline
     _exit_deadline = None
@@ -67,7 +78,7 @@ if _register_thread_exit is not None:
 
     _register_thread_exit(_flush_before_exit)
 atexit.register(_shutdown_all)
-os.register_at_fork(after_in_child=_after_fork_all)
+os.register_at_fork(before=_before_fork_all, after_in_parent=_after_fork_parent_all, after_in_child=_after_fork_all)
 
 _previous_sigterm: Any = None
 _signal_installed = False

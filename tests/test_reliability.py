@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -12,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -201,3 +204,39 @@ async def test_lifespan_shutdown_does_not_wait_for_a_dead_collector(make_client:
         await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
         assert time.monotonic() - started < 3.0  # not shutdown_timeout (6 s)
         assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=300)  # lone surrogates included
+ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), ANY_TEXT,
+    st.binary(max_size=8), st.lists(st.integers(), max_size=3), st.builds(Hostile), st.builds(object),
+)
+
+ANY_KEY = st.one_of(ANY_TEXT, st.integers(), st.builds(Hostile))
+
+
+@settings(max_examples=60)
+@given(
+    name=st.one_of(ANY_TEXT, ANY_VALUE),
+    properties=st.one_of(st.none(), st.dictionaries(ANY_KEY, ANY_VALUE, max_size=20), ANY_VALUE),
+    identifiers=st.one_of(st.none(), st.dictionaries(ANY_TEXT, ANY_VALUE, max_size=3), ANY_VALUE),
+)
+def test_track_either_queues_an_event_that_leaves_the_process_or_raises_invalid_event(
+    name: Any, properties: Any, identifiers: Any
+) -> None:
+    # A token and a collector that is not there: the event is queued, then encoded as the flusher would.
+    client = sqreen_mw.Client(API_KEY, f"http://127.0.0.1:{free_port()}", install_signal_handler=False,
+                              heartbeat_interval=60)
+    try:
+        try:
+            client.track(name, properties=properties, user_identifiers=identifiers)
+        except InvalidEvent:
+            return
+        batch = client.queue.take(10)
+        payload, kept = client._serialize(batch)
+        assert payload is not None and kept == batch  # never dropped for what it carries
+        event = json.loads(payload)["events"][0]
+        for text in (event["name"], *map(str, (event["user_identifiers"] or {}).values())):
+            text.encode()  # no lone surrogate: the collector would refuse it
+    finally:
+        client.shutdown(0.1)

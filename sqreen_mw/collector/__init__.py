@@ -16,8 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ._api import AdminApi
-from ._http import JSON, http_error
+from ._http import BODY_READ_TIMEOUT, JSON, http_error, storage_unavailable
 from ._ingest import PROTOCOL_VERSION, AgentEndpoints
+from ._records import StorageUnavailable
 from ._sqlite import SQLiteStorage
 from .automation import Allowlist, Automation, Playbook
 from .automation.api import AutomationApi
@@ -41,6 +42,8 @@ def create_app(
     playbooks: Sequence[Playbook] = (),
     allow: Allowlist | None = None,
     allow_http_webhooks: bool = False,
+    max_parallel_batches: int = 2,
+    body_timeout: float = BODY_READ_TIMEOUT,
 ) -> Starlette:
     """Build the collector ASGI app, opening (or creating) its SQLite database.
 
@@ -57,8 +60,12 @@ def create_app(
     :param playbooks: the playbooks of the ``--playbooks`` file (see :func:`.automation.load_playbooks_file`).
     :param allow: the file's allowlist.
     :param allow_http_webhooks: accept plain-http webhook URLs beyond loopback in API-made playbooks.
+    :param max_parallel_batches: most batches decoded at once, bounding memory (~40 MB each at most); a batch
+        waiting more than 5 s for a slot is answered 503 with ``Retry-After``.
+    :param body_timeout: seconds a client has to send its body once the headers are in (longer: 408).
     :raises ValueError: no API key, an empty key or admin token, or a limit below 1.
-    :return: the Starlette application; ``app.state.storage`` is its storage, ``app.state.automation`` its
+    :return: the Starlette application; ``app.state.storage`` is its storage, ``app.state.agents`` its
+        :class:`~sqreen_mw.collector._ingest.AgentEndpoints`, ``app.state.automation`` its
         :class:`~.automation.Automation` (playbooks, blocks, firings).
     """
     if not api_keys:
@@ -67,8 +74,10 @@ def create_app(
         raise ValueError("api_keys must not contain an empty key")
     if admin_token is not None and not admin_token.strip():
         raise ValueError("admin_token must be a non-empty string, or None to disable the admin API")
-    if max_body_bytes < 1 or max_batch_events < 1:
-        raise ValueError("max_body_bytes and max_batch_events must be at least 1")
+    if max_body_bytes < 1 or max_batch_events < 1 or max_parallel_batches < 1:
+        raise ValueError("max_body_bytes, max_batch_events and max_parallel_batches must be at least 1")
+    if not body_timeout > 0:
+        raise ValueError("body_timeout must be a positive number of seconds")
     if heartbeat_delay is not None and heartbeat_delay < 1:
         raise ValueError("heartbeat_delay must be at least 1 second, or None")
 
@@ -85,6 +94,8 @@ def create_app(
         heartbeat_delay=heartbeat_delay,
         max_body_bytes=max_body_bytes,
         max_batch_events=max_batch_events,
+        max_parallel_batches=max_parallel_batches,
+        body_timeout=body_timeout,
     )
     admin = AdminApi(storage, admin_token)
     explorer = Explorer(storage, admin_token, automation=automation, heartbeat_delay=heartbeat_delay)  # the page at /
@@ -105,9 +116,10 @@ def create_app(
             *AutomationApi(automation, storage, admin_token).routes(),
             *explorer.routes(),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, StorageUnavailable: storage_unavailable},
         lifespan=lifespan,
     )
     app.state.storage = storage
+    app.state.agents = agents
     app.state.automation = automation
     return app

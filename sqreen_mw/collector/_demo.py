@@ -119,7 +119,7 @@ def serve_in_thread(app: Any, port: int = 0, lifespan: Literal["on", "off"] = "o
 
 
 def run_demo(
-    *, port: int = 0, db: str | None = None, keep_running: bool = False, say: Callable[[str], None] = print
+    *, port: int = 0, db: str | None = None, keep_running: bool = True, say: Callable[[str], None] = print
 ) -> int:
     """Run the demo; return the process exit code (0 when the attackers were blocked, everyone else served, and
     every tracked event reached the collector)."""
@@ -152,10 +152,9 @@ def run_demo(
             )
             shown = report(outcome, collector, admin, say)
             query = f"curl -H 'Authorization: Bearer {admin}' '{collector}/api/v1/events?ip={ATTACKER_IP}'"
-            if not keep_running:
-                say("\nRun `sqreen-mw demo --keep-running` to keep the collector up and explore it.")
-            else:
-                say(f"\nExplore: {query}\nThe collector keeps running; Ctrl-C to stop.")
+            if keep_running:
+                say(f"\nExplore: open {collector}/ and log in with the admin token {admin}\n"
+                    f"     or: {query}\nThe collector keeps running; Ctrl-C to stop.")
                 with contextlib.suppress(KeyboardInterrupt):
                     while True:
                         time.sleep(3600)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+#: What the admin API shows in place of a stored value it cannot decode or encode (stored by an older version).
+UNREADABLE = "[sqreen-mw: stored value cannot be shown]"
+
+
+class StorageUnavailable(Exception):
+    """The database cannot take the write now (locked, read-only, disk full): the agent should retry later."""
 
 
 class EventRecord(NamedTuple):
@@ -31,7 +39,10 @@ class EventRecord(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class EventQuery:
-    """Filters of the admin event listing; ``after`` is the (ts, seq) of the last event of the previous page."""
+    """Filters of the admin event listing; ``after`` is the (ts, seq) of the last event of the previous page.
+
+    ``ip`` matches ``client_ip`` exactly; ``ip_range`` is an inclusive range of :func:`ip_key` values (a network).
+    """
 
     name: str | None = None
     since: float | None = None
@@ -40,11 +51,16 @@ class EventQuery:
     user: str | None = None
     limit: int = 100
     after: tuple[float, int] | None = None
+    app: str | None = None
+    ip_range: tuple[bytes, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AgentSession:
-    """One agent login."""
+    """One agent login.
+
+    ``session_id`` is the agent's credential, never shown; ``agent_id`` is its public name (admin API, logs).
+    """
 
     session_id: str
     app: str
@@ -56,3 +72,20 @@ class AgentSession:
     last_heartbeat_at: float | None = None
     logged_out_at: float | None = None
     stats: dict[str, Any] | None = None
+    agent_id: str | None = None
+
+
+def ip_key(text: str | None) -> bytes | None:
+    """A client IP as 16 sortable bytes (IPv4 as IPv4-mapped IPv6), or None when it is not an IP address.
+
+    A network is then the contiguous range of keys from its first to its last address.
+    """
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv4Address):
+        return b"\0" * 10 + b"\xff\xff" + address.packed
+    return address.packed

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.encoder
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ._records import AgentSession, EventQuery, EventRecord
+from ._records import UNREADABLE, AgentSession, EventQuery, EventRecord, StorageUnavailable, ip_key
 from ._sqlite_automation import AUTOMATION_SCHEMA, AutomationTables
 from ._sqlite_explorer import EXPLORER_SCHEMA, ExplorerQueries, update_rollups
 from ._storage import SchemaError
@@ -39,8 +40,9 @@ _WAL_CHECKPOINT_BYTES = 128 * 2**20
 _EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body"
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers,"
-    " request, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " request, body, ip_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -54,11 +56,13 @@ CREATE TABLE IF NOT EXISTS events (
     properties TEXT NOT NULL,
     user_identifiers TEXT,
     request TEXT,
-    body TEXT
+    body TEXT,
+    ip_key BLOB
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE INDEX IF NOT EXISTS events_name_ts ON events (name, ts);
-CREATE INDEX IF NOT EXISTS events_ip_ts ON events (client_ip, ts);
+CREATE INDEX IF NOT EXISTS events_ipkey_ts ON events (ip_key, ts);
+CREATE INDEX IF NOT EXISTS events_app_ts ON events (app, ts);
 CREATE TABLE IF NOT EXISTS event_users (
     value TEXT NOT NULL,
     ts REAL NOT NULL,
@@ -75,12 +79,13 @@ CREATE TABLE IF NOT EXISTS sessions (
     started_at REAL NOT NULL,
     last_heartbeat_at REAL,
     stats TEXT,
-    logged_out_at REAL
+    logged_out_at REAL,
+    agent_id TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 """
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 # Version 1 keyed event_users by (value, seq): a user's events were sorted on every page. Version 2 keys them by
 # (value, ts, seq), the answer's order, so a page walks the key backwards and stops after ``limit`` rows.
 _MIGRATE_1_TO_2 = """
@@ -95,10 +100,32 @@ INSERT INTO event_users_v2 (value, ts, seq)
 DROP TABLE event_users;
 ALTER TABLE event_users_v2 RENAME TO event_users;
 """
+# Version 3: ip_key, the client IP as 16 sortable bytes, replaces the client_ip index (an address or a network is a
+# range of keys); an app index; a public agent_id on sessions (session_id is the agent's credential).
+_MIGRATE_2_TO_3 = """
+ALTER TABLE events ADD COLUMN ip_key BLOB;
+UPDATE events SET ip_key = sqreen_ip_key(client_ip) WHERE client_ip IS NOT NULL;
+DROP INDEX IF EXISTS events_ip_ts;
+ALTER TABLE sessions ADD COLUMN agent_id TEXT;
+UPDATE sessions SET agent_id = lower(hex(randomblob(8)))
+"""
 
 
 def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    # Never fail a whole page on one row: an older version stored values the API cannot decode (too deep).
+    try:
+        return None if text is None else json.loads(text)
+    except (ValueError, RecursionError):
+        return UNREADABLE
+
+
+@contextlib.contextmanager
+def _available() -> Iterator[None]:
+    """Turn "cannot write now" database errors (locked, read-only, disk full, I/O) into a retryable error."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StorageUnavailable(str(exc)) from exc
 
 
 def _row(e: EventRecord) -> tuple[Any, ...]:
@@ -106,7 +133,7 @@ def _row(e: EventRecord) -> tuple[Any, ...]:
         e.id, e.name, e.ts, e.received_at, e.app, e.client_ip, _encode(e.properties),
         None if e.user_identifiers is None else _encode(e.user_identifiers),
         None if e.request is None else _encode(e.request),
-        None if e.body is None else _encode(e.body),
+        None if e.body is None else _encode(e.body), ip_key(e.client_ip),
     )  # fmt: skip
 
 
@@ -151,9 +178,17 @@ def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
     if until is not None:
         where.append(f"{t}ts < ?")
         args.append(until)
+    if query.app is not None:
+        where.append("app = ?")
+        args.append(query.app)
     if query.ip is not None:
-        where.append("client_ip = ?")
-        args.append(query.ip)
+        key = ip_key(query.ip)
+        # An address matches by key (the index; 2001:DB8::1 is 2001:db8::1); other text only as stored.
+        where.append("client_ip = ?" if key is None else "ip_key = ?")
+        args.append(query.ip if key is None else key)
+    if query.ip_range is not None:
+        where.append("ip_key BETWEEN ? AND ?")
+        args.extend(query.ip_range)
     if after is not None:
         where.append(f"({t}ts, {t}seq) < (?, ?)")
         args.extend(after)
@@ -202,6 +237,7 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
         self._conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_BYTES // page_size}")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.create_function("sqreen_ip_key", 1, ip_key, deterministic=True)
         try:
             self._prepare_schema(self._conn)
         except BaseException:
@@ -225,6 +261,9 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
             columns = {row[1] for row in db.execute("PRAGMA table_info(event_users)")}
             if columns and "ts" not in columns:  # version 1 (or its tables without the version, if interrupted)
                 _run_script(db, _MIGRATE_1_TO_2)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+            if columns and "ip_key" not in columns:  # version 2
+                _run_script(db, _MIGRATE_2_TO_3)
             _run_script(db, _SCHEMA)
             _run_script(db, AUTOMATION_SCHEMA)
             _run_script(db, EXPLORER_SCHEMA)
@@ -259,6 +298,8 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
                 with self._queue_lock:
                     group, self._queue = self._queue, []
                 self._commit(group)
+        if isinstance(write.error, sqlite3.OperationalError):
+            raise StorageUnavailable(str(write.error)) from write.error
         if write.error is not None:
             raise write.error
         return write.fresh
@@ -322,8 +363,8 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
             users = _load(row[8])
             out.append(
                 EventRecord(
-                    row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]), users, _load(row[9]),
-                    _load(row[10]), tuple(str(v) for v in users.values()) if users else (), row[0],
+                    row[1], row[2], row[3], row[4], row[5], row[6], _load(row[7]), users, _load(row[9]),
+                    _load(row[10]), tuple(str(v) for v in users.values()) if isinstance(users, dict) else (), row[0],
                 )
             )  # fmt: skip
         return out
@@ -337,12 +378,13 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
     def create_session(self, session: AgentSession) -> None:
         """Record a new agent session."""
         s = session
-        with self._lock:
+        with self._lock, _available():
             self._db().execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sessions (session_id, app, hostname, pid, sdk_version, runtime, started_at,"
+                " last_heartbeat_at, stats, logged_out_at, agent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     s.session_id, s.app, s.hostname, s.pid, s.sdk_version, s.runtime, s.started_at,
-                    s.last_heartbeat_at, None if s.stats is None else _encode(s.stats), s.logged_out_at,
+                    s.last_heartbeat_at, None if s.stats is None else _encode(s.stats), s.logged_out_at, s.agent_id,
                 ),
             )  # fmt: skip
 
@@ -358,7 +400,7 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
 
     def heartbeat(self, session_id: str, stats: dict[str, Any], at: float) -> bool:
         """Store the stats of an active session; False when the session is unknown or logged out."""
-        with self._lock:
+        with self._lock, _available():
             cur = self._db().execute(
                 "UPDATE sessions SET stats = ?, last_heartbeat_at = ? WHERE session_id = ? AND logged_out_at IS NULL",
                 (_encode(stats), at, session_id),
@@ -367,7 +409,7 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
 
     def logout(self, session_id: str, at: float) -> bool:
         """Mark an active session logged out; False when the session is unknown or already logged out."""
-        with self._lock:
+        with self._lock, _available():
             cur = self._db().execute(
                 "UPDATE sessions SET logged_out_at = ? WHERE session_id = ? AND logged_out_at IS NULL",
                 (at, session_id),
@@ -381,7 +423,7 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
                 self._db()
                 .execute(
                     "SELECT session_id, app, hostname, pid, sdk_version, runtime, started_at, last_heartbeat_at,"
-                    " logged_out_at, stats FROM sessions ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                    " logged_out_at, stats, agent_id FROM sessions ORDER BY started_at DESC, rowid DESC LIMIT ?",
                     (limit,),
                 )
                 .fetchall()
@@ -390,6 +432,7 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
             AgentSession(
                 session_id=row[0], app=row[1], hostname=row[2], pid=row[3], sdk_version=row[4], runtime=row[5],
                 started_at=row[6], last_heartbeat_at=row[7], logged_out_at=row[8], stats=_load(row[9]),
+                agent_id=row[10],
             )
             for row in rows
         ]  # fmt: skip

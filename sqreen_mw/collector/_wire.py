@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import zlib
 from typing import Any, NoReturn
 
 from .._exceptions import InvalidEvent
-from .._schema import check_name, check_properties, check_user_identifiers, parse_timestamp
+from .._schema import MAX_FUTURE_SKEW, check_name, check_properties, check_user_identifiers, parse_timestamp
 from ._storage import EventRecord
 
 #: At most this many entries in the ``errors`` list of a 422 answer (the message still counts them all).
 MAX_REPORTED_ERRORS = 100
 MAX_CLIENT_IP_LENGTH = 255
+#: Deepest nesting of a stored JSON value (``body``, ``request``, heartbeat ``stats``), counting the value itself as
+#: level 1. Shared by ingest (which refuses deeper values) and the admin API (which must be able to encode them).
+MAX_DEPTH = 64
+#: Most JSON values (containers and scalars) in one body before any object is built: each costs 50-200 bytes once
+#: decoded, so this bounds a request's memory whatever its size on the wire (10 MiB of ``{},`` would be 3.5 million
+#: dicts, ~300 MB): at most ~40 MB here.
+MAX_JSON_VALUES = 500_000
+# Applied once escapes are gone: a single character-class repeat. An alternation ("(?:[^"\\]|\\.)*") makes the
+# regex engine keep state per repetition: 1.3 GB for one 10 MiB string.
+_STRINGS = re.compile(rb'"[^"]*"')
 _MIN_TS = -62135596800.0  # 0001-01-01T00:00:00Z: format_timestamp() must be able to show what we store
 _MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -59,13 +70,36 @@ def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def decode_json(raw: bytes, content_encoding: str | None, limit: int) -> Any:
+def count_values(raw: bytes, limit: int) -> int:
+    """An upper bound of the JSON values in ``raw`` (each value is a container or follows a ``,``), exact enough.
+
+    The quick count of every ``{``, ``[`` and ``,`` byte is enough for ordinary bodies. Only when it exceeds
+    ``limit`` are the bytes inside strings (brackets and commas there are not values) subtracted, string by string,
+    which is bounded too: more than ``limit`` strings are too many values already. This costs a few copies of
+    ``raw`` at most, never an object per value.
+    """
+    quick = raw.count(b"{") + raw.count(b"[") + raw.count(b",") + 1
+    if quick <= limit:
+        return quick
+    # Drop escaped backslashes, then escaped quotes (in that order: a backslash, a backslash and a quote end a
+    # string), so that every quote left opens or closes a string.
+    clean = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    strings = clean.count(b'"') // 2
+    if strings > limit:
+        return strings
+    inside = b"".join(_STRINGS.findall(clean))  # at most ``limit`` pieces
+    return quick - inside.count(b"{") - inside.count(b"[") - inside.count(b",")
+
+
+def decode_json(raw: bytes, content_encoding: str | None, limit: int, max_values: int = MAX_JSON_VALUES) -> Any:
     """Decode a (possibly gzip) JSON body; :raises Rejected: 400 bad gzip/JSON, 413 too large, 415 encoding."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "gzip":
         raw = _gunzip(raw, limit)
     elif encoding != "identity":
         _reject(415, f"unsupported Content-Encoding {content_encoding!r}: send gzip or no encoding")
+    if count_values(raw, max_values) > max_values:
+        _reject(413, f"body holds more than {max_values} JSON values: split it")
     try:
         return json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
@@ -80,6 +114,30 @@ def storable(arg: str, text: str) -> str:
         except UnicodeEncodeError:
             raise InvalidEvent(f"{arg} must be valid Unicode, got a lone surrogate in {_show(text)}") from None
     return text
+
+
+def check_tree(arg: str, value: Any) -> None:
+    """Refuse a JSON value the collector could store but not show again: nested deeper than :data:`MAX_DEPTH`, or
+    holding a non-finite number (``1e400`` decodes to infinity, which JSON cannot encode).
+
+    :raises InvalidEvent: naming the path of the first offending value (``body.a[3]``).
+    """
+    stack: list[tuple[str, Any, int]] = [(arg, value, 1)]
+    while stack:
+        path, item, depth = stack.pop()
+        if type(item) is float:
+            if not math.isfinite(item):
+                raise InvalidEvent(f"{path} must be a finite number (it does not fit in a 64-bit float)")
+            continue
+        if type(item) is dict:
+            children: Any = [(f"{path}.{k}" if len(k) <= 40 else f"{path}.{k[:37]}...", v) for k, v in item.items()]
+        elif type(item) is list:
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(item)]
+        else:
+            continue
+        if depth >= MAX_DEPTH and children:
+            raise InvalidEvent(f"{arg} must be nested at most {MAX_DEPTH} levels deep, {path} is deeper")
+        stack.extend((p, v, depth + 1) for p, v in children)
 
 
 def _optional_str(arg: str, value: object) -> str | None:
@@ -107,6 +165,7 @@ def _request(value: object) -> tuple[dict[str, Any], str | None]:
             raise InvalidEvent(f"request.{key} must be a str, got {type(value[key]).__name__} {_show(value[key])}")
     if not isinstance(value["params"], dict):
         raise InvalidEvent(f"request.params must be an object, got {type(value['params']).__name__}")
+    check_tree("request", value)
     return value, client_ip
 
 
@@ -156,6 +215,11 @@ def parse_batch(
                 raise InvalidEvent(f"timestamp must be ISO 8601, got {_show(value)}") from None
             if not _MIN_TS <= ts <= _MAX_TS:
                 raise InvalidEvent(f"timestamp must be between years 1 and 9999 UTC, got {_show(value)}")
+            if ts > received_at + MAX_FUTURE_SKEW:
+                raise InvalidEvent(
+                    f"timestamp must be at most {MAX_FUTURE_SKEW:.0f} s ahead of the collector's clock, got"
+                    f" {_show(value)}: fix the clock of the app server"
+                )
             field = "properties"
             properties, _ = check_properties(event.get("properties", {}))
             field = "user_identifiers"
@@ -169,6 +233,8 @@ def parse_batch(
                         storable("user_identifiers", v)
             field = "request"
             request, client_ip = (None, None) if event.get("request") is None else _request(event["request"])
+            field = "body"
+            check_tree("body", event.get("body"))
             blocked = event.get("blocked") is True  # tracked while the agent refused the request
             if blocked and request is not None:
                 request = {**request, "blocked": True}  # kept with the event: replays skip it too

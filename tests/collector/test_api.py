@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,7 @@ async def test_exact_page_has_no_next(client: httpx.AsyncClient) -> None:
     assert data["next"] is None
 
 
-async def test_limit_defaults_to_100_and_is_capped_at_1000(client: httpx.AsyncClient) -> None:
+async def test_limit_defaults_to_100_and_allows_up_to_1000(client: httpx.AsyncClient) -> None:
     sid = await login(client)
     for _ in range(3):  # 150 events: the fixture allows 50 per batch
         assert (await send(client, sid, [event() for _ in range(50)])).status_code == 200
@@ -187,16 +188,22 @@ async def test_limit_defaults_to_100_and_is_capped_at_1000(client: httpx.AsyncCl
     assert rest["next"] is None
     for _ in range(18):  # 1,050 events in all
         assert (await send(client, sid, [event() for _ in range(50)])).status_code == 200
-    capped = (await client.get("/api/v1/events", headers=ADMIN_HEADERS, params={"limit": 5000})).json()
-    assert len(capped["events"]) == 1000
-    assert capped["next"] is not None
+    largest = (await client.get("/api/v1/events", headers=ADMIN_HEADERS, params={"limit": 1000})).json()
+    assert len(largest["events"]) == 1000
+    assert largest["next"] is not None
+    beyond = await client.get("/api/v1/events", headers=ADMIN_HEADERS, params={"limit": 1001})
+    assert beyond.status_code == 400
+    assert "limit must be an integer from 1 to 1000" in beyond.json()["error"]
 
 
 async def test_agents_newest_first(client: httpx.AsyncClient) -> None:
     first = await login(client, hostname="one")
     second = await login(client, hostname="two")
     agents = (await client.get("/api/v1/agents", headers=ADMIN_HEADERS)).json()["agents"]
-    assert [(a["session_id"], a["hostname"]) for a in agents] == [(second, "two"), (first, "one")]
+    assert [a["hostname"] for a in agents] == ["two", "one"]
+    assert all(len(a["agent_id"]) == 16 for a in agents) and agents[0]["agent_id"] != agents[1]["agent_id"]
+    shown = json.dumps(agents)
+    assert "session_id" not in shown and first not in shown and second not in shown  # the credentials
 
 
 async def test_unknown_route_and_method_answer_json(client: httpx.AsyncClient) -> None:

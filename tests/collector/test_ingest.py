@@ -51,7 +51,8 @@ async def test_login_answers_a_session(client: httpx.AsyncClient) -> None:
     agents = (await client.get("/api/v1/agents", headers=ADMIN_HEADERS)).json()["agents"]
     assert len(agents) == 1
     agent = agents[0]
-    assert agent["session_id"] == data["session_id"]
+    assert "session_id" not in agent and data["session_id"] not in str(agent)  # the credential stays secret
+    assert len(agent["agent_id"]) == 16
     assert (agent["app"], agent["hostname"], agent["pid"], agent["sdk_version"]) == ("blog", "web-1", 1234, "0.1.0")
     assert agent["runtime"] == "CPython 3.11"
     assert abs(parse_timestamp(agent["started_at"]) - time.time()) < 60

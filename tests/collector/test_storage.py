@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sqreen_mw.collector._records import ip_key
 from sqreen_mw.collector._sqlite import SQLiteStorage, _row, _Write
 from sqreen_mw.collector._storage import AgentSession, EventQuery, EventRecord, SchemaError, Storage
 
@@ -359,9 +360,9 @@ def test_a_database_of_the_first_schema_is_migrated(tmp_path: Path) -> None:
     path = str(tmp_path / "v1.db")
     old = [record(float(i // 2), user_identifiers={"id": "ann", "n": i}) for i in range(6)]
     conn = sqlite3.connect(path)
-    conn.executescript(_V1_SCHEMA)  # as the version before (value, ts, seq) wrote it
+    conn.executescript(_V1_SCHEMA)  # as the version before (value, ts, seq) wrote it; v1 had no ip_key column
     conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     [(seq, *_row(e)) for seq, e in enumerate(old, 1)])  # fmt: skip
+                     [(seq, *_row(e)[:-1]) for seq, e in enumerate(old, 1)])  # fmt: skip
     conn.executemany("INSERT INTO event_users VALUES (?, ?)", [(v, s) for s, e in enumerate(old, 1) for v in e.users])
     conn.execute("INSERT INTO sessions (session_id, app, started_at) VALUES ('s', 'shop', 1.0)")
     conn.commit()
@@ -369,7 +370,13 @@ def test_a_database_of_the_first_schema_is_migrated(tmp_path: Path) -> None:
 
     storage = SQLiteStorage(path)
     try:
-        assert storage._db().execute("PRAGMA user_version").fetchone()[0] == 2
+        assert storage._db().execute("PRAGMA user_version").fetchone()[0] == 3
+        # Version 3: the migrated rows have their IP keys (network filter) and the session a public agent id.
+        low, high = ip_key("0.0.0.0"), ip_key("255.255.255.255")
+        assert low is not None and high is not None
+        assert len(storage.query_events(EventQuery(ip_range=(low, high)))) == len([e for e in old if e.client_ip])
+        agent_id = storage.list_agents()[0].agent_id
+        assert agent_id is not None and len(agent_id) == 16
         assert [e.id for e in storage.query_events(EventQuery(user="ann"))] == [e.id for e in reversed(old)]
         assert [e.id for e in storage.query_events(EventQuery(user="3"))] == [old[3].id]
         assert storage.session_app("s") == "shop"
