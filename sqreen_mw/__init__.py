@@ -39,7 +39,9 @@ def init(token: str | None = None, url: str | None = None, *, app_name: str | No
     """Configure sqreen_mw for this process and return the client the module-level functions use.
 
     Options not given are read from the environment (``SQREEN_TOKEN``, ``SQREEN_URL``, ``SQREEN_APP_NAME``, ...;
-    see the README's configuration table). Calling ``init()`` again replaces the client, flushing the old one.
+    see the README's configuration table). Calling ``init()`` again replaces the client, flushing the old one. With a
+    token, the client starts at once: it logs in, fetches the blocks to enforce and holds the push channel, so the
+    middleware enforces them from the first request (a worker forked later does the same in its own process).
 
     :param token: the app's API key on the collector; without one nothing is sent.
     :param url: the collector's base URL.
@@ -51,6 +53,7 @@ def init(token: str | None = None, url: str | None = None, *, app_name: str | No
     client = set_client(Client(token, url, app_name=app_name, **options))
     if client.settings["install_signal_handler"]:
         install_sigterm_handler()
+    client.start()  # with a token: log in and fetch the blocks to enforce before the first request
     return client
 
 
@@ -97,6 +100,9 @@ def identify(user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any
     :param user_identifiers: e.g. ``{"email": "a@example.com"}``; ``str`` keys, ``str | int`` values.
     :param traits: optional user traits (same rules as event properties).
     :raises InvalidEvent: bad identifiers or traits.
+    :raises UserBlocked: the collector blocked exactly this user (``block_user``). The request is flagged: the
+        middleware answers it with the block response even if the app catches the exception, unless the response
+        has already started (then it is let finish, with a warning). Its events are sent marked ``blocked``.
     """
     get_client().identify(user_identifiers, traits)
 
@@ -107,6 +113,8 @@ def auth_track(success: bool, **user_identifiers: str | int) -> None:
     :param success: whether the login succeeded; a success also identifies the user for the request.
     :param user_identifiers: the user, as keywords: ``auth_track(True, email="a@example.com")``.
     :raises InvalidEvent: ``success`` is not a bool or no identifier was given.
+    :raises UserBlocked: ``success`` is True and the user is blocked (as :func:`identify`); the attempt is still
+        recorded, marked ``blocked``.
     """
     get_client().auth_track(success, **user_identifiers)
 
@@ -115,6 +123,7 @@ def signup_track(**user_identifiers: str | int) -> None:
     """Record a signup (event ``sq.signup_track``) and identify the new user for the request.
 
     :raises InvalidEvent: no identifier was given or one is not ``str | int``.
+    :raises UserBlocked: the new user's identifiers are blocked (as :func:`identify`).
     """
     get_client().signup_track(**user_identifiers)
 

@@ -12,10 +12,13 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, cast
 
+from ._block_response import BlockResponse
+from ._blocking import Actions
 from ._body import jsonable
 from ._config import resolve
-from ._context import context_for, current_context
-from ._exceptions import InvalidEvent
+from ._context import RequestContext, context_for, current_context
+from ._enforce import Enforcer
+from ._exceptions import InvalidEvent, UserBlocked
 from ._flusher import Flusher
 from ._ip import ClientIPResolver
 from ._queue import EventQueue, Record
@@ -69,14 +72,24 @@ class Client:
         )
         self.max_body_bytes: int = settings["max_body_bytes"]
         self.queue = EventQueue(settings["max_queue_events"], settings["max_queue_bytes"], settings["batch_size"])
+        self.enforcer = Enforcer(
+            self.resolver,
+            BlockResponse(settings["block_status"], settings["block_body"], settings["block_content_type"]),
+            self._report,
+        )
+        # Sent at login: the collector refuses to block the app's own proxies.
+        proxies = ["*"] if self.resolver.trust_all else list(self.resolver.networks)
         self.flusher = Flusher(
             self.queue,
-            lambda: Transport(settings["url"], settings["token"], settings["app_name"], settings["request_timeout"]),
+            lambda: Transport(settings["url"], settings["token"], settings["app_name"], settings["request_timeout"],
+                              trusted_proxies=proxies),
             self._serialize,
             heartbeat_interval=settings["heartbeat_interval"],
             batch_size=settings["batch_size"],
             max_event_age=settings["max_event_age"],
             follow_collector_heartbeat="heartbeat_interval" not in settings["explicit"],
+            on_actions=self.enforcer.set_actions,
+            extra_statistics=self.enforcer.statistics,
         )
         self._seq = itertools.count(1)
         self._names: set[str] = set()  # event names already validated
@@ -160,7 +173,8 @@ class Client:
             except Exception as exc:  # a request that cannot be read (client gone, odd server) is no app error
                 logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
         seq = next(self._seq)
-        record = (time.time_ns(), seq, name, props, user, when, info, body, size + 200)
+        blocked = ctx is not None and ctx.blocked is not None  # sent as "blocked": never feeds a playbook
+        record = (time.time_ns(), seq, name, props, user, when, info, body, size + 200, blocked)
         if self._capture is not None:
             self._capture.append(self._wire(record, {}))
             return True
@@ -172,7 +186,18 @@ class Client:
             self._start()
         if self.queue.put(record):
             self.flusher.wake()
+        elif name in self.enforcer.actions.hot_events:  # feeds a playbook: send now, not at the heartbeat
+            self.flusher.wake(hot=True)
         return True
+
+    def start(self) -> None:
+        """Start delivering now: log in, fetch the actions to enforce and hold the push channel.
+
+        ``init()`` calls it (with a token), and the middleware on a process's first request, so blocks are enforced
+        from the start; otherwise the first ``track()`` does. Idempotent; a forked child starts its own.
+        """
+        if self.enabled and self._accepting and self._started_pid != os.getpid():
+            self._start()
 
     def _start(self) -> None:
         # The first event of this process, or of a child forked where os.register_at_fork does not run (a fork
@@ -189,17 +214,23 @@ class Client:
             self._started_pid = pid
 
     def identify(self, user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any] | None = None) -> None:
-        """Name the user of the current request; later ``track()`` calls of the request inherit them."""
+        """Name the user of the current request; later ``track()`` calls of the request inherit them.
+
+        :raises UserBlocked: the user is blocked (see :func:`sqreen_mw.identify`).
+        """
         user = check_user_identifiers(user_identifiers, repair=True)
         trait_map = None if traits is None else check_properties(traits, "traits")[0]
         self._identify_checked(user, trait_map)
 
-    @staticmethod
-    def _identify_checked(user: UserIdentifiers, traits: dict[str, Any] | None = None) -> None:
+    def _identify_checked(self, user: UserIdentifiers, traits: dict[str, Any] | None = None) -> None:
         ctx = current_context.get()
         if ctx is not None:
             ctx.user = user
             ctx.traits = traits
+        block = self.enforcer.user_block(user)
+        if block is not None:
+            self.enforcer.refuse_user(block, user, ctx)
+            raise UserBlocked(user, block.id)
 
     def auth_track(self, success: bool, **user_identifiers: str | int) -> None:
         """Record a login attempt as ``sq.auth_track``; a successful one also identifies the user.
@@ -210,6 +241,8 @@ class Client:
         if not isinstance(success, bool):
             raise InvalidEvent(f"success must be a bool, got {type(success).__name__} {_show(success)}")
         user = check_user_identifiers(user_identifiers, "auth_track user identifiers", repair=True, truncate=True)
+        if success:
+            self._flag_if_blocked(user)
         self._record("sq.auth_track", {"success": success}, user, None, False, None)
         if success:
             self._identify_checked(user)
@@ -217,8 +250,15 @@ class Client:
     def signup_track(self, **user_identifiers: str | int) -> None:
         """Record a signup as ``sq.signup_track`` and identify the new user (long identifiers truncated, as above)."""
         user = check_user_identifiers(user_identifiers, "signup_track user identifiers", repair=True, truncate=True)
+        self._flag_if_blocked(user)
         self._record("sq.signup_track", None, user, None, False, None)
         self._identify_checked(user)
+
+    def _flag_if_blocked(self, user: UserIdentifiers) -> None:
+        # Flag the request before the event that names a blocked user is recorded, so that event is sent marked
+        # "blocked" too (it must not feed a playbook); identify() then refuses the user.
+        if (block := self.enforcer.user_block(user)) is not None and (ctx := current_context.get()) is not None:
+            ctx.blocked = block
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Deliver everything queued so far.
@@ -254,23 +294,41 @@ class Client:
 
     def statistics(self) -> dict[str, Any]:
         """Delivery counters: queued, queued_bytes, tracked, sent, dropped (by reason), retries, flusher_restarts,
-        last_error, enabled."""
-        stats = self.flusher.statistics()
+        last_error, enabled; and enforcement: blocked (requests refused, by "ip" / "user"), block_reports_suppressed
+        (enforcement events left out by the once-per-actor-per-minute limit), actions_version (held)."""
+        stats = self.flusher.statistics()  # the enforcer's counters included
         stats["last_error"] = self.flusher.last_error
         stats["enabled"] = self.enabled
         return stats
 
+    @property
+    def actions(self) -> Actions:
+        """The blocks enforced now (an immutable snapshot, replaced whenever the collector sends new actions)."""
+        return self.enforcer.actions
+
+    def set_actions(self, payload: Mapping[str, Any]) -> Actions:
+        """Enforce the actions of a protocol payload (``actions_version``, ``actions``, ``hot_events``) now.
+
+        The flusher calls it with each new list from the collector; tests and collector-less setups may too.
+        """
+        return self.enforcer.set_actions(payload)
+
+    def _report(self, name: str, properties: dict[str, str], user: Mapping[str, Any] | None,
+                ctx: RequestContext | None) -> None:
+        # An enforcement event (sq.action.*): the SDK's own name, already valid; never raises into the request.
+        self._record(name, properties, user, None, False, ctx)
+
     # --- serialization (flusher thread) -------------------------------------------------------------------
 
     def _wire(self, record: Record, scrubbed: dict[int, Any]) -> WireEvent:
-        tracked_ns, seq, name, props, user, when, info, body, _ = record
+        tracked_ns, seq, name, props, user, when, info, body, _, blocked = record
         scrub = self.scrubber.scrub
         request = None
         if info is not None:  # one request's info is shared by its events: scrub it once per batch
             request = scrubbed.get(id(info))
             if request is None:
                 request = scrubbed[id(info)] = scrub(info)
-        return {
+        event: WireEvent = {
             "id": _uuid7(tracked_ns // 1_000_000, (self._id_base + seq) & _MASK_74),
             "name": name,
             "timestamp": format_timestamp(tracked_ns / 1e9 if when is None else when),
@@ -279,6 +337,9 @@ class Client:
             "request": request,
             "body": None if body is None else scrub(body),
         }
+        if blocked:  # tracked in a request the SDK refused: stored, never counted toward a playbook
+            cast(dict[str, Any], event)["blocked"] = True
+        return event
 
     def _serialize(self, batch: list[Record]) -> tuple[bytes | None, list[Record]]:
         """The batch body and the records in it; a record that cannot be encoded is left out (the caller counts).
@@ -309,11 +370,18 @@ class Client:
         return (encode_batch(kept_events) if kept_events else None), kept
 
     def _after_fork(self) -> None:
+        was_started = self._started_pid is not None
         self.queue.clear()
         self.flusher.after_fork()
         self._id_base = secrets.randbits(74)
         self._started_pid = None
+        self._start_lock = threading.Lock()  # another thread of the parent may have held it at fork time
         self._flush_mark = 0
+        if was_started and self._accepting:
+            # A worker forked from a process that was delivering (gunicorn --preload after init()): it logs in
+            # and fetches the actions now, so it enforces blocks from its first request on.
+            self.flusher.ensure_started()
+            self._started_pid = os.getpid()
 
 
 def _representable(event: WireEvent) -> WireEvent:

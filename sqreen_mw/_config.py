@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from ._block_response import parse_block_body, parse_block_content_type, parse_block_status
 from ._exceptions import ConfigurationError
 
 DEFAULT_URL = "http://127.0.0.1:8707"
@@ -106,7 +107,7 @@ OPTIONS: tuple[Option, ...] = (
            "seconds the exit flush may take, collector up or down"),
     Option("request_timeout", "SQREEN_REQUEST_TIMEOUT", 10.0, _positive_float, "seconds per HTTP request"),
     Option("trusted_proxies", "SQREEN_TRUSTED_PROXIES", None, _passthrough,
-           "CIDRs of proxies whose forwarding headers are believed, or *; default loopback+private", True),
+           "CIDRs of proxies whose forwarding headers are believed, \"private\" or *; default loopback", True),
     Option("ip_header", "SQREEN_IP_HEADER", None, _text, "header set by your proxy with the client IP"),
     Option("strip_sensitive_data", "SQREEN_STRIP_SENSITIVE_DATA", True, _bool, "scrub secrets and card numbers"),
     Option("sensitive_keys", "SQREEN_SENSITIVE_KEYS", None, _passthrough,
@@ -114,6 +115,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("sensitive_values", "SQREEN_SENSITIVE_VALUES", None, _passthrough,
            "regex (str) replacing the value pattern, or a list of extra regexes", True),
     Option("max_body_bytes", "SQREEN_MAX_BODY_BYTES", 10_000, _positive_int, "cap on a body kept by collect_body"),
+    Option("block_status", "SQREEN_BLOCK_STATUS", 403, parse_block_status, "HTTP status of the block response"),
+    Option("block_body", "SQREEN_BLOCK_BODY", None, parse_block_body,
+           "body of the block response (str or bytes); default JSON or HTML by Accept"),
+    Option("block_content_type", "SQREEN_BLOCK_CONTENT_TYPE", None, parse_block_content_type,
+           "Content-Type of a custom block_body; default guessed from it (JSON, HTML or text)"),
     Option("install_signal_handler", "SQREEN_INSTALL_SIGNAL_HANDLER", True, _bool,
            "flush on SIGTERM (then chain to the previous handler)"),
 )

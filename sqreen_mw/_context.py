@@ -37,8 +37,19 @@ class RequestContext:
         self.body_tee = body_tee
         self.user: UserIdentifiers | None = None
         self.traits: dict[str, Any] | None = None
-        self.blocked: BaseException | None = None
+        self.blocked: Any = None  # the block (sqreen_mw._blocking.Block) that refused this request, if any
         self._info: RequestInfo | None = None
+
+    def client_ip(self, resolver: ClientIPResolver) -> str | None:
+        """The client IP alone, as :meth:`info` would give it (the block check needs nothing else)."""
+        if self._info is not None:
+            return self._info["client_ip"]
+        raw = self.raw
+        if self.kind == ASGI:
+            client = raw.get("client")
+            return resolver.resolve(client[0] if client else None, _asgi_headers(raw, resolver.ip_header))
+        meta = raw if self.kind == WSGI else raw.META
+        return resolver.resolve(meta.get("REMOTE_ADDR"), _EnvironHeaders(meta))
 
     def info(self, resolver: ClientIPResolver) -> RequestInfo:
         """The request's default properties (unscrubbed: scrubbing happens before the event leaves the process)."""

@@ -26,7 +26,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -78,15 +78,22 @@ class Flusher:
         batch_size: int,
         max_event_age: float,
         follow_collector_heartbeat: bool = False,
+        on_actions: Callable[[Mapping[str, Any]], Any] | None = None,
+        push_wait: float = 30.0,
+        extra_statistics: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.queue = queue
+        self._extra_statistics = extra_statistics  # reported in the heartbeat too (e.g. requests blocked)
+        self._on_actions = on_actions  # takes each new actions payload; None: no push channel either
+        # Seconds the collector may hold a long-poll: well under the idle timeouts of common proxies (60 s), and
+        # a collector shutting down gracefully waits for open requests at most this long.
+        self.push_wait = push_wait
         self._make_transport = make_transport
         self._serialize = serialize
         self.heartbeat_interval = heartbeat_interval
         self.batch_size = batch_size
         self.max_event_age = max_event_age
         self.follow_collector_heartbeat = follow_collector_heartbeat
-        self.actions: list[Any] = []
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -102,6 +109,8 @@ class Flusher:
         self._stopping = False
         self._deadline = 0.0
         self._forced = False
+        self._hot = False  # a hot event (it feeds a playbook) waits: send a partial batch now
+        self._login_lock: anyio.Lock | None = None
         self._relogged = False
         self._batch_limit = self.batch_size
         self._backoff = 0.0
@@ -144,10 +153,15 @@ class Flusher:
             self._quiesced = False
             self._busy.release()
 
-    def wake(self, force: bool = False) -> bool:
-        """Wake the loop; ``force`` also skips the current backoff once. False when the loop is not running yet."""
+    def wake(self, force: bool = False, hot: bool = False) -> bool:
+        """Wake the loop; ``force`` also skips the current backoff once; ``hot`` sends a partial batch now.
+
+        :return: False when the loop is not running yet.
+        """
         if force:
             self._forced = True
+        if hot:
+            self._hot = True
         loop = self._loop
         if loop is None:
             return False
@@ -247,38 +261,20 @@ class Flusher:
 
     async def _main(self) -> None:
         self._wake_event = anyio.Event()
+        self._login_lock = anyio.Lock()
         self._loop = asyncio.get_running_loop()
         transport = self._make_transport()
         try:
-            with anyio.CancelScope() as self._scope:
-                await self._login(transport)  # early: the collector may set the heartbeat delay and actions
-            self._scope = None
-            next_beat = time.monotonic() + self.heartbeat_interval
-            while not self._stopping:
-                now = time.monotonic()
-                wait = next_beat - now
-                if self.queue.wants_send() or (len(self.queue) and self._retry_pending):
-                    wait = min(wait, max(self._retry_at, self._retry_after_until) - now)
-                self._busy.release()  # idle: a fork may happen now
-                try:
-                    with anyio.move_on_after(max(0.0, wait)):
-                        await self._wake_event.wait()
-                finally:
-                    self._busy.acquire()
-                self._wake_event = anyio.Event()
-                if self._stopping:
-                    break
-                beat = time.monotonic() >= next_beat
-                if beat:
-                    next_beat = time.monotonic() + self.heartbeat_interval
+            async with anyio.create_task_group() as tasks:
                 with anyio.CancelScope() as self._scope:
-                    try:
-                        await self._deliver(transport, everything=beat or self._forced or self._retry_pending)
-                        if beat:
-                            await self._heartbeat(transport)
-                    except Exception as exc:  # a bug must not end delivery for the rest of the process
-                        self._unexpected(exc)
+                    await self._login(transport)  # early: the collector may set the heartbeat delay and actions
                 self._scope = None
+                if self._on_actions is not None and not self._stopping:
+                    tasks.start_soon(self._hold_push_channel, transport)
+                try:
+                    await self._deliver_loop(transport)
+                finally:
+                    tasks.cancel_scope.cancel()  # the long-poll never delays the exit
         finally:
             with anyio.move_on_after(max(0.0, self._deadline - time.monotonic()), shield=True):
                 try:
@@ -291,6 +287,82 @@ class Flusher:
             with anyio.move_on_after(0.2, shield=True):
                 await transport.aclose()
 
+    async def _deliver_loop(self, transport: Transport) -> None:
+        assert self._wake_event is not None  # noqa: S101 - set by _main
+        next_beat = time.monotonic() + self.heartbeat_interval
+        while not self._stopping:
+            now = time.monotonic()
+            wait = next_beat - now
+            if self.queue.wants_send() or (len(self.queue) and (self._retry_pending or self._hot)):
+                wait = min(wait, max(self._retry_at, self._retry_after_until) - now)
+            self._busy.release()  # idle: a fork may happen now (the push task's I/O is no concern of a child's)
+            try:
+                with anyio.move_on_after(max(0.0, wait)):
+                    await self._wake_event.wait()
+            finally:
+                self._busy.acquire()
+            self._wake_event = anyio.Event()
+            if self._stopping:
+                break
+            beat = time.monotonic() >= next_beat
+            if beat:
+                next_beat = time.monotonic() + self.heartbeat_interval
+            hot, self._hot = self._hot, False
+            with anyio.CancelScope() as self._scope:
+                try:
+                    await self._deliver(transport, everything=beat or hot or self._forced or self._retry_pending)
+                    if beat:
+                        await self._heartbeat(transport)
+                except Exception as exc:  # a bug must not end delivery for the rest of the process
+                    self._unexpected(exc)
+            self._scope = None
+
+    async def _hold_push_channel(self, transport: Transport) -> None:
+        """Keep one long-poll open (protocol: "Push channel"): new actions arrive within milliseconds of a change.
+
+        After an error it reconnects with jittered backoff (0.5 s doubling to 30 s); the versions differ after a
+        reconnect when actions changed meanwhile, so none is missed. Cancelled at shutdown.
+        """
+        backoff = 0.0
+        lost = False
+        while not self._stopping:
+            try:
+                outcome = await transport.poll_actions(self.push_wait) if await self._login(transport) else None
+            except Exception as exc:  # a bug here must not end the channel
+                logger.error("sqreen_mw push channel error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+                outcome = Outcome(RETRY, f"{type(exc).__name__}: {exc}")
+            if outcome is not None and outcome.kind == OK:
+                if lost:
+                    logger.info("sqreen_mw push channel reconnected")
+                lost = False
+                backoff = 0.0
+                self._take_actions(transport, outcome.body)
+                continue
+            if outcome is not None:
+                if outcome.reason.startswith(("HTTP 404", "HTTP 405")):
+                    logger.info("sqreen_mw: this collector has no push channel (%s); actions come with the "
+                                "heartbeat", outcome.reason)
+                    return
+                if outcome.kind == AUTH:
+                    transport.session = None
+                if not lost:
+                    logger.info("sqreen_mw push channel lost (%s); reconnecting", outcome.reason)
+            lost = True
+            backoff = min(30.0, max(0.5, backoff * 2))
+            await anyio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+
+    def _take_actions(self, transport: Transport, body: Any) -> None:
+        """Enforce the actions an answer carries (login always; others when our version was out of date)."""
+        if self._on_actions is None or not isinstance(body, dict) or "actions" not in body:
+            return
+        version = body.get("actions_version")
+        try:
+            self._on_actions(body)
+        except Exception as exc:  # a bad list must not stop delivery; the next change retries
+            logger.error("sqreen_mw could not apply the collector's actions: %s: %s", type(exc).__name__, exc)
+            return
+        transport.actions_version = version if type(version) is int else -1
+
     def _unexpected(self, exc: Exception) -> None:
         logger.error("sqreen_mw flusher error (will retry): %s: %s", type(exc).__name__, exc, exc_info=exc)
         self._failed(Outcome(RETRY, f"{type(exc).__name__}: {exc}"), "flusher")
@@ -298,10 +370,18 @@ class Flusher:
     async def _login(self, transport: Transport) -> bool:
         if transport.session is not None:
             return True
+        if self._login_lock is not None:  # the delivery loop and the push channel may both need a session
+            async with self._login_lock:
+                return await self._login_once(transport)
+        return await self._login_once(transport)
+
+    async def _login_once(self, transport: Transport) -> bool:
+        if transport.session is not None:
+            return True
         outcome = await transport.login()
         if outcome.kind == OK:
             body = outcome.body or {}
-            self.actions = list(body.get("actions") or [])
+            self._take_actions(transport, body)
             delay = body.get("heartbeat_delay")
             if self.follow_collector_heartbeat and isinstance(delay, int | float) and delay > 0:
                 self.heartbeat_interval = float(delay)
@@ -381,6 +461,7 @@ class Flusher:
         """Account for one batch's outcome; return False to stop sending for now."""
         try:
             if outcome.kind == OK:
+                self._take_actions(transport, outcome.body)
                 self.queue.done()
                 self.sent += len(batch)
                 self._batch_limit = min(self.batch_size, self._batch_limit * 2)
@@ -419,9 +500,7 @@ class Flusher:
             return
         outcome = await transport.heartbeat(self.statistics())
         if outcome.kind == OK:
-            body = outcome.body or {}
-            if "actions" in body:
-                self.actions = list(body.get("actions") or [])
+            self._take_actions(transport, outcome.body)
         elif outcome.kind == AUTH:
             transport.session = None
 
@@ -430,6 +509,8 @@ class Flusher:
         stats["sent"] = self.sent
         stats["retries"] = self.retries
         stats["flusher_restarts"] = self.restarts
+        if self._extra_statistics is not None:
+            stats.update(self._extra_statistics())
         return stats
 
 

@@ -21,25 +21,42 @@ canonical compressed form (``2001:db8::1``).
 trusted and the headers decide (``None`` when there are none). A peer that is not an IP address (e.g. Starlette's
 ``"testclient"``) is untrusted and yields ``None``.
 
-Trusted by default (:data:`DEFAULT_TRUSTED_PROXIES`): loopback ``127.0.0.0/8`` and ``::1``, RFC 1918 ``10.0.0.0/8``,
-``172.16.0.0/12`` and ``192.168.0.0/16``, link-local ``169.254.0.0/16`` and ``fe80::/10``, unique-local
-``fc00::/7``. This is deliberately *not* :attr:`ipaddress.IPv4Address.is_private`, which also calls the
-documentation ranges (``192.0.2.0/24``, ``198.51.100.0/24``, ``203.0.113.0/24``, ``2001:db8::/32``), ``0.0.0.0/8``,
-benchmarking and reserved networks private: nobody runs proxies there, and addresses from those ranges in tests and
-examples must behave like the public addresses they stand for. ``trusted_proxies="*"`` trusts every hop (the
-left-most valid address wins: only for apps reachable solely through proxies that overwrite the header);
-``trusted_proxies=""`` trusts nothing, so the peer is always the client.
+Trusted by default (:data:`DEFAULT_TRUSTED_PROXIES`): loopback only, ``127.0.0.0/8`` and ``::1``, as uvicorn and
+gunicorn do (``forwarded_allow_ips``). Trusting every private network by default would let any host of a 10/8
+office or container network write its own ``X-Forwarded-For`` and pick the address that blocking acts on.
+
+``trusted_proxies="private"`` (alone or as one entry of a list, e.g. ``"private, 100.64.0.0/10"``) trusts
+:data:`PRIVATE_TRUSTED_PROXIES`: loopback, RFC 1918 ``10.0.0.0/8``, ``172.16.0.0/12`` and ``192.168.0.0/16``,
+link-local ``169.254.0.0/16`` and ``fe80::/10``, unique-local ``fc00::/7``. This is deliberately *not*
+:attr:`ipaddress.IPv4Address.is_private`, which also calls the documentation ranges (``192.0.2.0/24``,
+``198.51.100.0/24``, ``203.0.113.0/24``, ``2001:db8::/32``), ``0.0.0.0/8``, benchmarking and reserved networks
+private: nobody runs proxies there, and addresses from those ranges in tests and examples must behave like the public
+addresses they stand for. ``trusted_proxies="*"`` trusts every hop (the left-most valid address wins: only for apps
+reachable solely through proxies that overwrite the header); ``trusted_proxies=""`` trusts nothing, so the peer is
+always the client.
+
+A forwarding header (or the configured ``ip_header``) arriving from a peer that is not trusted is ignored, and the
+first time that happens in a process one warning on logger ``sqreen_mw`` names the peer and the option to set: an app
+behind a proxy that is not on loopback would otherwise record (and block) its proxy's address for every client. A
+header that contains the peer's own address is not reported: the server already applied it (uvicorn's
+``--proxy-headers`` makes the client it read there the peer).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterable, Mapping
 
 from ._exceptions import ConfigurationError
 
-#: The networks trusted when ``trusted_proxies`` is not given: loopback, RFC 1918, link-local and unique-local.
-DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = (
+logger = logging.getLogger("sqreen_mw")
+
+#: The networks trusted when ``trusted_proxies`` is not given: loopback only.
+DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+#: The networks ``trusted_proxies="private"`` stands for: loopback, RFC 1918, link-local and unique-local.
+PRIVATE_TRUSTED_PROXIES: tuple[str, ...] = (
     "127.0.0.0/8",
     "::1/128",
     "10.0.0.0/8",
@@ -51,6 +68,8 @@ DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = (
 )
 
 _CACHE_SIZE = 4096
+_FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+_warned_untrusted = False  # the untrusted-peer warning is logged once per process
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -81,7 +100,12 @@ def _parse(text: str) -> _Address | None:
     return addr
 
 
-def _network(entry: str) -> _Network | None:
+def parse_network(entry: str) -> _Network | None:
+    """The network (or single address, as a /32 or /128) an entry names, or ``None`` when it is not one.
+
+    Host bits are ignored (``10.0.0.1/8`` is ``10.0.0.0/8``), brackets are stripped, and an IPv4-mapped IPv6 network
+    becomes the IPv4 network it maps, since addresses are unmapped before any check.
+    """
     try:
         net = ipaddress.ip_network(entry.strip().strip("[]"), strict=False)
     except ValueError:
@@ -91,6 +115,13 @@ def _network(entry: str) -> _Network | None:
         if mapped is not None:  # ::ffff:10.0.0.0/104 means 10.0.0.0/8: addresses are unmapped before the check
             return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
     return net
+
+
+def _bare(peer: str) -> str:
+    """The address part of a peer string (``[::1]:80`` -> ``::1``, ``1.2.3.4:80`` -> ``1.2.3.4``)."""
+    if peer.startswith("["):
+        return peer[1:].partition("]")[0]
+    return peer.partition(":")[0] if peer.count(":") == 1 else peer
 
 
 def _forwarded_for(value: str) -> list[str]:
@@ -112,8 +143,9 @@ def _forwarded_for(value: str) -> list[str]:
 class ClientIPResolver:
     """Finds the client address of a request behind zero or more trusted proxies (see the module docstring).
 
-    :param trusted_proxies: ``None`` for :data:`DEFAULT_TRUSTED_PROXIES`; ``"*"`` to trust every hop; otherwise
-        CIDRs or single addresses, as one comma-separated string or an iterable of strings.
+    :param trusted_proxies: ``None`` for :data:`DEFAULT_TRUSTED_PROXIES` (loopback); ``"*"`` to trust every hop;
+        ``"private"`` for :data:`PRIVATE_TRUSTED_PROXIES`; otherwise CIDRs or single addresses (``"private"`` may be
+        one of them), as one comma-separated string or an iterable of strings.
     :param ip_header: a header set by the trusted front end that holds the client address (e.g.
         ``"CF-Connecting-IP"``), consulted before ``X-Forwarded-For``; case-insensitive.
     :raises ConfigurationError: an entry of ``trusted_proxies`` is not an address or network, or an option has the
@@ -135,18 +167,20 @@ class ClientIPResolver:
             )
         self._trust_all = False
         self._networks: tuple[_Network, ...] = ()
-        networks = []
+        networks: list[_Network] = []
         for entry in entries:
             if not isinstance(entry, str):
                 raise ConfigurationError(f"trusted_proxies entries must be str, got {type(entry).__name__} {entry!r}")
             if entry.strip() == "*":
                 self._trust_all = True
+            elif entry.strip().lower() == "private":
+                networks.extend(net for net in map(parse_network, PRIVATE_TRUSTED_PROXIES) if net is not None)
             elif entry.strip():
-                net = _network(entry)
+                net = parse_network(entry)
                 if net is None:
                     raise ConfigurationError(f"trusted_proxies: {entry.strip()!r} is not an IP address or CIDR network")
                 networks.append(net)
-        self._networks = tuple(networks)
+        self._networks = tuple(dict.fromkeys(networks))  # "private, 10.0.0.0/8" lists 10/8 once
         if ip_header is not None and not isinstance(ip_header, str):
             raise ConfigurationError(f"ip_header must be a str header name, got {type(ip_header).__name__}")
         self._ip_header = (ip_header.strip().lower() or None) if ip_header else None
@@ -157,6 +191,16 @@ class ClientIPResolver:
     def ip_header(self) -> str | None:
         """The configured client-address header, lower-cased, or ``None``."""
         return self._ip_header
+
+    @property
+    def trust_all(self) -> bool:
+        """Whether every hop is trusted (``trusted_proxies="*"``)."""
+        return self._trust_all
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """The trusted networks in CIDR form (``("127.0.0.0/8", "::1/128")`` by default); empty with ``"*"`` alone."""
+        return tuple(str(net) for net in self._networks)
 
     def is_trusted(self, address: str) -> bool:
         """Whether ``address`` (any accepted spelling) is a trusted proxy.
@@ -191,6 +235,8 @@ class ClientIPResolver:
         if peer:
             client, trusted = self._cache.get(peer) or self._lookup(peer)
             if not trusted:
+                if not _warned_untrusted:
+                    self._warn_if_forwarded(peer, headers)
                 return client
         else:
             client = None
@@ -224,3 +270,20 @@ class ClientIPResolver:
             if not trusted:
                 break
         return client
+
+    def _warn_if_forwarded(self, peer: str, headers: Mapping[str, str]) -> None:
+        global _warned_untrusted
+        names = (*_FORWARDING_HEADERS, self._ip_header) if self._ip_header else _FORWARDING_HEADERS
+        for name in names:
+            value = headers.get(name)
+            if value and _bare(peer) not in value:
+                # (A header that names the peer itself was already applied by the server: uvicorn's
+                # --proxy-headers replaces the peer with the client it read there. Nothing was ignored.)
+                _warned_untrusted = True
+                logger.warning(
+                    "sqreen_mw ignored the %s header of a request from %s, which is not a trusted proxy: the peer is "
+                    "taken as the client IP. If the app runs behind a proxy, set trusted_proxies "
+                    "(SQREEN_TRUSTED_PROXIES) to its address or network, or to \"private\" (this is logged once)",
+                    name, peer,
+                )
+                return

@@ -86,16 +86,24 @@ def encode_batch(events: list[Any]) -> bytes:
 
 
 class Transport:
-    """One agent session with the collector."""
+    """One agent session with the collector.
+
+    Every session request carries ``X-Actions-Version`` (:attr:`actions_version`, ``-1`` until actions arrive), so
+    the collector adds the actions to an answer only when the agent's are out of date (protocol: "Actions").
+    """
 
     def __init__(
-        self, url: str, token: str, app_name: str | None, timeout: float, client: httpx.AsyncClient | None = None
+        self, url: str, token: str, app_name: str | None, timeout: float, client: httpx.AsyncClient | None = None,
+        *, trusted_proxies: list[str] | None = None,
     ) -> None:
         self._token = token
         self._app_name = app_name
+        self._timeout = timeout
+        self._trusted_proxies = trusted_proxies
         self._client = client or httpx.AsyncClient(base_url=url, timeout=timeout)
         self._headers = {"User-Agent": f"sqreen_mw/{__version__}"}
         self.session: str | None = None
+        self.actions_version = -1
 
     @property
     def url(self) -> str:
@@ -110,13 +118,15 @@ class Transport:
         return classify(response)
 
     async def login(self) -> Outcome:
-        body = {
+        body: dict[str, Any] = {
             "app_name": self._app_name,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "sdk_version": __version__,
             "runtime": f"{platform.python_implementation()} {platform.python_version()}",
         }
+        if self._trusted_proxies is not None:
+            body["trusted_proxies"] = self._trusted_proxies  # never blocked by the collector (["*"]: trust all)
         outcome = await self._post(
             "/api/v1/agent/login",
             json.dumps(body).encode(),
@@ -129,7 +139,18 @@ class Transport:
         return outcome
 
     def _session_headers(self, extra: dict[str, str]) -> dict[str, str]:
-        return {"X-Session-Key": self.session or "", "Content-Type": "application/json", **extra}
+        return {"X-Session-Key": self.session or "", "Content-Type": "application/json",
+                "X-Actions-Version": str(self.actions_version), **extra}
+
+    async def poll_actions(self, wait: float) -> Outcome:
+        """The push channel: ``GET /api/v1/agent/actions``, answered when the actions change or after ``wait`` s."""
+        headers = {**self._headers, "X-Session-Key": self.session or "", "X-Actions-Version": str(self.actions_version)}
+        try:
+            response = await self._client.get("/api/v1/agent/actions", params={"wait": f"{wait:g}"}, headers=headers,
+                                              timeout=wait + self._timeout)  # the answer may take the whole wait
+        except Exception as exc:
+            return Outcome(RETRY, f"{type(exc).__name__}: {exc}")
+        return classify(response)
 
     async def heartbeat(self, stats: dict[str, Any]) -> Outcome:
         payload = json.dumps({"stats": stats}).encode()

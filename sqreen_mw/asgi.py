@@ -11,6 +11,20 @@ request body so ``collect_body=True`` works without taking the body from the app
 server sends ``lifespan.shutdown.complete`` (within ``shutdown_timeout``; not waiting at all when the collector is
 known to be down, or once an attempt fails: the exit hooks try again, and a test suite entering
 ``with TestClient(app):`` many times is not slowed down).
+
+Blocking (the collector's ``block_ip`` / ``block_user`` actions):
+
+- A request (or WebSocket) from a blocked client IP gets the block response (403 JSON, or HTML for browsers;
+  ``block_status``/``block_body``/``block_content_type``) before the app runs; a WebSocket is closed with 1008 before
+  it is accepted. The client IP is resolved only when some IP block exists: otherwise a request pays nothing more.
+- ``identify()`` / ``auth_track(True, ...)`` of a blocked user raise :class:`~sqreen_mw.UserBlocked` and flag the
+  request. While some user is blocked the middleware watches ``http.response.start``: the block response is sent
+  when the exception reaches the middleware uncaught, and replaces the app's own response when the app caught it
+  (or turned it into an error page), as long as the app had not started its response before the refusal. A
+  response already started (a stream that identifies the user midway) is let finish, with a warning on logger
+  ``sqreen_mw``; the user's next request is refused.
+- This works with ``BaseHTTPMiddleware`` user middleware (FastAPI's ``@app.middleware("http")``) inside or outside
+  this one: ``UserBlocked`` is an ``Exception``, so Starlette passes it through.
 """
 
 from __future__ import annotations
@@ -20,9 +34,12 @@ from typing import Any
 
 import anyio.to_thread
 
+from ._block_response import Rendered
 from ._body import ASGIBodyTee
 from ._client import Client
 from ._context import ASGI, RequestContext, current_context
+from ._enforce import Enforcer
+from ._exceptions import UserBlocked
 from ._lifecycle import get_client
 
 Scope = MutableMapping[str, Any]
@@ -50,19 +67,70 @@ class SqreenMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            tee = None
+            client = self._client or get_client()
+            if client._started_pid is None and client.enabled:  # a process's first request: fetch the actions
+                client.start()
+            ctx = RequestContext(ASGI, scope)
+            enforcer = client.enforcer
+            actions = enforcer.actions
+            if actions.has_ip_blocks and enforcer.refuse_ip(ctx) is not None:
+                await _answer(send, enforcer.response.for_accept(_accept(scope)))
+                return
             if scope["method"] not in _NO_BODY:
-                tee = ASGIBodyTee(receive, (self._client or get_client()).max_body_bytes)
+                ctx.body_tee = tee = ASGIBodyTee(receive, client.max_body_bytes)
                 receive = tee.receive
-            token = current_context.set(RequestContext(ASGI, scope, tee))
+            token = current_context.set(ctx)
             try:
-                await self.app(scope, receive, send)
+                if actions.has_user_blocks:  # identify() may refuse the user: watch the response start
+                    await self._guarded(enforcer, ctx, scope, receive, send)
+                else:
+                    await self.app(scope, receive, send)
             finally:
                 current_context.reset(token)
         elif kind == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
+        elif kind == "websocket":
+            client = self._client or get_client()
+            enforcer = client.enforcer
+            if enforcer.actions.has_ip_blocks and enforcer.refuse_ip(RequestContext(ASGI, scope)) is not None:
+                await send({"type": "websocket.close", "code": 1008})  # before accept: the server answers 403
+                return
+            await self.app(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _guarded(self, enforcer: Enforcer, ctx: RequestContext, scope: Scope, receive: Receive,
+                       send: Send) -> None:
+        # Some user is blocked: identify() may refuse this request's user. The block response replaces the app's
+        # own as long as nothing of it was sent; after that the app's response is let finish (and logged).
+        started = replaced = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # the app's own response to a refused user is discarded
+            if not started and message["type"] == "http.response.start":
+                started = True
+                if ctx.blocked is not None:
+                    replaced = True
+                    await _answer(send, enforcer.response.for_accept(_accept(scope)))
+                    return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except UserBlocked:
+            if started:
+                enforcer.too_late(ctx)
+                return
+            replaced = True
+            await _answer(send, enforcer.response.for_accept(_accept(scope)))
+            return
+        if ctx.blocked is not None and not replaced:
+            if started:
+                enforcer.too_late(ctx)
+            else:  # the app caught UserBlocked and sent nothing
+                await _answer(send, enforcer.response.for_accept(_accept(scope)))
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
@@ -74,3 +142,15 @@ class SqreenMiddleware:
             await send(message)
 
         return lifespan_send
+
+
+def _accept(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or ():
+        if name == b"accept":
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _answer(send: Send, rendered: Rendered) -> None:
+    await send({"type": "http.response.start", "status": rendered.status, "headers": list(rendered.asgi_headers)})
+    await send({"type": "http.response.body", "body": rendered.body})

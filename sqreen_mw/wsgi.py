@@ -12,17 +12,30 @@ included) and calls its ``close()``; in between, and after a response that is ne
 (``collect_body=True`` before the app read it), a seekable server stream is moved back to where it was, so what
 reads it later (a test client re-sending on 307/308, ``request.form`` after the response, an outer middleware)
 finds it whole.
+
+Blocking: a request from a blocked client IP gets the block response before the app runs (the client IP is
+resolved only when some IP block exists). While some user is blocked, ``start_response`` is watched: when
+``identify()`` / ``auth_track(True, ...)`` refused the user during the app call, the app's response (its own, or
+Flask's 500 for an uncaught :class:`~sqreen_mw.UserBlocked`) is closed and the block response sent instead. An app
+that starts its response later (a generator calling ``start_response`` as it is iterated) and refuses the user while
+streaming is let finish, with a warning on logger ``sqreen_mw``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ._block_response import Rendered
 from ._body import WSGIInput
 from ._client import Client
 from ._context import WSGI, RequestContext, current_context
+from ._enforce import Enforcer
+from ._exceptions import UserBlocked
 from ._lifecycle import get_client
+
+logger = logging.getLogger("sqreen_mw")
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -41,11 +54,12 @@ class _BoundResponse:
     chunks and ``close()`` still see the request, for one ``ContextVar.set``/``reset`` per chunk.
     """
 
-    __slots__ = ("_ctx", "_iterator", "_result")
+    __slots__ = ("_ctx", "_guard", "_iterator", "_result")
 
-    def __init__(self, result: Iterable[bytes], ctx: RequestContext) -> None:
+    def __init__(self, result: Iterable[bytes], ctx: RequestContext, guard: _Guard | None = None) -> None:
         self._result = result
         self._ctx = ctx
+        self._guard = guard
         self._iterator: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -74,6 +88,8 @@ class _BoundResponse:
                 close()
             finally:
                 current_context.reset(token)
+        if self._guard is not None:
+            self._guard.finished()
 
 
 class SqreenMiddleware:
@@ -88,23 +104,90 @@ class SqreenMiddleware:
         self._client = client
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        tee = None
+        client = self._client or get_client()
+        if client._started_pid is None and client.enabled:  # a process's first request: fetch the actions
+            client.start()
+        ctx = RequestContext(WSGI, environ)
+        enforcer = client.enforcer
+        actions = enforcer.actions
+        if actions.has_ip_blocks and enforcer.refuse_ip(ctx) is not None:
+            return _answer(start_response, enforcer.response.for_accept(environ.get("HTTP_ACCEPT")))
         if environ.get("REQUEST_METHOD") not in _NO_BODY:
             length_text = environ.get("CONTENT_LENGTH")
             length = int(length_text) if length_text and length_text.isascii() and length_text.isdigit() else None
             if length or environ.get("HTTP_TRANSFER_ENCODING"):
-                tee = WSGIInput(environ["wsgi.input"], length, (self._client or get_client()).max_body_bytes)
+                ctx.body_tee = tee = WSGIInput(environ["wsgi.input"], length, client.max_body_bytes)
                 environ["wsgi.input"] = tee
-        ctx = RequestContext(WSGI, environ, tee)
+        guard = _Guard(enforcer, ctx, start_response) if actions.has_user_blocks else None
         token = current_context.set(ctx)
         try:
-            result = self.app(environ, start_response)
+            result = self.app(environ, start_response if guard is None else guard.start_response)
+        except UserBlocked:
+            if guard is None or guard.called:
+                raise  # the app set its headers already: the server answers 500, as for any error now
+            return guard.answer(environ)
         finally:
             current_context.reset(token)
+        if guard is not None:
+            guard.returned = True
+            if guard.replaced or (ctx.blocked is not None and not guard.called):
+                # The user was refused while the app ran: its own response is discarded (and closed, as PEP 3333
+                # requires of whoever drops an iterable).
+                _close(result)
+                return guard.answer(environ)
         if type(result) is list or _is_file_wrapper(environ, result):
             # Nothing of the app runs later (or the server sends a file as is: keep its sendfile path).
+            if guard is not None and ctx.blocked is not None:
+                enforcer.too_late(ctx)
             return result
-        return _BoundResponse(result, ctx)
+        return _BoundResponse(result, ctx, guard)
+
+
+class _Guard:
+    """Watches ``start_response`` while some user is blocked: a refused user's response is replaced by the block
+    response if the app had not started it before the refusal; one started later is let finish (logged)."""
+
+    __slots__ = ("_ctx", "_enforcer", "_start_response", "called", "replaced", "returned")
+
+    def __init__(self, enforcer: Enforcer, ctx: RequestContext, start_response: StartResponse) -> None:
+        self._enforcer = enforcer
+        self._ctx = ctx
+        self._start_response = start_response
+        self.called = self.replaced = self.returned = False
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if self._ctx.blocked is not None and not self.returned:
+            # Refused during the app call (Flask calls start_response as the app returns, after the view): the
+            # block response is sent instead, once the app has returned.
+            self.called = self.replaced = True
+            return _discard
+        self.called = True
+        return self._start_response(status, headers, exc_info)
+
+    def answer(self, environ: Environ) -> list[bytes]:
+        return _answer(self._start_response, self._enforcer.response.for_accept(environ.get("HTTP_ACCEPT")))
+
+    def finished(self) -> None:
+        if self._ctx.blocked is not None and not self.replaced:
+            self._enforcer.too_late(self._ctx)
+
+
+def _discard(data: bytes) -> None:
+    """The ``write()`` given to an app whose response is being replaced: its body goes nowhere."""
+
+
+def _answer(start_response: StartResponse, rendered: Rendered) -> list[bytes]:
+    start_response(rendered.status_line, list(rendered.wsgi_headers))
+    return [rendered.body]
+
+
+def _close(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception as exc:
+            logger.warning("sqreen_mw: closing a replaced response failed: %s: %s", type(exc).__name__, exc)
 
 
 def _is_file_wrapper(environ: Environ, result: object) -> bool:

@@ -175,6 +175,13 @@ async def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored(make_client:
         with capture_events() as events:
             await http.get("/items/1", headers={"X-Forwarded-For": "1.2.3.4"})
     assert events[0]["request"] is not None and events[0]["request"]["client_ip"] == "203.0.113.9"
+    # a private peer is no proxy by default (loopback only) ...
+    async with client_for(make_app(), client=("10.0.0.5", 1)) as http:
+        with capture_events() as events:
+            await http.get("/items/1", headers={"X-Forwarded-For": "198.51.100.7, 10.0.0.2"})
+    assert events[0]["request"] is not None and events[0]["request"]["client_ip"] == "10.0.0.5"
+    # ... unless trusted_proxies="private" says so
+    make_client(trusted_proxies="private")
     async with client_for(make_app(), client=("10.0.0.5", 1)) as http:
         with capture_events() as events:
             await http.get("/items/1", headers={"X-Forwarded-For": "198.51.100.7, 10.0.0.2"})

@@ -26,7 +26,7 @@ MakeClient = Callable[..., sqreen_mw.Client]
 
 def test_sync_views_get_request_properties_and_user(make_client: MakeClient) -> None:
     make_client()
-    http = Client(REMOTE_ADDR="10.0.0.9", HTTP_X_FORWARDED_FOR="198.51.100.4")
+    http = Client(REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.4")
     with capture_events() as events:
         assert http.post("/login?next=/x", {"email": "a@example.com", "password": "pw"}).status_code == 200
         assert http.get("/items/12?password=p").status_code == 200

@@ -6,10 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sqreen_mw import _ip
 from sqreen_mw._exceptions import ConfigurationError
-from sqreen_mw._ip import DEFAULT_TRUSTED_PROXIES, ClientIPResolver, _parse
+from sqreen_mw._ip import DEFAULT_TRUSTED_PROXIES, PRIVATE_TRUSTED_PROXIES, ClientIPResolver, _parse
 
 DEFAULT = ClientIPResolver()
+PRIVATE = ClientIPResolver("private")
 
 
 @pytest.mark.parametrize(
@@ -97,9 +99,110 @@ DEFAULT = ClientIPResolver()
         ("10.0.0.1", {"x-real-ip": "203.0.113.7", "forwarded": "for=198.51.100.1"}, "198.51.100.1"),
     ],
 )
+def test_resolve_private(peer: str | None, headers: dict[str, str], expected: str | None) -> None:
+    assert PRIVATE.resolve(peer, headers) == expected
+    assert PRIVATE.resolve(peer, headers) == expected  # the cached answer is the same
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "expected"),
+    [
+        # the default trusts loopback only, as uvicorn and gunicorn do
+        ("127.0.0.1", {"x-forwarded-for": "203.0.113.7"}, "203.0.113.7"),
+        ("127.8.9.10", {"x-forwarded-for": "203.0.113.7"}, "203.0.113.7"),
+        ("::1", {"x-forwarded-for": "203.0.113.7"}, "203.0.113.7"),
+        ("[::1]:8000", {"forwarded": "for=203.0.113.7"}, "203.0.113.7"),
+        ("::ffff:127.0.0.1", {"x-real-ip": "203.0.113.7"}, "203.0.113.7"),
+        # a private peer is no proxy unless configured: it cannot pick its own recorded (and blocked) address
+        ("10.1.2.3", {"x-forwarded-for": "203.0.113.7"}, "10.1.2.3"),
+        ("172.16.0.1", {"x-forwarded-for": "203.0.113.7"}, "172.16.0.1"),
+        ("192.168.1.1", {"forwarded": "for=203.0.113.7"}, "192.168.1.1"),
+        ("169.254.1.1", {"x-real-ip": "203.0.113.7"}, "169.254.1.1"),
+        ("fe80::1", {"x-forwarded-for": "203.0.113.7"}, "fe80::1"),
+        ("fd00::1", {"x-forwarded-for": "203.0.113.7"}, "fd00::1"),
+        # behind loopback, a private hop is where the walk stops
+        ("127.0.0.1", {"x-forwarded-for": "6.6.6.6, 10.0.0.2"}, "10.0.0.2"),
+        ("127.0.0.1", {"x-forwarded-for": "6.6.6.6, 203.0.113.7, 127.0.0.1"}, "203.0.113.7"),
+        (None, {"x-forwarded-for": "203.0.113.7, 127.0.0.1"}, "203.0.113.7"),
+        ("8.8.8.8", {"x-forwarded-for": "1.2.3.4"}, "8.8.8.8"),
+    ],
+)
 def test_resolve_default(peer: str | None, headers: dict[str, str], expected: str | None) -> None:
     assert DEFAULT.resolve(peer, headers) == expected
     assert DEFAULT.resolve(peer, headers) == expected  # the cached answer is the same
+
+
+def test_default_is_loopback_only() -> None:
+    assert DEFAULT_TRUSTED_PROXIES == ("127.0.0.0/8", "::1/128")
+    assert DEFAULT.networks == DEFAULT_TRUSTED_PROXIES
+    assert not DEFAULT.trust_all
+    assert PRIVATE.networks == PRIVATE_TRUSTED_PROXIES
+    assert ClientIPResolver("*").trust_all and ClientIPResolver("*").networks == ()
+
+
+@pytest.mark.parametrize(
+    ("trusted", "networks"),
+    [
+        ("private", PRIVATE_TRUSTED_PROXIES),
+        ("PRIVATE", PRIVATE_TRUSTED_PROXIES),
+        (["private"], PRIVATE_TRUSTED_PROXIES),
+        ("private, 100.64.0.0/10", (*PRIVATE_TRUSTED_PROXIES, "100.64.0.0/10")),
+        ("10.0.0.0/8, private", ("10.0.0.0/8", *(n for n in PRIVATE_TRUSTED_PROXIES if n != "10.0.0.0/8"))),
+        ("198.51.100.7", ("198.51.100.7/32",)),
+        ("", ()),
+    ],
+)
+def test_private_keyword_and_networks(trusted: str | list[str], networks: tuple[str, ...]) -> None:
+    assert ClientIPResolver(trusted).networks == networks
+
+
+@pytest.fixture
+def fresh_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ip, "_warned_untrusted", False)
+
+
+@pytest.mark.parametrize(
+    ("headers", "name"),
+    [
+        ({"x-forwarded-for": "203.0.113.7"}, "x-forwarded-for"),
+        ({"forwarded": "for=203.0.113.7"}, "forwarded"),
+        ({"x-real-ip": "203.0.113.7"}, "x-real-ip"),
+        ({"cf-connecting-ip": "203.0.113.7"}, "cf-connecting-ip"),
+    ],
+)
+def test_forwarding_header_from_untrusted_peer_warns_once(
+    fresh_warning: None, caplog: pytest.LogCaptureFixture, headers: dict[str, str], name: str
+) -> None:
+    resolver = ClientIPResolver(ip_header="CF-Connecting-IP")
+    assert resolver.resolve("10.0.0.5", headers) == "10.0.0.5"
+    assert resolver.resolve("10.0.0.6", headers) == "10.0.0.6"
+    assert ClientIPResolver().resolve("10.0.0.7", {"x-forwarded-for": "1.2.3.4"}) == "10.0.0.7"
+    warnings = [r for r in caplog.records if r.name == "sqreen_mw" and "trusted proxy" in r.getMessage()]
+    assert len(warnings) == 1, "one warning per process"
+    message = warnings[0].getMessage()
+    assert name in message and "10.0.0.5" in message
+    assert "trusted_proxies" in message and "SQREEN_TRUSTED_PROXIES" in message and '"private"' in message
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers"),
+    [
+        ("10.0.0.5", {}),  # no forwarding header: nothing to say
+        ("10.0.0.5", {"x-forwarded-for": ""}),
+        ("10.0.0.5", {"user-agent": "x"}),
+        ("127.0.0.1", {"x-forwarded-for": "203.0.113.7"}),  # trusted peer: the header is used
+        (None, {"x-forwarded-for": "203.0.113.7"}),
+        # uvicorn --proxy-headers already made the header's client the peer: nothing was ignored
+        ("198.51.100.10", {"x-forwarded-for": "198.51.100.10"}),
+        ("198.51.100.10:4711", {"x-forwarded-for": "6.6.6.6, 198.51.100.10"}),
+        ("[2001:db8::7]:80", {"x-forwarded-for": "2001:db8::7"}),
+    ],
+)
+def test_no_warning_without_an_ignored_header(
+    fresh_warning: None, caplog: pytest.LogCaptureFixture, peer: str | None, headers: dict[str, str]
+) -> None:
+    DEFAULT.resolve(peer, headers)
+    assert not [r for r in caplog.records if r.name == "sqreen_mw"]
 
 
 @pytest.mark.parametrize(
@@ -118,14 +221,16 @@ def test_resolve_default(peer: str | None, headers: dict[str, str], expected: st
         (["::ffff:10.0.0.0/104"], "10.1.1.1", {"x-forwarded-for": "8.8.8.8"}, "8.8.8.8"),
         (["10.0.0.1/8"], "10.200.0.1", {"x-forwarded-for": "8.8.8.8"}, "8.8.8.8"),  # host bits ignored
         ([" 10.0.0.1 ", ""], "10.0.0.1", {"x-forwarded-for": "8.8.8.8"}, "8.8.8.8"),
-        (DEFAULT_TRUSTED_PROXIES, "192.168.3.3", {"x-forwarded-for": "8.8.8.8"}, "8.8.8.8"),
+        (PRIVATE_TRUSTED_PROXIES, "192.168.3.3", {"x-forwarded-for": "8.8.8.8"}, "8.8.8.8"),
+        (DEFAULT_TRUSTED_PROXIES, "192.168.3.3", {"x-forwarded-for": "8.8.8.8"}, "192.168.3.3"),
+        ("private, 100.64.0.0/10", "100.64.0.1", {"x-forwarded-for": "8.8.8.8"}, "8.8.8.8"),
     ],
 )
 def test_resolve_configured(trusted: str | list[str], peer: str, headers: dict[str, str], expected: str) -> None:
     assert ClientIPResolver(trusted).resolve(peer, headers) == expected
 
 
-CF = ClientIPResolver(ip_header="CF-Connecting-IP")
+CF = ClientIPResolver("private", ip_header="CF-Connecting-IP")
 
 
 @pytest.mark.parametrize(
@@ -195,19 +300,21 @@ def test_configuration_errors(kwargs: dict[str, object], message: str) -> None:
         ("garbage", False),
     ],
 )
-def test_default_trust(address: str, trusted: bool) -> None:
-    assert DEFAULT.is_trusted(address) is trusted
+def test_private_trust(address: str, trusted: bool) -> None:
+    assert PRIVATE.is_trusted(address) is trusted
+    loopback = address in ("127.0.0.1", "127.255.0.1", "::1", "[::1]:80")
+    assert DEFAULT.is_trusted(address) is loopback
 
 
 def test_documentation_ranges_differ_from_is_private() -> None:
-    # The reason DEFAULT_TRUSTED_PROXIES exists: ipaddress calls these private.
+    # The reason PRIVATE_TRUSTED_PROXIES is spelled out: ipaddress calls these private.
     for address in ("192.0.2.1", "198.51.100.1", "203.0.113.1"):
         assert ipaddress.ip_address(address).is_private
-        assert not DEFAULT.is_trusted(address)
+        assert not PRIVATE.is_trusted(address)
 
 
 def test_cache_is_bounded() -> None:
-    resolver = ClientIPResolver()
+    resolver = ClientIPResolver("private")
     for i in range(10_000):
         assert resolver.resolve("10.0.0.1", {"x-forwarded-for": f"8.8.{i // 256}.{i % 256}"}) is not None
     assert len(resolver._cache) <= 4096
@@ -215,7 +322,7 @@ def test_cache_is_bounded() -> None:
 
 _ipv4 = st.ip_addresses(v=4).map(str)
 _any_ip = st.ip_addresses().map(str)
-_public = _any_ip.filter(lambda a: not DEFAULT.is_trusted(a))
+_public = _any_ip.filter(lambda a: not PRIVATE.is_trusted(a))
 _entry = st.one_of(_any_ip, st.text(max_size=12), _ipv4.map(lambda a: f"{a}:80"))
 
 
@@ -224,6 +331,7 @@ def test_untrusted_peer_is_always_the_answer(peer: str, xff: list[str], forwarde
     headers = {"x-forwarded-for": ", ".join(xff), "forwarded": forwarded, "x-real-ip": real, "cf-connecting-ip": real}
     expected = str(_parse(peer))
     assert DEFAULT.resolve(peer, headers) == expected
+    assert PRIVATE.resolve(peer, headers) == expected
     assert CF.resolve(peer, headers) == expected
 
 
@@ -242,4 +350,4 @@ def test_answer_is_the_peer_or_a_canonical_header_address(peer: str | None, xff:
 @given(client=_public, proxies=st.lists(st.sampled_from(["10.0.0.2", "192.168.1.1", "::1", "fd00::9"]), max_size=4))
 def test_chain_of_trusted_proxies_yields_the_client(client: str, proxies: list[str]) -> None:
     headers = {"x-forwarded-for": ", ".join(["6.6.6.6", client, *proxies])}
-    assert DEFAULT.resolve("127.0.0.1", headers) == str(_parse(client))
+    assert PRIVATE.resolve("127.0.0.1", headers) == str(_parse(client))

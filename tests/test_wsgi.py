@@ -67,13 +67,13 @@ def test_flask_default_properties_view_args_and_form(make_client: MakeClient) ->
         # A WSGI server closes each response (PEP 3333); Werkzeug's test client leaves that to the caller.
         http.post("/login?x=1", data={"email": "bob@example.com", "passwd": "s3cret"},
                   headers={"User-Agent": "ua/2", "X-Forwarded-For": "9.9.9.9"},
-                  environ_base={"REMOTE_ADDR": "10.1.1.1"}).close()
+                  environ_base={"REMOTE_ADDR": "127.0.0.1"}).close()
         http.get("/orders/17", environ_base={"REMOTE_ADDR": "198.51.100.20"}).close()
     auth, reset, viewed = events
     assert auth["name"] == "sq.auth_track" and auth["properties"] == {"success": True}
     assert reset["user_identifiers"] == {"email": "bob@example.com"}
     assert reset["request"] == {
-        "client_ip": "9.9.9.9",  # the peer 10.1.1.1 is a trusted private proxy
+        "client_ip": "9.9.9.9",  # the peer 127.0.0.1 is a trusted proxy (loopback, the default)
         "user_agent": "ua/2",
         "path": "/login",
         "verb": "POST",

@@ -215,7 +215,7 @@ def report(outcome: Outcome, collector: str, admin: str, say: Callable[[str], No
     lift = "no block to lift" if outcome.time_to_unblock is None else _ms(outcome.time_to_unblock)
     say(f"  unblock (lift -> next request let through): {lift}")
     say(f"  everyone else: {_statuses(sorted(outcome.others.elements()))} (never blocked)")
-    order = next((e for e in events if e["name"] == "order.placed" and e["body"]), None)
+    order = next((e for e in events if e["name"] == "order.placed" and "card_number" in (e["body"] or {})), None)
     if order is not None:
         say("\nOne order.placed event, as stored (note the scrubbed card number and the inherited user):")
         say(f"  user_identifiers: {order['user_identifiers']}")

@@ -358,6 +358,11 @@ def _serve(args: argparse.Namespace) -> int:
             if self.started:
                 _announce(self, args.host, args.db)
 
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn waits for open requests before it stops: answer the agents' held long-polls now.
+            app.state.automation.release_waiters()
+
     config = server_config(
         app, args.host, args.port, header_timeout=args.header_timeout, max_connections=int(args.max_connections)
     )

@@ -75,3 +75,34 @@ def test_the_example_playbooks_file_is_valid() -> None:
     playbooks, _ = load_playbooks_file(str(ROOT / "examples" / "playbooks.toml"))
     assert [p.name for p in playbooks] == ["credential-stuffing", "password-spraying", "distributed-stuffing",
                                            "card-testing"]
+
+
+def test_stopping_answers_held_long_polls_at_once(tmp_path: Path) -> None:
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    from ..support import API_KEY, stop_process
+
+    with start_collector(tmp_path / "events.db") as collector:
+        with httpx.Client(base_url=collector.url, timeout=60) as http:
+            sid = http.post("/api/v1/agent/login", headers={"X-Api-Key": API_KEY}, json={}).json()["session_id"]
+            version = http.get("/api/v1/agent/actions", headers={"X-Session-Key": sid}).json()["actions_version"]
+            answers: list[int] = []
+
+            def poll() -> None:
+                response = http.get("/api/v1/agent/actions", params={"wait": "60"},
+                                    headers={"X-Session-Key": sid, "X-Actions-Version": str(version)})
+                answers.append(response.status_code)
+
+            thread = threading.Thread(target=poll)
+            thread.start()
+            time.sleep(0.5)
+            started = time.monotonic()
+            assert collector.process is not None
+            code = stop_process(collector.process, signal.SIGTERM, timeout=10)
+            thread.join(10)
+    assert answers == [200] and code in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 5  # not the 60 s the poll asked to wait

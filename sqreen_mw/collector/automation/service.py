@@ -149,6 +149,7 @@ class Automation:
         self.webhooks = WebhookSender()
         self._lock = threading.RLock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._closing = False
         self._entries: dict[str, _Entry] = {pb.name: _Entry(pb, "file") for pb in playbooks}
         for definition in store.load_playbooks():
             name = str(definition.get("name"))
@@ -541,12 +542,19 @@ class Automation:
             except RuntimeError:  # that request's loop is gone
                 pass
 
+    def release_waiters(self) -> None:
+        """The server is stopping: answer every held long-poll now, and later ones at once."""
+        with self._lock:
+            self._closing = True
+        self._changed(self._version)
+
     async def wait_for_change(self, held: int, wait: float) -> None:
-        """Return when the actions version differs from ``held``, or after ``wait`` seconds."""
+        """Return when the actions version differs from ``held``, or after ``wait`` seconds (at once when the
+        server is stopping)."""
         event = asyncio.Event()
         waiter = (asyncio.get_running_loop(), event)
         with self._lock:
-            if self._version != held:
+            if self._version != held or self._closing:
                 return
             self._waiters.add(waiter)
         try:

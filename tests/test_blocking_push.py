@@ -1,0 +1,119 @@
+"""Actions delivery with the real collector on loopback: login, the push channel, reconnection, hot events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+import sqreen_mw
+
+from .support import API_KEY, Collector, free_port, start_collector
+
+MakeClient = Callable[..., sqreen_mw.Client]
+pytestmark = pytest.mark.e2e
+
+
+def until(check: Callable[[], bool], timeout: float) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def block(collector: Collector, kind: str, value: object) -> str:
+    with httpx.Client(base_url=collector.url, timeout=10,
+                      headers={"Authorization": f"Bearer {collector.admin_token}"}) as http:
+        answer = http.post("/api/v1/blocks", json={"kind": kind, "value": value, "duration": "1h", "reason": "t"})
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["id"])
+
+
+def lift(collector: Collector, block_id: str) -> None:
+    with httpx.Client(base_url=collector.url, timeout=10,
+                      headers={"Authorization": f"Bearer {collector.admin_token}"}) as http:
+        assert http.delete(f"/api/v1/blocks/{block_id}").status_code == 200
+
+
+def started(client: sqreen_mw.Client) -> sqreen_mw.Client:
+    client.start()
+    until(lambda: client.actions.version >= 0, 10)  # logged in: the login answer carries the actions
+    return client
+
+
+def test_blocks_arrive_over_the_push_channel(make_client: MakeClient, collector: Collector) -> None:
+    client = started(make_client(API_KEY, collector.url, heartbeat_interval=60))
+    first = client.actions.version
+    block_id = block(collector, "ip", "203.0.113.0/24")
+    took = until(lambda: client.actions.ip_block("203.0.113.9") is not None, 5)
+    assert client.actions.version != first
+    user_block = block(collector, "user", {"email": "eve@example.com"})
+    until(lambda: client.actions.user_block({"email": "eve@example.com"}) is not None, 5)
+    lift(collector, block_id)
+    lifted = until(lambda: client.actions.ip_block("203.0.113.9") is None, 5)
+    lift(collector, user_block)
+    until(lambda: not client.actions.has_user_blocks, 5)
+    assert took < 5 and lifted < 5
+    print(f"block arrived after {took * 1000:.0f} ms, unblock after {lifted * 1000:.0f} ms")
+
+
+def test_login_carries_the_actions_and_tells_the_collector_our_proxies(
+    make_client: MakeClient, collector: Collector
+) -> None:
+    block(collector, "ip", "198.51.100.0/24")
+    client = started(make_client(API_KEY, collector.url, heartbeat_interval=60, trusted_proxies="192.0.2.1"))
+    assert client.actions.ip_block("198.51.100.7") is not None
+    # the collector now refuses to block the app's proxy (blocking it would block everyone behind it)
+    with httpx.Client(base_url=collector.url, timeout=10,
+                      headers={"Authorization": f"Bearer {collector.admin_token}"}) as http:
+        refused = http.post("/api/v1/blocks", json={"kind": "ip", "value": "192.0.2.1", "duration": "1h",
+                                                    "reason": "t"})
+    assert refused.status_code == 422 and "trusted proxy" in refused.text
+
+
+def test_reconnects_after_a_collector_restart(make_client: MakeClient, tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "events.db"
+    with start_collector(db, port=port) as collector:
+        client = started(make_client(API_KEY, collector.url, heartbeat_interval=60))
+        block(collector, "ip", "203.0.113.0/24")
+        until(lambda: client.actions.ip_block("203.0.113.9") is not None, 5)
+    # The agent's collector is down. Blocks are still enforced (until they expire), and a block is made meanwhile
+    # through another collector process on the same database, which the agent does not know.
+    with start_collector(db) as elsewhere:
+        block(elsewhere, "ip", "198.51.100.0/24")
+    assert client.actions.ip_block("203.0.113.9") is not None
+    assert client.actions.ip_block("198.51.100.9") is None
+    with start_collector(db, port=port):
+        # the agent reconnects (backoff), the versions differ, the missed block arrives
+        took = until(lambda: client.actions.ip_block("198.51.100.9") is not None, 40)
+        print(f"reconnected and got the missed block {took:.1f} s after the collector was back")
+    client.shutdown(timeout=2)
+
+
+def test_shutdown_is_not_delayed_by_the_push_channel(make_client: MakeClient, collector: Collector) -> None:
+    client = started(make_client(API_KEY, collector.url, heartbeat_interval=60))
+    time.sleep(0.3)  # the long-poll is open
+    t0 = time.monotonic()
+    client.shutdown(timeout=2)
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_hot_events_are_sent_at_once(make_client: MakeClient, collector: Collector) -> None:
+    with httpx.Client(base_url=collector.url, timeout=10,
+                      headers={"Authorization": f"Bearer {collector.admin_token}"}) as http:
+        answer = http.put("/api/v1/playbooks/stuffing", json={
+            "name": "stuffing", "event": "login.failed", "actor": "ip", "threshold": 1000, "window": "5m",
+            "response": [{"action": "log"}]})
+        assert answer.status_code in (200, 201), answer.text
+    client = started(make_client(API_KEY, collector.url, heartbeat_interval=60))
+    until(lambda: "login.failed" in client.actions.hot_events, 5)
+    sqreen_mw.track("page.viewed")  # not hot: waits for the heartbeat
+    sqreen_mw.track("login.failed")
+    took = until(lambda: len(collector.events(name="login.failed")) == 1, 5)
+    print(f"hot event stored after {took * 1000:.0f} ms")
