@@ -22,6 +22,7 @@ from ._records import StorageUnavailable
 from ._sqlite import SQLiteStorage
 from .automation import Allowlist, Automation, Playbook
 from .automation.api import AutomationApi
+from .explorer import Explorer
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
 
@@ -97,6 +98,7 @@ def create_app(
         body_timeout=body_timeout,
     )
     admin = AdminApi(storage, admin_token)
+    explorer = Explorer(storage, admin_token, automation=automation, heartbeat_delay=heartbeat_delay)  # the page at /
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -112,6 +114,7 @@ def create_app(
             *agents.routes(),
             *admin.routes(),
             *AutomationApi(automation, storage, admin_token).routes(),
+            *explorer.routes(),
         ],
         exception_handlers={HTTPException: http_error, StorageUnavailable: storage_unavailable},
         lifespan=lifespan,

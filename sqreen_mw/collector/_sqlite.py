@@ -12,6 +12,7 @@ from typing import Any
 
 from ._records import UNREADABLE, AgentSession, EventQuery, EventRecord, StorageUnavailable, ip_key
 from ._sqlite_automation import AUTOMATION_SCHEMA, AutomationTables
+from ._sqlite_explorer import EXPLORER_SCHEMA, ExplorerQueries, update_rollups
 from ._storage import SchemaError
 
 __all__ = ["SQLiteStorage"]
@@ -211,7 +212,7 @@ class _Write:
         self.error: Exception | None = None
 
 
-class SQLiteStorage(AutomationTables):
+class SQLiteStorage(AutomationTables, ExplorerQueries):
     """:class:`Storage` on one SQLite connection (WAL, ``synchronous=NORMAL``) guarded by a lock.
 
     :param path: database file, created if missing (``":memory:"`` works for tests).
@@ -265,6 +266,7 @@ class SQLiteStorage(AutomationTables):
                 _run_script(db, _MIGRATE_2_TO_3)
             _run_script(db, _SCHEMA)
             _run_script(db, AUTOMATION_SCHEMA)
+            _run_script(db, EXPLORER_SCHEMA)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -348,6 +350,7 @@ class SQLiteStorage(AutomationTables):
             "INSERT OR IGNORE INTO event_users VALUES (?, ?, ?)",
             sorted([(value, e.ts, seq) for seq, e in fresh for value in e.users]),
         )
+        update_rollups(db, fresh)
         return list(events) if accepted == len(events) else [e for _, e in fresh]
 
     def query_events(self, query: EventQuery) -> list[EventRecord]:
