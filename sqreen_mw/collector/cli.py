@@ -349,7 +349,7 @@ def _serve(args: argparse.Namespace) -> int:
             "serve", f"cannot open the database --db {args.db}: {exc}: check that its directory exists and is writable"
         )
     if args.admin_token is None:
-        print("sqreen-mw serve: no --admin-token: the admin API answers 401", file=sys.stderr)
+        print("sqreen-mw serve: no --admin-token: the admin API answers 401 and the explorer is off", file=sys.stderr)
     _log_traffic()
 
     class Server(uvicorn.Server):
