@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from sqreen_mw.collector._sqlite import SQLiteStorage, _row
+from sqreen_mw.collector._sqlite import _PAGE_SIZE, SQLiteStorage, _row
 from sqreen_mw.collector._wire import parse_batch
 
 BUDGET = 50_000.0  # events/s, DESIGN §9
@@ -96,7 +96,7 @@ def _records(events: list[dict[str, Any]]) -> list[Any]:
 
 _BARE_SCHEMA = """
 CREATE TABLE events (id TEXT, name TEXT, ts REAL, received_at REAL, app TEXT, client_ip TEXT, properties TEXT,
-                     user_identifiers TEXT, request TEXT, body TEXT)
+                     user_identifiers TEXT, request TEXT, body TEXT, ip_key BLOB)
 """
 
 
@@ -121,14 +121,14 @@ def _storage_round(batches: list[list[Any]], directory: str) -> tuple[float, flo
 def _bare_round(rows: list[list[tuple[Any, ...]]], directory: str) -> float:
     conn = sqlite3.connect(os.path.join(directory, "bare.db"), isolation_level=None)
     try:
-        for pragma in ("page_size=16384", "cache_size=-65536", "journal_mode=WAL", "synchronous=NORMAL"):
+        for pragma in (f"page_size={_PAGE_SIZE}", "cache_size=-65536", "journal_mode=WAL", "synchronous=NORMAL"):
             conn.execute(f"PRAGMA {pragma}")
         conn.execute(_BARE_SCHEMA)
         gc.collect()
         t = time.perf_counter()
         for batch in rows:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
             conn.execute("COMMIT")
         elapsed = time.perf_counter() - t
     finally:
@@ -165,7 +165,7 @@ def bench_parse(n_batches: int) -> float:
     gc.collect()
     t = time.perf_counter()
     for body in bodies:
-        parse_batch(body, "gzip", app="bench", received_at=0.0, max_bytes=10 * 2**20, max_events=10_000)
+        parse_batch(body, "gzip", app="bench", received_at=time.time(), max_bytes=10 * 2**20, max_events=10_000)
     return n_batches * BATCH / (time.perf_counter() - t)
 
 
