@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import zlib
@@ -10,6 +9,7 @@ from typing import Any, NoReturn
 
 from .._exceptions import InvalidEvent
 from .._schema import MAX_FUTURE_SKEW, check_name, check_properties, check_user_identifiers, parse_timestamp
+from . import _fastjson
 from ._storage import EventRecord
 
 #: At most this many entries in the ``errors`` list of a 422 answer (the message still counts them all).
@@ -66,10 +66,6 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             return bytes(out)
 
 
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def count_values(raw: bytes, limit: int) -> int:
     """An upper bound of the JSON values in ``raw`` (each value is a container or follows a ``,``), exact enough.
 
@@ -101,7 +97,7 @@ def decode_json(raw: bytes, content_encoding: str | None, limit: int, max_values
     if count_values(raw, max_values) > max_values:
         _reject(413, f"body holds more than {max_values} JSON values: split it")
     try:
-        return json.loads(raw, parse_constant=_no_constant)
+        return _fastjson.loads(raw)
     except (ValueError, RecursionError) as exc:
         _reject(400, f"body is not valid JSON: {_show(str(exc))}")
 
