@@ -174,7 +174,26 @@ def _optional_str(arg: str, value: object) -> str | None:
     return value
 
 
+_REQUEST_KEYS = frozenset({"client_ip", "user_agent", "path", "verb", "params"})
+
+
 def _request(value: object) -> tuple[dict[str, Any], str | None]:
+    # The usual request passes in one expression; anything else takes the checks below, which name what is wrong.
+    if type(value) is dict and value.keys() >= _REQUEST_KEYS:
+        ip, agent = value["client_ip"], value["user_agent"]
+        if (
+            (ip is None or (type(ip) is str and len(ip) <= MAX_CLIENT_IP_LENGTH and ip.isascii()))
+            and (agent is None or type(agent) is str)
+            and type(value["path"]) is str
+            and type(value["verb"]) is str
+            and type(value["params"]) is dict
+            and _fine(value, 1)
+        ):
+            return value, ip
+    return _checked_request(value)
+
+
+def _checked_request(value: object) -> tuple[dict[str, Any], str | None]:
     if not isinstance(value, dict):
         raise InvalidEvent(f"request must be an object or null, got {type(value).__name__} {_show(value)}")
     missing = [key for key in ("client_ip", "user_agent", "path", "verb", "params") if key not in value]
@@ -260,7 +279,9 @@ def parse_batch(
             field = "request"
             request, client_ip = (None, None) if event.get("request") is None else _request(event["request"])
             field = "body"
-            check_tree("body", event.get("body"))
+            body = event.get("body")
+            if body is not None:
+                check_tree("body", body)
             blocked = event.get("blocked") is True  # tracked while the agent refused the request
             if blocked and request is not None:
                 request = {**request, "blocked": True}  # kept with the event: replays skip it too
@@ -272,8 +293,8 @@ def parse_batch(
         if not n_invalid:
             records.append(
                 EventRecord(
-                    event_id, name, ts, received_at, app, client_ip, properties, identifiers, request,
-                    event.get("body"), users, 0, blocked,
+                    event_id, name, ts, received_at, app, client_ip, properties, identifiers, request, body, users, 0,
+                    blocked,
                 )
             )  # fmt: skip
     if n_invalid:
