@@ -169,6 +169,31 @@ def bench_parse(n_batches: int) -> float:
     return n_batches * BATCH / (time.perf_counter() - t)
 
 
+def bench_growth(total: int, slices: int, directory: str | None) -> list[tuple[int, float]]:
+    """``insert_events`` into one database growing to ``total`` events: (events stored at the end of each slice,
+    events/s over that slice). Only the inserts are timed (each batch is made and parsed before its clock starts)."""
+    rng = random.Random(17)
+    per_slice = max(1, total // BATCH // slices)
+    out: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-collector-grow-", dir=directory) as tmp:
+        storage = SQLiteStorage(os.path.join(tmp, "grow.db"))
+        try:
+            done = 0
+            for _ in range(slices):
+                elapsed = 0.0
+                for _ in range(per_slice):
+                    records = _records(make_events(BATCH, done, rng))
+                    t = time.perf_counter()
+                    accepted, _ = storage.insert_events(records)
+                    elapsed += time.perf_counter() - t
+                    assert accepted == BATCH
+                    done += BATCH
+                out.append((done, per_slice * BATCH / elapsed))
+        finally:
+            storage.close()
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 2. end to end
 
@@ -271,7 +296,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and batches (about 20 s)")
     parser.add_argument("--agents", type=int, default=4, help="agent threads of the end-to-end run (default 4)")
     parser.add_argument("--rounds", type=int, default=None, help="storage rounds (default 7, quick 3)")
+    parser.add_argument("--grow", type=int, default=0, metavar="N",
+                        help="only: insert N events into one growing database, events/s per tenth")  # fmt: skip
+    parser.add_argument("--dir", default=None, help="directory of the --grow database (default: the temp dir)")
     args = parser.parse_args()
+    if args.grow:
+        print(f"sqreen_mw collector ingest vs database size — SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs")
+        for stored, rate in bench_growth(args.grow, 10, args.dir):
+            print(f"   {stored:>12,} events stored   {_k(rate):>10}")
+        return 0
     rounds = args.rounds or (3 if args.quick else 5)
     n_batches = 30 if args.quick else 100
     e2e_batches, e2e_seconds = (24, 10.0) if args.quick else (80, 30.0)
