@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from sqreen_mw.collector._sqlite import SQLiteStorage, _row
+from sqreen_mw.collector._sqlite import _PAGE_SIZE, SQLiteStorage, _row
 from sqreen_mw.collector._wire import parse_batch
 
 BUDGET = 50_000.0  # events/s, DESIGN §9
@@ -96,7 +96,7 @@ def _records(events: list[dict[str, Any]]) -> list[Any]:
 
 _BARE_SCHEMA = """
 CREATE TABLE events (id TEXT, name TEXT, ts REAL, received_at REAL, app TEXT, client_ip TEXT, properties TEXT,
-                     user_identifiers TEXT, request TEXT, body TEXT)
+                     user_identifiers TEXT, request TEXT, body TEXT, ip_key BLOB)
 """
 
 
@@ -121,14 +121,14 @@ def _storage_round(batches: list[list[Any]], directory: str) -> tuple[float, flo
 def _bare_round(rows: list[list[tuple[Any, ...]]], directory: str) -> float:
     conn = sqlite3.connect(os.path.join(directory, "bare.db"), isolation_level=None)
     try:
-        for pragma in ("page_size=16384", "cache_size=-65536", "journal_mode=WAL", "synchronous=NORMAL"):
+        for pragma in (f"page_size={_PAGE_SIZE}", "cache_size=-65536", "journal_mode=WAL", "synchronous=NORMAL"):
             conn.execute(f"PRAGMA {pragma}")
         conn.execute(_BARE_SCHEMA)
         gc.collect()
         t = time.perf_counter()
         for batch in rows:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
             conn.execute("COMMIT")
         elapsed = time.perf_counter() - t
     finally:
@@ -165,8 +165,33 @@ def bench_parse(n_batches: int) -> float:
     gc.collect()
     t = time.perf_counter()
     for body in bodies:
-        parse_batch(body, "gzip", app="bench", received_at=0.0, max_bytes=10 * 2**20, max_events=10_000)
+        parse_batch(body, "gzip", app="bench", received_at=time.time(), max_bytes=10 * 2**20, max_events=10_000)
     return n_batches * BATCH / (time.perf_counter() - t)
+
+
+def bench_growth(total: int, slices: int, directory: str | None) -> list[tuple[int, float]]:
+    """``insert_events`` into one database growing to ``total`` events: (events stored at the end of each slice,
+    events/s over that slice). Only the inserts are timed (each batch is made and parsed before its clock starts)."""
+    rng = random.Random(17)
+    per_slice = max(1, total // BATCH // slices)
+    out: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-collector-grow-", dir=directory) as tmp:
+        storage = SQLiteStorage(os.path.join(tmp, "grow.db"))
+        try:
+            done = 0
+            for _ in range(slices):
+                elapsed = 0.0
+                for _ in range(per_slice):
+                    records = _records(make_events(BATCH, done, rng))
+                    t = time.perf_counter()
+                    accepted, _ = storage.insert_events(records)
+                    elapsed += time.perf_counter() - t
+                    assert accepted == BATCH
+                    done += BATCH
+                out.append((done, per_slice * BATCH / elapsed))
+        finally:
+            storage.close()
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -271,7 +296,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and batches (about 20 s)")
     parser.add_argument("--agents", type=int, default=4, help="agent threads of the end-to-end run (default 4)")
     parser.add_argument("--rounds", type=int, default=None, help="storage rounds (default 7, quick 3)")
+    parser.add_argument("--grow", type=int, default=0, metavar="N",
+                        help="only: insert N events into one growing database, events/s per tenth")  # fmt: skip
+    parser.add_argument("--dir", default=None, help="directory of the --grow database (default: the temp dir)")
     args = parser.parse_args()
+    if args.grow:
+        print(f"sqreen_mw collector ingest vs database size — SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs")
+        for stored, rate in bench_growth(args.grow, 10, args.dir):
+            print(f"   {stored:>12,} events stored   {_k(rate):>10}")
+        return 0
     rounds = args.rounds or (3 if args.quick else 5)
     n_batches = 30 if args.quick else 100
     e2e_batches, e2e_seconds = (24, 10.0) if args.quick else (80, 30.0)

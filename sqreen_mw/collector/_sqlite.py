@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import json.encoder
+import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from . import _fastjson
 from ._records import UNREADABLE, AgentSession, EventQuery, EventRecord, StorageUnavailable, ip_key
 from ._sqlite_automation import AUTOMATION_SCHEMA, AutomationTables
 from ._sqlite_explorer import EXPLORER_SCHEMA, ExplorerQueries, update_rollups
@@ -18,23 +19,8 @@ from ._storage import SchemaError
 __all__ = ["SQLiteStorage"]
 
 
-def _make_encoder() -> Callable[[Any], str]:
-    # JSONEncoder.encode() builds a C encoder on every call; for small objects that is most of the cost, so build it
-    # once (2x faster on ingest). ensure_ascii keeps lone surrogates (valid JSON, invalid UTF-8) storable.
-    slow = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # pragma: no cover - Python without the _json accelerator
-        return slow
-    c_encode = make(None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
-
-    def encode(value: Any) -> str:
-        return "".join(c_encode(value, 0))
-
-    sample = {"k": [1, 2.5, "\u00e9\ud800", None, True, {"n": -0.0}]}
-    return encode if encode(sample) == slow(sample) else slow
-
-
-_encode = _make_encoder()
+# The admin side keeps the stdlib's ASCII text; the insert path takes the fast encoder (orjson when installed).
+_encode = _fastjson.stdlib_dumps
 _PAGE_SIZE = 4096
 _WAL_CHECKPOINT_BYTES = 128 * 2**20
 _EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body"
@@ -128,12 +114,27 @@ def _available() -> Iterator[None]:
         raise StorageUnavailable(str(exc)) from exc
 
 
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def _event_ip_key(text: str | None) -> bytes | None:
+    """:func:`ip_key`, 10x faster for the usual dotted IPv4 address (the C parser, as strict as ``ipaddress``: four
+    decimal octets, no leading zero, no space); anything else, IPv6 included, goes to :func:`ip_key` itself."""
+    if text and ":" not in text:
+        try:
+            return _V4_MAPPED + socket.inet_pton(socket.AF_INET, text)
+        except (OSError, ValueError, UnicodeError):
+            pass
+    return ip_key(text)
+
+
 def _row(e: EventRecord) -> tuple[Any, ...]:
+    dumps = _fastjson.dumps  # looked up per call: the tests swap it for the stdlib's
     return (
-        e.id, e.name, e.ts, e.received_at, e.app, e.client_ip, _encode(e.properties),
-        None if e.user_identifiers is None else _encode(e.user_identifiers),
-        None if e.request is None else _encode(e.request),
-        None if e.body is None else _encode(e.body), ip_key(e.client_ip),
+        e.id, e.name, e.ts, e.received_at, e.app, e.client_ip, dumps(e.properties),
+        None if e.user_identifiers is None else dumps(e.user_identifiers),
+        None if e.request is None else dumps(e.request),
+        None if e.body is None else dumps(e.body), _event_ip_key(e.client_ip),
     )  # fmt: skip
 
 

@@ -18,13 +18,23 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 
 from sqreen_mw._schema import format_timestamp
-from sqreen_mw.collector import _ingest, create_app
+from sqreen_mw.collector import _fastjson, _ingest, create_app
 from sqreen_mw.collector._records import UNREADABLE
 from sqreen_mw.collector._wire import MAX_DEPTH, MAX_JSON_VALUES, count_values
 
 from ._helpers import ADMIN_HEADERS, API_KEY, event, login, send, stored
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True, params=["orjson", "stdlib"])
+def json_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every refusal holds with both JSON paths: orjson (when installed) and the stdlib fallback."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(_fastjson, "loads", _fastjson.stdlib_loads)
+        monkeypatch.setattr(_fastjson, "dumps", _fastjson.stdlib_dumps)
+    elif not _fastjson.FAST:
+        pytest.skip("orjson is not installed")
 
 
 def nested(depth: int, leaf: Any = 1) -> Any:

@@ -1,0 +1,147 @@
+"""The collector's fast paths give the answers of the slow, exact code they stand in front of, on any input."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sqreen_mw._exceptions import InvalidEvent
+from sqreen_mw.collector import _fastjson
+from sqreen_mw.collector._records import ip_key
+from sqreen_mw.collector._sqlite import _event_ip_key
+from sqreen_mw.collector._wire import MAX_DEPTH, _fine, _walk, check_tree
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+_trees = st.recursive(
+    _scalars, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=3), kids, max_size=3)
+)
+
+
+def nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _walk_passes(value: Any) -> bool:
+    try:
+        _walk("body", value)
+    except InvalidEvent:
+        return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(_trees, st.integers(min_value=MAX_DEPTH - 6, max_value=MAX_DEPTH + 1), st.booleans())
+def test_tree_fast_check_agrees_with_the_walk(tree: Any, depth: int, wrap: bool) -> None:
+    value = nested(depth, tree) if wrap else tree  # near the depth limit too, where an off-by-one would show
+    assert _fine(value, 1) is _walk_passes(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"a": [1, {"b": math.inf}]}, "body.a[1].b must be a finite number"),
+        ({"a": nested(MAX_DEPTH - 1, 1)}, f"body must be nested at most {MAX_DEPTH} levels deep"),
+    ],
+)
+def test_check_tree_still_names_the_offending_value(value: Any, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_tree("body", value)
+
+
+def test_check_tree_passes_the_deepest_allowed_and_empty_containers_below_it() -> None:
+    check_tree("body", {"a": nested(MAX_DEPTH - 2, 1)})
+    check_tree("body", {"a": nested(MAX_DEPTH - 2, [])})  # an empty list at the limit holds nothing deeper
+
+
+_v4_like = st.lists(
+    st.sampled_from(["0", "1", "01", "00", "9", "25", "255", "256", "999", "1000", "", " 1", "1 ", "0x1", "\u0661"]),
+    min_size=1,
+    max_size=6,
+).map(".".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.none()
+    | st.text(max_size=20)
+    | _v4_like
+    | st.ip_addresses().map(str)
+    | st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}")
+    | st.ip_addresses(v=4).map(lambda a: f"{a}\n")
+)
+def test_event_ip_key_agrees_with_ip_key(text: str | None) -> None:
+    assert _event_ip_key(text) == ip_key(text)
+
+
+def test_event_ip_key_maps_ipv4_into_ipv6() -> None:
+    assert _event_ip_key("203.0.113.7") == ipaddress.IPv6Address("::ffff:203.0.113.7").packed
+
+
+def _outcome(loads: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return "error", str(exc)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Equal values of equal types all the way down (1 == 1.0 == True would hide an integer read as a float); a loop,
+    # not recursion: a nasty document is 1,100 levels deep.
+    pairs = [(a, b)]
+    while pairs:
+        x, y = pairs.pop()
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, dict):
+            if list(x) != list(y):
+                return False
+            pairs.extend((x[k], y[k]) for k in x)
+        elif isinstance(x, list):
+            if len(x) != len(y):
+                return False
+            pairs.extend(zip(x, y, strict=True))
+        elif x != y:
+            return False
+    return True
+
+
+_json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=3), kids, max_size=3),
+)  # what reaches storage: validated, finite
+_nasty = st.sampled_from(
+    [
+        b"18446744073709551616", b"-9223372036854775809", b"9223372036854775808", b"12345678901234567890.5",
+        b'"\\ud800"', b'{"a": "\\udfff x"}', b"\xef\xbb\xbf{}", '{"a": "\u00e9"}'.encode("utf-16"), b"NaN",
+        b"[Infinity]", b"-Infinity", b"1e400", b"[1,]", b"{}x", b'"\xff"', b"[" * 1100 + b"]" * 1100,
+        b'{"a":1,"a":2}', b"-0", b"-0.0", b'"\\u0000"', b" \t\n{}\r ", b"", b"0123", b"1.", b".5", b"1e5",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_trees.map(lambda v: json.dumps(v).encode()) | _nasty)
+def test_fast_loads_decodes_like_the_stdlib(raw: bytes) -> None:
+    fast, slow = _outcome(_fastjson.loads, raw), _outcome(_fastjson.stdlib_loads, raw)
+    assert fast[0] == slow[0]
+    assert _same(fast[1], slow[1]) if fast[0] == "ok" else fast[1] == slow[1]  # the stdlib's words for bad JSON
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_trees | st.sampled_from([{"s": "a\ud800b"}, [2**64, -(2**63) - 1], {"é": ["\u2028", "\x00"]}]))
+def test_fast_dumps_reads_back_like_the_stdlib(value: Any) -> None:
+    assert _same(json.loads(_fastjson.dumps(value)), json.loads(_fastjson.stdlib_dumps(value)))
+
+
+def test_the_collector_extra_brings_orjson() -> None:
+    # The figures of docs/performance.md are with orjson; without it every path above is the stdlib's.
+    assert _fastjson.FAST
