@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,12 +22,42 @@ from ._ingest import PROTOCOL_VERSION, AgentEndpoints
 from ._sqlite import SQLiteStorage
 from .automation import Allowlist, Automation, Playbook
 from .automation.api import AutomationApi
+from .postgres import StorageUnavailable
 
-__all__ = ["PROTOCOL_VERSION", "create_app"]
+if TYPE_CHECKING:
+    from .postgres.storage import PostgresStorage
+
+__all__ = ["PROTOCOL_VERSION", "create_app", "open_storage"]
 
 
 async def _healthz(request: Request) -> Response:
     return JSON({"status": "ok"})
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    # The database is down or unreachable (PostgreSQL): a retryable answer, never a 500; agents keep their events.
+    from .postgres import RETRY_AFTER_SECONDS
+
+    return JSON({"error": f"storage unavailable, retry later: {exc}"}, status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def open_storage(db: str) -> SQLiteStorage | PostgresStorage:
+    """The store ``db`` names: a ``postgresql://`` URL opens :class:`~.postgres.storage.PostgresStorage` (the
+    ``postgres`` extra), anything else is a SQLite file.
+
+    :raises ValueError: the URL needs the ``postgres`` extra, which is not installed.
+    """
+    from .postgres import is_postgres_url
+
+    if not is_postgres_url(db):
+        return SQLiteStorage(db)
+    try:
+        from .postgres.storage import PostgresStorage
+    except ImportError:
+        raise ValueError("a postgresql:// database needs the postgres extra: "
+                         "pip install 'sqreen_mw[postgres]'") from None
+    return PostgresStorage(db)
 
 
 def create_app(
@@ -46,7 +77,7 @@ def create_app(
     The database is closed by the app's lifespan shutdown, or with ``app.state.storage.close()`` when the app is
     driven without lifespan (e.g. through ``httpx.ASGITransport``).
 
-    :param db_path: SQLite database file.
+    :param db_path: SQLite database file, or a ``postgresql://`` URL (several replicas may share that database).
     :param api_keys: API key -> app name accepted at agent login; an empty name lets the agent name its app
         (login ``app_name``, else ``"default"``).
     :param admin_token: bearer token of the admin API; None disables that API (every call answers 401).
@@ -71,7 +102,7 @@ def create_app(
     if heartbeat_delay is not None and heartbeat_delay < 1:
         raise ValueError("heartbeat_delay must be at least 1 second, or None")
 
-    storage = SQLiteStorage(db_path)
+    storage = open_storage(db_path)
     try:
         automation = Automation(storage, playbooks=playbooks, allow=allow, allow_http_webhooks=allow_http_webhooks)
     except BaseException:
@@ -102,7 +133,7 @@ def create_app(
             *admin.routes(),
             *AutomationApi(automation, storage, admin_token).routes(),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, StorageUnavailable: _unavailable},
         lifespan=lifespan,
     )
     app.state.storage = storage

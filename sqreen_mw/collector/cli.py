@@ -48,7 +48,10 @@ def _port(text: str) -> int:
 def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     env = os.environ
     parser = subparsers.add_parser("serve", help="run the collector", description="Run the sqreen_mw collector.")
-    parser.add_argument("--db", default=env.get("SQREEN_COLLECTOR_DB", DEFAULT_DB), help="SQLite database file")
+    parser.add_argument(
+        "--db", default=env.get("SQREEN_COLLECTOR_DB", DEFAULT_DB),
+        help="SQLite database file, or postgresql://user@host/db shared by replicas (also SQREEN_COLLECTOR_DB)",
+    )
     parser.add_argument(
         "--api-key",
         action="append",
@@ -124,6 +127,31 @@ def _add_import(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.set_defaults(handler=run)
 
 
+def _add_migrate(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "migrate",
+        help="create or upgrade the collector's database schema",
+        description="Create the collector's tables, or bring an older schema to this version's, then exit "
+        "(serve does the same on start; this runs it once, e.g. before rolling out replicas).",
+    )
+    parser.add_argument("--db", default=os.environ.get("SQREEN_COLLECTOR_DB", DEFAULT_DB),
+                        help="SQLite file or postgresql:// URL (also SQREEN_COLLECTOR_DB)")
+    parser.set_defaults(handler=_migrate)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from . import open_storage
+    from .postgres import StorageUnavailable
+
+    try:
+        open_storage(args.db).close()
+    except (ValueError, StorageUnavailable) as exc:  # SchemaError is a ValueError
+        print(f"sqreen-mw migrate: error: {exc}", file=sys.stderr)
+        return 1
+    print("sqreen-mw migrate: schema up to date", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sqreen-mw`` argument parser with all its subcommands."""
     parser = argparse.ArgumentParser(prog="sqreen-mw", description="sqreen_mw collector and tools")
@@ -131,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(subparsers)
     _add_demo(subparsers)
     _add_import(subparsers)
+    _add_migrate(subparsers)
     return parser
 
 
@@ -151,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from . import create_app
     from .automation import Allowlist, Playbook, PlaybookError, load_playbooks_file
+    from .postgres import StorageUnavailable, redact
 
     playbooks: list[Playbook] = []
     allow: Allowlist | None = None
@@ -177,6 +207,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sqreen-mw serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageUnavailable as exc:
+        print(f"sqreen-mw serve: error: {exc}", file=sys.stderr)
+        return 1
     if args.admin_token is None:
         print("sqreen-mw serve: no --admin-token: the admin API answers 401", file=sys.stderr)
 
@@ -184,7 +217,7 @@ def _serve(args: argparse.Namespace) -> int:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                _announce(self, args.host, args.db)
+                _announce(self, args.host, redact(args.db))
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     try:

@@ -182,6 +182,38 @@ class Automation:
                                             []).append(firing.at)
         for name in list(self._entries):
             self._start_counter(name)
+        listen = getattr(store, "listen", None)
+        if listen is not None:  # a store shared by replicas (PostgreSQL): hear of the other replicas' changes
+            listen(self._remote_change)
+
+    def _remote_change(self, version: int) -> None:
+        """The actions version moved in the shared store (another replica changed blocks or playbooks): reload
+        them, then wake the long-polls of this replica's agents. Called from the store's listener thread."""
+        with self._lock:
+            if version <= self._version:  # this replica's own change, already announced
+                return
+        blocks = self.store.list_blocks(include_inactive=False, now=self.clock())
+        stored = {str(d.get("name")): d for d in self.store.load_playbooks()}
+        with self._lock:
+            if version <= self._version:
+                return
+            self._active = {_block_key(b.kind, b.value): b for b in blocks}
+            changed = [name for name, e in self._entries.items() if e.source == "api" and name not in stored]
+            for name in changed:
+                del self._entries[name]
+            for name, definition in stored.items():
+                entry = self._entries.get(name)
+                if entry is not None and (entry.source == "file" or entry.playbook.to_json() == definition):
+                    continue
+                try:
+                    self._entries[name] = _Entry(parse_playbook(definition, allow_http_webhooks=True), "api")
+                except PlaybookError as exc:
+                    logger.error("stored playbook %r cannot be used: %s", name, exc)
+                    continue
+                changed.append(name)
+            for name in changed:
+                self._start_counter(name)
+            self._changed(version)
 
     # --- playbooks --------------------------------------------------------------------------------------------
 

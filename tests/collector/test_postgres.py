@@ -1,0 +1,176 @@
+"""PostgresStorage on its own: schema versions, exactly-once across replicas, outages, the migrate command, the
+skip-or-fail rule of the PostgreSQL tests. (The whole collector suite also runs on PostgreSQL: see conftest.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+
+from sqreen_mw.collector import create_app
+from sqreen_mw.collector._records import EventQuery, EventRecord
+from sqreen_mw.collector._storage import SchemaError
+from sqreen_mw.collector.cli import main
+from sqreen_mw.collector.postgres import is_postgres_url, redact
+
+from .. import postgres_server as pg
+from ._helpers import ADMIN, API_KEY, event, login, send
+
+psycopg = pytest.importorskip("psycopg")
+from sqreen_mw.collector.postgres.storage import PostgresStorage  # noqa: E402 - needs psycopg
+
+
+def _record(i: int, event_id: str | None = None, user: str | None = None) -> EventRecord:
+    users = {"email": user} if user else None
+    return EventRecord(event_id or str(uuid.uuid4()), "login", 1_700_000_000.0 + i, 1_700_000_100.0, "shop",
+                       "203.0.113.7", {"i": i, "s": "\u00e9\ud800"}, users, None, {"raw": [1, 2.5]},
+                       (user,) if user else ())
+
+
+@pytest.fixture
+def storage(postgres_url: str) -> Iterator[PostgresStorage]:
+    s = PostgresStorage(postgres_url)
+    yield s
+    s.close()
+
+
+def test_the_store_is_chosen_by_the_url_scheme() -> None:
+    assert is_postgres_url("postgresql://u@h/db") and is_postgres_url("postgres://h/db")
+    assert not is_postgres_url("events.db") and not is_postgres_url("/var/lib/postgresql.db")
+    assert redact("postgresql://user:s3cret@db.internal:5432/x") == "postgresql://user:***@db.internal:5432/x"
+
+
+def test_round_trip_dedup_and_order(storage: PostgresStorage) -> None:
+    first = [_record(i, user="a@example.com") for i in range(5)]
+    assert storage.insert_events(first) == (5, 0)
+    again = [first[2], _record(9), _record(9, first[3].id)]  # two known ids, one new
+    fresh = storage.store_events(again)
+    assert [e.id for e in fresh] == [again[1].id]
+    rows = storage.query_events(EventQuery(limit=100))
+    assert [r.ts for r in rows] == sorted((r.ts for r in rows), reverse=True) and len(rows) == 6
+    assert rows[-1].properties == {"i": 0, "s": "\u00e9\ud800"} and rows[-1].body == {"raw": [1, 2.5]}
+    by_user = storage.query_events(EventQuery(user="a@example.com", limit=2))
+    assert [r.id for r in by_user] == [first[4].id, first[3].id]
+    page2 = storage.query_events(EventQuery(user="a@example.com", limit=10, after=(by_user[-1].ts, by_user[-1].seq)))
+    assert [r.id for r in page2] == [e.id for e in first[2::-1]]
+
+
+def test_the_same_batch_through_two_replicas_at_once_is_stored_once(postgres_url: str) -> None:
+    replicas = [PostgresStorage(postgres_url), PostgresStorage(postgres_url)]
+    try:
+        batches = [[_record(i) for i in range(200)] for _ in range(10)]
+        counts: list[tuple[int, int]] = []
+        lock = threading.Lock()
+
+        def push(store: PostgresStorage, batch: list[EventRecord]) -> None:
+            result = store.insert_events(batch)
+            with lock:
+                counts.append(result)
+
+        threads = [threading.Thread(target=push, args=(replicas[n % 2], batch)) for batch in batches for n in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(counts) == 20 and sum(a for a, _ in counts) == 2000 and sum(d for _, d in counts) == 2000
+        assert len(replicas[0].query_events(EventQuery(limit=5000))) == 2000
+    finally:
+        for r in replicas:
+            r.close()
+
+
+def test_a_newer_schema_is_refused_by_name(postgres_url: str) -> None:
+    PostgresStorage(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match=r"newer version of sqreen-mw.*schema version 99"):
+        PostgresStorage(postgres_url)
+
+
+def test_migrate_command_creates_the_schema(postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate", "--db", postgres_url]) == 0
+    assert "schema up to date" in capsys.readouterr().out
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (1,)
+    PostgresStorage(postgres_url, migrate=False).close()  # now usable without migrating
+
+
+def test_migrate_command_names_an_unreachable_database(capsys: pytest.CaptureFixture[str]) -> None:
+    from ..support import free_port
+
+    url = f"postgresql://nobody:pw@127.0.0.1:{free_port()}/x?connect_timeout=1"
+    assert main(["migrate", "--db", url]) == 1
+    err = capsys.readouterr().err
+    assert "sqreen-mw migrate: error:" in err and "pw@" not in err and "127.0.0.1" in err
+
+
+def test_a_block_bumps_the_version_and_notifies_in_one_transaction(storage: PostgresStorage) -> None:
+    from sqreen_mw.collector.automation.store import Block
+
+    heard: list[int] = []
+    got = threading.Event()
+
+    def on_version(v: int) -> None:
+        heard.append(v)
+        if v >= 1:
+            got.set()
+
+    storage.listen(on_version)
+    assert storage._listeners[0].connected.wait(10)
+    version = storage.insert_block(Block("b_1", "ip", "198.51.100.9", "test", None, time.time(), None))
+    assert version == 1 and got.wait(10) and heard[-1] == 1
+
+
+@pytest.fixture
+def own_server() -> Iterator[pg.PostgresServer]:
+    """A server of this test's own, which it may stop and start."""
+    pg.server()  # skips (or fails) the same way when there is none
+    bin_dir = pg.find_bin_dir()
+    assert bin_dir is not None
+    server = pg.PostgresServer(bin_dir)
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.mark.anyio
+async def test_database_down_answers_503_retry_after_then_recovers(own_server: pg.PostgresServer) -> None:
+    app = create_app(db_path=own_server.new_database(), api_keys={API_KEY: ""}, admin_token=ADMIN)
+    app.state.storage._wait = 2.0  # the outage is detected within 2 s per request
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c") as client:
+            sid = await login(client)
+            assert (await send(client, sid, [event()])).status_code == 200
+            own_server.stop("fast")
+            down = await send(client, sid, [event()])
+            assert down.status_code == 503, down.text
+            assert down.headers["retry-after"] == "5" and "storage unavailable" in down.json()["error"]
+            listing = await client.get("/api/v1/events", headers={"Authorization": f"Bearer {ADMIN}"})
+            assert listing.status_code == 503
+            own_server.restart()
+            deadline = time.monotonic() + 30
+            while True:  # the pool replaces its broken connections by itself
+                answer = await send(client, sid, [event()])
+                if answer.status_code == 200 or time.monotonic() > deadline:
+                    break
+                await anyio.sleep(0.5)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["accepted"] == 1
+    finally:
+        app.state.storage.close()
+
+
+def test_missing_server_skips_or_fails_as_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(pg.REQUIRE_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no server here"):
+        pg.unavailable("no server here")
+    monkeypatch.setenv(pg.REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="SQREEN_REQUIRE_POSTGRES=1 but no server here"):
+        pg.unavailable("no server here")
+
+
