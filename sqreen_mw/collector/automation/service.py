@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ import anyio
 from ..._schema import MAX_FUTURE_SKEW, format_timestamp
 from .._records import EventRecord
 from .._sqlite_automation import new_id
-from .engine import DEFAULT_MAX_ACTORS, Candidate, PlaybookCounter, replay
+from .engine import DEFAULT_MAX_ACTORS, Candidate, PlaybookCounter, actor_of, replay
 from .model import Allowlist, Playbook, PlaybookError, format_duration, parse_duration, parse_playbook, user_key
 from .store import AllowEntry, AutomationStore, Block, Firing
 from .webhooks import WebhookSender
@@ -85,6 +86,14 @@ def actor_key(kind: str, value: Any) -> Hashable:
     if kind == "user":
         return ("user", user_key(value))
     return ("property", value["key"], type(value["value"]).__name__, value["value"])
+
+
+def actor_text(key: Hashable) -> str:
+    """An actor's counter key as text: how a store shared by replicas names the actor (hits, firings)."""
+    return json.dumps(key, separators=(",", ":"), ensure_ascii=True)
+
+
+_PRUNE_SECONDS = 60.0  # how often old shared hits are deleted
 
 
 def _block_key(kind: str, value: Any) -> Hashable:
@@ -175,6 +184,9 @@ class Automation:
         self._payload: tuple[int, float, dict[str, Any]] | None = None
         self._escalation: dict[tuple[str, Hashable], list[float]] = {}
         self._counters: dict[str, PlaybookCounter] = {}
+        # A store shared by replicas counts in the database (each replica sees only part of the events).
+        self._shared = bool(getattr(store, "shared_counters", False))
+        self._pruned_at = 0.0
         self._by_event: dict[str, list[PlaybookCounter]] = {}
         for firing in store.list_firings(playbook=None, since=now - ESCALATION_WINDOW, limit=100_000, after=None):
             if any(r.get("status") == "taken" and r.get("block_id") for r in firing.responses):
@@ -221,7 +233,9 @@ class Automation:
         """(Re)build one playbook's counters from stored events within its window, honouring past firings."""
         self._counters.pop(name, None)
         entry = self._entries.get(name)
-        if entry is not None and entry.playbook.enabled:
+        if entry is not None and entry.playbook.enabled and self._shared:
+            self._counters[name] = self._start_shared_counter(entry.playbook)
+        elif entry is not None and entry.playbook.enabled:
             pb = entry.playbook
             counter = PlaybookCounter(pb, self.max_actors)
             now = self.clock()
@@ -243,6 +257,81 @@ class Automation:
             for event_name in counter.playbook.events:
                 by_event.setdefault(event_name, []).append(counter)
         self._by_event = by_event
+
+    def _start_shared_counter(self, pb: Playbook) -> PlaybookCounter:
+        """A playbook's shared hits rebuilt from the stored events of its window; the actors are counted at their
+        next event (counting here, under this replica's lock, could wait on another replica's actor lock held by a
+        thread that waits for this lock)."""
+        counter = PlaybookCounter(pb, self.max_actors)
+        now = self.clock()
+        hits: list[tuple[str, str, float, str, str | None]] = []
+        for chunk in self.store.scan_events(pb.events, now - pb.window, now + MAX_FUTURE_SKEW):
+            for event in chunk:
+                if not event.blocked and counter.matches(event):
+                    found = self._shared_hit(pb, event, now)
+                    if found is not None:
+                        hits.append(found[0])
+        self.store.replace_hits(pb.name, hits)  # type: ignore[attr-defined]
+        return counter
+
+    @staticmethod
+    def _shared_hit(pb: Playbook, event: EventRecord, now: float) -> tuple[tuple[str, str, float, str, str | None],
+                                                                           Hashable, str, Any] | None:
+        ts = min(event.ts, now)  # a little clock skew ahead of the collector counts as now
+        if ts < now - pb.window:
+            return None
+        found = actor_of(pb.actor, event, pb.prefix)
+        if found is None:
+            return None
+        key, kind, value = found
+        distinct: str | None = None
+        if pb.distinct is not None:
+            other = actor_of(pb.distinct, event)
+            if other is None:
+                return None
+            distinct = actor_text(other[0])
+        return (pb.name, actor_text(key), ts, event.id, distinct), key, kind, value
+
+    def _observe_shared(self, events: Sequence[EventRecord]) -> int:
+        """:meth:`observe` with a store shared by replicas: hits stored, then each touched actor counted (and fired
+        at most once across replicas) under its lock in the database."""
+        now = self.clock()
+        with self._lock:
+            by_event = self._by_event
+        hits: list[tuple[str, str, float, str, str | None]] = []
+        touched: dict[tuple[str, str], tuple[Playbook, Hashable, str, Any]] = {}
+        for event in events:
+            counters = by_event.get(event.name)
+            if counters is None or event.blocked:
+                continue
+            for counter in counters:
+                if counter.matches(event):
+                    found = self._shared_hit(counter.playbook, event, now)
+                    if found is not None:
+                        hit, key, kind, value = found
+                        hits.append(hit)
+                        touched[(hit[0], hit[1])] = (counter.playbook, key, kind, value)
+        if not hits:
+            return 0
+        store: Any = self.store
+        store.add_hits(hits)
+        fired = 0
+        for (_, actor), (pb, key, kind, value) in touched.items():
+            with store.hit_lock(pb.name, actor, now=now, window=pb.window, threshold=pb.threshold,
+                                distinct=pb.distinct is not None, cooldown=pb.cooldown,
+                                escalation_window=ESCALATION_WINDOW) as hc:
+                if hc.count < pb.threshold or hc.in_cooldown:
+                    continue
+                with self._lock:
+                    self._escalation[(pb.name, key)] = hc.blocking_firings
+                    self._respond(Candidate(pb, key, kind, value, now, hc.count, hc.event_ids))
+                fired += 1
+        if now - self._pruned_at > _PRUNE_SECONDS:
+            self._pruned_at = now
+            with self._lock:
+                longest = max((c.playbook.window for c in self._counters.values()), default=0.0)
+            store.prune_hits(now - longest - MAX_FUTURE_SKEW)
+        return fired
 
     def list_playbooks(self) -> list[dict[str, Any]]:
         """Every playbook as JSON, with ``source`` ("file"/"api"), ``overridden`` and its counter statistics."""
@@ -326,6 +415,8 @@ class Automation:
         """
         if not self._by_event:
             return 0
+        if self._shared:
+            return self._observe_shared(events)
         candidates: list[Candidate] = []
         with self._lock:
             by_event = self._by_event

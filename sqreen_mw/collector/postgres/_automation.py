@@ -16,18 +16,12 @@ from .._records import EventRecord
 from .._sqlite_automation import ALL_FIELDS, _blocked, _dump
 from ..automation.store import AllowEntry, Block, Firing
 
-__all__ = ["CHANNEL", "AutomationTables", "actor_text"]
+__all__ = ["CHANNEL", "AutomationTables"]
 
 #: The LISTEN/NOTIFY channel of actions-version changes; the payload is the new version.
 CHANNEL = "sqreen_mw_actions"
 _BLOCK_COLUMNS = "id, kind, value, reason, playbook, created_at, expires_at, lifted_at, firing_id"
 _FIRING_COLUMNS = "id, playbook, actor_kind, actor_value, at, count, event_ids, responses, seq"
-
-
-def actor_text(key: Any) -> str:
-    """An actor's counter key (see ``automation.engine.actor_of``) as the text stored in ``firings.actor_key`` and
-    ``playbook_hits.actor``."""
-    return json.dumps(key, separators=(",", ":"), ensure_ascii=True)
 
 
 def _block(row: Sequence[Any]) -> Block:
@@ -40,7 +34,7 @@ def _firing(row: Sequence[Any]) -> Firing:
 
 
 def _firing_key(kind: str, value: Any) -> str:
-    from ..automation.service import actor_key
+    from ..automation.service import actor_key, actor_text  # the text automation names hits by
 
     return actor_text(actor_key(kind, value))
 

@@ -127,7 +127,6 @@ class PostgresStorage(AutomationTables, HitTables):
         except BaseException:
             self._pool.close()
             raise
-        self._hits_init()
 
     def _check_schema(self, conn: Any) -> None:
         from .._storage import SchemaError
@@ -195,7 +194,6 @@ class PostgresStorage(AutomationTables, HitTables):
                     users = sorted((value, e.ts, e.seq) for e in fresh for value in e.users)
                     if users:
                         conn.execute(_INSERT_USERS, [list(c) for c in zip(*users, strict=True)])
-                    self._store_hits(conn, fresh)
                     return fresh
             except pg_errors.TransactionRollback:
                 if attempt == _RETRIES - 1:
