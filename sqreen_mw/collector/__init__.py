@@ -22,7 +22,7 @@ from ._ingest import PROTOCOL_VERSION, AgentEndpoints
 from ._sqlite import SQLiteStorage
 from .automation import Allowlist, Automation, Playbook
 from .automation.api import AutomationApi
-from .postgres import StorageUnavailable
+from .postgres import StorageUnavailable, UnstorableText
 
 if TYPE_CHECKING:
     from .postgres.storage import PostgresStorage
@@ -40,6 +40,10 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
     return JSON({"error": f"storage unavailable, retry later: {exc}"}, status_code=503,
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def _unstorable(request: Request, exc: Exception) -> Response:
+    return JSON({"error": str(exc)}, status_code=422)
 
 
 def open_storage(db: str) -> SQLiteStorage | PostgresStorage:
@@ -133,7 +137,7 @@ def create_app(
             *admin.routes(),
             *AutomationApi(automation, storage, admin_token).routes(),
         ],
-        exception_handlers={HTTPException: http_error, StorageUnavailable: _unavailable},
+        exception_handlers={HTTPException: http_error, StorageUnavailable: _unavailable, UnstorableText: _unstorable},
         lifespan=lifespan,
     )
     app.state.storage = storage

@@ -174,3 +174,21 @@ def test_missing_server_skips_or_fails_as_the_environment_says(monkeypatch: pyte
         pg.unavailable("no server here")
 
 
+
+
+@pytest.mark.anyio
+async def test_a_nul_in_a_text_column_is_a_422_and_stores_nothing(postgres_url: str) -> None:
+    app = create_app(db_path=postgres_url, api_keys={API_KEY: ""}, admin_token=ADMIN)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c") as client:
+            sid = await login(client)
+            answer = await send(client, sid, [event(), event("login\x00failed")])
+            assert answer.status_code == 422 and "PostgreSQL cannot store" in answer.json()["error"]
+            assert app.state.storage.query_events(EventQuery()) == []
+            inside_json = event()
+            inside_json["properties"] = {"note": "a\x00b"}  # escaped inside JSON: stored as any other
+            assert (await send(client, sid, [inside_json])).json()["accepted"] == 1
+            (stored,) = app.state.storage.query_events(EventQuery())
+            assert stored.properties == {"note": "a\x00b"}
+    finally:
+        app.state.storage.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["RETRY_AFTER_SECONDS", "StorageUnavailable", "is_postgres_url", "redact"]
+__all__ = ["RETRY_AFTER_SECONDS", "StorageUnavailable", "UnstorableText", "is_postgres_url", "redact"]
 
 #: What a collector whose database is unreachable tells agents to wait before retrying.
 RETRY_AFTER_SECONDS = 5
@@ -16,6 +16,11 @@ RETRY_AFTER_SECONDS = 5
 
 class StorageUnavailable(RuntimeError):
     """The database cannot be reached right now; the request may be retried (the collector answers 503)."""
+
+
+class UnstorableText(ValueError):
+    """A value PostgreSQL's text cannot hold (a NUL character in an event's name, id, app or client IP; inside the
+    JSON fields it is escaped and fine): the collector answers 422, nothing of the batch is stored."""
 
 
 def is_postgres_url(db: str) -> bool:

@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .._records import AgentSession, EventQuery, EventRecord
 from .._sqlite import _encode
-from . import StorageUnavailable, redact
+from . import StorageUnavailable, UnstorableText, redact
 from ._automation import AutomationTables
 from ._hits import HitTables
 from ._schema import prepare_schema
@@ -198,6 +198,9 @@ class PostgresStorage(AutomationTables, HitTables):
             except pg_errors.TransactionRollback:
                 if attempt == _RETRIES - 1:
                     raise
+            except psycopg.DataError as exc:  # NUL in a text column: the one value SQLite stores and PostgreSQL not
+                raise UnstorableText(f"an event's name, id, app or client IP holds a character PostgreSQL cannot "
+                                     f"store: {str(exc).strip()[:200]}") from None
         raise AssertionError("unreachable")
 
     def query_events(self, query: EventQuery) -> list[EventRecord]:
