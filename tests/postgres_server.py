@@ -45,8 +45,9 @@ def unavailable(reason: str) -> None:
 class PostgresServer:
     """One running server; :meth:`new_database` hands out fresh databases on it."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        self.durable = durable
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="sqreen_mw-pg-"))
         self.data = self.root / "data"
@@ -67,10 +68,12 @@ class PostgresServer:
         self._pg_start()
 
     def _pg_start(self) -> None:
-        # Throwaway data: durability settings off, so the tests measure the collector rather than the disk.
+        # Throwaway data: durability settings off, so the tests measure the collector rather than the disk
+        # (durable=True keeps PostgreSQL's defaults: the benchmark's production-like run).
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root}"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-                   " -c shared_buffers=64MB")
+                   " -c max_connections=200 -c shared_buffers=128MB")
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                   "-o", options, "-w", "-t", "60", "start")
 

@@ -22,7 +22,7 @@ Hit = tuple[str, str, float, str, str | None]
 
 _INSERT_HITS = """
 INSERT INTO playbook_hits (playbook, actor, ts, event_id, distinct_value)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING
+SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING
 """
 _LAST_FIRING = "SELECT max(at) FROM firings WHERE playbook = %s AND actor_key = %s"
 # The first ``threshold`` hits (or distinct values) after the last firing: the events that crossed the threshold,
