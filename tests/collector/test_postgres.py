@@ -192,3 +192,23 @@ async def test_a_nul_in_a_text_column_is_a_422_and_stores_nothing(postgres_url: 
             assert stored.properties == {"note": "a\x00b"}
     finally:
         app.state.storage.close()
+
+
+_LISTINGS = [
+    EventQuery(limit=100),
+    EventQuery(name="login", limit=100),
+    EventQuery(ip="203.0.113.7", limit=100),
+    EventQuery(user="u7@example.com", limit=100),
+    EventQuery(user="u7@example.com", name="login", limit=100, after=(1_700_010_000.0, 10**9)),
+    EventQuery(since=1_700_000_000.0, until=1_700_020_000.0, limit=100),
+]
+
+
+def test_every_listing_walks_an_index_without_sorting(storage: PostgresStorage) -> None:
+    for start in range(0, 30_000, 5000):
+        storage.insert_events([_record(i, user=f"u{i % 50}@example.com") for i in range(start, start + 5000)])
+    with storage._tx() as conn:
+        conn.execute("ANALYZE")
+    for query in _LISTINGS:
+        plan = "\n".join(storage.query_plan(query))
+        assert "Sort" not in plan and "Seq Scan" not in plan, (query, plan)
