@@ -122,3 +122,12 @@ async def test_attempts_split_across_replicas_fire_once_and_block_once(pair: lis
     assert firing["count"] == 3 and len(set(firing["event_ids"])) == 3
     assert [x["value"] for x in await blocks(a)] == ["203.0.113.50"] == [x["value"] for x in await blocks(b)]
     assert len(await firings(a)) == 1  # the cooldown holds across replicas
+
+
+async def test_a_batch_of_many_actors_fires_for_the_one_over_the_threshold(pair: list[httpx.AsyncClient]) -> None:
+    a, b = pair
+    sid_a, sid_b = await login(a), await login(b)
+    crowd = [failed_login(ip=f"198.51.{n // 250}.{n % 250 + 1}") for n in range(300)]
+    await send(a, sid_a, [*crowd[:150], failed_login(ip="203.0.113.60"), failed_login(ip="203.0.113.60")])
+    await send(b, sid_b, [*crowd[150:], failed_login(ip="203.0.113.60")])
+    assert [f["actor"]["value"] for f in await firings(a)] == ["203.0.113.60"]

@@ -192,8 +192,10 @@ class Automation:
             if any(r.get("status") == "taken" and r.get("block_id") for r in firing.responses):
                 self._escalation.setdefault((firing.playbook, actor_key(firing.actor_kind, firing.actor_value)),
                                             []).append(firing.at)
+        self._starting = True  # shared hits are topped up, not replaced: the definitions are those stored
         for name in list(self._entries):
             self._start_counter(name)
+        self._starting = False
         listen = getattr(store, "listen", None)
         if listen is not None:  # a store shared by replicas (PostgreSQL): hear of the other replicas' changes
             listen(self._remote_change)
@@ -271,7 +273,11 @@ class Automation:
                     found = self._shared_hit(pb, event, now)
                     if found is not None:
                         hits.append(found[0])
-        self.store.replace_hits(pb.name, hits)  # type: ignore[attr-defined]
+        store: Any = self.store
+        if self._starting:  # other replicas may be writing this playbook's hits meanwhile: only add the missing
+            store.add_hits(hits)
+        else:  # a changed definition: the old one's hits must not count
+            store.replace_hits(pb.name, hits)
         return counter
 
     @staticmethod
@@ -316,7 +322,19 @@ class Automation:
         store: Any = self.store
         store.add_hits(hits)
         fired = 0
-        for (_, actor), (pb, key, kind, value) in touched.items():
+        # One query per playbook finds the actors with enough hits in the window; only those are locked and counted
+        # exactly (a batch of a thousand addresses must not cost a thousand locked transactions).
+        by_playbook: dict[str, list[str]] = {}
+        for name, actor in touched:
+            by_playbook.setdefault(name, []).append(actor)
+        likely: set[tuple[str, str]] = set()
+        for name, actors in by_playbook.items():
+            pb = touched[(name, actors[0])][0]
+            likely.update((name, a) for a in store.over_threshold(name, actors, now - pb.window, pb.threshold,
+                                                                  distinct=pb.distinct is not None))
+        for (name, actor), (pb, key, kind, value) in touched.items():
+            if (name, actor) not in likely:
+                continue
             with store.hit_lock(pb.name, actor, now=now, window=pb.window, threshold=pb.threshold,
                                 distinct=pb.distinct is not None, cooldown=pb.cooldown,
                                 escalation_window=ESCALATION_WINDOW) as hc:

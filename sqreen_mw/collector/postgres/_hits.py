@@ -80,6 +80,18 @@ class HitTables:
             if hits:
                 conn.execute(_INSERT_HITS, _columns(hits))
 
+    def over_threshold(self, playbook: str, actors: Sequence[str], since: float, threshold: int, *,
+                       distinct: bool) -> list[str]:
+        """The actors with at least ``threshold`` hits (or distinct values) since ``since``, firings not considered:
+        the only ones worth counting exactly under their lock."""
+        measure = "count(DISTINCT distinct_value)" if distinct else "count(*)"
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT actor FROM playbook_hits WHERE playbook = %s AND actor = ANY(%s) AND ts >= %s"  # noqa: S608
+                f" GROUP BY actor HAVING {measure} >= %s", (playbook, list(actors), since, threshold),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def prune_hits(self, before: float) -> int:
         """Delete hits older than ``before`` (beyond every playbook's window); return how many."""
         with self._tx() as conn:
