@@ -16,7 +16,7 @@ from sqreen_mw.collector import create_app
 from sqreen_mw.collector._records import EventQuery, EventRecord
 from sqreen_mw.collector._storage import SchemaError
 from sqreen_mw.collector.cli import main
-from sqreen_mw.collector.postgres import is_postgres_url, redact
+from sqreen_mw.collector.postgres import StorageUnavailable, is_postgres_url, redact
 
 from .. import postgres_server as pg
 from ._helpers import ADMIN, API_KEY, event, login, send
@@ -212,3 +212,25 @@ def test_every_listing_walks_an_index_without_sorting(storage: PostgresStorage) 
     for query in _LISTINGS:
         plan = "\n".join(storage.query_plan(query))
         assert "Sort" not in plan and "Seq Scan" not in plan, (query, plan)
+
+
+def test_a_counting_failure_after_the_batch_is_stored_is_logged_and_counted(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sqreen_mw.collector.automation import Automation, parse_playbook
+
+    playbook = parse_playbook({"name": "any", "event": "login", "actor": "ip", "threshold": 1, "window": "1h",
+                               "response": [{"action": "log"}]})
+    automation = Automation(storage, playbooks=[playbook])
+    try:
+        def unreachable(*_: object, **__: object) -> list[str]:
+            raise StorageUnavailable("the database went away")
+
+        monkeypatch.setattr(storage, "over_threshold", unreachable)
+        fresh = storage.store_events([_record(0)._replace(ts=time.time())])
+        assert automation.observe(fresh) == 0  # not raised into ingest: the batch is stored and acknowledged
+        assert automation.counting_failures == 1 and "do not count" in caplog.text
+        monkeypatch.undo()
+        assert automation.observe(storage.store_events([_record(1)._replace(ts=time.time())])) == 1
+    finally:
+        automation.close()

@@ -187,6 +187,7 @@ class Automation:
         # A store shared by replicas counts in the database (each replica sees only part of the events).
         self._shared = bool(getattr(store, "shared_counters", False))
         self._pruned_at = 0.0
+        self.counting_failures = 0  # batches whose shared counting failed (the database went away meanwhile)
         self._by_event: dict[str, list[PlaybookCounter]] = {}
         for firing in store.list_firings(playbook=None, since=now - ESCALATION_WINDOW, limit=100_000, after=None):
             if any(r.get("status") == "taken" and r.get("block_id") for r in firing.responses):
@@ -434,7 +435,12 @@ class Automation:
         if not self._by_event:
             return 0
         if self._shared:
-            return self._observe_shared(events)
+            try:
+                return self._observe_shared(events)
+            except Exception:  # the batch is stored and acknowledged whatever happens to its counting
+                self.counting_failures += 1
+                logger.exception("counting %d stored events in the shared store failed; they do not count", len(events))
+                return 0
         candidates: list[Candidate] = []
         with self._lock:
             by_event = self._by_event
