@@ -42,6 +42,17 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_psycopg() -> None:
+    """At a test module's top: skip the module without psycopg (fail it when PostgreSQL is required)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            missing = f"{REQUIRE_ENV}=1 but psycopg is not installed: pip install 'sqreen_mw[postgres]'"
+            raise RuntimeError(missing) from None
+        pytest.skip("psycopg is not installed: pip install 'sqreen_mw[postgres]'", allow_module_level=True)
+
+
 class PostgresServer:
     """One running server; :meth:`new_database` hands out fresh databases on it."""
 

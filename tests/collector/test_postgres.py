@@ -21,7 +21,9 @@ from sqreen_mw.collector.postgres import StorageUnavailable, is_postgres_url, re
 from .. import postgres_server as pg
 from ._helpers import ADMIN, API_KEY, event, login, send
 
-psycopg = pytest.importorskip("psycopg")
+pg.require_psycopg()
+import psycopg  # noqa: E402
+
 from sqreen_mw.collector.postgres.storage import PostgresStorage  # noqa: E402 - needs psycopg
 
 

@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
+from ..postgres_server import require_psycopg
 from ..support import ADMIN_TOKEN, API_KEY, Collector, read_line_matching, spawn, stop_process
 from ..test_e2e_protect import PLAYBOOK
 from ._helpers import event
 
-pytest.importorskip("psycopg")
+require_psycopg()
 ATTACKER = "203.0.113.88"
 
 

@@ -17,10 +17,11 @@ from starlette.applications import Starlette
 from sqreen_mw.collector import create_app
 from sqreen_mw.collector.automation import parse_playbook
 
+from ..postgres_server import require_psycopg
 from ._helpers import ADMIN, ADMIN_HEADERS, API_KEY, login, send
 from .test_automation_api import STUFFING, blocks, failed_login, firings
 
-pytest.importorskip("psycopg")
+require_psycopg()
 pytestmark = pytest.mark.anyio
 
 
