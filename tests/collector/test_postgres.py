@@ -236,3 +236,12 @@ def test_a_counting_failure_after_the_batch_is_stored_is_logged_and_counted(
         assert automation.observe(storage.store_events([_record(1)._replace(ts=time.time())])) == 1
     finally:
         automation.close()
+
+
+def test_a_batch_failing_after_its_events_were_inserted_stores_nothing(storage: PostgresStorage) -> None:
+    good = _record(0, user="a@example.com")
+    bad = _record(1)._replace(users=(object(),))  # the events insert, then their user rows fail: one transaction
+    with pytest.raises(TypeError):  # sorting the user rows, after the events' INSERT ran
+        storage.insert_events([good, bad])
+    assert storage.query_events(EventQuery()) == []
+    assert storage.insert_events([good]) == (1, 0)  # nothing of it was kept, and the pool is usable again
