@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import httpx
@@ -117,7 +118,7 @@ def test_a_block_bumps_the_version_and_notifies_in_one_transaction(storage: Post
     heard: list[int] = []
     got = threading.Event()
 
-    def on_version(v: int) -> None:
+    def on_version(v: int, resync: bool) -> None:
         heard.append(v)
         if v >= 1:
             got.set()
@@ -245,3 +246,25 @@ def test_a_batch_failing_after_its_events_were_inserted_stores_nothing(storage: 
         storage.insert_events([good, bad])
     assert storage.query_events(EventQuery()) == []
     assert storage.insert_events([good]) == (1, 0)  # nothing of it was kept, and the pool is usable again
+
+
+def test_a_change_heard_after_a_newer_own_change_is_still_loaded(postgres_url: str) -> None:
+    from sqreen_mw.collector.automation import Automation
+
+    mine, theirs = PostgresStorage(postgres_url), PostgresStorage(postgres_url)
+    callbacks: list[Any] = []
+    mine.listen = callbacks.append  # type: ignore[method-assign] # notifications delivered by hand, in a bad order
+    here, there = Automation(mine), Automation(theirs)
+    try:
+        other = there.create_block({"kind": "ip", "value": "192.0.2.10"})  # version 1, its NOTIFY still on the way
+        own = here.create_block({"kind": "ip", "value": "192.0.2.20"})  # version 2
+        (notify,) = callbacks
+        notify(2, False)  # this replica's own change: nothing to reload
+        notify(1, False)  # the other replica's, older than what this one holds
+        values = sorted(a["value"] for a in here.actions()["actions"])
+        assert values == ["192.0.2.10", "192.0.2.20"] and here.version == 2, (other, own, values)
+    finally:
+        here.close()
+        there.close()
+        mine.close()
+        theirs.close()

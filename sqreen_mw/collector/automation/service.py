@@ -181,6 +181,8 @@ class Automation:
             _block_key(b.kind, b.value): b for b in store.list_blocks(include_inactive=False, now=now)
         }
         self._version = store.actions_version()
+        self._own_versions: set[int] = set()  # versions this replica made, whose notification is still to come
+        self._listening = getattr(store, "listen", None) is not None  # a store shared by replicas
         self._payload: tuple[int, float, dict[str, Any]] | None = None
         self._escalation: dict[tuple[str, Hashable], list[float]] = {}
         self._counters: dict[str, PlaybookCounter] = {}
@@ -201,17 +203,17 @@ class Automation:
         if listen is not None:  # a store shared by replicas (PostgreSQL): hear of the other replicas' changes
             listen(self._remote_change)
 
-    def _remote_change(self, version: int) -> None:
-        """The actions version moved in the shared store (another replica changed blocks or playbooks): reload
-        them, then wake the long-polls of this replica's agents. Called from the store's listener thread."""
+    def _remote_change(self, version: int, resync: bool = False) -> None:
+        """The actions version moved in the shared store (another replica changed blocks or playbooks), or the
+        listener (re)connected (``resync``: changes may have been missed): reload them, then wake the long-polls of
+        this replica's agents. Called from the store's listener thread."""
         with self._lock:
-            if version <= self._version:  # this replica's own change, already announced
+            if version in self._own_versions and not resync:  # this replica's own change, already announced
+                self._own_versions.discard(version)
                 return
-        blocks = self.store.list_blocks(include_inactive=False, now=self.clock())
-        stored = {str(d.get("name")): d for d in self.store.load_playbooks()}
-        with self._lock:
-            if version <= self._version:
-                return
+            # Reloaded under the lock, so a change made here meanwhile cannot be overwritten by an older list.
+            blocks = self.store.list_blocks(include_inactive=False, now=self.clock())
+            stored = {str(d.get("name")): d for d in self.store.load_playbooks()}
             self._active = {_block_key(b.kind, b.value): b for b in blocks}
             changed = [name for name, e in self._entries.items() if e.source == "api" and name not in stored]
             for name in changed:
@@ -228,7 +230,10 @@ class Automation:
                 changed.append(name)
             for name in changed:
                 self._start_counter(name)
-            self._changed(version)
+            self._payload = None
+            if len(self._own_versions) > 1000:  # announced while the listener was away: never heard back
+                self._own_versions.clear()
+        self._changed(version, own=False)
 
     # --- playbooks --------------------------------------------------------------------------------------------
 
@@ -678,9 +683,12 @@ class Automation:
             self._payload = (self._version, now, payload)
             return payload
 
-    def _changed(self, version: int) -> None:
+    def _changed(self, version: int, own: bool = True) -> None:
         with self._lock:
-            self._version = version
+            if own and self._listening:
+                self._own_versions.add(version)
+            # max: with replicas, a version heard from another one may already be newer than this change's
+            self._version = max(self._version, version)
             waiters = list(self._waiters)
         for loop, event in waiters:
             try:

@@ -24,9 +24,11 @@ _RETRY_SECONDS = 1.0  # between reconnection attempts while the database is down
 
 
 class VersionListener(threading.Thread):
-    """Calls ``on_version(version)`` for each notification, and with ``current()`` after each (re)connection."""
+    """Calls ``on_version(version, False)`` for each notification, and ``on_version(current(), True)`` after each
+    (re)connection."""
 
-    def __init__(self, url: str, where: str, on_version: Callable[[int], None], current: Callable[[], int]) -> None:
+    def __init__(self, url: str, where: str, on_version: Callable[[int, bool], None],
+                 current: Callable[[], int]) -> None:
         super().__init__(name="sqreen_mw-pg-listen", daemon=True)
         self._url = url
         self._where = where
@@ -43,11 +45,11 @@ class VersionListener(threading.Thread):
                                      application_name="sqreen-mw listener") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.connected.set()
-                    self._on_version(self._current())
+                    self._on_version(self._current(), True)
                     while not self._stopping.is_set():
                         for note in conn.notifies(timeout=_POLL_SECONDS):
                             if note.payload.isdigit():
-                                self._on_version(int(note.payload))
+                                self._on_version(int(note.payload), False)
             except (psycopg.Error, StorageUnavailable) as exc:
                 was_connected = self.connected.is_set()
                 self.connected.clear()

@@ -277,9 +277,10 @@ class PostgresStorage(AutomationTables, HitTables):
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
-    def listen(self, on_version: Callable[[int], None]) -> None:
-        """Call ``on_version(v)`` (from a thread of its own) whenever any replica changes the actions version, and
-        once after each reconnection (a change may have been missed meanwhile)."""
+    def listen(self, on_version: Callable[[int, bool], None]) -> None:
+        """Call ``on_version(v, False)`` (from a thread of its own) whenever any replica, this one included, changes
+        the actions version, and ``on_version(current, True)`` after each (re)connection (changes may have been
+        missed meanwhile)."""
         from ._listen import VersionListener
 
         listener = VersionListener(self.url, self.where, on_version, self.actions_version)
