@@ -19,6 +19,7 @@ from starlette.routing import Route
 from ._api import AdminApi
 from ._http import JSON, http_error
 from ._ingest import PROTOCOL_VERSION, AgentEndpoints
+from ._retention import Retention
 from ._sqlite import SQLiteStorage
 from .automation import Allowlist, Automation, Playbook
 from .automation.api import AutomationApi
@@ -75,6 +76,7 @@ def create_app(
     playbooks: Sequence[Playbook] = (),
     allow: Allowlist | None = None,
     allow_http_webhooks: bool = False,
+    retention: float | None = None,
 ) -> Starlette:
     """Build the collector ASGI app, opening (or creating) its SQLite database.
 
@@ -91,6 +93,8 @@ def create_app(
     :param playbooks: the playbooks of the ``--playbooks`` file (see :func:`.automation.load_playbooks_file`).
     :param allow: the file's allowlist.
     :param allow_http_webhooks: accept plain-http webhook URLs beyond loopback in API-made playbooks.
+    :param retention: seconds events are kept; older ones are deleted at start and hourly (by the lifespan);
+        None keeps everything.
     :raises ValueError: no API key, an empty key or admin token, or a limit below 1.
     :return: the Starlette application; ``app.state.storage`` is its storage, ``app.state.automation`` its
         :class:`~.automation.Automation` (playbooks, blocks, firings).
@@ -103,6 +107,8 @@ def create_app(
         raise ValueError("admin_token must be a non-empty string, or None to disable the admin API")
     if max_body_bytes < 1 or max_batch_events < 1:
         raise ValueError("max_body_bytes and max_batch_events must be at least 1")
+    if retention is not None and retention <= 0:
+        raise ValueError("retention must be a positive number of seconds, or None to keep every event")
     if heartbeat_delay is not None and heartbeat_delay < 1:
         raise ValueError("heartbeat_delay must be at least 1 second, or None")
 
@@ -122,11 +128,17 @@ def create_app(
     )
     admin = AdminApi(storage, admin_token)
 
+    sweeper = None if retention is None else Retention(storage, retention)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if sweeper is not None:
+            sweeper.start()
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.stop()
             automation.close()
             storage.close()
 
@@ -142,4 +154,5 @@ def create_app(
     )
     app.state.storage = storage
     app.state.automation = automation
+    app.state.retention = sweeper
     return app

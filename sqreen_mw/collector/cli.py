@@ -78,6 +78,10 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--allow-http-webhooks", action="store_true", help="accept plain-http webhook URLs beyond loopback"
     )
+    parser.add_argument(
+        "--retention", default=env.get("SQREEN_COLLECTOR_RETENTION"), metavar="DURATION",
+        help='delete events older than this, e.g. "90d" (also SQREEN_COLLECTOR_RETENTION); default: keep all',
+    )
     parser.set_defaults(handler=_serve)
 
 
@@ -194,6 +198,15 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"sqreen-mw serve: error: --playbooks {args.playbooks}: {exc}", file=sys.stderr)
             return EXIT_USAGE
 
+    retention = None
+    if args.retention:
+        from .automation.model import parse_duration
+
+        try:
+            retention = parse_duration(args.retention)
+        except ValueError as exc:
+            print(f"sqreen-mw serve: error: --retention {exc}", file=sys.stderr)
+            return EXIT_USAGE
     specs = list(args.api_key)
     specs += [spec for spec in os.environ.get("SQREEN_COLLECTOR_API_KEYS", "").split(",") if spec.strip()]
     try:
@@ -202,7 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise ValueError("no API key: pass --api-key KEY (or APP=KEY), or set SQREEN_COLLECTOR_API_KEYS")
         app = create_app(
             db_path=args.db, api_keys=api_keys, admin_token=args.admin_token, heartbeat_delay=args.heartbeat_delay,
-            playbooks=playbooks, allow=allow, allow_http_webhooks=args.allow_http_webhooks,
+            playbooks=playbooks, allow=allow, allow_http_webhooks=args.allow_http_webhooks, retention=retention,
         )
     except ValueError as exc:
         print(f"sqreen-mw serve: error: {exc}", file=sys.stderr)

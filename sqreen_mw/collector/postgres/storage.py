@@ -275,6 +275,21 @@ class PostgresStorage(AutomationTables, HitTables):
             for row in rows
         ]  # fmt: skip
 
+    def delete_events_before(self, cutoff: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` of the oldest events with ``ts < cutoff`` and their user rows, in one transaction;
+        return how many (retention calls it until 0, so no transaction is long)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts < %s ORDER BY ts LIMIT %s)"
+                " RETURNING seq, ts, user_identifiers", (cutoff, limit),
+            ).fetchall()
+            users = [(str(v), ts, seq) for seq, ts, ids in rows for v in (_load(ids) or {}).values()]
+            if users:
+                conn.execute("DELETE FROM event_users WHERE (value, ts, seq) IN"
+                             " (SELECT * FROM unnest(%b::text[], %b::float8[], %b::bigint[]))",
+                             [list(c) for c in zip(*users, strict=True)])
+        return len(rows)
+
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     def listen(self, on_version: Callable[[int, bool], None]) -> None:
