@@ -12,6 +12,9 @@ See ``docs/deployment.md`` ("Sizing") for the figures measured and what they mea
    them posting gzip batches of 1,000 events (compressed before the clock starts); events/s from the first request
    to the last answer. The load generator, both replicas and PostgreSQL share the machine's CPUs.
 
+3. **listings** (``--listings N``, e.g. 1000000): N events loaded, then the admin API's event listings (newest,
+   by name, IP, user, a time range; 101 rows each) and a 50-page cursor walk, median and max of 7 runs, in ms.
+
 The budget of issue 9: ≥ 50,000 events/s into a local PostgreSQL with two replicas.
 """
 
@@ -132,6 +135,56 @@ def bench_e2e(url: str, n_agents: int, n_batches: int, max_seconds: float) -> tu
     return sum(accepted) / elapsed, sum(accepted)
 
 
+def bench_listings(url: str, n: int) -> None:
+    import statistics
+    import uuid
+
+    from sqreen_mw.collector._records import EventQuery
+
+    store = PostgresStorage(url)
+    try:
+        rng = random.Random(3)
+        template = [_records(make_events(BATCH, b * BATCH, rng)) for b in range(20)]
+
+        def load(part: int) -> None:
+            for b in range(part, n // BATCH, 4):
+                store.insert_events([e._replace(id=str(uuid.uuid4()), ts=e.ts + (b // 20) * 20.0)
+                                     for e in template[b % 20]])
+
+        loaders = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+        t = time.perf_counter()
+        for loader in loaders:
+            loader.start()
+        for loader in loaders:
+            loader.join()
+        print(f"3. listings: {n:,} events loaded in {time.perf_counter() - t:.0f} s")
+        with store._tx() as conn:
+            conn.execute("ANALYZE")
+        newest = store.query_events(EventQuery(limit=200))
+        user = next(u for e in newest for u in e.users)
+        queries: dict[str, EventQuery | None] = {
+            "newest": EventQuery(limit=101), "by name": EventQuery(name=newest[0].name, limit=101),
+            "by ip": EventQuery(ip=newest[0].client_ip, limit=101), "by user": EventQuery(user=user, limit=101),
+            "time range": EventQuery(since=newest[0].ts - 3600, until=newest[0].ts - 1800, limit=101),
+            "50 pages (cursor)": None,
+        }
+        for label, query in queries.items():
+            times = []
+            for _ in range(7):
+                t = time.perf_counter()
+                if query is None:
+                    after: tuple[float, int] | None = None
+                    for _ in range(50):
+                        rows = store.query_events(EventQuery(limit=101, after=after))
+                        after = (rows[-1].ts, rows[-1].seq)
+                else:
+                    store.query_events(query)
+                times.append((time.perf_counter() - t) * 1000)
+            print(f"   {label:18} median {statistics.median(times):7.1f} ms   max {max(times):7.1f} ms")
+    finally:
+        store.close()
+
+
 def _k(rate: float) -> str:
     return f"{rate / 1000:,.1f}k"
 
@@ -144,6 +197,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="writer threads per replica, storage run")
     parser.add_argument("--agents", type=int, default=4, help="agent threads of the end-to-end run")
+    parser.add_argument("--listings", type=int, default=0, metavar="N", help="also time listings on N events")
     args = parser.parse_args()
     n_batches = 60 if args.quick else 200
     server: Any = None
@@ -168,6 +222,8 @@ def main() -> int:
         rate, n = bench_e2e(_new_database(base, "bench_e2e"), args.agents, n_batches, 30.0 if args.quick else 60.0)
         print(f"2. end to end: 2 x sqreen-mw serve, {args.agents} agents: {n:,} events, {_k(rate)} events/s "
               f"({rate / BUDGET:.2f}x the 50k budget)")
+        if args.listings:
+            bench_listings(_new_database(base, "bench_listings"), args.listings)
     finally:
         if server is not None:
             server.cleanup()
