@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,16 +20,48 @@ from ._api import AdminApi
 from ._http import BODY_READ_TIMEOUT, JSON, http_error, storage_unavailable
 from ._ingest import PROTOCOL_VERSION, AgentEndpoints
 from ._records import StorageUnavailable
+from ._retention import Retention
 from ._sqlite import SQLiteStorage
 from .automation import Allowlist, Automation, Playbook
 from .automation.api import AutomationApi
 from .explorer import Explorer
+from .postgres import UnstorableText
 
-__all__ = ["PROTOCOL_VERSION", "create_app"]
+if TYPE_CHECKING:
+    from .postgres.storage import PostgresStorage
+
+__all__ = ["PROTOCOL_VERSION", "create_app", "open_storage"]
 
 
 async def _healthz(request: Request) -> Response:
     return JSON({"status": "ok"})
+
+
+async def _no_explorer(request: Request) -> Response:
+    return JSON({"error": "the Event Explorer needs SQLite storage in this version; with PostgreSQL use the admin API"
+                          " (/api/v1/...)"}, status_code=404)
+
+
+async def _unstorable(request: Request, exc: Exception) -> Response:
+    return JSON({"error": str(exc)}, status_code=422)
+
+
+def open_storage(db: str) -> SQLiteStorage | PostgresStorage:
+    """The store ``db`` names: a ``postgresql://`` URL opens :class:`~.postgres.storage.PostgresStorage` (the
+    ``postgres`` extra), anything else is a SQLite file.
+
+    :raises ValueError: the URL needs the ``postgres`` extra, which is not installed.
+    """
+    from .postgres import is_postgres_url
+
+    if not is_postgres_url(db):
+        return SQLiteStorage(db)
+    try:
+        from .postgres.storage import PostgresStorage
+    except ImportError:
+        raise ValueError("a postgresql:// database needs the postgres extra: "
+                         "pip install 'sqreen_mw[postgres]'") from None
+    return PostgresStorage(db)
 
 
 def create_app(
@@ -44,13 +77,14 @@ def create_app(
     allow_http_webhooks: bool = False,
     max_parallel_batches: int = 2,
     body_timeout: float = BODY_READ_TIMEOUT,
+    retention: float | None = None,
 ) -> Starlette:
     """Build the collector ASGI app, opening (or creating) its SQLite database.
 
     The database is closed by the app's lifespan shutdown, or with ``app.state.storage.close()`` when the app is
     driven without lifespan (e.g. through ``httpx.ASGITransport``).
 
-    :param db_path: SQLite database file.
+    :param db_path: SQLite database file, or a ``postgresql://`` URL (several replicas may share that database).
     :param api_keys: API key -> app name accepted at agent login; an empty name lets the agent name its app
         (login ``app_name``, else ``"default"``).
     :param admin_token: bearer token of the admin API; None disables that API (every call answers 401).
@@ -63,6 +97,8 @@ def create_app(
     :param max_parallel_batches: most batches decoded at once, bounding memory (~40 MB each at most); a batch
         waiting more than 5 s for a slot is answered 503 with ``Retry-After``.
     :param body_timeout: seconds a client has to send its body once the headers are in (longer: 408).
+    :param retention: seconds events are kept; older ones are deleted at start and hourly (by the lifespan);
+        None keeps everything.
     :raises ValueError: no API key, an empty key or admin token, or a limit below 1.
     :return: the Starlette application; ``app.state.storage`` is its storage, ``app.state.agents`` its
         :class:`~sqreen_mw.collector._ingest.AgentEndpoints`, ``app.state.automation`` its
@@ -78,10 +114,12 @@ def create_app(
         raise ValueError("max_body_bytes, max_batch_events and max_parallel_batches must be at least 1")
     if not body_timeout > 0:
         raise ValueError("body_timeout must be a positive number of seconds")
+    if retention is not None and retention <= 0:
+        raise ValueError("retention must be a positive number of seconds, or None to keep every event")
     if heartbeat_delay is not None and heartbeat_delay < 1:
         raise ValueError("heartbeat_delay must be at least 1 second, or None")
 
-    storage = SQLiteStorage(db_path)
+    storage = open_storage(db_path)
     try:
         automation = Automation(storage, playbooks=playbooks, allow=allow, allow_http_webhooks=allow_http_webhooks)
     except BaseException:
@@ -98,13 +136,24 @@ def create_app(
         body_timeout=body_timeout,
     )
     admin = AdminApi(storage, admin_token)
-    explorer = Explorer(storage, admin_token, automation=automation, heartbeat_delay=heartbeat_delay)  # the page at /
+    # The page at /; its aggregate queries exist on SQLite only so far: with PostgreSQL the admin API serves alone.
+    explorer_routes = (
+        Explorer(storage, admin_token, automation=automation, heartbeat_delay=heartbeat_delay).routes()
+        if isinstance(storage, SQLiteStorage)
+        else [Route("/", _no_explorer, methods=["GET"])]
+    )
+
+    sweeper = None if retention is None else Retention(storage, retention)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if sweeper is not None:
+            sweeper.start()
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.stop()
             automation.close()
             storage.close()
 
@@ -114,12 +163,15 @@ def create_app(
             *agents.routes(),
             *admin.routes(),
             *AutomationApi(automation, storage, admin_token).routes(),
-            *explorer.routes(),
+            *explorer_routes,
         ],
-        exception_handlers={HTTPException: http_error, StorageUnavailable: storage_unavailable},
+        exception_handlers={
+            HTTPException: http_error, StorageUnavailable: storage_unavailable, UnstorableText: _unstorable,
+        },
         lifespan=lifespan,
     )
     app.state.storage = storage
     app.state.agents = agents
     app.state.automation = automation
+    app.state.retention = sweeper
     return app

@@ -438,6 +438,24 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
             for row in rows
         ]  # fmt: skip
 
+    def delete_events_before(self, cutoff: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` of the oldest events with ``ts < cutoff`` and their user rows, in one transaction;
+        return how many (retention calls it until 0, so no transaction is long)."""
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute("SELECT seq, ts, user_identifiers FROM events WHERE ts < ? ORDER BY ts LIMIT ?",
+                                  (cutoff, limit)).fetchall()
+                db.executemany("DELETE FROM event_users WHERE value = ? AND ts = ? AND seq = ?",
+                               [(str(v), ts, seq) for seq, ts, users in rows for v in (_load(users) or {}).values()])
+                db.executemany("DELETE FROM events WHERE seq = ?", [(row[0],) for row in rows])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return len(rows)
+
     def close(self) -> None:
         """Close the connection (idempotent); later calls raise ``RuntimeError``."""
         with self._lock:

@@ -108,7 +108,7 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--db",
         default=env.get("SQREEN_COLLECTOR_DB", DEFAULT_DB),
-        help="SQLite database file (also SQREEN_COLLECTOR_DB)",
+        help="SQLite database file, or postgresql://user@host/db shared by replicas (also SQREEN_COLLECTOR_DB)",
     )
     parser.add_argument(
         "--api-key",
@@ -169,6 +169,10 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--allow-http-webhooks", action="store_true", help="accept plain-http webhook URLs beyond loopback"
+    )
+    parser.add_argument(
+        "--retention", default=env.get("SQREEN_COLLECTOR_RETENTION"), metavar="DURATION",
+        help='delete events older than this, e.g. "90d" (also SQREEN_COLLECTOR_RETENTION); default: keep all',
     )
     parser.set_defaults(handler=_serve)
 
@@ -265,6 +269,31 @@ def _add_import(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.set_defaults(handler=run)
 
 
+def _add_migrate(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "migrate",
+        help="create or upgrade the collector's database schema",
+        description="Create the collector's tables, or bring an older schema to this version's, then exit "
+        "(serve does the same on start; this runs it once, e.g. before rolling out replicas).",
+    )
+    parser.add_argument("--db", default=os.environ.get("SQREEN_COLLECTOR_DB", DEFAULT_DB),
+                        help="SQLite file or postgresql:// URL (also SQREEN_COLLECTOR_DB)")
+    parser.set_defaults(handler=_migrate)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from . import open_storage
+    from .postgres import StorageUnavailable
+
+    try:
+        open_storage(args.db).close()
+    except (ValueError, StorageUnavailable) as exc:  # SchemaError is a ValueError
+        print(f"sqreen-mw migrate: error: {exc}", file=sys.stderr)
+        return 1
+    print("sqreen-mw migrate: schema up to date", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sqreen-mw`` argument parser with all its subcommands."""
     parser = argparse.ArgumentParser(prog="sqreen-mw", description="sqreen_mw collector and tools")
@@ -273,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(subparsers)
     _add_demo(subparsers)
     _add_import(subparsers)
+    _add_migrate(subparsers)
     return parser
 
 
@@ -303,6 +333,7 @@ def _serve(args: argparse.Namespace) -> int:
     from . import create_app
     from ._server import server_config
     from .automation import Allowlist, Playbook, PlaybookError, load_playbooks_file
+    from .postgres import StorageUnavailable, redact
 
     playbooks: list[Playbook] = []
     allow: Allowlist | None = None
@@ -314,6 +345,15 @@ def _serve(args: argparse.Namespace) -> int:
         except PlaybookError as exc:
             return _fail("serve", f"--playbooks {args.playbooks}: {exc}", EXIT_USAGE)
 
+    retention = None
+    if args.retention:
+        from .automation.model import parse_duration
+
+        try:
+            retention = parse_duration(args.retention)
+        except ValueError as exc:
+            print(f"sqreen-mw serve: error: --retention {exc}", file=sys.stderr)
+            return EXIT_USAGE
     specs = list(args.api_key)
     specs += [spec for spec in os.environ.get("SQREEN_COLLECTOR_API_KEYS", "").split(",") if spec.strip()]
     try:
@@ -339,10 +379,14 @@ def _serve(args: argparse.Namespace) -> int:
             playbooks=playbooks,
             allow=allow,
             allow_http_webhooks=args.allow_http_webhooks,
+            retention=retention,
         )
     except ValueError as exc:  # SchemaError: names the file
         sock.close()
         return _fail("serve", str(exc), EXIT_USAGE)
+    except StorageUnavailable as exc:
+        sock.close()
+        return _fail("serve", str(exc))
     except sqlite3.Error as exc:
         sock.close()
         return _fail(
@@ -356,7 +400,7 @@ def _serve(args: argparse.Namespace) -> int:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                _announce(self, args.host, args.db)
+                _announce(self, args.host, redact(args.db))
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)

@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 
 from sqreen_mw.collector import create_app
 
+from ..postgres_server import postgres_server, postgres_url  # noqa: F401 - fixtures
 from ._helpers import ADMIN, API_KEY, BOUND_KEY
 
 
@@ -17,10 +18,18 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The collector's database, once per store: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Starlette]:
+def app(db: str) -> Iterator[Starlette]:
     app = create_app(
-        db_path=str(tmp_path / "events.db"),
+        db_path=db,
         api_keys={API_KEY: "", BOUND_KEY: "shop"},
         admin_token=ADMIN,
         max_body_bytes=64 * 1024,

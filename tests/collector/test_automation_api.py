@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -250,11 +249,6 @@ async def test_backtest_replays_history_without_acting(client: httpx.AsyncClient
     bad = await client.post("/api/v1/playbooks/backtest", headers=ADMIN_HEADERS,
                             json={"playbook": {**STUFFING, "threshold": -1}})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "threshold"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return str(tmp_path / "restart.db")
 
 
 async def _client_for(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:

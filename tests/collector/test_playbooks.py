@@ -261,12 +261,12 @@ def test_playbooks_file_errors_name_the_playbook(tmp_path: Path) -> None:
     assert playbooks == [] and allow.to_json() == {"ips": ["198.51.100.0/24"], "users": [{"email": "ops@example.com"}]}
 
 
-def test_repeat_offenders_get_escalating_blocks(tmp_path: Path) -> None:
-    from sqreen_mw.collector._sqlite import SQLiteStorage
+def test_repeat_offenders_get_escalating_blocks(db: str) -> None:
+    from sqreen_mw.collector import open_storage
     from sqreen_mw.collector.automation import Automation
 
     now = [1_000_000.0]
-    storage = SQLiteStorage(str(tmp_path / "e.db"))
+    storage = open_storage(db)
     pb = parse_playbook(with_(threshold=2, window="1m", cooldown="1m", where={}, response=[
         {"action": "block_ip", "duration": "10m", "escalate": 3, "max_duration": "1h"}]))
     automation = Automation(storage, playbooks=[pb], clock=lambda: now[0])

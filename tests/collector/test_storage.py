@@ -1,4 +1,5 @@
-"""SQLiteStorage on its own: dedup, atomicity, queries, sessions, persistence."""
+"""The storage on its own: dedup, atomicity, queries, sessions, persistence (the ``storage`` fixture: on SQLite and
+on PostgreSQL; ``sqlite_storage``: what only SQLite has)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,16 @@ def record(ts: float = 1000.0, *, name: str = "e", ip: str | None = "10.0.0.1", 
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> Any:
+def storage(db: str) -> Any:
+    from sqreen_mw.collector import open_storage
+
+    s = open_storage(db)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_storage(tmp_path: Path) -> Any:
     s = SQLiteStorage(str(tmp_path / "s.db"))
     yield s
     s.close()
@@ -50,7 +60,8 @@ def test_is_a_storage(storage: SQLiteStorage) -> None:
     assert checked.query_events(EventQuery()) == []
 
 
-def test_wal_and_synchronous_normal(storage: SQLiteStorage, tmp_path: Path) -> None:
+def test_wal_and_synchronous_normal(sqlite_storage: SQLiteStorage, tmp_path: Path) -> None:
+    storage = sqlite_storage
     conn = sqlite3.connect(tmp_path / "s.db")
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -90,7 +101,8 @@ def test_duplicate_does_not_add_user_rows(storage: SQLiteStorage) -> None:
     assert [e.id for e in storage.query_events(EventQuery(user="1"))] == [first.id]
 
 
-def test_a_failing_batch_stores_nothing(storage: SQLiteStorage) -> None:
+def test_a_failing_batch_stores_nothing(sqlite_storage: SQLiteStorage) -> None:
+    storage = sqlite_storage
     good = record()
     bad = record(users=(object(),))  # cannot be bound: fails inside the transaction
     with pytest.raises(sqlite3.Error):
@@ -188,7 +200,8 @@ def test_accepted_plus_duplicates_is_the_batch_and_each_id_is_stored_once(batche
         storage.close()
 
 
-def test_group_commit_isolates_a_failing_batch(storage: SQLiteStorage) -> None:
+def test_group_commit_isolates_a_failing_batch(sqlite_storage: SQLiteStorage) -> None:
+    storage = sqlite_storage
     good1, good2 = [record(), record()], [record()]
     bad = [record(users=(object(),))]
     group = [_Write(batch, [_row(e) for e in batch]) for batch in (good1, bad, good2)]

@@ -65,11 +65,11 @@ def test_full_queue_drops_and_counts() -> None:
     assert sender.dropped == 1
 
 
-def test_a_firing_posts_its_webhook(tmp_path: Any) -> None:
+def test_a_firing_posts_its_webhook(db: str) -> None:
     import uuid
 
     from sqreen_mw._schema import format_timestamp
-    from sqreen_mw.collector._sqlite import SQLiteStorage
+    from sqreen_mw.collector import open_storage
     from sqreen_mw.collector._wire import parse_batch
     from sqreen_mw.collector.automation import Automation, parse_playbook
 
@@ -77,7 +77,7 @@ def test_a_firing_posts_its_webhook(tmp_path: Any) -> None:
     with serve_in_thread(app) as url:
         playbook = parse_playbook({"name": "hook", "event": "card.declined", "actor": "user", "threshold": 2,
                                    "window": "1m", "response": [{"action": "webhook", "url": f"{url}/hook"}]})
-        storage = SQLiteStorage(str(tmp_path / "w.db"))
+        storage = open_storage(db)
         automation = Automation(storage, playbooks=[playbook])
         events = [{"id": str(uuid.uuid4()), "name": "card.declined", "timestamp": format_timestamp(time.time()),
                    "user_identifiers": {"id": 42}} for _ in range(2)]

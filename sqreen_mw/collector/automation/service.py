@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ import anyio
 from ..._schema import MAX_FUTURE_SKEW, format_timestamp
 from .._records import EventRecord
 from .._sqlite_automation import new_id
-from .engine import DEFAULT_MAX_ACTORS, Candidate, PlaybookCounter, replay
+from .engine import DEFAULT_MAX_ACTORS, Candidate, PlaybookCounter, actor_of, replay
 from .model import Allowlist, Playbook, PlaybookError, format_duration, parse_duration, parse_playbook, user_key
 from .store import AllowEntry, AutomationStore, Block, Firing
 from .webhooks import WebhookSender
@@ -85,6 +86,14 @@ def actor_key(kind: str, value: Any) -> Hashable:
     if kind == "user":
         return ("user", user_key(value))
     return ("property", value["key"], type(value["value"]).__name__, value["value"])
+
+
+def actor_text(key: Hashable) -> str:
+    """An actor's counter key as text: how a store shared by replicas names the actor (hits, firings)."""
+    return json.dumps(key, separators=(",", ":"), ensure_ascii=True)
+
+
+_PRUNE_SECONDS = 60.0  # how often old shared hits are deleted
 
 
 def _block_key(kind: str, value: Any) -> Hashable:
@@ -173,16 +182,59 @@ class Automation:
             _block_key(b.kind, b.value): b for b in store.list_blocks(include_inactive=False, now=now)
         }
         self._version = store.actions_version()
+        self._own_versions: set[int] = set()  # versions this replica made, whose notification is still to come
+        self._listening = getattr(store, "listen", None) is not None  # a store shared by replicas
         self._payload: tuple[int, float, dict[str, Any]] | None = None
         self._escalation: dict[tuple[str, Hashable], list[float]] = {}
         self._counters: dict[str, PlaybookCounter] = {}
+        # A store shared by replicas counts in the database (each replica sees only part of the events).
+        self._shared = bool(getattr(store, "shared_counters", False))
+        self._pruned_at = 0.0
+        self.counting_failures = 0  # batches whose shared counting failed (the database went away meanwhile)
         self._by_event: dict[str, list[PlaybookCounter]] = {}
         for firing in store.list_firings(playbook=None, since=now - ESCALATION_WINDOW, limit=100_000, after=None):
             if any(r.get("status") == "taken" and r.get("block_id") for r in firing.responses):
                 self._escalation.setdefault((firing.playbook, actor_key(firing.actor_kind, firing.actor_value)),
                                             []).append(firing.at)
+        self._starting = True  # shared hits are topped up, not replaced: the definitions are those stored
         for name in list(self._entries):
             self._start_counter(name)
+        self._starting = False
+        listen = getattr(store, "listen", None)
+        if listen is not None:  # a store shared by replicas (PostgreSQL): hear of the other replicas' changes
+            listen(self._remote_change)
+
+    def _remote_change(self, version: int, resync: bool = False) -> None:
+        """The actions version moved in the shared store (another replica changed blocks or playbooks), or the
+        listener (re)connected (``resync``: changes may have been missed): reload them, then wake the long-polls of
+        this replica's agents. Called from the store's listener thread."""
+        with self._lock:
+            if version in self._own_versions and not resync:  # this replica's own change, already announced
+                self._own_versions.discard(version)
+                return
+            # Reloaded under the lock, so a change made here meanwhile cannot be overwritten by an older list.
+            blocks = self.store.list_blocks(include_inactive=False, now=self.clock())
+            stored = {str(d.get("name")): d for d in self.store.load_playbooks()}
+            self._active = {_block_key(b.kind, b.value): b for b in blocks}
+            changed = [name for name, e in self._entries.items() if e.source == "api" and name not in stored]
+            for name in changed:
+                del self._entries[name]
+            for name, definition in stored.items():
+                entry = self._entries.get(name)
+                if entry is not None and (entry.source == "file" or entry.playbook.to_json() == definition):
+                    continue
+                try:
+                    self._entries[name] = _Entry(parse_playbook(definition, allow_http_webhooks=True), "api")
+                except PlaybookError as exc:
+                    logger.error("stored playbook %r cannot be used: %s", name, exc)
+                    continue
+                changed.append(name)
+            for name in changed:
+                self._start_counter(name)
+            self._payload = None
+            if len(self._own_versions) > 1000:  # announced while the listener was away: never heard back
+                self._own_versions.clear()
+        self._changed(version, own=False)
 
     # --- playbooks --------------------------------------------------------------------------------------------
 
@@ -190,7 +242,9 @@ class Automation:
         """(Re)build one playbook's counters from stored events within its window, honouring past firings."""
         self._counters.pop(name, None)
         entry = self._entries.get(name)
-        if entry is not None and entry.playbook.enabled:
+        if entry is not None and entry.playbook.enabled and self._shared:
+            self._counters[name] = self._start_shared_counter(entry.playbook)
+        elif entry is not None and entry.playbook.enabled:
             pb = entry.playbook
             counter = PlaybookCounter(pb, self.max_actors)
             now = self.clock()
@@ -212,6 +266,97 @@ class Automation:
             for event_name in counter.playbook.events:
                 by_event.setdefault(event_name, []).append(counter)
         self._by_event = by_event
+
+    def _start_shared_counter(self, pb: Playbook) -> PlaybookCounter:
+        """A playbook's shared hits rebuilt from the stored events of its window; the actors are counted at their
+        next event (counting here, under this replica's lock, could wait on another replica's actor lock held by a
+        thread that waits for this lock)."""
+        counter = PlaybookCounter(pb, self.max_actors)
+        now = self.clock()
+        hits: list[tuple[str, str, float, str, str | None]] = []
+        for chunk in self.store.scan_events(pb.events, now - pb.window, now + MAX_FUTURE_SKEW):
+            for event in chunk:
+                if not event.blocked and counter.matches(event):
+                    found = self._shared_hit(pb, event, now)
+                    if found is not None:
+                        hits.append(found[0])
+        store: Any = self.store
+        if self._starting:  # other replicas may be writing this playbook's hits meanwhile: only add the missing
+            store.add_hits(hits)
+        else:  # a changed definition: the old one's hits must not count
+            store.replace_hits(pb.name, hits)
+        return counter
+
+    @staticmethod
+    def _shared_hit(pb: Playbook, event: EventRecord, now: float) -> tuple[tuple[str, str, float, str, str | None],
+                                                                           Hashable, str, Any] | None:
+        ts = min(event.ts, now)  # a little clock skew ahead of the collector counts as now
+        if ts < now - pb.window:
+            return None
+        found = actor_of(pb.actor, event, pb.prefix)
+        if found is None:
+            return None
+        key, kind, value = found
+        distinct: str | None = None
+        if pb.distinct is not None:
+            other = actor_of(pb.distinct, event)
+            if other is None:
+                return None
+            distinct = actor_text(other[0])
+        return (pb.name, actor_text(key), ts, event.id, distinct), key, kind, value
+
+    def _observe_shared(self, events: Sequence[EventRecord]) -> int:
+        """:meth:`observe` with a store shared by replicas: hits stored, then each touched actor counted (and fired
+        at most once across replicas) under its lock in the database."""
+        now = self.clock()
+        with self._lock:
+            by_event = self._by_event
+        hits: list[tuple[str, str, float, str, str | None]] = []
+        touched: dict[tuple[str, str], tuple[Playbook, Hashable, str, Any]] = {}
+        for event in events:
+            counters = by_event.get(event.name)
+            if counters is None or event.blocked:
+                continue
+            for counter in counters:
+                if counter.matches(event):
+                    found = self._shared_hit(counter.playbook, event, now)
+                    if found is not None:
+                        hit, key, kind, value = found
+                        hits.append(hit)
+                        touched[(hit[0], hit[1])] = (counter.playbook, key, kind, value)
+        if not hits:
+            return 0
+        store: Any = self.store
+        store.add_hits(hits)
+        fired = 0
+        # One query per playbook finds the actors with enough hits in the window; only those are locked and counted
+        # exactly (a batch of a thousand addresses must not cost a thousand locked transactions).
+        by_playbook: dict[str, list[str]] = {}
+        for name, actor in touched:
+            by_playbook.setdefault(name, []).append(actor)
+        likely: set[tuple[str, str]] = set()
+        for name, actors in by_playbook.items():
+            pb = touched[(name, actors[0])][0]
+            likely.update((name, a) for a in store.over_threshold(name, actors, now - pb.window, pb.threshold,
+                                                                  distinct=pb.distinct is not None))
+        for (name, actor), (pb, key, kind, value) in touched.items():
+            if (name, actor) not in likely:
+                continue
+            with store.hit_lock(pb.name, actor, now=now, window=pb.window, threshold=pb.threshold,
+                                distinct=pb.distinct is not None, cooldown=pb.cooldown,
+                                escalation_window=ESCALATION_WINDOW) as hc:
+                if hc.count < pb.threshold or hc.in_cooldown:
+                    continue
+                with self._lock:
+                    self._escalation[(pb.name, key)] = hc.blocking_firings
+                    self._respond(Candidate(pb, key, kind, value, now, hc.count, hc.event_ids))
+                fired += 1
+        if now - self._pruned_at > _PRUNE_SECONDS:
+            self._pruned_at = now
+            with self._lock:
+                longest = max((c.playbook.window for c in self._counters.values()), default=0.0)
+            store.prune_hits(now - longest - MAX_FUTURE_SKEW)
+        return fired
 
     def list_playbooks(self) -> list[dict[str, Any]]:
         """Every playbook as JSON, with ``source`` ("file"/"api"), ``overridden`` and its counter statistics."""
@@ -295,6 +440,13 @@ class Automation:
         """
         if not self._by_event:
             return 0
+        if self._shared:
+            try:
+                return self._observe_shared(events)
+            except Exception:  # the batch is stored and acknowledged whatever happens to its counting
+                self.counting_failures += 1
+                logger.exception("counting %d stored events in the shared store failed; they do not count", len(events))
+                return 0
         candidates: list[Candidate] = []
         with self._lock:
             by_event = self._by_event
@@ -532,9 +684,12 @@ class Automation:
             self._payload = (self._version, now, payload)
             return payload
 
-    def _changed(self, version: int) -> None:
+    def _changed(self, version: int, own: bool = True) -> None:
         with self._lock:
-            self._version = version
+            if own and self._listening:
+                self._own_versions.add(version)
+            # max: with replicas, a version heard from another one may already be newer than this change's
+            self._version = max(self._version, version)
             waiters = list(self._waiters)
         for loop, event in waiters:
             try:

@@ -1,0 +1,314 @@
+"""The PostgreSQL implementation of the collector's :class:`~sqreen_mw.collector._storage.Storage` and of
+:class:`~sqreen_mw.collector.automation.store.AutomationStore`, on a psycopg 3 connection pool.
+
+Every method is one transaction on a pooled connection. Several collector replicas may share the database: event
+ids are unique (``ON CONFLICT DO NOTHING``, so a batch retried through another replica stores nothing twice), the
+actions version is a row bumped in the transaction of the change, and that transaction also sends a ``NOTIFY`` that
+the other replicas' listeners (:mod:`._listen`) turn into a wake-up of their agents' long-polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .._records import AgentSession, EventQuery, EventRecord
+from .._sqlite import _encode
+from . import StorageUnavailable, UnstorableText, redact
+from ._automation import AutomationTables
+from ._hits import HitTables
+from ._schema import prepare_schema
+
+__all__ = ["PostgresStorage"]
+
+logger = logging.getLogger("sqreen_mw.collector")
+
+_EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body"
+# One statement per batch whatever its size: the rows travel as ten arrays, unnested in order, in binary (%b): text
+# arrays in text format cost a regular-expression escape per element, 4x the whole insert (measured). ON CONFLICT on the
+# unique id skips events already stored, by this replica or another (which waits for the other's commit first).
+_INSERT_EVENTS = """
+INSERT INTO events (id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::text[], %b::text[], %b::text[],
+                     %b::text[], %b::text[], %b::text[])
+ON CONFLICT (id) DO NOTHING RETURNING id, seq
+"""
+_INSERT_USERS = """
+INSERT INTO event_users (value, ts, seq) SELECT * FROM unnest(%b::text[], %b::float8[], %b::bigint[])
+ON CONFLICT DO NOTHING
+"""
+_RETRIES = 3  # deadlocks between concurrent batches sharing ids: PostgreSQL aborts one, which is simply run again
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _event(row: Sequence[Any]) -> EventRecord:
+    users = _load(row[8])
+    return EventRecord(
+        row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]), users, _load(row[9]), _load(row[10]),
+        tuple(str(v) for v in users.values()) if users else (), row[0],
+    )  # fmt: skip
+
+
+def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
+    """The SELECT of :meth:`PostgresStorage.query_events`: an index walked backwards in (ts, seq) order, stopping
+    after ``limit`` rows (with a user filter, event_users' (value, ts, seq) key joined to events by seq)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if query.user is None:
+        t, source, columns = "", "events", _EVENT_COLUMNS
+    else:
+        t, source = "u.", "event_users AS u JOIN events AS e ON e.seq = u.seq"
+        columns = ", ".join(f"e.{column}" for column in _EVENT_COLUMNS.split(", "))
+        where.append("u.value = %s")
+        args.append(query.user)
+    if query.name is not None:
+        where.append("name = %s")
+        args.append(query.name)
+    if query.since is not None:
+        where.append(f"{t}ts >= %s")
+        args.append(query.since)
+    if query.until is not None:
+        where.append(f"{t}ts < %s")
+        args.append(query.until)
+    if query.ip is not None:
+        where.append("client_ip = %s")
+        args.append(query.ip)
+    if query.after is not None:
+        where.append(f"({t}ts, {t}seq) < (%s, %s)")
+        args.extend(query.after)
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    # Only fixed fragments are joined; every value is a bound parameter.
+    sql = f"SELECT {columns} FROM {source}{clause} ORDER BY {t}ts DESC, {t}seq DESC LIMIT %s"  # noqa: S608
+    args.append(query.limit)
+    return sql, args
+
+
+class PostgresStorage(AutomationTables, HitTables):
+    """:class:`Storage` on a PostgreSQL database shared by any number of collector replicas.
+
+    :param url: ``postgresql://user[:password]@host[:port]/database[?sslmode=...]`` (libpq's URL, so the
+        ``PG*`` environment variables and ``~/.pgpass`` fill in what it leaves out).
+    :param pool_size: most connections this replica opens.
+    :param wait: seconds a call waits for a connection before the database counts as unavailable.
+    :param migrate: create or migrate the schema on open (else a database without the current schema is refused).
+    :raises StorageUnavailable: the database cannot be reached within ``wait`` seconds.
+    :raises SchemaError: the database was made by a newer version.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 10, wait: float = 5.0, migrate: bool = True) -> None:
+        self.url = url
+        self.where = redact(url)
+        self._wait = wait
+        self._closed = False
+        self._listeners: list[Any] = []
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=pool_size, open=False, timeout=wait, name="sqreen_mw",
+            kwargs={"connect_timeout": max(1, int(wait)), "application_name": "sqreen-mw collector"},
+            check=ConnectionPool.check_connection,  # a connection broken by a database restart is replaced
+            reconnect_timeout=0,  # keep trying to reconnect for as long as the database is down
+        )  # fmt: skip
+        try:
+            self._pool.open(wait=True, timeout=wait)
+        except PoolTimeout:
+            self._pool.close()
+            raise StorageUnavailable(f"{self.where}: PostgreSQL did not answer within {wait:g}s") from None
+        try:
+            with self._tx() as conn:
+                prepare_schema(conn, self.where) if migrate else self._check_schema(conn)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _check_schema(self, conn: Any) -> None:
+        from .._storage import SchemaError
+        from ._schema import SCHEMA_VERSION
+
+        exists = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() if exists else None
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            raise SchemaError(f"{self.where}: schema version {row[0] if row else 'none'}, this version needs "
+                              f"{SCHEMA_VERSION}: run sqreen-mw migrate --db URL")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection (committed when the block ends without an exception).
+
+        :raises StorageUnavailable: the database is unreachable or went away meanwhile.
+        """
+        if self._closed:
+            raise RuntimeError("PostgresStorage is closed")
+        try:
+            with self._pool.connection(timeout=self._wait) as conn:
+                yield conn
+        except PoolTimeout:
+            raise StorageUnavailable(f"{self.where}: no database connection within {self._wait:g}s") from None
+        except psycopg.OperationalError as exc:
+            if isinstance(exc, pg_errors.TransactionRollback | pg_errors.QueryCanceled):
+                raise
+            raise StorageUnavailable(f"{self.where}: {str(exc).strip()[:300]}") from exc
+
+    def _in_transaction(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        with self._tx() as conn:
+            return work(conn)
+
+    # --- events ---------------------------------------------------------------------------------------------
+
+    def insert_events(self, events: Sequence[EventRecord]) -> tuple[int, int]:
+        """Store the events in one transaction, skipping ids already stored; return (accepted, duplicates)."""
+        fresh = self.store_events(events)
+        return len(fresh), len(events) - len(fresh)
+
+    def store_events(self, events: Sequence[EventRecord]) -> list[EventRecord]:
+        """Store the events in one transaction, skipping ids already stored (by any replica); return the new ones,
+        in order, with their ``seq``. Playbook hits of the new events are stored in the same transaction."""
+        if not events:
+            return []
+        columns: list[list[Any]] = [[] for _ in range(10)]
+        for e in events:
+            row = (
+                e.id, e.name, e.ts, e.received_at, e.app, e.client_ip, _encode(e.properties),
+                None if e.user_identifiers is None else _encode(e.user_identifiers),
+                None if e.request is None else _encode(e.request),
+                None if e.body is None else _encode(e.body),
+            )  # fmt: skip
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        for attempt in range(_RETRIES):
+            try:
+                with self._tx() as conn:
+                    seqs = dict(conn.execute(_INSERT_EVENTS, columns).fetchall())
+                    fresh: list[EventRecord] = []
+                    for e in events:
+                        seq = seqs.pop(e.id, None)  # pop: a second event of the batch with that id is a duplicate
+                        if seq is not None:
+                            fresh.append(e._replace(seq=seq))
+                    users = sorted((value, e.ts, e.seq) for e in fresh for value in e.users)
+                    if users:
+                        conn.execute(_INSERT_USERS, [list(c) for c in zip(*users, strict=True)])
+                    return fresh
+            except pg_errors.TransactionRollback:
+                if attempt == _RETRIES - 1:
+                    raise
+            except psycopg.DataError as exc:  # NUL in a text column: the one value SQLite stores and PostgreSQL not
+                raise UnstorableText(f"an event's name, id, app or client IP holds a character PostgreSQL cannot "
+                                     f"store: {str(exc).strip()[:200]}") from None
+        raise AssertionError("unreachable")
+
+    def query_events(self, query: EventQuery) -> list[EventRecord]:
+        """Events matching ``query``, newest first (ts, then seq, descending)."""
+        sql, args = _event_sql(query)
+        with self._tx() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [_event(row) for row in rows]
+
+    def query_plan(self, query: EventQuery) -> list[str]:
+        """PostgreSQL's ``EXPLAIN`` of :meth:`query_events` (tests and diagnostics)."""
+        sql, args = _event_sql(query)
+        with self._tx() as conn:
+            return [str(row[0]) for row in conn.execute(f"EXPLAIN {sql}", args)]
+
+    # --- sessions -------------------------------------------------------------------------------------------
+
+    def create_session(self, session: AgentSession) -> None:
+        """Record a new agent session."""
+        s = session
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO sessions (session_id, app, hostname, pid, sdk_version, runtime, started_at,"
+                " last_heartbeat_at, stats, logged_out_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    s.session_id, s.app, s.hostname, s.pid, s.sdk_version, s.runtime, s.started_at,
+                    s.last_heartbeat_at, None if s.stats is None else _encode(s.stats), s.logged_out_at,
+                ),
+            )  # fmt: skip
+
+    def session_app(self, session_id: str) -> str | None:
+        """The app of an active (not logged out) session, or None."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT app FROM sessions WHERE session_id = %s AND logged_out_at IS NULL", (session_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def heartbeat(self, session_id: str, stats: dict[str, Any], at: float) -> bool:
+        """Store the stats of an active session; False when the session is unknown or logged out."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE sessions SET stats = %s, last_heartbeat_at = %s WHERE session_id = %s"
+                " AND logged_out_at IS NULL",
+                (_encode(stats), at, session_id),
+            )
+            return cur.rowcount == 1
+
+    def logout(self, session_id: str, at: float) -> bool:
+        """Mark an active session logged out; False when the session is unknown or already logged out."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE sessions SET logged_out_at = %s WHERE session_id = %s AND logged_out_at IS NULL",
+                (at, session_id),
+            )
+            return cur.rowcount == 1
+
+    def list_agents(self, limit: int = 1000) -> list[AgentSession]:
+        """Sessions, newest first."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT session_id, app, hostname, pid, sdk_version, runtime, started_at, last_heartbeat_at,"
+                " logged_out_at, stats FROM sessions ORDER BY started_at DESC, n DESC LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [
+            AgentSession(
+                session_id=row[0], app=row[1], hostname=row[2], pid=row[3], sdk_version=row[4], runtime=row[5],
+                started_at=row[6], last_heartbeat_at=row[7], logged_out_at=row[8], stats=_load(row[9]),
+            )
+            for row in rows
+        ]  # fmt: skip
+
+    def delete_events_before(self, cutoff: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` of the oldest events with ``ts < cutoff`` and their user rows, in one transaction;
+        return how many (retention calls it until 0, so no transaction is long)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts < %s ORDER BY ts LIMIT %s)"
+                " RETURNING seq, ts, user_identifiers", (cutoff, limit),
+            ).fetchall()
+            users = [(str(v), ts, seq) for seq, ts, ids in rows for v in (_load(ids) or {}).values()]
+            if users:
+                conn.execute("DELETE FROM event_users WHERE (value, ts, seq) IN"
+                             " (SELECT * FROM unnest(%b::text[], %b::float8[], %b::bigint[]))",
+                             [list(c) for c in zip(*users, strict=True)])
+        return len(rows)
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def listen(self, on_version: Callable[[int, bool], None]) -> None:
+        """Call ``on_version(v, False)`` (from a thread of its own) whenever any replica, this one included, changes
+        the actions version, and ``on_version(current, True)`` after each (re)connection (changes may have been
+        missed meanwhile)."""
+        from ._listen import VersionListener
+
+        listener = VersionListener(self.url, self.where, on_version, self.actions_version)
+        self._listeners.append(listener)
+        listener.start()
+
+    def close(self) -> None:
+        """Close the pool and the listeners (idempotent); later calls raise ``RuntimeError``."""
+        if self._closed:
+            return
+        self._closed = True
+        for listener in self._listeners:
+            listener.stop()
+        self._pool.close()
+
+

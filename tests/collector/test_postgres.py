@@ -1,0 +1,270 @@
+"""PostgresStorage on its own: schema versions, exactly-once across replicas, outages, the migrate command, the
+skip-or-fail rule of the PostgreSQL tests. (The whole collector suite also runs on PostgreSQL: see conftest.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from sqreen_mw.collector import create_app
+from sqreen_mw.collector._records import EventQuery, EventRecord
+from sqreen_mw.collector._storage import SchemaError
+from sqreen_mw.collector.cli import main
+from sqreen_mw.collector.postgres import StorageUnavailable, is_postgres_url, redact
+
+from .. import postgres_server as pg
+from ._helpers import ADMIN, API_KEY, event, login, send
+
+pg.require_psycopg()
+import psycopg  # noqa: E402
+
+from sqreen_mw.collector.postgres.storage import PostgresStorage  # noqa: E402 - needs psycopg
+
+
+def _record(i: int, event_id: str | None = None, user: str | None = None) -> EventRecord:
+    users = {"email": user} if user else None
+    return EventRecord(event_id or str(uuid.uuid4()), "login", 1_700_000_000.0 + i, 1_700_000_100.0, "shop",
+                       "203.0.113.7", {"i": i, "s": "\u00e9\ud800"}, users, None, {"raw": [1, 2.5]},
+                       (user,) if user else ())
+
+
+@pytest.fixture
+def storage(postgres_url: str) -> Iterator[PostgresStorage]:
+    s = PostgresStorage(postgres_url)
+    yield s
+    s.close()
+
+
+def test_the_store_is_chosen_by_the_url_scheme() -> None:
+    assert is_postgres_url("postgresql://u@h/db") and is_postgres_url("postgres://h/db")
+    assert not is_postgres_url("events.db") and not is_postgres_url("/var/lib/postgresql.db")
+    assert redact("postgresql://user:s3cret@db.internal:5432/x") == "postgresql://user:***@db.internal:5432/x"
+
+
+def test_round_trip_dedup_and_order(storage: PostgresStorage) -> None:
+    first = [_record(i, user="a@example.com") for i in range(5)]
+    assert storage.insert_events(first) == (5, 0)
+    again = [first[2], _record(9), _record(9, first[3].id)]  # two known ids, one new
+    fresh = storage.store_events(again)
+    assert [e.id for e in fresh] == [again[1].id]
+    rows = storage.query_events(EventQuery(limit=100))
+    assert [r.ts for r in rows] == sorted((r.ts for r in rows), reverse=True) and len(rows) == 6
+    assert rows[-1].properties == {"i": 0, "s": "\u00e9\ud800"} and rows[-1].body == {"raw": [1, 2.5]}
+    by_user = storage.query_events(EventQuery(user="a@example.com", limit=2))
+    assert [r.id for r in by_user] == [first[4].id, first[3].id]
+    page2 = storage.query_events(EventQuery(user="a@example.com", limit=10, after=(by_user[-1].ts, by_user[-1].seq)))
+    assert [r.id for r in page2] == [e.id for e in first[2::-1]]
+
+
+def test_the_same_batch_through_two_replicas_at_once_is_stored_once(postgres_url: str) -> None:
+    replicas = [PostgresStorage(postgres_url), PostgresStorage(postgres_url)]
+    try:
+        batches = [[_record(i) for i in range(200)] for _ in range(10)]
+        counts: list[tuple[int, int]] = []
+        lock = threading.Lock()
+
+        def push(store: PostgresStorage, batch: list[EventRecord]) -> None:
+            result = store.insert_events(batch)
+            with lock:
+                counts.append(result)
+
+        threads = [threading.Thread(target=push, args=(replicas[n % 2], batch)) for batch in batches for n in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(counts) == 20 and sum(a for a, _ in counts) == 2000 and sum(d for _, d in counts) == 2000
+        assert len(replicas[0].query_events(EventQuery(limit=5000))) == 2000
+    finally:
+        for r in replicas:
+            r.close()
+
+
+def test_a_newer_schema_is_refused_by_name(postgres_url: str) -> None:
+    PostgresStorage(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match=r"newer version of sqreen-mw.*schema version 99"):
+        PostgresStorage(postgres_url)
+
+
+def test_migrate_command_creates_the_schema(postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate", "--db", postgres_url]) == 0
+    assert "schema up to date" in capsys.readouterr().out
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (1,)
+    PostgresStorage(postgres_url, migrate=False).close()  # now usable without migrating
+
+
+def test_migrate_command_names_an_unreachable_database(capsys: pytest.CaptureFixture[str]) -> None:
+    from ..support import free_port
+
+    url = f"postgresql://nobody:pw@127.0.0.1:{free_port()}/x?connect_timeout=1"
+    assert main(["migrate", "--db", url]) == 1
+    err = capsys.readouterr().err
+    assert "sqreen-mw migrate: error:" in err and "pw@" not in err and "127.0.0.1" in err
+
+
+def test_a_block_bumps_the_version_and_notifies_in_one_transaction(storage: PostgresStorage) -> None:
+    from sqreen_mw.collector.automation.store import Block
+
+    heard: list[int] = []
+    got = threading.Event()
+
+    def on_version(v: int, resync: bool) -> None:
+        heard.append(v)
+        if v >= 1:
+            got.set()
+
+    storage.listen(on_version)
+    assert storage._listeners[0].connected.wait(10)
+    version = storage.insert_block(Block("b_1", "ip", "198.51.100.9", "test", None, time.time(), None))
+    assert version == 1 and got.wait(10) and heard[-1] == 1
+
+
+@pytest.fixture
+def own_server() -> Iterator[pg.PostgresServer]:
+    """A server of this test's own, which it may stop and start."""
+    pg.server()  # skips (or fails) the same way when there is none
+    bin_dir = pg.find_bin_dir()
+    assert bin_dir is not None
+    server = pg.PostgresServer(bin_dir)
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.mark.anyio
+async def test_database_down_answers_503_retry_after_then_recovers(own_server: pg.PostgresServer) -> None:
+    app = create_app(db_path=own_server.new_database(), api_keys={API_KEY: ""}, admin_token=ADMIN)
+    app.state.storage._wait = 2.0  # the outage is detected within 2 s per request
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c") as client:
+            sid = await login(client)
+            assert (await send(client, sid, [event()])).status_code == 200
+            own_server.stop("fast")
+            down = await send(client, sid, [event()])
+            assert down.status_code == 503, down.text
+            assert down.headers["retry-after"] == "5" and "storage unavailable" in down.json()["error"]
+            listing = await client.get("/api/v1/events", headers={"Authorization": f"Bearer {ADMIN}"})
+            assert listing.status_code == 503
+            own_server.restart()
+            deadline = time.monotonic() + 30
+            while True:  # the pool replaces its broken connections by itself
+                answer = await send(client, sid, [event()])
+                if answer.status_code == 200 or time.monotonic() > deadline:
+                    break
+                await anyio.sleep(0.5)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["accepted"] == 1
+    finally:
+        app.state.storage.close()
+
+
+def test_missing_server_skips_or_fails_as_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(pg.REQUIRE_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no server here"):
+        pg.unavailable("no server here")
+    monkeypatch.setenv(pg.REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="SQREEN_REQUIRE_POSTGRES=1 but no server here"):
+        pg.unavailable("no server here")
+
+
+
+
+@pytest.mark.anyio
+async def test_a_nul_in_a_text_column_is_a_422_and_stores_nothing(postgres_url: str) -> None:
+    app = create_app(db_path=postgres_url, api_keys={API_KEY: ""}, admin_token=ADMIN)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c") as client:
+            sid = await login(client)
+            answer = await send(client, sid, [event(), event("login\x00failed")])
+            assert answer.status_code == 422 and "PostgreSQL cannot store" in answer.json()["error"]
+            assert app.state.storage.query_events(EventQuery()) == []
+            inside_json = event()
+            inside_json["properties"] = {"note": "a\x00b"}  # escaped inside JSON: stored as any other
+            assert (await send(client, sid, [inside_json])).json()["accepted"] == 1
+            (stored,) = app.state.storage.query_events(EventQuery())
+            assert stored.properties == {"note": "a\x00b"}
+    finally:
+        app.state.storage.close()
+
+
+_LISTINGS = [
+    EventQuery(limit=100),
+    EventQuery(name="login", limit=100),
+    EventQuery(ip="203.0.113.7", limit=100),
+    EventQuery(user="u7@example.com", limit=100),
+    EventQuery(user="u7@example.com", name="login", limit=100, after=(1_700_010_000.0, 10**9)),
+    EventQuery(since=1_700_000_000.0, until=1_700_020_000.0, limit=100),
+]
+
+
+def test_every_listing_walks_an_index_without_sorting(storage: PostgresStorage) -> None:
+    for start in range(0, 30_000, 5000):
+        storage.insert_events([_record(i, user=f"u{i % 50}@example.com") for i in range(start, start + 5000)])
+    with storage._tx() as conn:
+        conn.execute("ANALYZE")
+    for query in _LISTINGS:
+        plan = "\n".join(storage.query_plan(query))
+        assert "Sort" not in plan and "Seq Scan" not in plan, (query, plan)
+
+
+def test_a_counting_failure_after_the_batch_is_stored_is_logged_and_counted(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sqreen_mw.collector.automation import Automation, parse_playbook
+
+    playbook = parse_playbook({"name": "any", "event": "login", "actor": "ip", "threshold": 1, "window": "1h",
+                               "response": [{"action": "log"}]})
+    automation = Automation(storage, playbooks=[playbook])
+    try:
+        def unreachable(*_: object, **__: object) -> list[str]:
+            raise StorageUnavailable("the database went away")
+
+        monkeypatch.setattr(storage, "over_threshold", unreachable)
+        fresh = storage.store_events([_record(0)._replace(ts=time.time())])
+        assert automation.observe(fresh) == 0  # not raised into ingest: the batch is stored and acknowledged
+        assert automation.counting_failures == 1 and "do not count" in caplog.text
+        monkeypatch.undo()
+        assert automation.observe(storage.store_events([_record(1)._replace(ts=time.time())])) == 1
+    finally:
+        automation.close()
+
+
+def test_a_batch_failing_after_its_events_were_inserted_stores_nothing(storage: PostgresStorage) -> None:
+    good = _record(0, user="a@example.com")
+    bad = _record(1)._replace(users=(object(),))  # the events insert, then their user rows fail: one transaction
+    with pytest.raises(TypeError):  # sorting the user rows, after the events' INSERT ran
+        storage.insert_events([good, bad])
+    assert storage.query_events(EventQuery()) == []
+    assert storage.insert_events([good]) == (1, 0)  # nothing of it was kept, and the pool is usable again
+
+
+def test_a_change_heard_after_a_newer_own_change_is_still_loaded(postgres_url: str) -> None:
+    from sqreen_mw.collector.automation import Automation
+
+    mine, theirs = PostgresStorage(postgres_url), PostgresStorage(postgres_url)
+    callbacks: list[Any] = []
+    mine.listen = callbacks.append  # type: ignore[method-assign] # notifications delivered by hand, in a bad order
+    here, there = Automation(mine), Automation(theirs)
+    try:
+        other = there.create_block({"kind": "ip", "value": "192.0.2.10"})  # version 1, its NOTIFY still on the way
+        own = here.create_block({"kind": "ip", "value": "192.0.2.20"})  # version 2
+        (notify,) = callbacks
+        notify(2, False)  # this replica's own change: nothing to reload
+        notify(1, False)  # the other replica's, older than what this one holds
+        values = sorted(a["value"] for a in here.actions()["actions"])
+        assert values == ["192.0.2.10", "192.0.2.20"] and here.version == 2, (other, own, values)
+    finally:
+        here.close()
+        there.close()
+        mine.close()
+        theirs.close()
