@@ -150,3 +150,17 @@ def test_events_tracked_before_the_first_login_answer_are_sent_on_login(make_cli
         sqreen_mw.track("login.failed")  # while the login is on its way
         assert "login.failed" not in client.actions.hot_events
         until(lambda: len(collector.events(name="login.failed")) == 1, 5)
+
+
+def test_playbooks_loaded_at_a_collector_restart_reach_running_agents(make_client: MakeClient,
+                                                                       tmp_path: Path) -> None:
+    # Agents keep their session across the restart: the new hot event names must reach them all the same.
+    port = free_port()
+    playbooks = tmp_path / "playbooks.toml"
+    playbooks.write_text('[[playbook]]\nname = "p"\nevent = "login.failed"\nactor = "ip"\nthreshold = 99\n'
+                         'window = "1m"\n[[playbook.response]]\naction = "log"\n')
+    with start_collector(tmp_path / "events.db", port=port):
+        client = started(make_client(API_KEY, f"http://127.0.0.1:{port}", heartbeat_interval=60))
+        assert "login.failed" not in client.actions.hot_events
+    with start_collector(tmp_path / "events.db", port=port, extra=["--playbooks", str(playbooks)]):
+        until(lambda: "login.failed" in client.actions.hot_events, 20)

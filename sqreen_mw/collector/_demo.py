@@ -114,6 +114,9 @@ def serve_in_thread(app: Any, port: int = 0, lifespan: Literal["on", "off"] = "o
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        automation = getattr(getattr(app, "state", None), "automation", None)
+        if automation is not None:  # a collector: answer held long-polls, or uvicorn waits for them to end
+            automation.release_waiters()
         server.should_exit = True
         thread.join(10)
 

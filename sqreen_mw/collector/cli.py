@@ -401,6 +401,10 @@ def _serve(args: argparse.Namespace) -> int:
             await super().startup(sockets=sockets)
             if self.started:
                 _announce(self, args.host, redact(args.db))
+                if playbooks:
+                    print("playbooks: " + ", ".join(f"{p.name}{' (dry run)' if p.dry_run else ''}"
+                                                   f"{'' if p.enabled else ' (disabled)'}" for p in playbooks),
+                          flush=True)
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)

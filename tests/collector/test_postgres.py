@@ -152,7 +152,7 @@ async def test_database_down_answers_503_retry_after_then_recovers(own_server: p
             own_server.stop("fast")
             down = await send(client, sid, [event()])
             assert down.status_code == 503, down.text
-            assert down.headers["retry-after"] == "5" and "storage unavailable" in down.json()["error"]
+            assert down.headers["retry-after"].isdigit() and "storage unavailable" in down.json()["error"]
             listing = await client.get("/api/v1/events", headers={"Authorization": f"Bearer {ADMIN}"})
             assert listing.status_code == 503
             own_server.restart()

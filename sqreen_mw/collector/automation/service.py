@@ -181,8 +181,10 @@ class Automation:
         self._active: dict[Hashable, Block] = {
             _block_key(b.kind, b.value): b for b in store.list_blocks(include_inactive=False, now=now)
         }
-        self._version = store.actions_version()
-        self._own_versions: set[int] = set()  # versions this replica made, whose notification is still to come
+        # Agents keep their session across a collector restart and compare versions only, while the hot event names
+        # may differ from the last run's (a changed playbooks file): every start is a new version for them.
+        self._version = store.bump_actions_version()
+        self._own_versions: set[int] = {self._version}  # versions this replica made, whose notification is to come
         self._listening = getattr(store, "listen", None) is not None  # a store shared by replicas
         self._payload: tuple[int, float, dict[str, Any]] | None = None
         self._escalation: dict[tuple[str, Hashable], list[float]] = {}

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .._records import AgentSession, EventQuery, EventRecord
+from .._records import AgentSession, EventQuery, EventRecord, ip_key
 from .._sqlite import _encode
 from . import StorageUnavailable, UnstorableText, redact
 from ._automation import AutomationTables
@@ -35,9 +35,9 @@ _EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, us
 # arrays in text format cost a regular-expression escape per element, 4x the whole insert (measured). ON CONFLICT on the
 # unique id skips events already stored, by this replica or another (which waits for the other's commit first).
 _INSERT_EVENTS = """
-INSERT INTO events (id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body)
+INSERT INTO events (id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body, ip_key)
 SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::text[], %b::text[], %b::text[],
-                     %b::text[], %b::text[], %b::text[])
+                     %b::text[], %b::text[], %b::text[], %b::bytea[])
 ON CONFLICT (id) DO NOTHING RETURNING id, seq
 """
 _INSERT_USERS = """
@@ -80,9 +80,16 @@ def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
     if query.until is not None:
         where.append(f"{t}ts < %s")
         args.append(query.until)
-    if query.ip is not None:
-        where.append("client_ip = %s")
-        args.append(query.ip)
+    if query.ip is not None:  # an address however written (its key), else the text as stored
+        key = ip_key(query.ip)
+        where.append("client_ip = %s" if key is None else "ip_key = %s")
+        args.append(query.ip if key is None else key)
+    if query.ip_range is not None:  # a network: a range of the sortable address keys
+        where.append("ip_key BETWEEN %s AND %s")
+        args.extend(query.ip_range)
+    if query.app is not None:
+        where.append("app = %s")
+        args.append(query.app)
     if query.after is not None:
         where.append(f"({t}ts, {t}seq) < (%s, %s)")
         args.extend(query.after)
@@ -173,13 +180,13 @@ class PostgresStorage(AutomationTables, HitTables):
         in order, with their ``seq``. Playbook hits of the new events are stored in the same transaction."""
         if not events:
             return []
-        columns: list[list[Any]] = [[] for _ in range(10)]
+        columns: list[list[Any]] = [[] for _ in range(11)]
         for e in events:
             row = (
                 e.id, e.name, e.ts, e.received_at, e.app, e.client_ip, _encode(e.properties),
                 None if e.user_identifiers is None else _encode(e.user_identifiers),
                 None if e.request is None else _encode(e.request),
-                None if e.body is None else _encode(e.body),
+                None if e.body is None else _encode(e.body), ip_key(e.client_ip),
             )  # fmt: skip
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
@@ -224,10 +231,10 @@ class PostgresStorage(AutomationTables, HitTables):
         s = session
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO sessions (session_id, app, hostname, pid, sdk_version, runtime, started_at,"
-                " last_heartbeat_at, stats, logged_out_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO sessions (session_id, agent_id, app, hostname, pid, sdk_version, runtime, started_at,"
+                " last_heartbeat_at, stats, logged_out_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
-                    s.session_id, s.app, s.hostname, s.pid, s.sdk_version, s.runtime, s.started_at,
+                    s.session_id, s.agent_id, s.app, s.hostname, s.pid, s.sdk_version, s.runtime, s.started_at,
                     s.last_heartbeat_at, None if s.stats is None else _encode(s.stats), s.logged_out_at,
                 ),
             )  # fmt: skip
@@ -264,13 +271,14 @@ class PostgresStorage(AutomationTables, HitTables):
         with self._tx() as conn:
             rows = conn.execute(
                 "SELECT session_id, app, hostname, pid, sdk_version, runtime, started_at, last_heartbeat_at,"
-                " logged_out_at, stats FROM sessions ORDER BY started_at DESC, n DESC LIMIT %s",
+                " logged_out_at, stats, agent_id FROM sessions ORDER BY started_at DESC, n DESC LIMIT %s",
                 (limit,),
             ).fetchall()
         return [
             AgentSession(
                 session_id=row[0], app=row[1], hostname=row[2], pid=row[3], sdk_version=row[4], runtime=row[5],
                 started_at=row[6], last_heartbeat_at=row[7], logged_out_at=row[8], stats=_load(row[9]),
+                agent_id=row[10],
             )
             for row in rows
         ]  # fmt: skip
