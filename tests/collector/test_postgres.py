@@ -256,13 +256,16 @@ def test_a_change_heard_after_a_newer_own_change_is_still_loaded(postgres_url: s
     mine.listen = callbacks.append  # type: ignore[method-assign] # notifications delivered by hand, in a bad order
     here, there = Automation(mine), Automation(theirs)
     try:
-        other = there.create_block({"kind": "ip", "value": "192.0.2.10"})  # version 1, its NOTIFY still on the way
-        own = here.create_block({"kind": "ip", "value": "192.0.2.20"})  # version 2
+        other = there.create_block({"kind": "ip", "value": "192.0.2.10"})  # its NOTIFY still on the way
+        theirs_version = there.version
+        own = here.create_block({"kind": "ip", "value": "192.0.2.20"})  # a newer version
+        own_version = here.version
+        assert own_version > theirs_version
         (notify,) = callbacks
-        notify(2, False)  # this replica's own change: nothing to reload
-        notify(1, False)  # the other replica's, older than what this one holds
+        notify(own_version, False)  # this replica's own change: nothing to reload
+        notify(theirs_version, False)  # the other replica's, older than what this one holds
         values = sorted(a["value"] for a in here.actions()["actions"])
-        assert values == ["192.0.2.10", "192.0.2.20"] and here.version == 2, (other, own, values)
+        assert values == ["192.0.2.10", "192.0.2.20"] and here.version == own_version, (other, own, values)
     finally:
         here.close()
         there.close()
