@@ -83,8 +83,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every default in ``--help``, except of secrets (a token from the environment must not be printed)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.dest in ("admin_token", "api_key"):
-            return action.help
+        if action.dest in ("admin_token", "api_key") or action.default in (None, False):
+            return action.help  # a secret; or nothing worth showing ("default: None", "default: False")
         return super()._get_help_string(action)
 
 

@@ -76,6 +76,16 @@ def test_bad_port_is_a_usage_error(clean_env: None, capsys: pytest.CaptureFixtur
     assert "invalid port" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["serve", "demo", "import", "migrate"])
+def test_help_shows_real_defaults_only(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--help" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main([])
