@@ -13,6 +13,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
                       "(from a checkout of sqreen_mw: pip install -e '.[flask]')") from exc
 
 from ._client import Client
+from ._exceptions import UserBlocked
 from .wsgi import SqreenMiddleware
 
 __all__ = ["SqreenMiddleware", "instrument"]
@@ -25,4 +26,13 @@ def instrument(app: Flask, *, client: Client | None = None) -> Flask:
     :param client: the client to use; default the one ``sqreen_mw.init()`` made.
     """
     app.wsgi_app = SqreenMiddleware(app.wsgi_app, client=client)  # type: ignore[method-assign]
+    # A blocked user's UserBlocked left unhandled by the view is the expected way out, not an error: without a
+    # handler Flask logs it with a traceback as "Exception on /login" and renders a 500, which the middleware then
+    # replaces with the block response. An app's own handler for UserBlocked (registered later) takes precedence.
+    if UserBlocked not in app.error_handler_spec[None][None]:
+        app.register_error_handler(UserBlocked, _blocked)
     return app
+
+
+def _blocked(exc: UserBlocked) -> tuple[str, int]:
+    return "", 403  # replaced by the block response in the middleware (the request's context is flagged)

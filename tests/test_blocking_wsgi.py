@@ -98,6 +98,32 @@ def test_blocked_user(client: sqreen_mw.Client) -> None:
         ("after.identify", True)]  # the second block of eve within a minute is not reported again
 
 
+def test_flask_logs_no_traceback_for_a_blocked_user(
+    client: sqreen_mw.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_flask_app()
+    with caplog.at_level(logging.DEBUG), app.test_client() as http:
+        with http.post("/login", data=EVE) as response:
+            assert response.status_code == 403 and response.json is not None
+            assert response.json["error"] == "blocked"
+    assert calls == []
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+
+
+def test_flask_app_handler_for_user_blocked_wins(client: sqreen_mw.Client) -> None:
+    app = make_flask_app()
+    handled: list[str] = []
+
+    @app.errorhandler(UserBlocked)
+    def mine(exc: UserBlocked) -> Any:
+        handled.append(type(exc).__name__)
+        return "mine", 403
+
+    with app.test_client().post("/login", data=EVE) as response:
+        assert response.status_code == 403
+    assert handled == ["UserBlocked"]
+
+
 def test_forged_forwarded_for_from_an_untrusted_peer(client: sqreen_mw.Client) -> None:
     app = make_flask_app()
     assert get(app, "/", ATTACKER, headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 403
