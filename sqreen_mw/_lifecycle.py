@@ -91,7 +91,13 @@ class _DeliverBeforeReraise(list[int]):
     """uvicorn's list of captured signals: before it re-raises them, shut the clients down (see ``_on_sigterm``)."""
 
     def __reversed__(self) -> Iterator[int]:
-        _shutdown_all()
+        # The default handler is back: another SIGTERM now (uvicorn's supervisor sends one to each worker) would end
+        # the process in the middle of delivery. The re-raise that follows ends it anyway.
+        restore = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            _shutdown_all()
+        finally:
+            signal.signal(signal.SIGTERM, restore)
         return super().__reversed__()
 
 
