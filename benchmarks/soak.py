@@ -10,12 +10,13 @@ What runs:
   ``sqreen_mw.wsgi.SqreenMiddleware`` under ``gunicorn -w 2`` (sync workers); each request tracks one event with a
   unique ``uid`` property; ``heartbeat_interval`` is 2 s, so the flusher delivers all along;
 - one client thread per app sending ``--rate`` requests per second over keep-alive connections;
-- at the middle of the run the collector is SIGKILLed and restarted ``--down`` seconds later on the same port and
-  database: the apps queue meanwhile and deliver after (the flusher retries with backoff).
+- a third of the way through the run the collector is SIGKILLed and restarted ``--down`` seconds later on the same
+  port and database: the apps queue meanwhile and deliver after (the flusher retries with backoff).
 
 Every ``--interval`` seconds the script reads each app process's ``/proc/<pid>/status`` (VmRSS, Threads) and counts
-``/proc/<pid>/fd``. It prints, per process, the first, last and maximum of each; the verdict compares the median of
-the second quarter of the run (after warm-up, before the kill) with the median of the last quarter: RSS within
+``/proc/<pid>/fd``. It prints, per process, the first, last and maximum of each, and the median RSS before the kill;
+the verdict compares the first third of what follows the recovery (``--down`` + 5 s after the restart) with its last
+third, so that memory taken while the collector was down (the queue) is not mistaken for growth: RSS within
 ``--rss-slack`` (default 10 %), the same number of threads, file descriptors within 2. At the end the servers are
 stopped with SIGTERM and every ``uid`` is counted in the collector: each request's event stored exactly once.
 The exit status is 0 only when there is no growth and no event is lost or duplicated.
@@ -231,7 +232,7 @@ def main() -> int:
         next_sample = t_start
         while time.monotonic() < until:
             now = time.monotonic()
-            if killed_at is None and now - t_start >= duration / 2:
+            if killed_at is None and now - t_start >= duration / 3:
                 collector.kill()  # SIGKILL: no graceful anything
                 collector.wait(10)
                 killed_at = now - t_start
@@ -257,18 +258,21 @@ def main() -> int:
     print(f"soak: {args.minutes:g} min, {args.rate:g} requests/s per app, samples every {args.interval:g} s; "
           f"collector SIGKILLed at {killed_at:.0f} s, restarted at {restarted_at:.0f} s; "
           f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"{'server':14} {'pid':>7} {'RSS MB first/last/max':>23} {'threads f/l/max':>16} {'fds f/l/max':>13}"
-          "  verdict")
+    print(f"{'server':14} {'pid':>7} {'RSS MB first/last/max':>23} {'pre-kill':>9} {'threads f/l/max':>16} "
+          f"{'fds f/l/max':>13}  verdict")
     grew = False
     for name, ps in pids.items():
         for pid in ps:
             rows = samples[pid]
-            if len(rows) < 8:
+            assert killed_at is not None and restarted_at is not None
+            before_kill = [r for r in rows if r[0] < killed_at]
+            recovered = [r for r in rows if r[0] >= restarted_at + args.down + 5]
+            third = len(recovered) // 3
+            if third < 2 or not before_kill:
                 print(f"{name:14} {pid:>7} too few samples ({len(rows)})")
                 grew = True
                 continue
-            q = len(rows) // 4
-            early, late = rows[q:2 * q], rows[-q:]
+            early, late = recovered[:third], recovered[-third:]
             verdicts = []
             rss0, rss1 = (statistics.median(r[1] for r in part) for part in (early, late))
             if rss1 > rss0 * (1 + args.rss_slack):
@@ -282,7 +286,9 @@ def main() -> int:
             grew = grew or bool(verdicts)
             cols = [f"{rows[0][i]:.0f}/{rows[-1][i]:.0f}/{max(r[i] for r in rows):.0f}" for i in (2, 3)]
             rss = f"{rows[0][1]:.1f}/{rows[-1][1]:.1f}/{max(r[1] for r in rows):.1f}"
-            print(f"{name:14} {pid:>7} {rss:>23} {cols[0]:>16} {cols[1]:>13}  {'; '.join(verdicts) or 'no growth'}")
+            pre = statistics.median(r[1] for r in before_kill)
+            verdict = "; ".join(verdicts) or f"no growth ({rss0:.1f} -> {rss1:.1f} MB after recovery)"
+            print(f"{name:14} {pid:>7} {rss:>23} {pre:>9.1f} {cols[0]:>16} {cols[1]:>13}  {verdict}")
 
     ok = not grew
     for name in servers:
@@ -294,8 +300,9 @@ def main() -> int:
         lat = sorted(latencies[name])
         p50 = lat[len(lat) // 2] * 1e3 if lat else float("nan")
         p99 = lat[int(len(lat) * 0.99)] * 1e3 if lat else float("nan")
-        print(f"{name}: {len(expected)} requests answered, {len(mine)} events stored, lost {lost}, duplicated "
-              f"{duplicated}, stored without an answer {extra}; request p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
+        rate = len(expected) / (args.minutes * 60)
+        print(f"{name}: {len(expected)} requests answered ({rate:.0f}/s), {len(mine)} events stored, lost {lost}, "
+              f"duplicated {duplicated}, stored without an answer {extra}; request p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
               f"client errors {dict(errors[name]) or 'none'}; exit {codes[name]}")
         ok = ok and lost == 0 and duplicated == 0
     print("verdict:", "no growth, every event stored once" if ok else "FAILED (see above)")
