@@ -5,6 +5,8 @@
 - SIGTERM: chained to the handler installed before. A server's own handler (gunicorn workers) is left to end the
   process through ``sys.exit``, where the exit hooks deliver; with the default handler (uvicorn re-raises the signal
   after restoring it, Django's ``runserver``), the clients are shut down first, then the signal ends the process.
+  uvicorn's workers load the app inside uvicorn's own capture, so the handler found is uvicorn's and the default is
+  restored behind ours: the clients are shut down when uvicorn has stopped, just before it re-raises the signal.
 - ``os.register_at_fork``: before a fork, each flusher is brought to an idle point (bounded wait); a child starts with
   an empty queue and its own flusher.
 """
@@ -17,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -84,12 +87,33 @@ _previous_sigterm: Any = None
 _signal_installed = False
 
 
+class _DeliverBeforeReraise(list[int]):
+    """uvicorn's list of captured signals: before it re-raises them, shut the clients down (see ``_on_sigterm``)."""
+
+    def __reversed__(self) -> Iterator[int]:
+        # The default handler is back: another SIGTERM now (uvicorn's supervisor sends one to each worker) would end
+        # the process in the middle of delivery. The re-raise that follows ends it anyway.
+        restore = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            _shutdown_all()
+        finally:
+            signal.signal(signal.SIGTERM, restore)
+        return super().__reversed__()
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     previous = _previous_sigterm
     if callable(previous):
         # A server's own graceful exit (gunicorn workers): requests still running may track events, and the
         # process ends through sys.exit, so atexit delivers them. Shutting down here would refuse them.
         previous(signum, frame)
+        # uvicorn loads the app inside its own signal capture when it runs workers (--workers, --reload): the
+        # handler found here is uvicorn's, and once the server has stopped uvicorn restores the handler it found
+        # before (the default) and re-raises the signal, which ends the process with no atexit. Deliver just before.
+        server = getattr(previous, "__self__", None)
+        captured = getattr(server, "_captured_signals", None)
+        if type(captured) is list and signum in captured:
+            server._captured_signals = _DeliverBeforeReraise(captured)  # type: ignore[union-attr]
     elif previous in (signal.SIG_DFL, None):
         _shutdown_all()  # the default action ends the process at once: deliver first
         signal.signal(signum, signal.SIG_DFL)

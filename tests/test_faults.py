@@ -131,7 +131,7 @@ def test_gunicorn_every_event_stored_once(server: str, stop: str, collector: Col
 # --- a load generator in its own process: tracks at a steady rate, then shuts down and reports ---------------------
 
 LOAD_SCRIPT = textwrap.dedent('''
-    import itertools, json, os, resource, sys, threading, time
+    import itertools, json, os, sys, threading, time
     import sqreen_mw
 
     count, rate, prefix, threads = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -164,7 +164,7 @@ LOAD_SCRIPT = textwrap.dedent('''
     print("RESULT " + json.dumps({
         "p50_us": latencies[len(latencies) // 2] * 1e6, "p99_us": latencies[int(len(latencies) * 0.99)] * 1e6,
         "exit_s": exit_s, "stats": client.statistics(),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024,
     }))
 ''')
 
@@ -370,3 +370,182 @@ def test_sixteen_threads_and_forks_from_tracking_threads_add_up(per_thread: int,
     expected = {f"p-{t}-{i}" for t in range(16) for i in range(per_thread)}
     expected |= {f"c-{t}-{j}" for t in range(2) for j in range(100)}
     assert set(counts) == expected and set(counts.values()) == {1}
+
+
+# --- what a failing collector costs a request, end to end: a real app server, latency measured by the client ------
+
+LATENCY_APP = textwrap.dedent('''
+    import json
+    import sqreen_mw
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+    from sqreen_mw.asgi import SqreenMiddleware
+
+    client = sqreen_mw.init()
+
+    async def hit(request):
+        sqreen_mw.track("hit", properties={"uid": request.url.query})
+        return PlainTextResponse("ok")
+
+    async def stats(request):
+        status = open("/proc/self/status").read()  # VmHWM: this program's peak (ru_maxrss keeps the parent's)
+        body = {"stats": client.statistics(), "peak_rss_mb": int(status.split("VmHWM:")[1].split()[0]) / 1024}
+        return Response(json.dumps(body), media_type="application/json")
+
+    async def healthz(request):
+        return PlainTextResponse("ok")
+
+    app = SqreenMiddleware(Starlette(routes=[Route("/hit", hit), Route("/stats", stats), Route("/healthz", healthz)]))
+''')
+
+
+def run_latency_app(tmp_path: Path, url: str, prefix: str, requests: int, rate: float) -> dict[str, Any]:
+    """uvicorn serving LATENCY_APP; ``requests`` at ``rate``/s over one keep-alive connection; then SIGTERM."""
+    (tmp_path / "latency_app.py").write_text(LATENCY_APP)
+    port = free_port()
+    env = {"SQREEN_TOKEN": API_KEY, "SQREEN_URL": url, "SQREEN_HEARTBEAT_INTERVAL": "0.5",
+           "SQREEN_SHUTDOWN_TIMEOUT": "2", "SQREEN_REQUEST_TIMEOUT": "1", "SQREEN_MAX_QUEUE_EVENTS": "1000",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = spawn([sys.executable, "-m", "uvicorn", "--no-access-log", "--port", str(port), "latency_app:app"],
+                 env=env, cwd=tmp_path)
+    latencies, answered = [], []
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            start = time.monotonic()
+            for n in range(requests):
+                t0 = time.perf_counter()
+                assert http.get(f"/hit?{prefix}-{n}").status_code == 200
+                latencies.append(time.perf_counter() - t0)
+                answered.append(f"{prefix}-{n}")
+                pause = start + (n + 1) / rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+            report: dict[str, Any] = http.get("/stats").json()
+    finally:
+        started = time.monotonic()
+        code = stop_process(proc, signal.SIGTERM, timeout=30)
+        exit_s = time.monotonic() - started
+    assert code in (0, -signal.SIGTERM), output_of(proc)
+    latencies.sort()
+    report.update(p50_ms=latencies[len(latencies) // 2] * 1e3, p99_ms=latencies[int(len(latencies) * 0.99)] * 1e3,
+                  exit_s=exit_s, answered=answered, output=output_of(proc))
+    return report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", [*FAULTS, "down"])
+def test_request_latency_with_a_failing_collector(fault: str, tmp_path: Path, collector: Collector) -> None:
+    requests, rate, bound = 2000, 200.0, 1000
+    healthy = run_latency_app(tmp_path, collector.url, "healthy", requests, rate)
+    server = FaultServer(fault) if fault != "down" else None
+    url = f"http://127.0.0.1:{server.port if server else free_port()}"  # "down": nothing listens there
+    try:
+        faulty = run_latency_app(tmp_path, url, fault, requests, rate)
+    finally:
+        if server is not None:
+            server.close()
+    counts = uids(collector.wait_for(lambda evs: len(evs) >= requests, timeout=20))
+    assert counts == Counter(healthy["answered"]), "the healthy run stores every request's event once"
+    stats = faulty["stats"]
+    assert stats["tracked"] == requests and stats["sent"] == 0
+    # every event accounted for: still queued (reported undelivered at exit) or dropped, counted by reason
+    assert stats["queued"] + sum(stats["dropped"].values()) == requests
+    assert stats["queued"] <= bound and set(stats["dropped"]) <= {"queue_full"}
+    assert "undelivered" in faulty["output"] and "Traceback" not in faulty["output"]
+    print("\nLATENCY " + json.dumps({
+        "fault": fault, "requests": requests, "healthy_p50_ms": healthy["p50_ms"], "healthy_p99_ms": healthy["p99_ms"],
+        "p50_ms": faulty["p50_ms"], "p99_ms": faulty["p99_ms"], "healthy_stored": sum(counts.values()),
+        "dropped": stats["dropped"], "queued": stats["queued"], "retries": stats.get("retries"),
+        "healthy_rss_mb": healthy["peak_rss_mb"], "peak_rss_mb": faulty["peak_rss_mb"],
+        "exit_s": faulty["exit_s"], "healthy_exit_s": healthy["exit_s"]}))
+
+
+# --- the collector against hostile clients: memory bound, slow clients, connection limit -------------------------
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+BOMBS = {  # gzip bodies of ~1.5 KB to ~10 KB that inflate to 1 to 10 MiB of JSON
+    "values-over-the-limit": lambda: '{"events": [' + "{}," * (10 * 2**20 // 3 - 10) + "{}]}",
+    "values-under-the-limit": lambda: '{"events": [' + "{}," * 498_999 + "{}]}",
+    "one-deep-event-body": lambda: '{"events": [{"body": ' + "[" * 100_000 + "]" * 100_000 + "}]}",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("bomb", "count", "at_once"), [
+    *((bomb, 12, 12) for bomb in BOMBS),
+    ("values-over-the-limit", 30, 1),  # one after the other: refused batches must not pile up until a gc
+])
+def test_collector_memory_is_bounded_under_twelve_concurrent_bombs(bomb: str, count: int, at_once: int,
+                                                                   tmp_path: Path) -> None:
+    import gzip
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = gzip.compress(BOMBS[bomb]().encode())
+    with start_collector(tmp_path / "c.db") as collector:  # a fresh process: its high-water mark is this test's
+        assert collector.process is not None
+        login = httpx.post(f"{collector.url}/api/v1/agent/login", headers={"X-Api-Key": API_KEY}, json={},
+                           timeout=10)
+        sid = login.json()["session_id"]
+        before = peak_rss_mb(collector.process.pid)
+
+        def send(_: int) -> int:
+            with httpx.Client(timeout=60) as http:
+                return http.post(f"{collector.url}/api/v1/agent/batch", content=body,
+                                 headers={"X-Session-Key": sid, "Content-Encoding": "gzip"}).status_code
+
+        with ThreadPoolExecutor(at_once) as pool:
+            statuses = Counter(pool.map(send, range(count)))
+        after = peak_rss_mb(collector.process.pid)
+        print(f"\nBOMB {bomb}: {len(body):,} gzip bytes inflating to {len(gzip.decompress(body)):,}, {count} sent "
+              f"{at_once} at once, answers {dict(statuses)}, collector peak RSS {before:.0f} -> {after:.0f} MB")
+        assert all(400 <= s < 500 or s == 503 for s in statuses), statuses  # refused, never a 500
+        # at most 2 batches decoded at once (max_parallel_batches), ~40 MB each at most, whatever arrives
+        assert after - before < 100
+        assert httpx.get(f"{collector.url}/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_thousand_half_sent_requests_are_cut_off_and_connections_are_limited(tmp_path: Path) -> None:
+    import socket
+
+    from sqreen_mw.collector._server import HEADER_TIMEOUT, MAX_CONNECTIONS
+
+    with start_collector(tmp_path / "c.db") as collector:
+        host, port = collector.url.removeprefix("http://").split(":")
+        started = time.monotonic()
+        socks = []
+        for _ in range(MAX_CONNECTIONS + 100):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"POST /api/v1/agent/login HTTP/1.1\r\nHost: x\r\n")  # the headers never end
+            socks.append(sock)
+        closed_at: dict[int, float] = {}
+        deadline = started + HEADER_TIMEOUT + 20
+        for sock in socks:
+            sock.setblocking(False)
+        while len(closed_at) < len(socks) and time.monotonic() < deadline:
+            for i, sock in enumerate(socks):
+                if i in closed_at:
+                    continue
+                try:
+                    if not sock.recv(4096):
+                        closed_at[i] = time.monotonic() - started
+                except BlockingIOError:
+                    pass
+                except ConnectionError:
+                    closed_at[i] = time.monotonic() - started
+            time.sleep(0.1)
+        for sock in socks:
+            sock.close()
+        early = sum(1 for t in closed_at.values() if t < HEADER_TIMEOUT / 2)
+        print(f"\nSLOW {len(socks)} half-sent requests: {len(closed_at)} closed, {early} at once (beyond "
+              f"{MAX_CONNECTIONS} connections), the last after {max(closed_at.values()):.1f} s "
+              f"(header timeout {HEADER_TIMEOUT:g} s)")
+        assert len(closed_at) == len(socks)
+        assert early >= 100  # the connections beyond the limit are closed on arrival
+        assert httpx.get(f"{collector.url}/healthz", timeout=10).status_code == 200

@@ -217,6 +217,11 @@ class AgentEndpoints:
                     max_bytes=self.max_body_bytes,
                     max_events=self.max_batch_events,
                 )
+            except Rejected as exc:
+                # Its traceback's frames hold the inflated body and the decoded batch; the exception ends up in a
+                # reference cycle (the awaited future), so they would be freed only by the next garbage collection:
+                # refused batches would pile up beyond what the parsing slots bound.
+                raise exc.with_traceback(None) from None
             finally:
                 self._parse_slots.release()
             if not records:
