@@ -32,6 +32,7 @@ from .._schema import (
     parse_timestamp,
 )
 from .._scrub import Scrubber
+from ._canonical import RowScrubber, canonical, stdlib_canonical
 
 FIELDS = ("id", "name", "timestamp", "properties", "user_identifiers", "request", "body")
 _FIELD_SET = frozenset(FIELDS)
@@ -41,10 +42,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _MIN_TS = -62135596800.0  # 0001-01-01T00:00:00Z
 _MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z
 _MAX_CLIENT_IP = 255
-_WIRE_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-# Sorted keys, no spaces, ASCII, no NaN: one encoder for the canonical form and the wire (dumps() with options
-# builds a new encoder per call).
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+_PLAIN_TS = re.compile(r"((?:19[7-9]\d|20\d\d)-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?Z")
 
 
 def _show(value: object) -> str:
@@ -100,7 +98,7 @@ def _request(value: object) -> RequestInfo:
 
 
 class EventMaker:
-    """Turns rows into wire events for one app, each already encoded as the JSON text of one batch item.
+    """Turns rows into wire events for one app, each already encoded as the JSON of one batch item.
 
     :param scrubber: the same scrubbing as live events (the SDK's settings).
     :param app: the app the collector stores the events under (part of the derived id).
@@ -108,7 +106,7 @@ class EventMaker:
     """
 
     def __init__(self, scrubber: Scrubber, app: str, clock: Callable[[], float] = time.time) -> None:
-        self._scrub = scrubber.scrub
+        self._scrub = RowScrubber(scrubber).scrub
         self._prefix = _ID_PREFIX + json.dumps(app).encode() + b"\n"
         self._clock = clock
         self._made = 0
@@ -119,12 +117,12 @@ class EventMaker:
         self._latest_text = format_timestamp(self._latest)
 
     def event(self, row: dict[str, Any]) -> WireEvent:
-        """The wire event for ``row`` (decoded from :meth:`make`'s text)."""
+        """The wire event for ``row`` (decoded from :meth:`make`'s JSON)."""
         event: WireEvent = json.loads(self.make(row))
         return event
 
-    def make(self, row: dict[str, Any]) -> str:
-        """The JSON text of the wire event for ``row``.
+    def make(self, row: dict[str, Any]) -> bytes:
+        """The JSON of the wire event for ``row``.
 
         :raises InvalidEvent: with the same messages as ``track()`` and the collector.
         """
@@ -135,37 +133,69 @@ class EventMaker:
         if not self._made & 0xFFFF:  # a long import: let "now" move on
             self._set_latest()
         name = check_name(row.get("name"), allow_reserved=True)
-        timestamp = row.get("timestamp")
-        # Fast path: a timestamp already in the wire form compares as text; only its validity needs checking.
-        if not (type(timestamp) is str and _WIRE_TS.fullmatch(timestamp) and timestamp <= self._latest_text
-                and _valid_iso(timestamp)):
-            timestamp = _timestamp(timestamp, self._latest)
+        timestamp = _wire_timestamp(row.get("timestamp"))
+        if timestamp is None or timestamp > self._latest_text:
+            timestamp = _timestamp(row.get("timestamp"), self._latest)
         raw = row.get("properties")
         properties, _ = check_properties({} if raw is None else raw)
+        finite = True  # check_properties refuses NaN and infinities
+        if properties:
+            properties, _ = self._scrub(properties)
         users = row.get("user_identifiers")
         if users is not None:
             users = check_user_identifiers(users)
         request = row.get("request")
         if request is not None:
-            request = self._scrub(_request(request))
+            request, checked = self._scrub(_request(request))
+            finite = checked
         body = row.get("body")
         if body is not None:
-            body = self._scrub(body)
-        if properties:
-            properties = self._scrub(properties)
-        # Keys in sorted order: this text is both the canonical form hashed for the id and the wire item.
-        text = _encode({
+            body, _ = self._scrub(body)
+            finite = False
+        # Keys in sorted order: this JSON is both the canonical form hashed for the id and the wire item.
+        event = {
             "body": body, "name": name, "properties": properties, "request": request, "timestamp": timestamp,
             "user_identifiers": users,
-        })  # fmt: skip
+        }  # fmt: skip
+        text = canonical(event) if finite else _checked_canonical(event)
         event_id = row.get("id")
         if event_id is None:
-            event_id = content_id(self._prefix + text.encode())
+            event_id = content_id(self._prefix + text)
         elif not isinstance(event_id, str) or not _UUID.fullmatch(event_id):
             raise InvalidEvent(f"id must be a UUID in canonical 8-4-4-4-12 hex form, got {_show(event_id)}")
         else:
             event_id = event_id.lower()
-        return f'{{"id":"{event_id}",{text[1:]}'
+        return b'{"id":"' + event_id.encode() + b'",' + text[1:]
+
+
+def _checked_canonical(event: dict[str, Any]) -> bytes:
+    # Request and body not known to hold finite numbers only: the stdlib refuses NaN and infinities; name which.
+    try:
+        return stdlib_canonical(event)
+    except ValueError:
+        for key in ("request", "body"):
+            try:
+                stdlib_canonical(event[key])
+            except ValueError:
+                raise InvalidEvent(f"{key} must hold finite numbers only (JSON has no NaN or Infinity)") from None
+        raise
+
+
+def _wire_timestamp(value: object) -> str | None:
+    """``value`` in the wire form when it is a plain UTC time of 1970-2099 (``...:SS[.f{1,6}]Z``), else None.
+
+    Exactly what :func:`_timestamp` gives for such a text, without the round trip through a float: in those years a
+    float of POSIX seconds holds every microsecond to within half of one, so the round trip changes nothing.
+    """
+    if type(value) is not str:
+        return None
+    match = _PLAIN_TS.fullmatch(value)
+    if match is None or not _valid_iso(value):
+        return None
+    fraction = match.group(2)
+    if fraction is not None and len(fraction) == 6:
+        return value
+    return f"{match.group(1)}.{(fraction or '').ljust(6, '0')}Z"
 
 
 def _valid_iso(text: str) -> bool:
@@ -176,6 +206,6 @@ def _valid_iso(text: str) -> bool:
     return True
 
 
-def encode_items(items: list[str]) -> bytes:
-    """A batch body from event texts made by :meth:`EventMaker.make`."""
-    return ('{"events":[' + ",".join(items) + "]}").encode()
+def encode_items(items: list[bytes]) -> bytes:
+    """A batch body from events made by :meth:`EventMaker.make`."""
+    return b'{"events":[' + b",".join(items) + b"]}"
