@@ -8,6 +8,8 @@ Run ``python benchmarks/bench_import.py`` (1,000,000 rows, a few minutes) or ``-
    events/s from start to exit (login, every batch stored, logout), the importer's peak RSS (``wait4``), and the CPU
    seconds each process used per event, which shows which side is the limit.
 3. **memory**: the same import of a file a tenth the size: peak RSS must not grow with the file.
+4. ``--callgrind``: instructions per row of step 1 (valgrind's callgrind, 0 and 20,000 rows of the same file, the
+   difference divided by the rows), independent of the machine's load.
 
 Budget (issue 8): ≥ 20,000 events/s end to end. The table is the output; the exit code is 0 whatever the verdict.
 """
@@ -51,7 +53,7 @@ def write_rows(path: Path, n: int, offset: int = 0) -> None:
             out.write(json.dumps(row) + "\n")
 
 
-def importer_alone(path: Path, batch: int = 2000) -> tuple[float, int]:
+def importer_alone(path: Path, batch: int = 2000, limit: int | None = None) -> tuple[float, int]:
     """(seconds, rows) of reading, validating, scrubbing, id derivation, encoding and gzip, nothing sent."""
     from sqreen_mw._scrub import Scrubber
     from sqreen_mw.importer._events import EventMaker, encode_items
@@ -63,6 +65,8 @@ def importer_alone(path: Path, batch: int = 2000) -> tuple[float, int]:
     rows = 0
     started = time.perf_counter()
     for _, row in source.rows():
+        if rows == limit:
+            break
         assert isinstance(row, dict)
         items.append(maker.make(row))
         rows += 1
@@ -74,6 +78,20 @@ def importer_alone(path: Path, batch: int = 2000) -> tuple[float, int]:
     elapsed = time.perf_counter() - started
     source.close()
     return elapsed, rows
+
+
+def callgrind_per_row(path: Path, rows: int = 20_000) -> float:
+    """Instructions per row of :func:`importer_alone` (callgrind, ``rows`` rows minus none)."""
+    counts = []
+    for n in (0, rows):
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+               "--run-rows", str(n), str(path)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)  # noqa: S603
+        match = re.search(r"Collected : (\d+)", done.stderr)
+        if match is None:
+            raise SystemExit(f"no callgrind total: {done.stderr[-500:]}")
+        counts.append(int(match.group(1)))
+    return (counts[1] - counts[0]) / rows
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -121,11 +139,15 @@ def end_to_end(path: Path, workdir: Path, extra: list[str]) -> dict[str, float]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--run-rows"]:  # the work counted by callgrind_per_row
+        importer_alone(Path(sys.argv[3]), limit=int(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100,000 rows instead of 1,000,000")
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--batch-size", default="2000")
     parser.add_argument("--in-flight", default="2")
+    parser.add_argument("--callgrind", action="store_true", help="also count the importer's instructions per row")
     args = parser.parse_args()
     n = args.rows or (100_000 if args.quick else 1_000_000)
     extra = ["--batch-size", args.batch_size, "--in-flight", args.in_flight]
@@ -138,6 +160,8 @@ def main() -> None:
         print(f"{n} rows, {size_mb:.0f} MB of JSON Lines; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")
         alone, rows = importer_alone(big)
         print(f"importer alone (nothing sent)   {rows / alone:>9,.0f} events/s  {alone / rows * 1e6:6.1f} µs/event")
+        if args.callgrind:
+            print(f"  instructions per row (callgrind) {callgrind_per_row(big):,.0f}")
         run = end_to_end(big, workdir, extra)
         rate = n / run["wall"]
         verdict = "ok" if rate >= BUDGET else "BELOW BUDGET"

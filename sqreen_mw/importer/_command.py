@@ -119,7 +119,7 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
     rows = local_rejected = 0
     last_line = 0
     stopped: str | None = None
-    events: list[str] = []
+    events: list[bytes] = []
     lines: list[int] = []
     make, limit, size = maker.make, args.max_errors, args.batch_size
     started = time.monotonic()

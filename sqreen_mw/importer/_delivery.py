@@ -37,9 +37,9 @@ class Fatal(Exception):
 
 @dataclass
 class Batch:
-    """Events (JSON texts from :meth:`EventMaker.make`) with the input line number of each."""
+    """Events (JSON from :meth:`EventMaker.make`) with the input line number of each."""
 
-    events: list[str]
+    events: list[bytes]
     lines: list[int]
 
 

