@@ -2,8 +2,9 @@
 sqreen_mw | sentry | otel | ddtrace.
 
 ``sqreen_mw`` is the example as shipped. ``bare`` is the same app with sqreen_mw's middleware removed and its
-calls (``track``, ``identify``, ``auth_track``, ``signup_track``) replaced by no-ops. A peer variant is ``bare`` wrapped in the
-peer's ASGI / WSGI middleware, with ``sqreen_mw.track`` replaced by the peer's event call (``_peers.request_emit``),
+calls (``track``, ``identify``, ``auth_track``, ``signup_track``) replaced by no-ops. A peer variant is ``bare``
+wrapped in the peer's ASGI / WSGI middleware, with ``sqreen_mw.track`` replaced by the peer's event call
+(``_peers.request_emit``),
 sending to the sink at ``BENCH_SINK_URL``. Serve ``benchmarks._wrk_app:app`` with uvicorn or gunicorn.
 """
 

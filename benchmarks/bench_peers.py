@@ -10,8 +10,10 @@ sender. See ``benchmarks/README.md`` for what each row means.
 Method: variants are interleaved round by round (order alternating) in one process; a round's value is the loop's
 total time divided by its calls, timed both with ``time.perf_counter_ns`` (wall) and ``time.thread_time_ns`` (the
 measuring thread's CPU: the peers' and our own sender threads are not in it, preemption by other processes neither);
-the value shown is the median of the rounds. gc is disabled while a round runs; each variant's client is flushed after
-its round, outside the timed region, so its sender is idle when the next variant runs. ``--callgrind`` runs each
+the value shown is the median of the rounds. gc is disabled while a round runs; in the track() sections each variant's
+client is flushed after its round, outside the timed region, so its sender is idle when the next variant runs (the
+middleware section flushes once per app and method: the senders run alongside, as in production). ``--callgrind``
+runs each
 variant in its own process under ``valgrind --tool=callgrind --separate-threads=yes`` twice, with N calls and with 0
 calls; (N-run - 0-run) / N is the instructions per call, for the main thread alone and for all threads (the senders'
 serialization, compression and HTTP included: each run flushes its client, from a helper thread, before exiting).
@@ -432,8 +434,9 @@ def bench_middleware(
                             wall, cpu = loops[cell](counts[cell])
                         finally:
                             gc.enable()
-                        _flush(cell[0], flushers)
                         res[cell].append((wall / counts[cell], cpu / counts[cell]))
+                for cell in cells:  # once per group: the senders run alongside the rounds, as in production
+                    _flush(cell[0], flushers)
                 bare_w = med([w for w, _ in res[("bare", 0)]])
                 bare_c = med([c for _, c in res[("bare", 0)]])
                 for cell in cells:
