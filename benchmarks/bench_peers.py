@@ -31,6 +31,7 @@ import platform
 import queue
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -762,4 +763,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (timeout, kill) ends through sys.exit: the servers started above are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())

@@ -208,4 +208,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (timeout, kill) ends through sys.exit: the servers started above are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())
