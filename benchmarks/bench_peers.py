@@ -438,6 +438,7 @@ def bench_middleware(
                         res[cell].append((wall / counts[cell], cpu / counts[cell]))
                 for cell in cells:  # once per group: the senders run alongside the rounds, as in production
                     _flush(cell[0], flushers)
+                print(f"  middleware: {app_name} {method} measured", file=sys.stderr, flush=True)
                 bare_w = med([w for w, _ in res[("bare", 0)]])
                 bare_c = med([c for _, c in res[("bare", 0)]])
                 for cell in cells:
