@@ -1,0 +1,213 @@
+"""End to end under load: the FastAPI example under uvicorn and the Flask example under gunicorn, loaded by ``wrk``.
+
+Run ``python benchmarks/bench_wrk.py`` (10 s per variant, about 2-3 minutes) or ``--quick`` (3 s per variant, about a
+minute); ``--variants bare,sqreen_mw`` to choose. Needs Debian's ``wrk``. Everything is on loopback. Each variant is a
+fresh server process serving ``benchmarks/_wrk_app.py`` (the example app; ``bare`` = without sqreen_mw, a peer = bare in
+the peer's middleware with ``track`` replaced by the peer's event call, sending to the local sink). The request is
+``GET /orders/1`` with alice's bearer token: it identifies the user and tracks one event (``order.viewed``). For
+``sqreen_mw`` a real ``sqreen-mw serve`` collector (fresh SQLite database) receives the events at default SDK settings;
+after the app has stopped (SIGTERM: it flushes) the events stored are counted against the events tracked.
+
+Reported per variant: req/s, p99 latency (wrk ``--latency``), ratio to bare req/s, and the app's all-in CPU per request
+(utime + stime of the server's whole process tree from ``/proc/<pid>/stat`` over the wrk run, senders included), which
+for ``sqreen_mw`` is also CPU per delivered event. wrk runs on the same 2 CPUs as the server: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import _peers  # noqa: E402
+
+from tests.support import API_KEY, free_port, spawn, start_collector, stop_process, wait_http  # noqa: E402
+
+SECRET = "bench-wrk-secret"  # noqa: S105 - the example's token signing key for this run
+SERVERS = {
+    "fastapi/uvicorn": ["uvicorn", "benchmarks._wrk_app:app", "--no-access-log", "--log-level", "warning"],
+    "flask/gunicorn -w 2": ["gunicorn", "-w", "2", "--log-level", "warning", "benchmarks._wrk_app:app"],
+}
+
+
+def tree_cpu(pid: int) -> float:
+    """utime + stime, in seconds, of the process and all its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(times.get(p, 0) for p in tree) / tick
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    def grab(pattern: str) -> str | None:
+        m = re.search(pattern, text)
+        return m.group(1) if m else None
+
+    def to_ms(value: str | None) -> float:
+        if not value:
+            return float("nan")
+        m = re.match(r"([\d.]+)(us|ms|s)", value)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    return {
+        "rps": float(grab(r"Requests/sec:\s+([\d.]+)") or 0),
+        "requests": int(grab(r"(\d+) requests in") or 0),
+        "p99_ms": to_ms(grab(r"99%\s+([\d.]+\w+)")),
+        "non2xx": int(grab(r"Non-2xx or 3xx responses:\s+(\d+)") or 0),
+        "errors": grab(r"(Socket errors:.*)") or "",
+    }
+
+
+def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Path) -> dict[str, Any]:
+    from examples.fastapi_app.store import issue_token
+
+    port = free_port()
+    command = SERVERS[server]
+    bind = ["--bind", f"127.0.0.1:{port}"] if command[0] == "gunicorn" else ["--host", "127.0.0.1", "--port", str(port)]
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "EXAMPLE_SECRET_KEY": SECRET,
+        "BENCH_VARIANT": variant,
+        "BENCH_FRAMEWORK": "fastapi" if server.startswith("fastapi") else "flask",
+        "BENCH_SINK_URL": sink_url,
+        **_peers.peer_env(sink_url),
+    }
+    for key in ("SQREEN_TOKEN", "SQREEN_URL", "SQREEN_HEARTBEAT_INTERVAL"):
+        os.environ.pop(key, None)
+    collector_ctx = None
+    db = tmp / f"{server.split('/')[0]}-{variant}.db"
+    if variant == "sqreen_mw":
+        collector_ctx = start_collector(db)
+        collector = collector_ctx.__enter__()
+        env.update(SQREEN_TOKEN=API_KEY, SQREEN_URL=collector.url)
+    result: dict[str, Any] = {"server": server, "variant": variant}
+    try:
+        proc = spawn([sys.executable, "-m", *command, *bind], env=env, cwd=ROOT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(f"{base}/healthz", timeout=60)
+            os.environ["EXAMPLE_SECRET_KEY"] = SECRET
+            token = issue_token_with(SECRET, issue_token)
+            url = f"{base}/orders/1"
+            import httpx
+
+            warm = 0
+            with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:
+                for _ in range(50):
+                    r = http.get(url)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{server} {variant}: GET /orders/1 answered {r.status_code}: {r.text}")
+                    warm += 1
+            cpu0, t0 = tree_cpu(proc.pid), time.perf_counter()
+            wrk = subprocess.run(  # noqa: S603 - wrk, fixed arguments
+                [shutil.which("wrk") or "wrk", "-t1", "-c16", f"-d{seconds}s", "--latency",
+                 "-H", f"Authorization: Bearer {token}", url],
+                capture_output=True, text=True, timeout=seconds + 60, check=False,
+            )
+            cpu = tree_cpu(proc.pid) - cpu0
+            wall = time.perf_counter() - t0
+            result.update(parse_wrk(wrk.stdout))
+            result.update(cpu=cpu, wall=wall, warm=warm)
+        finally:
+            stop_process(proc, signal.SIGTERM, timeout=30)
+    finally:
+        if collector_ctx is not None:
+            collector_ctx.__exit__(None, None, None)
+    if variant == "sqreen_mw":
+        with sqlite3.connect(db) as conn:
+            result["stored"] = conn.execute("SELECT count(*) FROM events WHERE name = 'order.viewed'").fetchone()[0]
+        result["tracked"] = result["warm"] + result["requests"] - result["non2xx"]
+    return result
+
+
+def issue_token_with(secret: str, issue: Any) -> str:
+    """The example's token for alice, signed with ``secret`` (the key the served app reads from its environment)."""
+    import examples.fastapi_app.store as store
+
+    store.SECRET_KEY = secret.encode()
+    token: str = issue("alice@example.com")
+    return token
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="3 s per variant")
+    parser.add_argument("--seconds", type=int, help="wrk duration per variant (default 10, quick 3)")
+    parser.add_argument("--variants", default="bare,sqreen_mw," + ",".join(_peers.MIDDLEWARE_PEERS))
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"subset of {','.join(SERVERS)}")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is not installed (apt-get install wrk)")
+        return 2
+    seconds = args.seconds or (3 if args.quick else 10)
+    load = os.getloadavg()
+    print(f"wrk -t1 -c16 -d{seconds}s, GET /orders/1 (1 event per request) | {os.cpu_count()} CPUs | "
+          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp_name, _peers.sink() as sink_url:
+        for server in args.servers.split(","):
+            bare_rps = None
+            for variant in args.variants.split(","):
+                try:
+                    r = run_variant(server, variant, seconds, sink_url, Path(tmp_name))
+                except Exception as exc:  # one variant failing must not hide the others
+                    print(f"  {server} {variant}: failed: {exc}", flush=True)
+                    continue
+                if variant == "bare":
+                    bare_rps = r["rps"]
+                ratio = f"{r['rps'] / bare_rps:.2f}" if bare_rps else ""
+                per_req = r["cpu"] / max(r["requests"], 1) * 1e6
+                delivered = ""
+                if "stored" in r:
+                    delivered = f"{r['stored']:,} stored / {r['tracked']:,} tracked"
+                rows.append((server, variant, f"{r['rps']:,.0f}", f"{r['p99_ms']:.1f}", ratio,
+                             f"{per_req:.0f}", f"{r['cpu'] / r['wall'] * 100:.0f} %", str(r["non2xx"]), delivered))
+                print(f"  {rows[-1]}", flush=True)
+    headers = ("server", "variant", "req/s", "p99 ms", "÷ bare", "CPU µs/req (all-in)", "app CPU", "non-2xx",
+               "events")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    load = os.getloadavg()
+    print(f"load at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    # SIGTERM (timeout, kill) ends through sys.exit: the servers started above are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    sys.exit(main())
