@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.postgres_server import postgres_server, postgres_url  # noqa: F401 - fixtures
 from tests.support import Collector, start_collector
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

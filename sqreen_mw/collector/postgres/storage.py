@@ -23,6 +23,7 @@ from .._records import AgentSession, EventQuery, EventRecord, ip_key
 from .._sqlite import _encode
 from . import StorageUnavailable, UnstorableText, redact
 from ._automation import AutomationTables
+from ._explorer import ExplorerQueries, update_rollups
 from ._hits import HitTables
 from ._schema import prepare_schema
 
@@ -100,7 +101,7 @@ def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
     return sql, args
 
 
-class PostgresStorage(AutomationTables, HitTables):
+class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
     """:class:`Storage` on a PostgreSQL database shared by any number of collector replicas.
 
     :param url: ``postgresql://user[:password]@host[:port]/database[?sslmode=...]`` (libpq's URL, so the
@@ -177,7 +178,7 @@ class PostgresStorage(AutomationTables, HitTables):
 
     def store_events(self, events: Sequence[EventRecord]) -> list[EventRecord]:
         """Store the events in one transaction, skipping ids already stored (by any replica); return the new ones,
-        in order, with their ``seq``. Playbook hits of the new events are stored in the same transaction."""
+        in order, with their ``seq``. The explorer's rollups count them in the same transaction."""
         if not events:
             return []
         columns: list[list[Any]] = [[] for _ in range(11)]
@@ -202,6 +203,7 @@ class PostgresStorage(AutomationTables, HitTables):
                     users = sorted((value, e.ts, e.seq) for e in fresh for value in e.users)
                     if users:
                         conn.execute(_INSERT_USERS, [list(c) for c in zip(*users, strict=True)])
+                    update_rollups(conn, fresh)
                     return fresh
             except pg_errors.TransactionRollback:
                 if attempt == _RETRIES - 1:
@@ -210,6 +212,8 @@ class PostgresStorage(AutomationTables, HitTables):
                 raise UnstorableText(f"an event's name, id, app or client IP holds a character PostgreSQL cannot "
                                      f"store: {str(exc).strip()[:200]}") from None
         raise AssertionError("unreachable")
+
+    _explorer_record = staticmethod(_event)
 
     def query_events(self, query: EventQuery) -> list[EventRecord]:
         """Events matching ``query``, newest first (ts, then seq, descending)."""
