@@ -13,7 +13,9 @@ the figures are the queries', not the disk's), ``--db postgresql://...`` on an e
    (DESIGN §9; on PostgreSQL one thread of one replica: ``bench_postgres.py`` measures two replicas).
 2. **views**: each storage query behind an explorer page, on the database with rollups, median of 5 runs (first run
    discarded): overview for 1 h / 24 h / 7 d / 30 d, breakdowns, an actor timeline, filtered event pages. Budget:
-   ≤ 200 ms each (DESIGN §9).
+   ≤ 200 ms each (DESIGN §9). On a local PostgreSQL server, also the CPU its backends spent per call (read from
+   ``/proc``: the server's work, apart from the machine's load).
+3. **retention**: the oldest tenth of the events deleted as ``--retention`` does; events/s.
 """
 
 from __future__ import annotations
@@ -218,6 +220,20 @@ def run_views(storage: Any, now: float) -> None:
         print(f"{label:<44} {ms:>8.1f}  {'ok' if ms <= BUDGET_MS else 'OVER':<10}{spent}")
 
 
+def retention(storage: Any, now: float) -> None:
+    """Delete the oldest 3 of the 30 days as ``--retention`` does (10,000 events per transaction); print the rate."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    deleted = chunks = 0
+    while True:
+        n = storage.delete_events_before(now - 27 * DAY, 10_000)
+        deleted, chunks = deleted + n, chunks + 1
+        if n < 10_000:
+            break
+    spent = time.perf_counter() - t0
+    print(f"retention: {deleted:,} oldest events deleted in {chunks} transactions, {spent:.1f} s "
+          f"({deleted / spent:,.0f} events/s; collector CPU {time.process_time() - c0:.1f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -233,6 +249,7 @@ def main() -> None:
         print(f"ingest with rollups    {rate_on:>10,.0f} events/s (goal >= {INGEST_GOAL:,.0f})")
         print(f"ingest without rollups {rate_off:>10,.0f} events/s (same run: ratio {rate_on / rate_off:.2f})")
         run_views(storage, now)
+        retention(storage, now)
         storage.close()
 
 
