@@ -268,6 +268,27 @@ def test_postgres_rollups_count_the_events_of_a_database_made_before_them(postgr
             storage.close()
 
 
+def test_postgres_event_pages_walk_an_index_newest_first(postgres_url: str) -> None:
+    # PostgreSQL cannot estimate a property filter: left alone it plans a scan and sort of the whole table.
+    from sqreen_mw.collector.postgres.storage import PostgresStorage
+
+    rng = random.Random(3)
+    storage = PostgresStorage(postgres_url)
+    try:
+        records = [_record(rng, i) for i in range(20_000)]
+        for lo in range(0, len(records), 5000):
+            storage.insert_events(records[lo : lo + 5000])
+        with storage._tx() as conn:
+            conn.execute("ANALYZE")
+        for f in (ExplorerFilter(prop=("success", "true")), ExplorerFilter(prop=("qty", "2"), since=T0),
+                  ExplorerFilter(), ExplorerFilter(network=ipaddress.ip_network("10.1.0.0/16"))):
+            plan = "\n".join(storage.search_plan(f, 51))
+            assert "Index Scan Backward" in plan or "Index Only Scan Backward" in plan, plan
+            assert "Seq Scan" not in plan and "Sort" not in plan and "Gather" not in plan, plan
+    finally:
+        storage.close()
+
+
 def test_overview_refuses_odd_buckets(open_store: Callable[[], Store]) -> None:
     with pytest.raises(ValueError, match="bucket"):
         open_store().overview(T0, T0 + 3600, 90)

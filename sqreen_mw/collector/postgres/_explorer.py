@@ -170,6 +170,14 @@ def _filter_sql(f: ExplorerFilter, *, cursor: bool) -> tuple[str, str, list[Any]
     return source, (" WHERE " + " AND ".join(where)) if where else "", args
 
 
+def _search_sql(f: ExplorerFilter, limit: int) -> tuple[str, list[Any]]:
+    source, clause, args = _filter_sql(f, cursor=True)
+    t = "u." if f.user is not None else ""
+    sql = (f"SELECT {_event_columns(f)} FROM {source}{clause}"  # noqa: S608 - fixed fragments, bound values
+           f" ORDER BY {t}ts DESC, {t}seq DESC LIMIT %s")
+    return sql, [*args, limit]
+
+
 def _event_columns(f: ExplorerFilter) -> str:
     return ", ".join(f"events.{c}" for c in _EVENT_COLUMNS.split(", ")) if f.user is not None else _EVENT_COLUMNS
 
@@ -255,12 +263,13 @@ class ExplorerQueries:
 
     def search_events(self, f: ExplorerFilter, limit: int) -> list[EventRecord]:
         """Events matching ``f``, newest first (ts, then seq, descending), at most ``limit``."""
-        source, clause, args = _filter_sql(f, cursor=True)
-        t = "u." if f.user is not None else ""
-        sql = (f"SELECT {_event_columns(f)} FROM {source}{clause}"  # noqa: S608 - fixed fragments, bound values
-               f" ORDER BY {t}ts DESC, {t}seq DESC LIMIT %s")
-        rows = self._rows(sql, [*args, limit], walk=f.prop is not None)
-        return [self._explorer_record(row) for row in rows]
+        sql, args = _search_sql(f, limit)
+        return [self._explorer_record(row) for row in self._rows(sql, args, walk=f.prop is not None)]
+
+    def search_plan(self, f: ExplorerFilter, limit: int) -> list[str]:
+        """PostgreSQL's ``EXPLAIN`` of :meth:`search_events` (tests and diagnostics)."""
+        sql, args = _search_sql(f, limit)
+        return [str(row[0]) for row in self._rows(f"EXPLAIN {sql}", args, walk=f.prop is not None)]
 
     def get_event(self, event_id: str) -> EventRecord | None:
         """The stored event with this id, or None."""
