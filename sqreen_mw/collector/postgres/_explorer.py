@@ -224,6 +224,8 @@ class ExplorerQueries:
         hour_lo, hour_hi = int(since // 3600), int(-(-until // 3600))
         tops: dict[int, list[tuple[str, int]]] = {}
         with self._tx() as conn:
+            for setting in _AGGREGATE:
+                conn.execute(setting)
             if bucket % 3600 == 0:
                 per = bucket // 3600
                 rows = conn.execute(
