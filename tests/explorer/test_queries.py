@@ -252,6 +252,7 @@ def test_postgres_rollups_count_the_events_of_a_database_made_before_them(postgr
 
     with psycopg.connect(postgres_url) as conn:  # as schema version 1 left it: events, no rollups
         conn.execute("DROP TABLE explorer_minute, explorer_hour")
+        conn.execute("ALTER TABLE event_users DROP COLUMN name")
         conn.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
     for _ in range(2):  # migrated on the first open, nothing counted twice on the second
         storage = PostgresStorage(postgres_url)
@@ -264,6 +265,10 @@ def test_postgres_rollups_count_the_events_of_a_database_made_before_them(postgr
             assert dict(data.ips) == dict(Counter(e.client_ip for e in records if e.client_ip).most_common(10))
             assert data.logins == dict(Counter("success" if e.properties["success"] else "failure"
                                                for e in records if e.name == "sq.auth_track"))
+            summary, first, last = storage.actor_summary(ExplorerFilter(user="a@x"))
+            mine = [e for e in records if "a@x" in e.users]
+            assert dict(summary) == dict(Counter(e.name for e in mine))
+            assert (first, last) == (min(e.ts for e in mine), max(e.ts for e in mine))
         finally:
             storage.close()
 

@@ -42,7 +42,8 @@ SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::tex
 ON CONFLICT (id) DO NOTHING RETURNING id, seq
 """
 _INSERT_USERS = """
-INSERT INTO event_users (value, ts, seq) SELECT * FROM unnest(%b::text[], %b::float8[], %b::bigint[])
+INSERT INTO event_users (value, ts, seq, name)
+SELECT * FROM unnest(%b::text[], %b::float8[], %b::bigint[], %b::text[])
 ON CONFLICT DO NOTHING
 """
 _RETRIES = 3  # deadlocks between concurrent batches sharing ids: PostgreSQL aborts one, which is simply run again
@@ -73,7 +74,7 @@ def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
         where.append("u.value = %s")
         args.append(query.user)
     if query.name is not None:
-        where.append("name = %s")
+        where.append(f"{t}name = %s")
         args.append(query.name)
     if query.since is not None:
         where.append(f"{t}ts >= %s")
@@ -200,7 +201,7 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
                         seq = seqs.pop(e.id, None)  # pop: a second event of the batch with that id is a duplicate
                         if seq is not None:
                             fresh.append(e._replace(seq=seq))
-                    users = sorted((value, e.ts, e.seq) for e in fresh for value in e.users)
+                    users = sorted((value, e.ts, e.seq, e.name) for e in fresh for value in e.users)
                     if users:
                         conn.execute(_INSERT_USERS, [list(c) for c in zip(*users, strict=True)])
                     update_rollups(conn, fresh)
