@@ -8,8 +8,11 @@ they are never ahead of or behind the events, whichever replica stored them:
 - ``explorer_hour (kind, hour, value, n)``: per hour, events by name (kind 0), client IP (1), user (2), app (3) and
   login outcome of ``sq.auth_track`` (4): the chart of long ranges, totals and the top lists.
 
-Replicas add to the same rollup rows with ``INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n``, keys sorted
-so that two batches never wait for each other in opposite orders. Breakdowns and filtered listings walk the events
+Replicas add to the rollup rows with ``INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n``, keys sorted so
+that two batches never wait for each other in opposite orders; each key has up to :data:`SHARDS` rows (a batch adds
+to one, at random) so that concurrent batches, which all touch the current minute, seldom queue on one row.
+
+Breakdowns and filtered listings walk the events
 through the ``(ts, seq)`` / ``(name, ts, seq)`` / ``(ip_key, ts, seq)`` / ``event_users`` indexes, newest first,
 bounded like SQLite's (:data:`~.._sqlite_explorer.BREAKDOWN_SCAN` events at most per breakdown).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -37,27 +41,33 @@ ALTER TABLE event_users ADD COLUMN IF NOT EXISTS name text COLLATE "C";
 CREATE TABLE IF NOT EXISTS explorer_minute (
     minute bigint NOT NULL,
     name text COLLATE "C" NOT NULL,
+    shard smallint NOT NULL,
     n bigint NOT NULL,
-    PRIMARY KEY (minute, name)
+    PRIMARY KEY (minute, name, shard)
 );
 CREATE TABLE IF NOT EXISTS explorer_hour (
     kind smallint NOT NULL,
     hour bigint NOT NULL,
     value text COLLATE "C" NOT NULL,
+    shard smallint NOT NULL,
     n bigint NOT NULL,
-    PRIMARY KEY (kind, hour, value)
+    PRIMARY KEY (kind, hour, value, shard)
 );
 """
 _EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body"
 _UPSERT_MINUTE = """
-INSERT INTO explorer_minute (minute, name, n) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bigint[])
-ON CONFLICT (minute, name) DO UPDATE SET n = explorer_minute.n + excluded.n
+INSERT INTO explorer_minute (minute, name, n, shard)
+SELECT *, %b::smallint FROM unnest(%b::bigint[], %b::text[], %b::bigint[])
+ON CONFLICT (minute, name, shard) DO UPDATE SET n = explorer_minute.n + excluded.n
 """
 _UPSERT_HOUR = """
-INSERT INTO explorer_hour (kind, hour, value, n)
-SELECT * FROM unnest(%b::smallint[], %b::bigint[], %b::text[], %b::bigint[])
-ON CONFLICT (kind, hour, value) DO UPDATE SET n = explorer_hour.n + excluded.n
+INSERT INTO explorer_hour (kind, hour, value, n, shard)
+SELECT *, %b::smallint FROM unnest(%b::smallint[], %b::bigint[], %b::text[], %b::bigint[])
+ON CONFLICT (kind, hour, value, shard) DO UPDATE SET n = explorer_hour.n + excluded.n
 """
+#: Rows per rollup key: each batch adds to one shard, drawn at random, so concurrent batches (every one of them
+#: touching the current minute's and hour's rows) rarely wait for each other's commit; readers sum the shards.
+SHARDS = 8
 _GROUPS = {"name": "name", "ip": "client_ip", "app": "app", "user": "user_identifiers"}
 # A property's value as JSON text (None when absent): strings, numbers and booleans stay apart ("2" vs 2, true vs 1).
 _PROPERTY_JSON = "(properties::json -> %s)::text"
@@ -81,8 +91,9 @@ def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def update_rollups(conn: Any, fresh: Sequence[EventRecord]) -> None:
-    """Add newly stored events to the rollup tables, inside the caller's transaction."""
+def update_rollups(conn: Any, fresh: Sequence[EventRecord], shard: int | None = None) -> None:
+    """Add newly stored events to the rollup tables, inside the caller's transaction (to ``shard``, default one
+    drawn at random)."""
     if not fresh:
         return
     minutes: Counter[tuple[int, str]] = Counter()
@@ -102,8 +113,9 @@ def update_rollups(conn: Any, fresh: Sequence[EventRecord]) -> None:
     # Sorted, in one order for every replica (minutes, then hours; keys ascending, as the "C" collation compares
     # text, byte by byte: UTF-8 bytes sort as code points, as Python sorts str): concurrent batches lock the rows
     # they share in the same order, so they queue instead of deadlocking.
-    conn.execute(_UPSERT_MINUTE, _columns(sorted((m, name, n) for (m, name), n in minutes.items())))
-    conn.execute(_UPSERT_HOUR, _columns(sorted((k, h, v, n) for (k, h, v), n in hours.items())))
+    shard = random.randrange(SHARDS) if shard is None else shard  # noqa: S311 - spreading load, not a secret
+    conn.execute(_UPSERT_MINUTE, [shard, *_columns(sorted((m, name, n) for (m, name), n in minutes.items()))])
+    conn.execute(_UPSERT_HOUR, [shard, *_columns(sorted((k, h, v, n) for (k, h, v), n in hours.items()))])
 
 
 def backfill_rollups(conn: Any, record: Callable[[Sequence[Any]], EventRecord], chunk: int = 20_000) -> None:
@@ -120,7 +132,7 @@ def backfill_rollups(conn: Any, record: Callable[[Sequence[Any]], EventRecord], 
         ).fetchall()
         if not rows:
             return
-        update_rollups(conn, [record(row) for row in rows])
+        update_rollups(conn, [record(row) for row in rows], shard=0)
         last = int(rows[-1][0])
 
 
