@@ -217,7 +217,7 @@ def run_views(storage: Any, now: float) -> None:
         before = cpu() if cpu else 0.0
         ms = timed(fn)
         spent = f"   {(cpu() - before) * 1000 / 6:>8.1f}" if cpu else ""
-        print(f"{label:<44} {ms:>8.1f}  {'ok' if ms <= BUDGET_MS else 'OVER':<10}{spent}")
+        print(f"{label:<44} {ms:>8.1f}  {'ok' if ms <= BUDGET_MS else 'OVER':<10}{spent}".rstrip())
 
 
 def retention(storage: Any, now: float) -> None:
