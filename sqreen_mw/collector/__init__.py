@@ -1,4 +1,4 @@
-"""The embedded sqreen_mw collector: a Starlette app that receives agent events into SQLite.
+"""The embedded sqreen_mw collector: a Starlette app that receives agent events into SQLite or PostgreSQL.
 
 Run it with ``sqreen-mw serve`` (see :mod:`sqreen_mw.collector.cli`), or build the ASGI app yourself with
 :func:`create_app`. The wire protocol is documented in ``docs/protocol.md``.
@@ -35,11 +35,6 @@ __all__ = ["PROTOCOL_VERSION", "create_app", "open_storage"]
 
 async def _healthz(request: Request) -> Response:
     return JSON({"status": "ok"})
-
-
-async def _no_explorer(request: Request) -> Response:
-    return JSON({"error": "the Event Explorer needs SQLite storage in this version; with PostgreSQL use the admin API"
-                          " (/api/v1/...)"}, status_code=404)
 
 
 async def _unstorable(request: Request, exc: Exception) -> Response:
@@ -136,12 +131,7 @@ def create_app(
         body_timeout=body_timeout,
     )
     admin = AdminApi(storage, admin_token)
-    # The page at /; its aggregate queries exist on SQLite only so far: with PostgreSQL the admin API serves alone.
-    explorer_routes = (
-        Explorer(storage, admin_token, automation=automation, heartbeat_delay=heartbeat_delay).routes()
-        if isinstance(storage, SQLiteStorage)
-        else [Route("/", _no_explorer, methods=["GET"])]
-    )
+    explorer = Explorer(storage, admin_token, automation=automation, heartbeat_delay=heartbeat_delay)
 
     sweeper = None if retention is None else Retention(storage, retention)
 
@@ -163,7 +153,7 @@ def create_app(
             *agents.routes(),
             *admin.routes(),
             *AutomationApi(automation, storage, admin_token).routes(),
-            *explorer_routes,
+            *explorer.routes(),
         ],
         exception_handlers={
             HTTPException: http_error, StorageUnavailable: storage_unavailable, UnstorableText: _unstorable,

@@ -1,4 +1,6 @@
-"""Collector storage: the :class:`Storage` interface (the SQLite implementation is in ``_sqlite``).
+"""Collector storage: the :class:`Storage` interface (implemented by ``_sqlite.SQLiteStorage`` and
+``postgres.storage.PostgresStorage``; the Event Explorer reads through ``explorer.ExplorerStorage``, which both
+implement too).
 
 Storage methods are synchronous and may block on disk; the endpoints call them through
 ``anyio.to_thread.run_sync`` so the event loop never waits on the database.
@@ -51,6 +53,11 @@ class Storage(Protocol):
 
     def list_agents(self, limit: int = 1000) -> list[AgentSession]:
         """Sessions, newest first."""
+        ...
+
+    def delete_events_before(self, cutoff: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` of the oldest events with ``ts < cutoff`` (and what indexes them, such as their
+        user rows), in one transaction; return how many. Retention calls it until it returns less than ``limit``."""
         ...
 
     def close(self) -> None:

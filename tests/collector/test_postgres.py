@@ -99,7 +99,7 @@ def test_migrate_command_creates_the_schema(postgres_url: str, capsys: pytest.Ca
     assert main(["migrate", "--db", postgres_url]) == 0
     assert "schema up to date" in capsys.readouterr().out
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (1,)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (2,)
     PostgresStorage(postgres_url, migrate=False).close()  # now usable without migrating
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.postgres_server import postgres_server, postgres_url, server  # noqa: F401 - fixtures
 from tests.support import Collector, start_collector
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -78,9 +79,11 @@ def page(browser_context: Any) -> Iterator[Any]:
     assert not problems, problems
 
 
-@pytest.fixture(scope="module")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
-    """A real collector on loopback, one per test module."""
-    db: Path = tmp_path_factory.mktemp("explorer") / "events.db"
-    with start_collector(db) as running:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def collector(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
+    """A real collector on loopback, one per test module and store (a SQLite file, then a PostgreSQL database)."""
+    db: Path | str = tmp_path_factory.mktemp("explorer") / "events.db"
+    if request.param == "postgres":
+        db = server().new_database()
+    with start_collector(db) as running:  # type: ignore[arg-type] - the command line takes a path or a URL
         yield running

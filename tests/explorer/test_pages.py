@@ -1,4 +1,5 @@
-"""The explorer's pages in process (httpx over ASGI): empty states, stale agents, drops, charts' buckets, errors."""
+"""The explorer's pages in process (httpx over ASGI), on both stores: empty states, stale agents, drops, charts'
+buckets, errors."""
 
 from __future__ import annotations
 
@@ -21,9 +22,17 @@ pytestmark = pytest.mark.anyio
 TOKEN = "pages-admin-token"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The collector's database, once per store: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "e.db")
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
-    app = create_app(db_path=str(tmp_path / "e.db"), api_keys={"k": ""}, admin_token=TOKEN, heartbeat_delay=10)
+async def client(db: str) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
+    app = create_app(db_path=db, api_keys={"k": ""}, admin_token=TOKEN, heartbeat_delay=10)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://collector") as c:
             form = await c.get("/login")

@@ -6,13 +6,15 @@ replicas starting together wait for each other and the second sees the first one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .._storage import SchemaError
+from ._explorer import ROLLUP_TABLES, backfill_rollups
 
 __all__ = ["SCHEMA_VERSION", "prepare_schema"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _LOCK_KEY = 0x5371_6D77_0001  # pg_advisory_xact_lock key of schema changes ("Sqmw", 1)
 
 # Indexed text columns use the "C" collation: byte order is all their indexes need, and a database's default
@@ -104,12 +106,23 @@ CREATE TABLE IF NOT EXISTS playbook_hits (
 );
 CREATE INDEX IF NOT EXISTS playbook_hits_ts ON playbook_hits (ts);
 """
-#: Scripts that bring a database of version N-1 to version N, by N (the first creates everything).
-_MIGRATIONS = {1: _VERSION_1}
+#: Scripts that bring a database of version N-1 to version N, by N (the first creates everything); version 2 adds
+#: the Event Explorer's rollup tables, then counts the events already stored into them (:data:`_AFTER`).
+_MIGRATIONS = {1: _VERSION_1, 2: ROLLUP_TABLES}
 
 
 def _statements(script: str) -> list[str]:
     return [s for s in script.split(";") if s.strip()]
+
+
+def _backfill(conn: Any) -> None:
+    from .storage import _event
+
+    backfill_rollups(conn, _event)
+
+
+#: Work done after a version's script, in the same transaction.
+_AFTER: dict[int, Callable[[Any], None]] = {2: _backfill}
 
 
 def prepare_schema(conn: Any, where: str) -> int:
@@ -132,6 +145,8 @@ def prepare_schema(conn: Any, where: str) -> int:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         for statement in _statements(_MIGRATIONS[target]):
             conn.execute(statement)
+        if target in _AFTER and version > 0:  # a new database has no events to count
+            _AFTER[target](conn)
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE SET value = %s",
         (SCHEMA_VERSION, SCHEMA_VERSION),
