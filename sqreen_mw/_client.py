@@ -120,6 +120,11 @@ class Client:
         request: Any = None,
     ) -> bool:
         """Record a custom event; see :func:`sqreen_mw.track`."""
+        return self._track(event_name, options, properties, user_identifiers, timestamp, collect_body, request)
+
+    def _track(self, event_name: str, options: Mapping[str, Any] | None, properties: Mapping[str, Any] | None,
+               user_identifiers: Mapping[str, str | int] | None, timestamp: Any, collect_body: bool,
+               request: Any) -> bool:
         if options is not None:
             return self._track_options(event_name, options, properties, user_identifiers, timestamp, collect_body,
                                        request)
