@@ -1095,6 +1095,56 @@ def callgrind_child(n: int) -> int:
                     flush_like(reps * n)
                     mark(f"flusher_{method}:{reps}")
                 drain()
+    # Whole requests: the hello apps, bare and with the middleware + 1 track()
+    lp = asyncio.new_event_loop()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": POST_BODY, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    def asgi_requests(app: Any, scope: dict[str, Any]) -> Callable[[int], None]:
+        async def run(k: int) -> None:
+            for _ in range(k):
+                await app(dict(scope), receive, send)
+
+        return lambda k: lp.run_until_complete(run(k))
+
+    def wsgi_requests(app: Any, base: dict[str, Any]) -> Callable[[int], None]:
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            return None
+
+        def run(k: int) -> None:
+            for _ in range(k):
+                env = base.copy()
+                env["wsgi.input"] = io.BytesIO(POST_BODY)
+                result = app(env, start_response)
+                for _chunk in result:
+                    pass
+                getattr(result, "close", lambda: None)()
+
+        return run
+
+    s_bare, s_tracked = one_event_asgi_apps()
+    f_bare, f_tracked = one_event_flask_apps()
+    for method in ("GET", "POST"):
+        scope, environ = one_event_scope(method), one_event_environ(method)
+        for name, fn in (
+            (f"starlette_bare_{method}", asgi_requests(s_bare, scope)),
+            (f"starlette_tracked_{method}", asgi_requests(s_tracked, scope)),
+            (f"flask_bare_{method}", wsgi_requests(f_bare, environ)),
+            (f"flask_tracked_{method}", wsgi_requests(f_tracked, environ)),
+        ):
+            fn(100)
+            drain()
+            mark("setup")
+            fn(n // 2)
+            mark(f"{name}:1")
+            fn(n)
+            mark(f"{name}:2")
+            drain()
+    lp.close()
     mark("setup")
     client.shutdown(timeout=0.2)
     print(json.dumps(labels))
@@ -1155,6 +1205,18 @@ def bench_callgrind(n: int) -> int:
         flusher = per_call(f"flusher_{method}")
         rows.append((f"  flusher per event, 1 event/request ({method}): serialize+scrub+gzip", flusher,
                      f"all-in with the 1st track: {first + flusher:,.0f}"))
+    def per_request(name: str) -> float:
+        return (totals[f"{name}:2"] - totals[f"{name}:1"]) / (n - n // 2)
+
+    budgets = {"starlette": 0.80, "flask": 0.95}
+    for app in ("starlette", "flask"):
+        for method in ("GET", "POST"):
+            bare = per_request(f"{app}_bare_{method}")
+            tracked = per_request(f"{app}_tracked_{method}")
+            rows.append((f"{app} hello {method}{' JSON' if method == 'POST' else ''}: bare", bare, ""))
+            rows.append(("  with the middleware + 1 track()", tracked,
+                         f"+{tracked - bare:,.0f}; {bare / tracked:.3f} of bare (budget ≥ {budgets[app]:.2f}: "
+                         f"{verdict(bare / tracked >= budgets[app])})"))
     width = max(len(r[0]) for r in rows)
     print(f"{'metric':{width}}  {'instructions/call':>17}  ratio")
     for label, value, note in rows:
