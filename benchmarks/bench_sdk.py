@@ -1,4 +1,5 @@
-"""sqreen_mw SDK micro-benchmarks: ``track()`` cost, middleware overhead per request, bytes per queued event.
+"""sqreen_mw SDK micro-benchmarks: ``track()`` cost, middleware overhead per request, one tracked event per request
+(hello apps, bare vs middleware + 1 ``track()``), bytes per queued event; ``--callgrind``: instructions per call.
 
 Run ``python benchmarks/bench_sdk.py`` (about 30 s) or ``python benchmarks/bench_sdk.py --quick`` (< 20 s, a smoke
 check for CI). Every sqreen_mw number is printed next to a bare baseline measured in the same run, as absolute values
