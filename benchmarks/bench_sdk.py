@@ -1173,7 +1173,7 @@ def bench_callgrind(n: int) -> int:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"sqreen_mw {sqreen_mw.__version__} | Python {platform.python_version()} | load {load:.2f} | "
               f"callgrind, n = {n:,} (main thread, instructions per call = (I(2n) - I(n)) / n)")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=1200)  # noqa: S603
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=3600)  # noqa: S603
         if proc.returncode:
             print(proc.stderr[-3000:])
             return proc.returncode
