@@ -1,4 +1,5 @@
-"""sqreen_mw SDK micro-benchmarks: ``track()`` cost, middleware overhead per request, bytes per queued event.
+"""sqreen_mw SDK micro-benchmarks: ``track()`` cost, middleware overhead per request, one tracked event per request
+(hello apps, bare vs middleware + 1 ``track()``), bytes per queued event; ``--callgrind``: instructions per call.
 
 Run ``python benchmarks/bench_sdk.py`` (about 30 s) or ``python benchmarks/bench_sdk.py --quick`` (< 20 s, a smoke
 check for CI). Every sqreen_mw number is printed next to a bare baseline measured in the same run, as absolute values
@@ -711,7 +712,7 @@ def bench_breakdown(client: sqreen_mw.Client, n: int, rounds: int) -> list[str]:
     from urllib.parse import parse_qsl
 
     from sqreen_mw._body import flat_pairs
-    from sqreen_mw._context import _asgi_headers, _asgi_info
+    from sqreen_mw._context import _asgi_headers, request_info
     from sqreen_mw._lifecycle import get_client
     from sqreen_mw._schema import MAX_NAME_LENGTH, RESERVED_PREFIX, check_properties
 
@@ -741,9 +742,10 @@ def bench_breakdown(client: sqreen_mw.Client, n: int, rounds: int) -> list[str]:
         "RESERVED_PREFIX": RESERVED_PREFIX,
         "record": (time.time_ns(), 1, EVENT, props, None, None, info, None, size + 200),
         "scope": scope,
-        "headers": _asgi_headers(scope),
+        "headers": _asgi_headers(scope["headers"]),
         "_asgi_headers": _asgi_headers,
-        "_asgi_info": _asgi_info,
+        "request_info": request_info,
+        "captured": ctx.capture(),
         "parse_qsl": parse_qsl,
         "flat_pairs": flat_pairs,
         "RequestContext": RequestContext,
@@ -772,7 +774,7 @@ def bench_breakdown(client: sqreen_mw.Client, n: int, rounds: int) -> list[str]:
         "      dict literal (the caller's)": f"d = {literal}",
         "      check_properties(literal)": f"check_properties({literal})",
         "      current_context.get()": "current_context.get()",
-        "      ctx.info(resolver), cached": "ctx.info(resolver)",
+        "      ctx.capture(), cached": "ctx.capture()",
         "      time.time_ns()": "time_ns()",
         "      next(seq)": "next(seq)",
         "      9-tuple build": "r = (time_ns, 1, EVENT, props, None, None, info, None, 520)",
@@ -780,8 +782,9 @@ def bench_breakdown(client: sqreen_mw.Client, n: int, rounds: int) -> list[str]:
         "        with lock: (uncontended)": "with lock: pass",
         "        lock.acquire(); lock.release()": "lock.acquire(); lock.release()",
         "        deque.append(record)": "dq.append(record)",
-        "first track: _asgi_info(scope)": "_asgi_info(scope, resolver, None)",
-        "  _asgi_headers(scope), 8 headers": "_asgi_headers(scope)",
+        "first track: RequestContext.capture()": "RequestContext(ASGI, scope, None).capture()",
+        "flusher: request_info(capture)": "request_info(captured, resolver)",
+        "  _asgi_headers(scope), 8 headers": "_asgi_headers(scope['headers'])",
         "  resolver.resolve(peer, headers)": "resolver.resolve('10.0.0.2', headers)",
         "  parse_qsl+flat_pairs('page=2&sort=desc')": "flat_pairs(parse_qsl('page=2&sort=desc', True))",
         "middleware: RequestContext(ASGI, scope, None)": "RequestContext(ASGI, scope, None)",
@@ -802,6 +805,424 @@ def bench_breakdown(client: sqreen_mw.Client, n: int, rounds: int) -> list[str]:
         if name != "empty loop":
             out.append(f"{name:48} {med(values) - empty:8.0f}")
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5. one tracked event per request: hello apps, bare vs middleware + 1 track(), as a throughput ratio
+
+#: The request of the one-event rows: a query string to parse, two forwarding hops to walk, a cookie to scrub.
+ONE_EVENT_QUERY = b"user=42&q=select+name+from+users&page=3"
+ONE_EVENT_XFF = b"198.51.100.23, 10.0.0.3"
+
+
+def one_event_asgi_apps() -> tuple[Any, Any]:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from sqreen_mw.asgi import SqreenMiddleware
+
+    def routes(tracked: bool) -> list[Route]:
+        async def hello(request: Request) -> PlainTextResponse:
+            if tracked:
+                sqreen_mw.track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+            return PlainTextResponse("Hello, world!")
+
+        async def order(request: Request) -> PlainTextResponse:
+            await request.json()
+            if tracked:
+                sqreen_mw.track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+            return PlainTextResponse("ok")
+
+        return [Route("/", hello), Route("/api/orders", order, methods=["POST"])]
+
+    return Starlette(routes=routes(False)), Starlette(routes=routes(True), middleware=[Middleware(SqreenMiddleware)])
+
+
+def one_event_flask_apps() -> tuple[Any, Any]:
+    from flask import Flask, request
+
+    from sqreen_mw.wsgi import SqreenMiddleware
+
+    def app(tracked: bool) -> Flask:
+        flask = Flask("bench")
+
+        @flask.get("/")
+        def hello() -> str:
+            if tracked:
+                sqreen_mw.track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+            return "Hello, world!"
+
+        @flask.post("/api/orders")
+        def order() -> str:
+            request.get_json()
+            if tracked:
+                sqreen_mw.track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+            return "ok"
+
+        return flask
+
+    wrapped = app(True)
+    wrapped.wsgi_app = SqreenMiddleware(wrapped.wsgi_app)  # type: ignore[method-assign]
+    return app(False), wrapped
+
+
+def one_event_scope(method: str) -> dict[str, Any]:
+    scope = asgi_scope(method, "/" if method == "GET" else "/api/orders", ONE_EVENT_QUERY,
+                       client_ip="127.0.0.1", forwarded_for=ONE_EVENT_XFF,
+                       body=POST_BODY if method == "POST" else b"")
+    return scope
+
+
+def one_event_environ(method: str) -> dict[str, Any]:
+    env = wsgi_environ(method, "/" if method == "GET" else "/api/orders", POST_BODY if method == "POST" else b"")
+    env["QUERY_STRING"] = ONE_EVENT_QUERY.decode()
+    env["REMOTE_ADDR"] = "127.0.0.1"
+    env["HTTP_X_FORWARDED_FOR"] = ONE_EVENT_XFF.decode()
+    env["HTTP_COOKIE"] = "session=6f1c2b7e9a; theme=dark"
+    return env
+
+
+def bench_one_event(client: sqreen_mw.Client, report: Report, asgi_n: int, flask_n: int, rounds: int) -> None:
+    """Starlette and Flask hello, bare vs the middleware + one track() per request, in process."""
+    statuses: list[Any] = []
+
+    def drain() -> None:
+        client.queue.take(len(client.queue))
+        client.queue.done()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": POST_BODY, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    async def check_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    def asgi_loop(app: Any, scope: dict[str, Any], lp: asyncio.AbstractEventLoop) -> Callable[[int], int]:
+        async def run(n: int) -> int:
+            t0 = CLOCK()
+            for _ in range(n):
+                await app(dict(scope), receive, send)
+            return CLOCK() - t0
+
+        return lambda n: lp.run_until_complete(run(n))
+
+    def write(data: bytes) -> None:
+        pass
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+        statuses.append(status)
+        return write
+
+    def wsgi_loop(app: Any, base: dict[str, Any]) -> Callable[[int], int]:
+        post = base["REQUEST_METHOD"] == "POST"
+
+        def run(n: int) -> int:
+            bytes_io = io.BytesIO
+            t0 = CLOCK()
+            for _ in range(n):
+                env = base.copy()
+                if post:
+                    env["wsgi.input"] = bytes_io(POST_BODY)
+                result = app(env, start_response)
+                for _chunk in result:
+                    pass
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            return CLOCK() - t0
+
+        return run
+
+    report.section(
+        f"one tracked event per request, in process (median of {rounds} rounds): throughput of the app with the "
+        "middleware + 1 track() / bare app"
+    )
+    lp = asyncio.new_event_loop()
+    try:
+        bare, tracked = one_event_asgi_apps()
+        for method in ("GET", "POST"):
+            scope = one_event_scope(method)
+            tracked_before = client.queue.tracked
+            for app in (bare, tracked):
+                statuses.clear()
+                lp.run_until_complete(app(dict(scope), receive, check_send))
+                assert statuses == [200], ("starlette", method, statuses)
+            assert client.queue.tracked == tracked_before + 1, "the tracked app did not queue its event"
+            res = measure({"bare": asgi_loop(bare, scope, lp), "mw": asgi_loop(tracked, scope, lp)}, asgi_n, rounds,
+                          before=drain)
+            _one_event_row(report, f"Starlette hello {method}{' JSON' if method == 'POST' else ''}", res, 0.80)
+    finally:
+        lp.close()
+    bare_f, tracked_f = one_event_flask_apps()
+    for method in ("GET", "POST"):
+        base = one_event_environ(method)
+        for app in (bare_f, tracked_f):
+            statuses.clear()
+            wsgi_loop(app, base)(1)
+            assert statuses == ["200 OK"], ("flask", method, statuses)
+        res = measure({"bare": wsgi_loop(bare_f, base), "mw": wsgi_loop(tracked_f, base)}, flask_n, 3 * rounds,
+                      before=drain)
+        _one_event_row(report, f"Flask hello {method}{' JSON' if method == 'POST' else ''}", res, 0.95)
+    drain()
+
+
+def _one_event_row(report: Report, label: str, res: dict[str, list[float]], budget: float) -> None:
+    bare, mw = med(res["bare"]), med(res["mw"])
+    ratios = [b / m for b, m in zip(res["bare"], res["mw"], strict=True)]
+    ratio = med(ratios)
+    report.add(
+        f"{label}: mw + 1 track()",
+        us(mw),
+        us(bare),
+        f"{(mw - bare) / US:+.3f} µs; {ratio:.3f} of bare",
+        f"≥ {budget:.2f} of bare",
+        verdict(ratio >= budget),
+        spread=f"ratio {min(ratios):.3f}..{max(ratios):.3f}",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. instructions per call (callgrind)
+#
+# The parent re-runs this script under ``valgrind --tool=callgrind --dump-before=os_getppid``; the child calls
+# ``os.getppid()`` between phases, so callgrind writes one profile per phase. Each measured variant runs twice, n and
+# 2n times: (I(2n) - I(n)) / n is the cost of one call, free of the phases' fixed costs. Counts are the main
+# thread's (``--separate-threads=yes``); the flusher's work per event is measured apart, on the main thread, as the
+# ``_serialize`` + gzip of the batches that hold the events (what the flusher thread runs per batch, less the HTTP).
+
+
+def callgrind_child(n: int) -> int:
+    import gzip
+    import json
+
+    logging.getLogger("sqreen_mw").setLevel(logging.CRITICAL)
+    client = sqreen_mw.init(
+        token=BENCH_TOKEN, url=BENCH_URL, max_queue_events=10_000_000, max_queue_bytes=1 << 40,
+        batch_size=10_000_000, heartbeat_interval=3600, install_signal_handler=False,
+    )
+    track = sqreen_mw.track
+    labels: list[str] = []
+
+    def mark(label: str) -> None:  # the profile written now holds the work since the previous mark
+        labels.append(label)
+        os.getppid()
+
+    def drain() -> None:
+        client.queue.take(len(client.queue))
+        client.queue.done()
+
+    q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def floor(k: int) -> None:
+        put = q.put
+        for _ in range(k):
+            put({"item": "book", "quantity": 2, "gift": False})
+
+    def outside(k: int) -> None:
+        for _ in range(k):
+            track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+
+    steady_ctx = RequestContext(ASGI, one_event_scope("GET"), None)
+
+    def steady(k: int) -> None:
+        token = current_context.set(steady_ctx)
+        try:
+            for _ in range(k):
+                track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+        finally:
+            current_context.reset(token)
+
+    ctxs: list[RequestContext] = []
+
+    def fresh(method: str, k: int) -> None:
+        scope = one_event_scope(method)
+        ctxs.clear()
+        for _ in range(k):
+            tee = None
+            if method == "POST":
+                tee = ASGIBodyTee(_never_receive, client.max_body_bytes)
+                tee.feed(POST_BODY, True)
+            ctxs.append(RequestContext(ASGI, dict(scope), tee))
+
+    def bind_track(k: int) -> None:
+        set_, reset = current_context.set, current_context.reset
+        for ctx in ctxs[:k]:
+            token = set_(ctx)
+            track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+            reset(token)
+
+    def bind_only(k: int) -> None:
+        set_, reset = current_context.set, current_context.reset
+        for ctx in ctxs[:k]:
+            reset(set_(ctx))
+
+    def flush_like(k: int) -> None:  # what the flusher does with k queued events, in batches of 1,000
+        while len(client.queue):
+            payload, _ = client._serialize(client.queue.take(1000))
+            client.queue.done()
+            assert payload is not None
+            gzip.compress(payload, compresslevel=5)
+
+    plain: dict[str, Callable[[int], None]] = {
+        "floor": floor, "track_outside": outside, "track_steady": steady,
+    }
+    steady(1)  # the steady context's capture is made
+    for name, fn in plain.items():
+        fn(200)  # warm-up
+        drain()
+        mark("setup")
+        fn(n)
+        mark(f"{name}:1")
+        fn(2 * n)
+        mark(f"{name}:2")
+        drain()
+    for method in ("GET", "POST"):
+        for name, fn in (("bind_only", bind_only), ("first", bind_track)):
+            for reps in (1, 2):
+                fresh(method, 200)
+                fn(200)
+                drain()
+                fresh(method, reps * n)
+                mark("setup")
+                fn(reps * n)
+                mark(f"{name}_{method}:{reps}")
+                if name == "first":
+                    flush_like(reps * n)
+                    mark(f"flusher_{method}:{reps}")
+                drain()
+    # Whole requests: the hello apps, bare and with the middleware + 1 track()
+    lp = asyncio.new_event_loop()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": POST_BODY, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    def asgi_requests(app: Any, scope: dict[str, Any]) -> Callable[[int], None]:
+        async def run(k: int) -> None:
+            for _ in range(k):
+                await app(dict(scope), receive, send)
+
+        return lambda k: lp.run_until_complete(run(k))
+
+    def wsgi_requests(app: Any, base: dict[str, Any]) -> Callable[[int], None]:
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            return None
+
+        def run(k: int) -> None:
+            for _ in range(k):
+                env = base.copy()
+                env["wsgi.input"] = io.BytesIO(POST_BODY)
+                result = app(env, start_response)
+                for _chunk in result:
+                    pass
+                getattr(result, "close", lambda: None)()
+
+        return run
+
+    s_bare, s_tracked = one_event_asgi_apps()
+    f_bare, f_tracked = one_event_flask_apps()
+    for method in ("GET", "POST"):
+        scope, environ = one_event_scope(method), one_event_environ(method)
+        for name, fn in (
+            (f"starlette_bare_{method}", asgi_requests(s_bare, scope)),
+            (f"starlette_tracked_{method}", asgi_requests(s_tracked, scope)),
+            (f"flask_bare_{method}", wsgi_requests(f_bare, environ)),
+            (f"flask_tracked_{method}", wsgi_requests(f_tracked, environ)),
+        ):
+            fn(100)
+            drain()
+            mark("setup")
+            fn(n // 2)
+            mark(f"{name}:1")
+            fn(n)
+            mark(f"{name}:2")
+            drain()
+    lp.close()
+    mark("setup")
+    client.shutdown(timeout=0.2)
+    print(json.dumps(labels))
+    return 0
+
+
+def bench_callgrind(n: int) -> int:
+    import json
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)")
+        return 1
+    out_dir = tempfile.mkdtemp(prefix="bench_sdk_cg.")
+    try:
+        cmd = [
+            "valgrind", "--tool=callgrind", "--dump-instr=no", "--separate-threads=yes", "--dump-before=os_getppid",
+            f"--callgrind-out-file={out_dir}/cg.out", sys.executable, os.path.abspath(__file__),
+            "--callgrind-child", str(n),
+        ]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"sqreen_mw {sqreen_mw.__version__} | Python {platform.python_version()} | load {load:.2f} | "
+              f"callgrind, n = {n:,} (main thread, instructions per call = (I(2n) - I(n)) / n)")
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=3600)  # noqa: S603
+        if proc.returncode:
+            print(proc.stderr[-3000:])
+            return proc.returncode
+        labels: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])
+        totals: dict[str, int] = {}
+        for part, label in enumerate(labels, 1):
+            with open(f"{out_dir}/cg.out.{part}-01") as f:
+                m = re.search(r"^totals: (\d+)", f.read(), re.M)
+            assert m, part
+            totals[label] = int(m.group(1))
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+    def per_call(name: str) -> float:
+        return (totals[f"{name}:2"] - totals[f"{name}:1"]) / n
+
+    floor = per_call("floor")
+    rows = [("floor: SimpleQueue().put(dict)", floor, "")]
+    for label, value in (
+        ("track() outside a request", per_call("track_outside")),
+        ("track() in a request, steady state", per_call("track_steady")),
+    ):
+        rows.append((label, value, f"{value / floor:.2f}x floor (budget ≤ 3x: {verdict(value <= 3 * floor)})"))
+    steady_v = per_call("track_steady")
+    for method in ("GET", "POST"):
+        first = per_call(f"first_{method}") - per_call(f"bind_only_{method}")
+        rows.append((f"track() 1st of a request ({method}{'+JSON' if method == 'POST' else ''})", first,
+                     f"{first / floor:.2f}x floor, {first / steady_v:.2f}x steady (budget ≤ 2x: "
+                     f"{verdict(first <= 2 * steady_v)})"))
+        flusher = per_call(f"flusher_{method}")
+        rows.append((f"  flusher per event, 1 event/request ({method}): serialize+scrub+gzip", flusher,
+                     f"all-in with the 1st track: {first + flusher:,.0f}"))
+    def per_request(name: str) -> float:
+        return (totals[f"{name}:2"] - totals[f"{name}:1"]) / (n - n // 2)
+
+    budgets = {"starlette": 0.80, "flask": 0.95}
+    for app in ("starlette", "flask"):
+        for method in ("GET", "POST"):
+            bare = per_request(f"{app}_bare_{method}")
+            tracked = per_request(f"{app}_tracked_{method}")
+            rows.append((f"{app} hello {method}{' JSON' if method == 'POST' else ''}: bare", bare, ""))
+            rows.append(("  with the middleware + 1 track()", tracked,
+                         f"+{tracked - bare:,.0f}; {bare / tracked:.3f} of bare (budget ≥ {budgets[app]:.2f}: "
+                         f"{verdict(bare / tracked >= budgets[app])})"))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'metric':{width}}  {'instructions/call':>17}  ratio")
+    for label, value, note in rows:
+        print(f"{label:{width}}  {value:17,.0f}  {note}")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -833,7 +1254,15 @@ def main() -> int:
         help="wall = time.perf_counter_ns (default); thread = time.thread_time_ns, this thread's CPU "
         "time, which excludes preemption by other processes on a busy machine",
     )
+    parser.add_argument("--callgrind", type=int, nargs="?", const=2000, metavar="N",
+                        help="instead: instructions per call (valgrind callgrind, main thread) of track() next to "
+                        "the floor, and the flusher's per event; N calls per phase (default 2000; about 2 min)")
+    parser.add_argument("--callgrind-child", type=int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.callgrind_child:
+        return callgrind_child(args.callgrind_child)
+    if args.callgrind:
+        return bench_callgrind(args.callgrind)
     global CLOCK
     CLOCK = time.perf_counter_ns if args.clock == "wall" else time.thread_time_ns
 
@@ -885,6 +1314,8 @@ def main() -> int:
         done("asgi")
         bench_wsgi(client, report, wsgi_n, rounds, flask_n)
         done("wsgi")
+        bench_one_event(client, report, asgi_n, flask_n, rounds)
+        done("one event")
         details = bench_memory(report, mem_events, mem_requests, args.breakdown)
         done("memory")
         breakdown = bench_breakdown(client, track_n, rounds) if args.breakdown else []

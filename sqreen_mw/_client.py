@@ -16,7 +16,7 @@ from ._block_response import BlockResponse
 from ._blocking import Actions
 from ._body import jsonable
 from ._config import resolve
-from ._context import RequestContext, context_for, current_context
+from ._context import Capture, RequestContext, context_for, current_context, environ_key, request_info
 from ._enforce import Enforcer
 from ._exceptions import InvalidEvent, UserBlocked
 from ._flusher import Flusher
@@ -65,6 +65,7 @@ class Client:
         self.settings = settings
         self.enabled = settings["token"] is not None
         self.resolver = ClientIPResolver(settings["trusted_proxies"], settings["ip_header"])
+        self._ip_key = environ_key(self.resolver.ip_header)
         self.scrubber = Scrubber(
             enabled=settings["strip_sensitive_data"],
             sensitive_keys=settings["sensitive_keys"],
@@ -119,6 +120,11 @@ class Client:
         request: Any = None,
     ) -> bool:
         """Record a custom event; see :func:`sqreen_mw.track`."""
+        return self._track(event_name, options, properties, user_identifiers, timestamp, collect_body, request)
+
+    def _track(self, event_name: str, options: Mapping[str, Any] | None, properties: Mapping[str, Any] | None,
+               user_identifiers: Mapping[str, str | int] | None, timestamp: Any, collect_body: bool,
+               request: Any) -> bool:
         if options is not None:
             return self._track_options(event_name, options, properties, user_identifiers, timestamp, collect_body,
                                        request)
@@ -163,18 +169,24 @@ class Client:
         when = None if timestamp is None else check_timestamp(timestamp)
         if collect_body and collect_body is not True:
             raise InvalidEvent(f"collect_body must be a bool, got {type(collect_body).__name__} {collect_body!r}")
-        info = body = None
+        captured = body = None
+        same_request = False  # an event of a request that already had one (in this process: no fork check)
+        blocked = False
         if ctx is not None:
-            try:
-                info = ctx.info(self.resolver)
-                if collect_body:
-                    body = ctx.body(self.max_body_bytes)
-                    size += len(repr(body))
-            except Exception as exc:  # a request that cannot be read (client gone, odd server) is no app error
-                logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
+            captured = ctx._capture
+            same_request = captured is not None
+            if captured is None or collect_body:
+                try:
+                    if captured is None:  # the request's first event: its raw parts, by reference
+                        captured = ctx.capture(self._ip_key)
+                    if collect_body:
+                        body = ctx.body(self.max_body_bytes)
+                        size += len(repr(body))
+                except Exception as exc:  # a request that cannot be read (client gone, odd server) is no app error
+                    logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
+            blocked = ctx.blocked is not None  # sent as "blocked": never feeds a playbook
         seq = next(self._seq)
-        blocked = ctx is not None and ctx.blocked is not None  # sent as "blocked": never feeds a playbook
-        record = (time.time_ns(), seq, name, props, user, when, info, body, size + 200, blocked)
+        record = (time.time_ns(), seq, name, props, user, when, captured, body, size + 200, blocked)
         if self._capture is not None:
             self._capture.append(self._wire(record, {}))
             return True
@@ -182,7 +194,7 @@ class Client:
             if self._closed:
                 self.queue.drop("after_shutdown", 1, seq)
             return False
-        if self._started_pid != os.getpid():
+        if self._started_pid is None or (not same_request and self._started_pid != os.getpid()):
             self._start()
         if self.queue.put(record):
             self.flusher.wake()
@@ -321,13 +333,13 @@ class Client:
     # --- serialization (flusher thread) -------------------------------------------------------------------
 
     def _wire(self, record: Record, scrubbed: dict[int, Any]) -> WireEvent:
-        tracked_ns, seq, name, props, user, when, info, body, _, blocked = record
+        tracked_ns, seq, name, props, user, when, captured, body, _, blocked = record
         scrub = self.scrubber.scrub
         request = None
-        if info is not None:  # one request's info is shared by its events: scrub it once per batch
-            request = scrubbed.get(id(info))
+        if captured is not None:  # one request's capture is shared by its events: made and scrubbed once per batch
+            request = scrubbed.get(id(captured))
             if request is None:
-                request = scrubbed[id(info)] = scrub(info)
+                request = scrubbed[id(captured)] = self._request_info(captured)
         event: WireEvent = {
             "id": _uuid7(tracked_ns // 1_000_000, (self._id_base + seq) & _MASK_74),
             "name": name,
@@ -340,6 +352,15 @@ class Client:
         if blocked:  # tracked in a request the SDK refused: stored, never counted toward a playbook
             cast(dict[str, Any], event)["blocked"] = True
         return event
+
+    def _request_info(self, captured: Capture) -> Any:
+        # The default properties of a captured request, scrubbed. Request data is attacker-controlled: whatever it
+        # holds, the event is still sent (without its request properties when they cannot be made).
+        try:
+            return self.scrubber.scrub(request_info(captured, self.resolver))
+        except Exception as exc:
+            logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
+            return None
 
     def _serialize(self, batch: list[Record]) -> tuple[bytes | None, list[Record]]:
         """The batch body and the records in it; a record that cannot be encoded is left out (the caller counts).

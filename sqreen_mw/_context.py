@@ -1,9 +1,12 @@
 """The per-request context the middleware binds, and the default properties read from it.
 
-The middleware only creates a small :class:`RequestContext` and binds it to a ``ContextVar``; the default properties
-(client IP, user agent, path, verb, parameters) are read from the framework's request the first time an event of that
-request needs them, then cached for the other events of the same request. A request that tracks nothing pays for one
-object and one ``ContextVar.set``/``reset``.
+The middleware only creates a small :class:`RequestContext` and binds it to a ``ContextVar``. The first event of a
+request takes a :data:`Capture` of it: references to the raw parts the default properties (client IP, user agent,
+path, verb, parameters) are made of, which do not change for the request (the ASGI scope's header pairs and query
+bytes, the environ's strings, a body the application read in full). The other events of the request share it. The
+flusher thread turns a capture into the default properties (:func:`request_info`: query parsing, header decoding,
+client-IP resolution, then scrubbing), once per batch, so ``track()`` itself does none of that work. A request that
+tracks nothing pays for one object and one ``ContextVar.set``/``reset``.
 
 ``params.path`` (the route's path parameters) holds text under every framework: FastAPI's ``"1"`` and Flask's or
 Django's ``1`` (an ``int`` converter) are both sent as ``"1"``.
@@ -26,10 +29,15 @@ WSGI = 1
 DJANGO = 2
 
 
+#: What an event keeps of its request: the kind (:data:`ASGI`, :data:`WSGI`, :data:`DJANGO`) first, then that kind's raw
+#: parts (see :meth:`RequestContext.capture`). :func:`request_info` makes the default properties of it.
+Capture = tuple[Any, ...]
+
+
 class RequestContext:
     """What sqreen_mw knows about the request being served: the raw request, the identified user, the block flag."""
 
-    __slots__ = ("_info", "blocked", "body_tee", "kind", "raw", "traits", "user")
+    __slots__ = ("_capture", "blocked", "body_tee", "kind", "raw", "traits", "user")
 
     def __init__(self, kind: int, raw: Any, body_tee: BodyTee | None = None) -> None:
         self.kind = kind
@@ -38,31 +46,47 @@ class RequestContext:
         self.user: UserIdentifiers | None = None
         self.traits: dict[str, Any] | None = None
         self.blocked: Any = None  # the block (sqreen_mw._blocking.Block) that refused this request, if any
-        self._info: RequestInfo | None = None
+        self._capture: Capture | None = None
 
     def client_ip(self, resolver: ClientIPResolver) -> str | None:
         """The client IP alone, as :meth:`info` would give it (the block check needs nothing else)."""
-        if self._info is not None:
-            return self._info["client_ip"]
         raw = self.raw
         if self.kind == ASGI:
             client = raw.get("client")
-            return resolver.resolve(client[0] if client else None, _asgi_headers(raw, resolver.ip_header))
+            return resolver.resolve(client[0] if client else None, _asgi_headers(raw.get("headers"),
+                                                                                resolver.ip_header))
         meta = raw if self.kind == WSGI else raw.META
         return resolver.resolve(meta.get("REMOTE_ADDR"), _EnvironHeaders(meta))
 
+    def capture(self, ip_key: str | None = None) -> Capture:
+        """The request's raw parts for its events, taken once (the first event's view of the request).
+
+        Only references and small copies: the header pairs, strings and bytes of the request do not change; what
+        the application may change later (path parameters, a parsed JSON body, a form) is copied.
+
+        :param ip_key: the environ key of the configured ``ip_header`` (:func:`environ_key`), WSGI and Django only.
+        """
+        captured = self._capture
+        if captured is None:
+            raw = self.raw
+            if self.kind == ASGI:
+                headers = raw.get("headers") or ()
+                path_params = raw.get("path_params")
+                captured = (
+                    ASGI, raw.get("client"), headers if type(headers) is tuple else tuple(headers),
+                    raw.get("path", ""), raw.get("method"), raw.get("type"), raw.get("query_string", b""),
+                    dict(path_params) if path_params else None, _complete_body(self.body_tee),
+                )
+            elif self.kind == WSGI:
+                captured = _wsgi_capture(raw, self.body_tee, ip_key)
+            else:
+                captured = _django_capture(raw, ip_key)
+            self._capture = captured
+        return captured
+
     def info(self, resolver: ClientIPResolver) -> RequestInfo:
         """The request's default properties (unscrubbed: scrubbing happens before the event leaves the process)."""
-        info = self._info
-        if info is None:
-            if self.kind == ASGI:
-                info = _asgi_info(self.raw, resolver, self.body_tee)
-            elif self.kind == WSGI:
-                info = _wsgi_info(self.raw, resolver, self.body_tee)
-            else:
-                info = _django_info(self.raw, resolver)
-            self._info = info
-        return info
+        return request_info(self.capture(environ_key(resolver.ip_header)), resolver)
 
     def body(self, max_bytes: int) -> Any:
         """The request body, at most ``max_bytes`` of it, parsed as JSON or form data when its content type says so."""
@@ -72,7 +96,7 @@ class RequestContext:
         if tee is None:
             return None
         ctype = (
-            _asgi_headers(self.raw).get("content-type", "")
+            _asgi_headers(self.raw.get("headers")).get("content-type", "")
             if self.kind == ASGI
             else self.raw.get("CONTENT_TYPE", "")
         )
@@ -122,12 +146,12 @@ def _classify(request: object) -> tuple[int, Any]:
 _WANTED = frozenset({b"user-agent", b"content-type", b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 
 
-def _asgi_headers(scope: Mapping[str, Any], extra: str | None = None) -> dict[str, str]:
+def _asgi_headers(pairs: Any, extra: str | None = None) -> dict[str, str]:
     # Only the headers the default properties use are decoded (plus the configured ip_header). ASGI header names
     # are lower-case bytes by the spec, so no case folding here.
     wanted = _WANTED if extra is None else _WANTED | {extra.encode("latin-1")}
     headers: dict[str, str] = {}
-    for name, value in scope.get("headers") or ():
+    for name, value in pairs or ():
         if name in wanted:
             key = name.decode("latin-1")
             text = value.decode("latin-1")
@@ -173,9 +197,16 @@ def _text(value: object) -> str:
         return f"<{type(value).__name__} object whose str() raised {type(exc).__name__}>"
 
 
-def _body_params(ctype: str, tee: BodyTee | None) -> tuple[Any, Any]:
-    # Form/JSON fields of a body the application already read (seen through the tee).
+def _complete_body(tee: BodyTee | None) -> BodyTee | None:
+    # The tee of a body the application has read in full (its recorded bytes no longer change), else None.
     if tee is None or not tee.read_any or not tee.ended or tee.overflow:  # nothing read, or not all of it
+        return None
+    return tee
+
+
+def _body_params(ctype: str, tee: BodyTee | None) -> tuple[Any, Any]:
+    # Form/JSON fields of a body the application read in full before the request's first event (seen by the tee).
+    if tee is None:
         return None, None
     parsed = tee.parsed(ctype, tee.limit)
     if ctype.startswith("application/x-www-form-urlencoded") and isinstance(parsed, dict):
@@ -185,19 +216,51 @@ def _body_params(ctype: str, tee: BodyTee | None) -> tuple[Any, Any]:
     return None, None
 
 
-def _asgi_info(scope: Mapping[str, Any], resolver: ClientIPResolver, tee: BodyTee | None) -> RequestInfo:
-    headers = _asgi_headers(scope, resolver.ip_header)
-    client = scope.get("client")
-    form, json_body = _body_params(headers.get("content-type", ""), tee)
+def request_info(captured: Capture, resolver: ClientIPResolver) -> RequestInfo:
+    """The default properties of a request from its :meth:`RequestContext.capture` (unscrubbed)."""
+    kind = captured[0]
+    if kind == ASGI:
+        _, client, pairs, path, method, scope_type, query, path_params, tee = captured
+        headers = _asgi_headers(pairs, resolver.ip_header)
+        form, json_body = _body_params(headers.get("content-type", ""), tee)
+        return {
+            "client_ip": resolver.resolve_cached(client[0] if client else None, headers),
+            "user_agent": headers.get("user-agent"),
+            "path": path,
+            "verb": method if method is not None else ("GET" if scope_type == "http" else "WEBSOCKET"),
+            "params": _params(query.decode("latin-1"), path_params, form, json_body),
+        }
+    _, meta, path, verb, path_params, form, json_body, tee = captured
+    if tee is not None:  # a WSGI body read through the tee (not by Werkzeug)
+        form, json_body = _body_params(meta.get("CONTENT_TYPE", ""), tee)
     return {
-        "client_ip": resolver.resolve(client[0] if client else None, headers),
-        "user_agent": headers.get("user-agent"),
-        "path": scope.get("path", ""),
-        "verb": scope.get("method", "GET" if scope.get("type") == "http" else "WEBSOCKET"),
-        "params": _params(
-            scope.get("query_string", b"").decode("latin-1"), scope.get("path_params"), form, json_body
-        ),
+        "client_ip": resolver.resolve_cached(meta.get("REMOTE_ADDR"), _EnvironHeaders(meta)),
+        "user_agent": meta.get("HTTP_USER_AGENT"),
+        "path": path,
+        "verb": verb,
+        "params": _params(meta.get("QUERY_STRING", ""), path_params, form, json_body),
     }
+
+
+#: The environ (or Django ``META``) entries the default properties are made of.
+_ENVIRON_KEYS = (
+    "REMOTE_ADDR", "HTTP_USER_AGENT", "QUERY_STRING", "CONTENT_TYPE", "HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED",
+    "HTTP_X_REAL_IP",
+)
+
+
+def _environ_parts(environ: Mapping[str, Any], ip_key: str | None) -> dict[str, Any]:
+    # The entries as they are now: the application (or a middleware inside this one, such as ProxyFix) may change
+    # the environ later; the first event's view of it is what the request's events carry.
+    parts = {key: environ[key] for key in _ENVIRON_KEYS if key in environ}
+    if ip_key is not None and ip_key in environ:
+        parts[ip_key] = environ[ip_key]
+    return parts
+
+
+def environ_key(header: str | None) -> str | None:
+    """The WSGI environ key of a header name (``cf-connecting-ip`` -> ``HTTP_CF_CONNECTING_IP``)."""
+    return None if header is None else "HTTP_" + header.upper().replace("-", "_")
 
 
 class _EnvironHeaders(Mapping[str, str]):
@@ -230,28 +293,22 @@ def _wsgi_path(environ: Mapping[str, Any]) -> str:
     return raw.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
-def _wsgi_info(environ: Mapping[str, Any], resolver: ClientIPResolver, tee: BodyTee | None) -> RequestInfo:
-    headers = _EnvironHeaders(environ)
+def _wsgi_capture(environ: Mapping[str, Any], tee: BodyTee | None, ip_key: str | None) -> Capture:
     path_params = form = json_body = None
     wz = environ.get("werkzeug.request")
     if wz is not None:  # a Flask/Werkzeug request: reuse what the app already parsed
-        path_params = getattr(wz, "view_args", None)
+        view_args = getattr(wz, "view_args", None)
+        path_params = dict(view_args) if view_args else None
         if "form" in wz.__dict__:
             form = flat_pairs(wz.form.items(multi=True))
         cached = getattr(wz, "_cached_json", (Ellipsis, Ellipsis))
         json_body = None if cached[0] is Ellipsis else jsonable(cached[0])  # a copy: the app may change its own
-    if form is None and json_body is None:
-        form, json_body = _body_params(environ.get("CONTENT_TYPE", ""), tee)
-    return {
-        "client_ip": resolver.resolve(environ.get("REMOTE_ADDR"), headers),
-        "user_agent": environ.get("HTTP_USER_AGENT"),
-        "path": _wsgi_path(environ),
-        "verb": environ.get("REQUEST_METHOD", "GET"),
-        "params": _params(environ.get("QUERY_STRING", ""), path_params, form, json_body),
-    }
+    body = _complete_body(tee) if form is None and json_body is None else None
+    return (WSGI, _environ_parts(environ, ip_key), _wsgi_path(environ), environ.get("REQUEST_METHOD", "GET"),
+            path_params, form, json_body, body)
 
 
-def _django_info(request: Any, resolver: ClientIPResolver) -> RequestInfo:
+def _django_capture(request: Any, ip_key: str | None) -> Capture:
     meta = request.META
     match = getattr(request, "resolver_match", None)
     form = flat_pairs(request.POST.items()) if hasattr(request, "_post") and request.POST else None
@@ -260,13 +317,9 @@ def _django_info(request: Any, resolver: ClientIPResolver) -> RequestInfo:
     if raw_body and "json" in meta.get("CONTENT_TYPE", "") and len(raw_body) <= DEFAULT_MAX_BODY_BYTES:
         parsed = parse_body(meta["CONTENT_TYPE"], raw_body, True)
         json_body = None if isinstance(parsed, str) else parsed
-    return {
-        "client_ip": resolver.resolve(meta.get("REMOTE_ADDR"), _EnvironHeaders(meta)),
-        "user_agent": meta.get("HTTP_USER_AGENT"),
-        "path": request.path,
-        "verb": request.method or "GET",
-        "params": _params(meta.get("QUERY_STRING", ""), match.kwargs if match is not None else None, form, json_body),
-    }
+    path_params = dict(match.kwargs) if match is not None and match.kwargs else None
+    return (DJANGO, _environ_parts(meta, ip_key), request.path, request.method or "GET", path_params, form, json_body,
+            None)
 
 
 def _django_body(request: Any, max_bytes: int) -> Any:

@@ -152,7 +152,7 @@ class ClientIPResolver:
         wrong type.
     """
 
-    __slots__ = ("_cache", "_ip_header", "_networks", "_trust_all")
+    __slots__ = ("_cache", "_ip_header", "_networks", "_resolved", "_trust_all")
 
     def __init__(self, trusted_proxies: str | Iterable[str] | None = None, ip_header: str | None = None) -> None:
         if trusted_proxies is None:
@@ -186,6 +186,8 @@ class ClientIPResolver:
         self._ip_header = (ip_header.strip().lower() or None) if ip_header else None
         # raw entry -> (canonical address or None when invalid, trusted)
         self._cache: dict[str, tuple[str | None, bool]] = {}
+        # (peer, the header values resolve() reads) -> client address, for resolve_cached()
+        self._resolved: dict[tuple[str | None, ...], str | None] = {}
 
     @property
     def ip_header(self) -> str | None:
@@ -269,6 +271,25 @@ class ClientIPResolver:
             client = found
             if not trusted:
                 break
+        return client
+
+    def resolve_cached(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
+        """:meth:`resolve`, remembered per distinct peer and forwarding header values (bounded like the hop cache).
+
+        Most requests of an app come through the same proxies from a limited set of clients: the walk is done once
+        per distinct ``(peer, ip_header, X-Forwarded-For, Forwarded, X-Real-IP)``.
+        """
+        get = headers.get
+        key = (peer, get(self._ip_header) if self._ip_header is not None else None, get("x-forwarded-for"),
+               get("forwarded"), get("x-real-ip"))
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
+        client = self.resolve(peer, headers)
+        if len(self._resolved) >= _CACHE_SIZE:  # bounded: a client sending random headers cannot grow it
+            self._resolved.clear()
+        self._resolved[key] = client
         return client
 
     def _warn_if_forwarded(self, peer: str, headers: Mapping[str, str]) -> None:

@@ -125,6 +125,12 @@ def _bad_key(arg: str, key: object) -> InvalidEvent:
     return InvalidEvent(f"{arg} keys must be 1 to {MAX_KEY_LENGTH} characters long, got {_show(key)}")
 
 
+#: Property keys that passed the key checks (plain ``str``, 1 to ``MAX_KEY_LENGTH`` characters), each with its part of
+#: the event's size estimate; bounded.
+_KNOWN_KEYS: dict[str, int] = {}
+_MAX_KNOWN_KEYS = 4096
+
+
 def check_properties(properties: object, arg: str = "properties") -> tuple[Properties, int]:
     """Validate and copy event properties.
 
@@ -132,6 +138,32 @@ def check_properties(properties: object, arg: str = "properties") -> tuple[Prope
     :raises InvalidEvent: not a mapping, more than 16 entries, a key that is not a short ``str``, a value that is not
         a JSON scalar.
     """
+    if type(properties) is dict and len(properties) <= MAX_PROPERTIES:
+        # The common case: keys validated before (their size estimate cached), plain scalar values in range.
+        known = _KNOWN_KEYS
+        size = 0
+        try:
+            for key, value in properties.items():
+                if type(key) is not str:  # (a str subclass equal to a known key: the checks below say what is wrong)
+                    break
+                size += known[key]
+                tv = type(value)
+                if tv is str:
+                    if len(value) > MAX_STRING_LENGTH:
+                        break
+                    size += len(value)
+                elif tv is int:
+                    if not MIN_INT <= value <= MAX_INT:
+                        break
+                elif tv is float:
+                    if not math.isfinite(value):
+                        break
+                elif tv is not bool and value is not None:
+                    break
+            else:
+                return properties.copy(), size
+        except KeyError:  # a key not seen yet
+            pass
     if type(properties) is not dict:
         if not isinstance(properties, Mapping):
             raise InvalidEvent(f"{arg} must be a mapping, got {type(properties).__name__} {_show(properties)}")
@@ -156,6 +188,9 @@ def check_properties(properties: object, arg: str = "properties") -> tuple[Prope
             value = _scalar(arg, key, value)
         out[key] = value
         size += len(key) + 100
+    if len(_KNOWN_KEYS) < _MAX_KNOWN_KEYS:
+        for key in out:  # every key of out passed the checks above
+            _KNOWN_KEYS[key] = len(key) + 100
     return out, size
 
 

@@ -255,6 +255,7 @@ _COLON_VALUE = re.compile(r"""[^\r\n&;,"'{}\[\]()<>]*[^\s&;,"'{}\[\]()<>]""")
 _MIN_VALUE_TEXT = 8  # no built-in value rule matches fewer characters ("Bearer x")
 _MIN_KV_TEXT = 5  # "pin=1"
 _MAX_PASSES = 4
+_CACHED_TEXT = 256  # strings up to this long have their scrubbed form cached
 
 
 def _normalise(key: str) -> str:
@@ -291,7 +292,8 @@ class Scrubber:
     :raises ConfigurationError: a regex does not compile, or an option has the wrong type.
     """
 
-    __slots__ = ("_defaults", "_enabled", "_extra_keys", "_key_cache", "_key_re", "_keys_on", "_value_res")
+    __slots__ = ("_defaults", "_enabled", "_extra_keys", "_key_cache", "_key_re", "_keys_on", "_text_cache",
+                 "_value_res")
 
     def __init__(
         self,
@@ -311,6 +313,9 @@ class Scrubber:
         patterns = [value_regex] if replaced and value_regex else []
         self._value_res = tuple(_compile("sensitive_values", r) for r in [*patterns, *extra_values])
         self._key_cache: dict[str, bool] = {}
+        # (text, depth) -> scrubbed text, for short strings: user agents, paths, parameter values repeat across
+        # requests, and the value rules are the costly part of serializing an event
+        self._text_cache: dict[tuple[str, int], str] = {}
 
     @property
     def enabled(self) -> bool:
@@ -387,6 +392,19 @@ class Scrubber:
         return self._scrub_other(value, depth)
 
     def _scrub_str(self, text: str, depth: int) -> str:
+        if len(text) > _CACHED_TEXT:
+            return self._scrub_text(text, depth)
+        key = (text, depth)
+        cache = self._text_cache
+        out = cache.get(key)
+        if out is None:
+            out = self._scrub_text(text, depth)
+            if len(cache) >= _CACHE_SIZE:  # bounded: values come from clients
+                cache.clear()
+            cache[key] = out
+        return out
+
+    def _scrub_text(self, text: str, depth: int) -> str:
         for regex in self._value_res:  # the user's regexes: a hit redacts the whole string (or its secret group)
             if regex.groupindex.get("secret"):
                 text = regex.sub(_secret_replacer, text)

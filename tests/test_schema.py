@@ -197,3 +197,23 @@ def test_long_identifiers_raise_unless_truncation_is_asked() -> None:
         check_user_identifiers({"email": "x" * 5000})
     out = check_user_identifiers({"email": "x" * 5000}, truncate=True)
     assert len(out["email"]) == MAX_STRING_LENGTH and out["email"].endswith(TRUNCATION_MARKER)
+
+
+def test_known_keys_still_get_every_value_check() -> None:
+    from sqreen_mw._schema import MAX_STRING_LENGTH, TRUNCATION_MARKER, check_properties
+
+    class Key(str):
+        pass
+
+    assert check_properties({"known": 1, "other": "x"}) == ({"known": 1, "other": "x"}, 1 + 105 + 105)
+    # the same keys again (the fast path): every rule still applies
+    for bad in (float("nan"), 2**63, object(), [1]):
+        with pytest.raises(InvalidEvent):
+            check_properties({"known": bad})
+    with pytest.raises(InvalidEvent, match="keys must be"):  # a str subclass is refused as before
+        check_properties({Key("known"): 1})
+    cut, _ = check_properties({"known": "y" * (MAX_STRING_LENGTH + 5)})
+    assert cut["known"].endswith(TRUNCATION_MARKER) and len(cut["known"]) == MAX_STRING_LENGTH
+    props = {"known": True, "other": None}
+    copy, _ = check_properties(props)
+    assert copy == props and copy is not props
