@@ -386,10 +386,12 @@ class Flusher:
             if self.follow_collector_heartbeat and isinstance(delay, int | float) and delay > 0:
                 self.heartbeat_interval = float(delay)
             logger.info("sqreen_mw logged in to the collector as app %r", body.get("app"))
-            if len(self.queue) and self._on_actions is not None:
-                # Events tracked before this process knew which names are hot may feed a playbook: send them now
-                # rather than at the next heartbeat (once per login).
-                self._hot = True
+            hot = body.get("hot_events")
+            if self._on_actions is not None and isinstance(hot, list) and len(self.queue):
+                # Events tracked before this process knew which names are hot: those that feed a playbook are sent
+                # now rather than at the next heartbeat (once per login); the others wait as usual.
+                if self.queue.holds_any(frozenset(name for name in hot if isinstance(name, str))):
+                    self._hot = True
             return True
         self._failed(outcome, "login", transport)
         return False

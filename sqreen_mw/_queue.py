@@ -17,6 +17,7 @@ logger = logging.getLogger("sqreen_mw")
 Record = tuple[Any, ...]
 TRACKED_AT = 0  # index of the track() wall clock in nanoseconds
 SEQ = 1  # index of the sequence number (increasing in queue order)
+NAME = 2  # index of the event name
 SIZE = 8  # index of the byte estimate
 
 
@@ -58,6 +59,10 @@ class EventQueue:
         finally:
             lock.release()
         return n == self.wake_count or size - record[SIZE] < self.wake_bytes <= size
+
+    def holds_any(self, names: frozenset[str]) -> bool:
+        """Whether some queued event has one of ``names``."""
+        return bool(names) and any(item[NAME] in names for item in self._items)
 
     def wants_send(self) -> bool:
         """Enough is queued to send without waiting for the heartbeat."""

@@ -88,3 +88,39 @@ def test_ordinary_events_wait_for_the_heartbeat(make_client: MakeClient) -> None
     time.sleep(0.5)
     assert not any(r[1] == "/api/v1/agent/batch" for r in fake.requests)
     assert len(client.queue) == 1
+
+
+class SlowLogin(FakeCollector):
+    """Answers the login only after a while: events are queued before the process knows which names are hot."""
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/agent/login":
+            time.sleep(0.3)
+        return super().handler(request)
+
+
+def _start_slow(make_client: MakeClient) -> tuple[SlowLogin, sqreen_mw.Client]:
+    fake = SlowLogin()
+    client = make_client("token", "http://collector", heartbeat_interval=60)
+    client.flusher._make_transport = lambda: Transport(
+        "http://collector", "token", None, 5.0,
+        httpx.AsyncClient(transport=httpx.MockTransport(fake.handler), base_url="http://collector"))
+    return fake, client
+
+
+def test_events_queued_before_login_wait_unless_hot(make_client: MakeClient) -> None:
+    fake, client = _start_slow(make_client)
+    sqreen_mw.track("cold.one")  # starts the flusher; its login is still on the way
+    until(lambda: client.actions.version == 1)
+    time.sleep(0.5)
+    assert not any(r[1] == "/api/v1/agent/batch" for r in fake.requests), "an ordinary event waits for the heartbeat"
+    assert len(client.queue) == 1
+
+
+def test_a_hot_event_queued_before_login_is_sent_at_login(make_client: MakeClient) -> None:
+    fake, _client = _start_slow(make_client)
+    sqreen_mw.track("cold.one")
+    sqreen_mw.track("hot.one")  # its name turns out to feed a playbook: sent as soon as that is known
+    until(lambda: any(r[1] == "/api/v1/agent/batch" for r in fake.requests), 5)
+    batch = next(r for r in fake.requests if r[1] == "/api/v1/agent/batch")
+    assert [e["name"] for e in batch[3]["events"]] == ["cold.one", "hot.one"]
