@@ -83,7 +83,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every default in ``--help``, except of secrets (a token from the environment must not be printed)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.dest in ("admin_token", "api_key") or action.default in (None, False):
+        if action.dest in ("admin_token", "api_key") or action.default is None or action.default is False:
             return action.help  # a secret; or nothing worth showing ("default: None", "default: False")
         return super()._get_help_string(action)
 
