@@ -92,6 +92,8 @@ def check_name(name: object, *, allow_reserved: bool = False) -> str:
         raise InvalidEvent(f"event_name must not start with {RESERVED_PREFIX!r} (reserved for sqreen_mw), got {name!r}")
     if _has_lone_surrogate(name):  # the collector refuses such names: refuse them here, where the bug is
         raise InvalidEvent(f"event_name must be valid Unicode, got a lone surrogate in {_show(name)}")
+    if "\x00" in name:  # nor can a database's text column hold a NUL (PostgreSQL refuses it)
+        raise InvalidEvent(f"event_name must not contain a NUL character, got {_show(name)}")
     return name
 
 
@@ -199,8 +201,9 @@ def check_user_identifiers(
 ) -> UserIdentifiers:
     """Validate and copy a user identifier map (``str`` keys, ``str`` or ``int`` values, at least one entry).
 
-    With ``repair`` (the SDK), lone surrogates in keys and values become U+FFFD: the collector stores valid Unicode
-    only, and identifiers often come from request data. A value longer than
+    With ``repair`` (the SDK), lone surrogates in keys and values, and NUL characters in values, become U+FFFD: the
+    collector stores valid Unicode only, values in a text column, and identifiers often come from request data;
+    without it, a NUL in a value raises. A value longer than
     ``MAX_STRING_LENGTH`` raises, unless ``truncate`` (the calls fed with request data: ``auth_track``,
     ``signup_track``), which cuts it to that length, ending with ``TRUNCATION_MARKER``. Wrong types always raise.
     """
@@ -223,6 +226,10 @@ def check_user_identifiers(
                 value = _as_str(f"{arg}[{key!r}]", value)
             if repair:
                 value = representable(value)
+                if "\x00" in value:  # stored in a text column, where PostgreSQL refuses NUL (request data may hold it)
+                    value = value.replace("\x00", "\ufffd")
+            elif "\x00" in value:
+                raise InvalidEvent(f"{arg}[{key!r}] must not contain a NUL character, got {_show(value)}")
             if len(value) > MAX_STRING_LENGTH:
                 if not truncate:
                     raise InvalidEvent(

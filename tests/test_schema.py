@@ -217,3 +217,25 @@ def test_known_keys_still_get_every_value_check() -> None:
     props = {"known": True, "other": None}
     copy, _ = check_properties(props)
     assert copy == props and copy is not props
+
+
+def test_nul_characters() -> None:
+    with pytest.raises(InvalidEvent, match="event_name must not contain a NUL character"):
+        check_name("login\x00failed")
+    with pytest.raises(InvalidEvent, match=r"user_identifiers\['email'\] must not contain a NUL character"):
+        check_user_identifiers({"email": "eve\x00@example.com"})
+    # Request data (auth_track, signup_track, identify) is repaired, not refused: the event is still recorded.
+    assert check_user_identifiers({"email": "eve\x00@example.com"}, repair=True) == {"email": "eve\ufffd@example.com"}
+
+
+def test_nul_characters_at_the_call_site() -> None:
+    import sqreen_mw
+    from sqreen_mw.testing import capture_events
+
+    with capture_events() as events:
+        sqreen_mw.auth_track(False, email="eve\x00@example.com")  # an attacker's form field: recorded, repaired
+        with pytest.raises(InvalidEvent, match="NUL"):
+            sqreen_mw.track("login\x00failed")
+        sqreen_mw.track("login.failed", user_identifiers={"email": "eve\x00@example.com"})  # repaired alike
+    assert [(e["name"], e["user_identifiers"]) for e in events] == [
+        ("sq.auth_track", {"email": "eve\ufffd@example.com"}), ("login.failed", {"email": "eve\ufffd@example.com"})]

@@ -103,7 +103,10 @@ def decode_json(raw: bytes, content_encoding: str | None, limit: int, max_values
 
 
 def storable(arg: str, text: str) -> str:
-    # JSON may carry lone surrogates ("\ud800"), which SQLite's UTF-8 text cannot hold.
+    # JSON may carry lone surrogates ("\ud800"), which SQLite's UTF-8 text cannot hold, and NUL characters, which
+    # PostgreSQL's text refuses: both stores refuse them alike in the columns (inside JSON they are escaped and fine).
+    if "\x00" in text:
+        raise InvalidEvent(f"{arg} must not contain a NUL character, got {_show(text)}")
     if not text.isascii():
         try:
             text.encode()
@@ -182,7 +185,7 @@ def _request(value: object) -> tuple[dict[str, Any], str | None]:
     if type(value) is dict and value.keys() >= _REQUEST_KEYS:
         ip, agent = value["client_ip"], value["user_agent"]
         if (
-            (ip is None or (type(ip) is str and len(ip) <= MAX_CLIENT_IP_LENGTH and ip.isascii()))
+            (ip is None or (type(ip) is str and len(ip) <= MAX_CLIENT_IP_LENGTH and ip.isascii() and "\x00" not in ip))
             and (agent is None or type(agent) is str)
             and type(value["path"]) is str
             and type(value["verb"]) is str
@@ -273,7 +276,7 @@ def parse_batch(
             if identifiers is not None:
                 identifiers = check_user_identifiers(identifiers)
                 users = tuple([v if type(v) is str else str(v) for v in identifiers.values()])
-                if not all([v.isascii() for v in users]):
+                if not all([v.isascii() and "\x00" not in v for v in users]):
                     for v in users:
                         storable("user_identifiers", v)
             field = "request"

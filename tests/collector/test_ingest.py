@@ -208,6 +208,9 @@ def _invalid_cases() -> list[tuple[dict[str, Any], str, str]]:
         (event(name="x" * 256), "name", "1 to 255"),
         (event(name=12), "name", "must be a str"),
         (event(name="bad\ud800name"), "name", "surrogate"),
+        (event(name="login\x00failed"), "name", "NUL"),  # no text column of either store holds it alike
+        (event(users={"email": "eve\x00@example.com"}), "user_identifiers", "NUL"),
+        (event(ip="203.0.113.7\x00"), "request", "NUL"),
         (event(timestamp="yesterday"), "timestamp", "ISO 8601"),
         (event(timestamp=1714563600), "timestamp", "ISO 8601"),
         (event(properties={f"k{i}": i for i in range(17)}), "properties", "at most 16"),
