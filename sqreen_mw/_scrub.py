@@ -23,7 +23,8 @@ The rules are data: :file:`sqreen_mw/scrub_rules.toml`, loaded once at import an
   (a ``text/plain`` body, a JSON field inside JSON) is parsed, scrubbed as data and re-serialised when something was
   redacted. A card is looked for in every run of 13 or more ASCII digits where single spaces or dashes may separate
   digit groups: some sequence of whole groups must hold 13 to 19 digits, start with 2-6 and pass Luhn; digits glued
-  together form one group, so a card hidden in a longer number is not found. An ``int`` of 13-19 digits is checked
+  together form one group, so a card hidden in a longer number is not found, nor a run inside a word (a hex id or
+  hash glued to ASCII letters). An ``int`` of 13-19 digits is checked
   the same way. ``bytes`` are checked as Latin-1 text and replaced whole when they hold a secret.
 
 * **Structure.** Dicts and other mappings become dicts (keys kept), lists, tuples and sets become lists; other
