@@ -20,6 +20,15 @@ settings.register_profile("tests", deadline=None, database=None, suppress_health
 settings.load_profile("tests")
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Slow scenarios (marker ``slow``) run only when asked: ``-m slow`` or ``RUN_SLOW=1``."""
+    if item.get_closest_marker("slow") is None:
+        return
+    asked = "slow" in (item.config.getoption("markexpr") or "") or os.environ.get("RUN_SLOW") == "1"
+    if not asked:
+        pytest.skip("slow scenario: run with -m slow or RUN_SLOW=1")
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Tests (and the servers they spawn) see no SQREEN_* or Django settings from the shell that runs them."""

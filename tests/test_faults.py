@@ -33,15 +33,6 @@ from .support import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("slow") is None:
-        return
-    asked = "slow" in (request.config.getoption("markexpr") or "") or os.environ.get("RUN_SLOW") == "1"
-    if not asked:
-        pytest.skip("slow scenario: run with -m slow or RUN_SLOW=1")
-
-
 # A bare WSGI app that tracks at import time (in the gunicorn master, before the fork, with --preload) and on every
 # request; each event carries a unique id so the test can count how often it was stored.
 WSGI_APP = textwrap.dedent('''

@@ -25,15 +25,6 @@ from .support import API_KEY, Collector, free_port, output_of, spawn, stop_proce
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("slow") is None:
-        return
-    asked = "slow" in (request.config.getoption("markexpr") or "") or os.environ.get("RUN_SLOW") == "1"
-    if not asked:
-        pytest.skip("slow scenario: run with -m slow or RUN_SLOW=1")
-
-
 BOOT = '''
 import logging
 import os
