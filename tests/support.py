@@ -72,7 +72,7 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
-            raise AssertionError(f"process {proc.args} did not exit within {timeout}s of signal {sig}") from None
+            raise AssertionError(f"process {proc.args!r} did not exit within {timeout}s of signal {sig}") from None
     return int(proc.returncode)
 
 
