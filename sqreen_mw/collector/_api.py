@@ -107,6 +107,8 @@ def parse_query(params: Any) -> EventQuery:
     for key in ("name", "ip", "user", "app"):
         if params.get(key) == "":
             raise BadParameter(f"{key} must not be empty (leave it out to match everything)")
+        if "\x00" in params.get(key, ""):  # never stored (ingest refuses it), and PostgreSQL refuses it in a query
+            raise BadParameter(f"{key} must not contain a NUL character")
     cursor = params.get("cursor")
     ip, ip_range = (None, None) if params.get("ip") is None else _ip_filter(params["ip"])
     return EventQuery(

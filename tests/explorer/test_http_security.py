@@ -152,6 +152,9 @@ async def test_bad_filters_are_explained(client: httpx.AsyncClient) -> None:
     assert "ip must be an IP address or a CIDR" in answer.text
     assert "since must be an ISO 8601 date-time" in answer.text
     assert "prop must be key=value" in answer.text
+    for key in ("name", "user", "app", "prop"):  # refused by PostgreSQL in a query: explained, never a 500
+        answer = await client.get("/events", params={key: "a\x00b"})
+        assert answer.status_code == 400 and f"{key} must not contain a NUL character" in answer.text, key
     answer = await client.get("/breakdown", params={"group": "colour"})
     assert answer.status_code == 400 and "group must be one of" in answer.text
 

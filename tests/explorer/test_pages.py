@@ -116,3 +116,15 @@ async def test_overview_says_while_older_events_are_being_counted(
     assert "events stored before this version" not in (await c.get("/")).text
     monkeypatch.setattr(app.state.storage, "rollup_backfill", lambda: (25_000, 100_000))
     assert "Counting the 100,000 events stored before this version: 25 % done" in (await c.get("/")).text
+
+
+async def test_a_nul_character_in_a_filter_is_explained_on_every_page(
+    client: tuple[httpx.AsyncClient, Starlette],
+) -> None:
+    c, _ = client  # PostgreSQL refuses NUL in a query's text: a 500 before the filters refused it
+    for path in ("/", "/events", "/breakdown", "/actor"):
+        for key in ("name", "user", "app"):
+            answer = await c.get(path, params={key: "a\x00b"})
+            assert answer.status_code == 400, (path, key, answer.status_code)
+            if path != "/actor":  # the actor page says what an actor is instead
+                assert f"{key} must not contain a NUL character" in unescape(answer.text), (path, key)

@@ -63,6 +63,9 @@ def parse_filters(
     errors: list[str] = []
     now = time.time() if now is None else now
     raw = {k: params[k][:MAX_TEXT] for k in FILTER_KEYS if params.get(k)}
+    for key in [k for k, v in raw.items() if "\x00" in v]:  # never stored, and PostgreSQL refuses it in a query
+        errors.append(f"{key} must not contain a NUL character")
+        del raw[key]
     since, until = _time(params, "since", errors), _time(params, "until", errors)
     preset = raw.get("range", DEFAULT_RANGE)
     if preset not in PRESETS:
