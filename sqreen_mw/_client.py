@@ -40,6 +40,8 @@ logger = logging.getLogger("sqreen_mw")
 _OPTION_KEYS = frozenset({"properties", "user_identifiers", "timestamp", "collect_body", "request"})
 _MASK_74 = (1 << 74) - 1
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+_time_ns = time.time_ns
+_getpid = os.getpid
 
 
 def _uuid7(ms: int, rand: int) -> str:
@@ -136,7 +138,49 @@ class Client:
             event_name = check_name(event_name)
             if len(self._names) < 1024:
                 self._names.add(event_name)
-        return self._record(event_name, properties, user_identifiers, timestamp, collect_body, request)
+        if user_identifiers is not None or timestamp is not None or collect_body or request is not None:
+            return self._record(event_name, properties, user_identifiers, timestamp, collect_body, request)
+        # The common call (a name and properties, in the current request or outside any): _record's steps for
+        # it, inline. This is most of what an application pays per event.
+        if properties:
+            props, size = check_properties(properties)
+        elif properties is None or isinstance(properties, Mapping):
+            props, size = None, 0
+        else:
+            props, size = check_properties(properties)
+        ctx = current_context.get()
+        record: Record
+        if ctx is None:
+            record = (_time_ns(), next(self._seq), event_name, props, None, None, None, None, size + 200, False)
+            same_request = False
+        else:
+            captured = ctx._capture
+            same_request = captured is not None
+            if captured is None:
+                try:
+                    captured = ctx.capture(self._ip_key)
+                except Exception as exc:  # as in _record
+                    logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
+            record = (_time_ns(), next(self._seq), event_name, props, ctx.user, None, captured, None, size + 200,
+                      ctx.blocked is not None)
+        if self._capture is not None or not self._accepting:
+            return self._enqueue_slow(record)
+        if self._started_pid is None or (not same_request and self._started_pid != _getpid()):
+            self._start()
+        if self.queue.put(record):
+            self.flusher.wake()
+        elif event_name in self.enforcer.actions.hot_events:  # feeds a playbook: send now, not at the heartbeat
+            self.flusher.wake(hot=True)
+        return True
+
+    def _enqueue_slow(self, record: Record) -> bool:
+        # Captured by testing.capture_events(), or not accepting (no token, or shut down).
+        if self._capture is not None:
+            self._capture.append(self._wire(record, {}))
+            return True
+        if self._closed:
+            self.queue.drop("after_shutdown", 1, record[1])
+        return False
 
     def _track_options(self, name: str, options: Mapping[str, Any], *args: Any) -> bool:
         if not isinstance(options, Mapping):
@@ -185,16 +229,10 @@ class Client:
                 except Exception as exc:  # a request that cannot be read (client gone, odd server) is no app error
                     logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
             blocked = ctx.blocked is not None  # sent as "blocked": never feeds a playbook
-        seq = next(self._seq)
-        record = (time.time_ns(), seq, name, props, user, when, captured, body, size + 200, blocked)
-        if self._capture is not None:
-            self._capture.append(self._wire(record, {}))
-            return True
-        if not self._accepting:
-            if self._closed:
-                self.queue.drop("after_shutdown", 1, seq)
-            return False
-        if self._started_pid is None or (not same_request and self._started_pid != os.getpid()):
+        record = (_time_ns(), next(self._seq), name, props, user, when, captured, body, size + 200, blocked)
+        if self._capture is not None or not self._accepting:
+            return self._enqueue_slow(record)
+        if self._started_pid is None or (not same_request and self._started_pid != _getpid()):
             self._start()
         if self.queue.put(record):
             self.flusher.wake()
