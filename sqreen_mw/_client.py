@@ -10,6 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from ._block_response import BlockResponse
@@ -42,6 +43,20 @@ _MASK_74 = (1 << 74) - 1
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _time_ns = time.time_ns
 _getpid = os.getpid
+
+
+_SECOND_TEXT: dict[int, str] = {}  # a whole second's ISO text ("2026-12-03T06:24:09"): a batch's events share a few
+
+
+def _tracked_timestamp(ns: int) -> str:
+    """``format_timestamp`` of a ``time.time_ns()`` value, to the microsecond below it, from its second's text."""
+    second, rest = divmod(ns, 1_000_000_000)
+    text = _SECOND_TEXT.get(second)
+    if text is None:
+        if len(_SECOND_TEXT) >= 256:
+            _SECOND_TEXT.clear()
+        text = _SECOND_TEXT[second] = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:19]
+    return f"{text}.{rest // 1000:06d}Z"
 
 
 def _uuid7(ms: int, rand: int) -> str:
@@ -381,7 +396,7 @@ class Client:
         event: WireEvent = {
             "id": _uuid7(tracked_ns // 1_000_000, (self._id_base + seq) & _MASK_74),
             "name": name,
-            "timestamp": format_timestamp(tracked_ns / 1e9 if when is None else when),
+            "timestamp": _tracked_timestamp(tracked_ns) if when is None else format_timestamp(when),
             "properties": scrub(props) if props else {},
             "user_identifiers": user,
             "request": request,

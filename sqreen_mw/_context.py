@@ -161,8 +161,10 @@ def _asgi_headers(pairs: Any, extra: str | None = None) -> dict[str, str]:
 
 def parse_query(query: str) -> dict[str, Any]:
     """A query string to a dict (repeated keys give lists), like ``parse_qsl(keep_blank_values=True)``."""
-    if "%" in query or "+" in query:
+    if "%" in query:
         return flat_pairs(parse_qsl(query, keep_blank_values=True))
+    if "+" in query:  # parse_qsl's first step: "+" is a space (nothing else to unquote without "%")
+        query = query.replace("+", " ")
     out: dict[str, Any] = {}
     for part in query.split("&"):  # the common case, several times faster than parse_qsl
         if part:
