@@ -998,8 +998,9 @@ def _one_event_row(report: Report, label: str, res: dict[str, list[float]], budg
 
 
 def callgrind_child(n: int) -> int:
-    import gzip
     import json
+
+    from sqreen_mw._transport import compress_batch
 
     logging.getLogger("sqreen_mw").setLevel(logging.CRITICAL)
     client = sqreen_mw.init(
@@ -1067,7 +1068,7 @@ def callgrind_child(n: int) -> int:
             payload, _ = client._serialize(client.queue.take(1000))
             client.queue.done()
             assert payload is not None
-            gzip.compress(payload, compresslevel=5)
+            compress_batch(payload)
 
     plain: dict[str, Callable[[int], None]] = {
         "floor": floor, "track_outside": outside, "track_steady": steady,
