@@ -70,6 +70,11 @@ def _finite_float(text: str) -> float | str:
     return finite_or_text(float(text))
 
 
+# NaN/Infinity kept as text (JSON has no such numbers), and so is what overflows a float (1e400). One decoder for every
+# body: json.loads with these options would build one per call.
+_BODY_JSON = json.JSONDecoder(parse_constant=str, parse_float=_finite_float)
+
+
 def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
     """Parse a recorded body: JSON and url-encoded forms when complete, else UTF-8 text (marked when cut)."""
     if not data:
@@ -78,8 +83,7 @@ def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
     if complete:
         if "json" in ctype:
             try:
-                # NaN/Infinity kept as text (JSON has no such numbers), and so is what overflows a float (1e400)
-                return json.loads(data, parse_constant=str, parse_float=_finite_float)
+                return _BODY_JSON.decode(data.decode(json.detect_encoding(data), "surrogatepass"))  # = json.loads
             except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses: keep as text
                 pass
         elif ctype.startswith("application/x-www-form-urlencoded"):
