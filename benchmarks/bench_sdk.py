@@ -1097,6 +1097,25 @@ def callgrind_child(n: int) -> int:
                     flush_like(reps * n)
                     mark(f"flusher_{method}:{reps}")
                 drain()
+    # The flusher again, every request a different one (client IP, query): no two share their default properties
+    def fresh_distinct(k: int) -> None:
+        ctxs.clear()
+        for i in range(k):
+            query = f"user={i}&q=select+name+from+users&page={i % 7}".encode()
+            hops = f"198.51.{i // 250 % 250}.{i % 250}, 10.0.0.3".encode()
+            scope = asgi_scope("GET", "/", query, client_ip="127.0.0.1", forwarded_for=hops)
+            ctxs.append(RequestContext(ASGI, scope, None))
+
+    for reps in (1, 2):
+        fresh_distinct(200)
+        bind_track(200)
+        flush_like(200)
+        fresh_distinct(reps * n)
+        bind_track(reps * n)
+        mark("setup")
+        flush_like(reps * n)
+        mark(f"flusher_distinct:{reps}")
+        drain()
     # Whole requests: the hello apps, bare and with the middleware + 1 track()
     lp = asyncio.new_event_loop()
 
@@ -1207,6 +1226,10 @@ def bench_callgrind(n: int) -> int:
         flusher = per_call(f"flusher_{method}")
         rows.append((f"  flusher per event, 1 event/request ({method}): serialize+scrub+gzip", flusher,
                      f"all-in with the 1st track: {first + flusher:,.0f}"))
+    distinct = per_call("flusher_distinct")
+    rows.append(("  flusher per event, every request a different one (GET)", distinct,
+                 "client IP and query differ: nothing shared between requests"))
+
     def per_request(name: str) -> float:
         return (totals[f"{name}:2"] - totals[f"{name}:1"]) / (n - n // 2)
 

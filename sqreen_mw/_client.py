@@ -17,7 +17,15 @@ from ._block_response import BlockResponse
 from ._blocking import Actions
 from ._body import jsonable
 from ._config import resolve
-from ._context import Capture, RequestContext, context_for, current_context, environ_key, request_info
+from ._context import (
+    Capture,
+    RequestContext,
+    context_for,
+    current_context,
+    environ_key,
+    request_info,
+    request_key,
+)
 from ._enforce import Enforcer
 from ._exceptions import InvalidEvent, UserBlocked
 from ._flusher import Flusher
@@ -41,6 +49,7 @@ logger = logging.getLogger("sqreen_mw")
 _OPTION_KEYS = frozenset({"properties", "user_identifiers", "timestamp", "collect_body", "request"})
 _MASK_74 = (1 << 74) - 1
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+_INFO_CACHE_SIZE = 1024
 _time_ns = time.time_ns
 _getpid = os.getpid
 
@@ -113,6 +122,7 @@ class Client:
         self._names: set[str] = set()  # event names already validated
         self._id_base = secrets.randbits(74)
         self._capture: list[WireEvent] | None = None
+        self._info_cache: dict[tuple[Any, ...], Any] = {}  # request_key -> scrubbed request_info (flusher only)
         self._accepting = self.enabled
         self._started_pid: int | None = None  # the process whose flusher runs; another pid = a fork we missed
         self._start_lock = threading.Lock()
@@ -385,14 +395,14 @@ class Client:
 
     # --- serialization (flusher thread) -------------------------------------------------------------------
 
-    def _wire(self, record: Record, scrubbed: dict[int, Any]) -> WireEvent:
+    def _wire(self, record: Record, scrubbed: dict[int, Any], shared: bool = False) -> WireEvent:
         tracked_ns, seq, name, props, user, when, captured, body, _, blocked = record
         scrub = self.scrubber.scrub
         request = None
         if captured is not None:  # one request's capture is shared by its events: made and scrubbed once per batch
             request = scrubbed.get(id(captured))
             if request is None:
-                request = scrubbed[id(captured)] = self._request_info(captured)
+                request = scrubbed[id(captured)] = self._request_info(captured, shared)
         event: WireEvent = {
             "id": _uuid7(tracked_ns // 1_000_000, (self._id_base + seq) & _MASK_74),
             "name": name,
@@ -406,11 +416,26 @@ class Client:
             cast(dict[str, Any], event)["blocked"] = True
         return event
 
-    def _request_info(self, captured: Capture) -> Any:
+    def _request_info(self, captured: Capture, shared: bool = False) -> Any:
         # The default properties of a captured request, scrubbed. Request data is attacker-controlled: whatever it
         # holds, the event is still sent (without its request properties when they cannot be made).
+        # ``shared`` (the flusher, whose events are encoded and dropped): an equal request seen before gives the
+        # same object, made and scrubbed once (the same client hitting the same URL: a login page under attack).
         try:
-            return self.scrubber.scrub(request_info(captured, self.resolver))
+            key = request_key(captured, self.resolver.ip_header) if shared else None
+            if key is not None:
+                try:
+                    info = self._info_cache.get(key)
+                except TypeError:  # a server that puts what does not hash in the environ
+                    key = info = None
+                if info is not None:
+                    return info
+            info = self.scrubber.scrub(request_info(captured, self.resolver))
+            if key is not None:
+                if len(self._info_cache) >= _INFO_CACHE_SIZE:
+                    self._info_cache.clear()
+                self._info_cache[key] = info
+            return info
         except Exception as exc:
             logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
             return None
@@ -423,7 +448,7 @@ class Client:
         """
         scrubbed: dict[int, Any] = {}
         try:
-            events = [self._wire(record, scrubbed) for record in batch]
+            events = [self._wire(record, scrubbed, True) for record in batch]
             return encode_batch(events), batch
         except Exception as exc:
             logger.debug("sqreen_mw batch encoding failed (%s); making its events representable", exc)

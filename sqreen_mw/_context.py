@@ -244,6 +244,39 @@ def request_info(captured: Capture, resolver: ClientIPResolver) -> RequestInfo:
     }
 
 
+#: A capture whose path and query are longer than this is not given a :func:`request_key` (the cache stays small).
+MAX_KEYED_TEXT = 1024
+
+
+def request_key(captured: Capture, ip_header: str | None) -> tuple[Any, ...] | None:
+    """A key that equal requests share: two captures with the same key give the same :func:`request_info`.
+
+    Made of text only (what the default properties are made of: the peer, the headers they use, path, verb, query,
+    path parameters as text), so equal keys mean equal inputs. ``None`` for a capture with a body or form fields
+    (they are not keyed), or with a long path and query.
+    """
+    kind = captured[0]
+    if kind == ASGI:
+        _, client, pairs, path, method, scope_type, query, path_params, tee = captured
+        if tee is not None or len(path) + len(query) > MAX_KEYED_TEXT:
+            return None
+        return (kind, client[0] if client else None, tuple(_asgi_headers(pairs, ip_header).items()), path, method,
+                scope_type, query, _path_key(path_params))
+    _, meta, path, verb, path_params, form, json_body, tee = captured
+    if form is not None or json_body is not None or tee is not None:
+        return None
+    if len(path) + len(meta.get("QUERY_STRING", "")) > MAX_KEYED_TEXT:
+        return None
+    return (kind, tuple(meta.items()), path, verb, _path_key(path_params))
+
+
+def _path_key(path: Any) -> tuple[tuple[str, str], ...] | None:
+    # As _params sends them: text (1 and "1" give the same properties, and True == 1 must not collide)
+    if not path:
+        return None
+    return tuple((str(k), v if type(v) is str else _text(v)) for k, v in path.items())
+
+
 #: The environ (or Django ``META``) entries the default properties are made of.
 _ENVIRON_KEYS = (
     "REMOTE_ADDR", "HTTP_USER_AGENT", "QUERY_STRING", "CONTENT_TYPE", "HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED",
