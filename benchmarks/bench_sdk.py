@@ -255,6 +255,17 @@ def bench_track(client: sqreen_mw.Client, report: Report, n: int, rounds: int, c
         for _ in range(n):
             client_track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
 
+    # A client whose queue is full (1,000 events): every call drops the oldest event, as an overloaded app's does
+    full = sqreen_mw.Client(token=BENCH_TOKEN, url=BENCH_URL, max_queue_events=1_000, heartbeat_interval=3600,
+                            install_signal_handler=False)
+    full_track = full.track
+    for _ in range(1_000):
+        full_track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+
+    def client_track_full(n: int) -> None:
+        for _ in range(n):
+            full_track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+
     steady_ctx = RequestContext(ASGI, asgi_scope(), None)
     steady_ctx.info(client.resolver)  # the first track of the request already happened
 
@@ -273,6 +284,7 @@ def bench_track(client: sqreen_mw.Client, report: Report, n: int, rounds: int, c
             "call": timed(floor_call),
             "outside": timed(track_outside),
             "client_outside": timed(client_track_outside),
+            "client_full": timed(client_track_full),
             "inside": timed(track_inside),
         },
         n,
@@ -361,6 +373,10 @@ def bench_track(client: sqreen_mw.Client, report: Report, n: int, rounds: int, c
 
     track_row("track() outside a request", res["outside"], 2000)
     track_row("  client.track() (no module wrapper)", res["client_outside"], None)
+    track_row("  client.track(), full queue (drops the oldest)", res["client_full"], None)
+    if not full.queue.dropped.get("queue_full"):
+        raise SystemExit("the full queue dropped nothing")
+    full.shutdown(timeout=0.1)
     track_row("track() in a request, steady state", res["inside"], 2000)
     for kind, label in (("get", "GET"), ("post", "POST+JSON body")):
         first_v, next_v = first[kind]["first"], first[kind]["next"]
