@@ -421,15 +421,16 @@ class Client:
         # holds, the event is still sent (without its request properties when they cannot be made).
         # ``shared`` (the flusher, whose events are encoded and dropped): an equal request seen before gives the
         # same object, made and scrubbed once (the same client hitting the same URL: a login page under attack).
+        key = info = None
+        if shared:
+            try:
+                key = request_key(captured, self.resolver.ip_header)
+                info = None if key is None else self._info_cache.get(key)
+            except Exception:  # an odd server's scope or environ (no path, values that do not hash): not cached
+                key = None
+            if info is not None:
+                return info
         try:
-            key = request_key(captured, self.resolver.ip_header) if shared else None
-            if key is not None:
-                try:
-                    info = self._info_cache.get(key)
-                except TypeError:  # a server that puts what does not hash in the environ
-                    key = info = None
-                if info is not None:
-                    return info
             info = self.scrubber.scrub(request_info(captured, self.resolver))
             if key is not None:
                 if len(self._info_cache) >= _INFO_CACHE_SIZE:

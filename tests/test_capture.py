@@ -168,3 +168,10 @@ def test_capture_events_gets_its_own_request_properties(client: Client) -> None:
     events[0]["request"]["params"]["query"]["q"] = "changed"  # type: ignore[index]
     assert events[1]["request"]["params"]["query"]["q"] == "select name from users"  # type: ignore[index]
     assert not client._info_cache
+
+
+def test_a_capture_that_cannot_be_keyed_still_gets_its_properties(client: Client) -> None:
+    odd = RequestContext(ASGI, {**scope(), "path": None}).capture()  # a server that leaves the path out
+    info = client._request_info(odd, shared=True)
+    assert info is not None and info["path"] is None and info["user_agent"] == "curl/8"
+    assert not client._info_cache
