@@ -255,6 +255,17 @@ def bench_track(client: sqreen_mw.Client, report: Report, n: int, rounds: int, c
         for _ in range(n):
             client_track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
 
+    # A client whose queue is full (1,000 events): every call drops the oldest event, as an overloaded app's does
+    full = sqreen_mw.Client(token=BENCH_TOKEN, url=BENCH_URL, max_queue_events=1_000, heartbeat_interval=3600,
+                            install_signal_handler=False)
+    full_track = full.track
+    for _ in range(1_000):
+        full_track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+
+    def client_track_full(n: int) -> None:
+        for _ in range(n):
+            full_track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+
     steady_ctx = RequestContext(ASGI, asgi_scope(), None)
     steady_ctx.info(client.resolver)  # the first track of the request already happened
 
@@ -273,6 +284,7 @@ def bench_track(client: sqreen_mw.Client, report: Report, n: int, rounds: int, c
             "call": timed(floor_call),
             "outside": timed(track_outside),
             "client_outside": timed(client_track_outside),
+            "client_full": timed(client_track_full),
             "inside": timed(track_inside),
         },
         n,
@@ -361,6 +373,10 @@ def bench_track(client: sqreen_mw.Client, report: Report, n: int, rounds: int, c
 
     track_row("track() outside a request", res["outside"], 2000)
     track_row("  client.track() (no module wrapper)", res["client_outside"], None)
+    track_row("  client.track(), full queue (drops the oldest)", res["client_full"], None)
+    if not full.queue.dropped.get("queue_full"):
+        raise SystemExit("the full queue dropped nothing")
+    full.shutdown(timeout=0.1)
     track_row("track() in a request, steady state", res["inside"], 2000)
     for kind, label in (("get", "GET"), ("post", "POST+JSON body")):
         first_v, next_v = first[kind]["first"], first[kind]["next"]
@@ -998,8 +1014,9 @@ def _one_event_row(report: Report, label: str, res: dict[str, list[float]], budg
 
 
 def callgrind_child(n: int) -> int:
-    import gzip
     import json
+
+    from sqreen_mw._transport import compress_batch
 
     logging.getLogger("sqreen_mw").setLevel(logging.CRITICAL)
     client = sqreen_mw.init(
@@ -1010,8 +1027,12 @@ def callgrind_child(n: int) -> int:
     labels: list[str] = []
 
     def mark(label: str) -> None:  # the profile written now holds the work since the previous mark
+        if label == "setup":  # as in the timed runs, no collection inside a measured phase (one lands at random)
+            gc.collect()
         labels.append(label)
         os.getppid()
+
+    gc.disable()
 
     def drain() -> None:
         client.queue.take(len(client.queue))
@@ -1067,7 +1088,7 @@ def callgrind_child(n: int) -> int:
             payload, _ = client._serialize(client.queue.take(1000))
             client.queue.done()
             assert payload is not None
-            gzip.compress(payload, compresslevel=5)
+            compress_batch(payload)
 
     plain: dict[str, Callable[[int], None]] = {
         "floor": floor, "track_outside": outside, "track_steady": steady,
@@ -1096,6 +1117,25 @@ def callgrind_child(n: int) -> int:
                     flush_like(reps * n)
                     mark(f"flusher_{method}:{reps}")
                 drain()
+    # The flusher again, every request a different one (client IP, query): no two share their default properties
+    def fresh_distinct(k: int) -> None:
+        ctxs.clear()
+        for i in range(k):
+            query = f"user={i}&q=select+name+from+users&page={i % 7}".encode()
+            hops = f"198.51.{i // 250 % 250}.{i % 250}, 10.0.0.3".encode()
+            scope = asgi_scope("GET", "/", query, client_ip="127.0.0.1", forwarded_for=hops)
+            ctxs.append(RequestContext(ASGI, scope, None))
+
+    for reps in (1, 2):
+        fresh_distinct(200)
+        bind_track(200)
+        flush_like(200)
+        fresh_distinct(reps * n)
+        bind_track(reps * n)
+        mark("setup")
+        flush_like(reps * n)
+        mark(f"flusher_distinct:{reps}")
+        drain()
     # Whole requests: the hello apps, bare and with the middleware + 1 track()
     lp = asyncio.new_event_loop()
 
@@ -1206,6 +1246,10 @@ def bench_callgrind(n: int) -> int:
         flusher = per_call(f"flusher_{method}")
         rows.append((f"  flusher per event, 1 event/request ({method}): serialize+scrub+gzip", flusher,
                      f"all-in with the 1st track: {first + flusher:,.0f}"))
+    distinct = per_call("flusher_distinct")
+    rows.append(("  flusher per event, every request a different one (GET)", distinct,
+                 "client IP and query differ: nothing shared between requests"))
+
     def per_request(name: str) -> float:
         return (totals[f"{name}:2"] - totals[f"{name}:1"]) / (n - n // 2)
 

@@ -70,6 +70,11 @@ def _finite_float(text: str) -> float | str:
     return finite_or_text(float(text))
 
 
+# NaN/Infinity kept as text (JSON has no such numbers), and so is what overflows a float (1e400). One decoder for every
+# body: json.loads with these options would build one per call.
+_BODY_JSON = json.JSONDecoder(parse_constant=str, parse_float=_finite_float)
+
+
 def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
     """Parse a recorded body: JSON and url-encoded forms when complete, else UTF-8 text (marked when cut)."""
     if not data:
@@ -78,8 +83,7 @@ def parse_body(content_type: str, data: bytes, complete: bool) -> Any:
     if complete:
         if "json" in ctype:
             try:
-                # NaN/Infinity kept as text (JSON has no such numbers), and so is what overflows a float (1e400)
-                return json.loads(data, parse_constant=str, parse_float=_finite_float)
+                return _BODY_JSON.decode(data.decode(json.detect_encoding(data), "surrogatepass"))  # = json.loads
             except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses: keep as text
                 pass
         elif ctype.startswith("application/x-www-form-urlencoded"):
@@ -202,10 +206,28 @@ class WSGIInput(BodyTee):
         return data
 
     def read(self, size: int | None = -1) -> bytes:
-        size = -1 if size is None else size
-        if self._prefetched:
-            return self._from_buffer(size)
-        return self._seen(self._stream.read() if size < 0 else self._stream.read(size))
+        if size is None or size < 0:
+            if self._prefetched:
+                return self._from_buffer(-1)
+            data: bytes = self._stream.read()
+        else:
+            if self._prefetched:
+                return self._from_buffer(size)
+            data = self._stream.read(size)
+        # _seen(data), inline: most bodies are read in one call
+        remaining = self._remaining
+        if remaining is not None:
+            self._remaining = remaining = remaining - len(data)
+        if not self._rewound:
+            if data and not self.overflow and self._size + len(data) <= self.limit:  # feed(), its common case
+                self.read_any = True
+                self._chunks.append(data)
+                self._size += len(data)
+                if remaining == 0:
+                    self.ended = True
+            else:
+                self.feed(data, not data or remaining == 0)
+        return data
 
     def readline(self, size: int | None = -1) -> bytes:
         size = -1 if size is None else size

@@ -10,13 +10,22 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from ._block_response import BlockResponse
 from ._blocking import Actions
 from ._body import jsonable
 from ._config import resolve
-from ._context import Capture, RequestContext, context_for, current_context, environ_key, request_info
+from ._context import (
+    Capture,
+    RequestContext,
+    context_for,
+    current_context,
+    environ_key,
+    request_info,
+    request_key,
+)
 from ._enforce import Enforcer
 from ._exceptions import InvalidEvent, UserBlocked
 from ._flusher import Flusher
@@ -40,6 +49,23 @@ logger = logging.getLogger("sqreen_mw")
 _OPTION_KEYS = frozenset({"properties", "user_identifiers", "timestamp", "collect_body", "request"})
 _MASK_74 = (1 << 74) - 1
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+_INFO_CACHE_SIZE = 1024
+_time_ns = time.time_ns
+_getpid = os.getpid
+
+
+_SECOND_TEXT: dict[int, str] = {}  # a whole second's ISO text ("2026-12-03T06:24:09"): a batch's events share a few
+
+
+def _tracked_timestamp(ns: int) -> str:
+    """``format_timestamp`` of a ``time.time_ns()`` value, to the microsecond below it, from its second's text."""
+    second, rest = divmod(ns, 1_000_000_000)
+    text = _SECOND_TEXT.get(second)
+    if text is None:
+        if len(_SECOND_TEXT) >= 256:
+            _SECOND_TEXT.clear()
+        text = _SECOND_TEXT[second] = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:19]
+    return f"{text}.{rest // 1000:06d}Z"
 
 
 def _uuid7(ms: int, rand: int) -> str:
@@ -96,6 +122,7 @@ class Client:
         self._names: set[str] = set()  # event names already validated
         self._id_base = secrets.randbits(74)
         self._capture: list[WireEvent] | None = None
+        self._info_cache: dict[tuple[Any, ...], Any] = {}  # request_key -> scrubbed request_info (flusher only)
         self._accepting = self.enabled
         self._started_pid: int | None = None  # the process whose flusher runs; another pid = a fork we missed
         self._start_lock = threading.Lock()
@@ -136,7 +163,49 @@ class Client:
             event_name = check_name(event_name)
             if len(self._names) < 1024:
                 self._names.add(event_name)
-        return self._record(event_name, properties, user_identifiers, timestamp, collect_body, request)
+        if user_identifiers is not None or timestamp is not None or collect_body or request is not None:
+            return self._record(event_name, properties, user_identifiers, timestamp, collect_body, request)
+        # The common call (a name and properties, in the current request or outside any): _record's steps for
+        # it, inline. This is most of what an application pays per event.
+        if properties:
+            props, size = check_properties(properties)
+        elif properties is None or isinstance(properties, Mapping):
+            props, size = None, 0
+        else:
+            props, size = check_properties(properties)
+        ctx = current_context.get()
+        record: Record
+        if ctx is None:
+            record = (_time_ns(), next(self._seq), event_name, props, None, None, None, None, size + 200, False)
+            same_request = False
+        else:
+            captured = ctx._capture
+            same_request = captured is not None
+            if captured is None:
+                try:
+                    captured = ctx.capture(self._ip_key)
+                except Exception as exc:  # as in _record
+                    logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
+            record = (_time_ns(), next(self._seq), event_name, props, ctx.user, None, captured, None, size + 200,
+                      ctx.blocked is not None)
+        if self._capture is not None or not self._accepting:
+            return self._enqueue_slow(record)
+        if self._started_pid is None or (not same_request and self._started_pid != _getpid()):
+            self._start()
+        if self.queue.put(record):
+            self.flusher.wake()
+        elif event_name in self.enforcer.actions.hot_events:  # feeds a playbook: send now, not at the heartbeat
+            self.flusher.wake(hot=True)
+        return True
+
+    def _enqueue_slow(self, record: Record) -> bool:
+        # Captured by testing.capture_events(), or not accepting (no token, or shut down).
+        if self._capture is not None:
+            self._capture.append(self._wire(record, {}))
+            return True
+        if self._closed:
+            self.queue.drop("after_shutdown", 1, record[1])
+        return False
 
     def _track_options(self, name: str, options: Mapping[str, Any], *args: Any) -> bool:
         if not isinstance(options, Mapping):
@@ -185,16 +254,10 @@ class Client:
                 except Exception as exc:  # a request that cannot be read (client gone, odd server) is no app error
                     logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
             blocked = ctx.blocked is not None  # sent as "blocked": never feeds a playbook
-        seq = next(self._seq)
-        record = (time.time_ns(), seq, name, props, user, when, captured, body, size + 200, blocked)
-        if self._capture is not None:
-            self._capture.append(self._wire(record, {}))
-            return True
-        if not self._accepting:
-            if self._closed:
-                self.queue.drop("after_shutdown", 1, seq)
-            return False
-        if self._started_pid is None or (not same_request and self._started_pid != os.getpid()):
+        record = (_time_ns(), next(self._seq), name, props, user, when, captured, body, size + 200, blocked)
+        if self._capture is not None or not self._accepting:
+            return self._enqueue_slow(record)
+        if self._started_pid is None or (not same_request and self._started_pid != _getpid()):
             self._start()
         if self.queue.put(record):
             self.flusher.wake()
@@ -332,18 +395,18 @@ class Client:
 
     # --- serialization (flusher thread) -------------------------------------------------------------------
 
-    def _wire(self, record: Record, scrubbed: dict[int, Any]) -> WireEvent:
+    def _wire(self, record: Record, scrubbed: dict[int, Any], shared: bool = False) -> WireEvent:
         tracked_ns, seq, name, props, user, when, captured, body, _, blocked = record
         scrub = self.scrubber.scrub
         request = None
         if captured is not None:  # one request's capture is shared by its events: made and scrubbed once per batch
             request = scrubbed.get(id(captured))
             if request is None:
-                request = scrubbed[id(captured)] = self._request_info(captured)
+                request = scrubbed[id(captured)] = self._request_info(captured, shared)
         event: WireEvent = {
             "id": _uuid7(tracked_ns // 1_000_000, (self._id_base + seq) & _MASK_74),
             "name": name,
-            "timestamp": format_timestamp(tracked_ns / 1e9 if when is None else when),
+            "timestamp": _tracked_timestamp(tracked_ns) if when is None else format_timestamp(when),
             "properties": scrub(props) if props else {},
             "user_identifiers": user,
             "request": request,
@@ -353,11 +416,27 @@ class Client:
             cast(dict[str, Any], event)["blocked"] = True
         return event
 
-    def _request_info(self, captured: Capture) -> Any:
+    def _request_info(self, captured: Capture, shared: bool = False) -> Any:
         # The default properties of a captured request, scrubbed. Request data is attacker-controlled: whatever it
         # holds, the event is still sent (without its request properties when they cannot be made).
+        # ``shared`` (the flusher, whose events are encoded and dropped): an equal request seen before gives the
+        # same object, made and scrubbed once (the same client hitting the same URL: a login page under attack).
+        key = info = None
+        if shared:
+            try:
+                key = request_key(captured, self.resolver.ip_header)
+                info = None if key is None else self._info_cache.get(key)
+            except Exception:  # an odd server's scope or environ (no path, values that do not hash): not cached
+                key = None
+            if info is not None:
+                return info
         try:
-            return self.scrubber.scrub(request_info(captured, self.resolver))
+            info = self.scrubber.scrub(request_info(captured, self.resolver))
+            if key is not None:
+                if len(self._info_cache) >= _INFO_CACHE_SIZE:
+                    self._info_cache.clear()
+                self._info_cache[key] = info
+            return info
         except Exception as exc:
             logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
             return None
@@ -370,7 +449,7 @@ class Client:
         """
         scrubbed: dict[int, Any] = {}
         try:
-            events = [self._wire(record, scrubbed) for record in batch]
+            events = [self._wire(record, scrubbed, True) for record in batch]
             return encode_batch(events), batch
         except Exception as exc:
             logger.debug("sqreen_mw batch encoding failed (%s); making its events representable", exc)

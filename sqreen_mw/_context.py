@@ -161,8 +161,10 @@ def _asgi_headers(pairs: Any, extra: str | None = None) -> dict[str, str]:
 
 def parse_query(query: str) -> dict[str, Any]:
     """A query string to a dict (repeated keys give lists), like ``parse_qsl(keep_blank_values=True)``."""
-    if "%" in query or "+" in query:
+    if "%" in query:
         return flat_pairs(parse_qsl(query, keep_blank_values=True))
+    if "+" in query:  # parse_qsl's first step: "+" is a space (nothing else to unquote without "%")
+        query = query.replace("+", " ")
     out: dict[str, Any] = {}
     for part in query.split("&"):  # the common case, several times faster than parse_qsl
         if part:
@@ -240,6 +242,39 @@ def request_info(captured: Capture, resolver: ClientIPResolver) -> RequestInfo:
         "verb": verb,
         "params": _params(meta.get("QUERY_STRING", ""), path_params, form, json_body),
     }
+
+
+#: A capture whose path and query are longer than this is not given a :func:`request_key` (the cache stays small).
+MAX_KEYED_TEXT = 1024
+
+
+def request_key(captured: Capture, ip_header: str | None) -> tuple[Any, ...] | None:
+    """A key that equal requests share: two captures with the same key give the same :func:`request_info`.
+
+    Made of text only (what the default properties are made of: the peer, the headers they use, path, verb, query,
+    path parameters as text), so equal keys mean equal inputs. ``None`` for a capture with a body or form fields
+    (they are not keyed), or with a long path and query.
+    """
+    kind = captured[0]
+    if kind == ASGI:
+        _, client, pairs, path, method, scope_type, query, path_params, tee = captured
+        if tee is not None or len(path) + len(query) > MAX_KEYED_TEXT:
+            return None
+        return (kind, client[0] if client else None, tuple(_asgi_headers(pairs, ip_header).items()), path, method,
+                scope_type, query, _path_key(path_params))
+    _, meta, path, verb, path_params, form, json_body, tee = captured
+    if form is not None or json_body is not None or tee is not None:
+        return None
+    if len(path) + len(meta.get("QUERY_STRING", "")) > MAX_KEYED_TEXT:
+        return None
+    return (kind, tuple(meta.items()), path, verb, _path_key(path_params))
+
+
+def _path_key(path: Any) -> tuple[tuple[str, str], ...] | None:
+    # As _params sends them: text (1 and "1" give the same properties, and True == 1 must not collide)
+    if not path:
+        return None
+    return tuple((str(k), v if type(v) is str else _text(v)) for k, v in path.items())
 
 
 #: The environ (or Django ``META``) entries the default properties are made of.

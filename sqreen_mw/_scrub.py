@@ -257,6 +257,7 @@ _MIN_VALUE_TEXT = 8  # no built-in value rule matches fewer characters ("Bearer 
 _MIN_KV_TEXT = 5  # "pin=1"
 _MAX_PASSES = 4
 _CACHED_TEXT = 256  # strings up to this long have their scrubbed form cached
+_CARD_INT_MIN = 10**12  # a smaller int has too few digits for a card
 
 
 def _normalise(key: str) -> str:
@@ -377,8 +378,12 @@ class Scrubber:
                     hidden = isinstance(key, str) and self.is_sensitive_key(str(key))
                 if hidden:
                     out[key] = REDACTED
-                elif type(item) is str:  # the common case, inlined
+                elif type(item) is str:  # the common cases, inlined
                     out[key] = self._scrub_str(item, depth) if len(item) >= _MIN_KV_TEXT else item
+                elif item is None or item is True or item is False:
+                    out[key] = item
+                elif type(item) is int:
+                    out[key] = REDACTED if item >= _CARD_INT_MIN and self._card_int(item) else item
                 else:
                     out[key] = self._scrub(item, depth + 1)
             return out
@@ -470,7 +475,7 @@ class Scrubber:
         return "".join(out)
 
     def _card_int(self, value: int) -> bool:
-        return self._defaults and 10**12 <= value < 10**19 and _is_card(str(value))
+        return self._defaults and _CARD_INT_MIN <= value < 10**19 and _is_card(str(value))
 
     def _scrub_other(self, value: Any, depth: int) -> Any:
         # Subclasses and less common types: the slow path.

@@ -14,12 +14,19 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from ._version import __version__
+
+_orjson_dumps: Callable[[Any], bytes] | None
+try:
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # an optional dependency
+    _orjson_dumps = None
 
 OK, RETRY, AUTH, SPLIT, DROP = "ok", "retry", "auth", "split", "drop"
 
@@ -77,11 +84,29 @@ def classify(response: httpx.Response) -> Outcome:
 
 
 def encode_batch(events: list[Any]) -> bytes:
-    """The batch body, UTF-8 JSON.
+    """The batch body, UTF-8 JSON: by orjson when it is installed (several times cheaper), else by the standard
+    library; what orjson refuses (an int over 64 bits, a lone surrogate, a key that is not a str) is left to the
+    standard library, so the body, decoded, is the same either way. Events hold finite floats only (properties are
+    checked, parsed bodies keep non-finite numbers as text): orjson would write ``null`` for a NaN.
 
     :raises TypeError: a value JSON cannot carry.
     :raises ValueError: a non-finite float, or (``UnicodeEncodeError``) a lone surrogate, which the collector refuses.
     """
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps({"events": events})
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return _stdlib_batch(events)
+
+
+def compress_batch(batch_json: bytes) -> bytes:
+    """The gzip body of a batch. Level 1: a third of level 5's CPU for about a quarter more bytes (a batch of
+    request events: 23 bytes an event instead of 19), on a thread of the application's process."""
+    return gzip.compress(batch_json, compresslevel=1)
+
+
+def _stdlib_batch(events: list[Any]) -> bytes:
     return json.dumps({"events": events}, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
@@ -158,7 +183,7 @@ class Transport:
 
     async def send_batch(self, batch_json: bytes) -> Outcome:
         """POST a batch already encoded by :func:`encode_batch`, gzipped."""
-        payload = gzip.compress(batch_json, compresslevel=5)
+        payload = compress_batch(batch_json)
         return await self._post("/api/v1/agent/batch", payload, self._session_headers({"Content-Encoding": "gzip"}))
 
     async def logout(self) -> None:

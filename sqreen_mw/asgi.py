@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from . import _lifecycle
 from ._block_response import Rendered
 from ._body import ASGIBodyTee
 from ._client import Client
@@ -67,7 +68,7 @@ class SqreenMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            client = self._client or get_client()
+            client = self._client or _lifecycle._current or get_client()
             if client._started_pid is None and client.enabled:  # a process's first request: fetch the actions
                 client.start()
             ctx = RequestContext(ASGI, scope)

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from . import _lifecycle
 from ._block_response import Rendered
 from ._body import WSGIInput
 from ._client import Client
@@ -63,14 +64,23 @@ class _BoundResponse:
         self._iterator: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        token = current_context.set(self._ctx)
+        # A generator: its for loop calls iter() and next() of the app's response with the request bound, several
+        # times cheaper per chunk than __next__ (a method call, and StopIteration raised through it).
+        ctx, set_, reset = self._ctx, current_context.set, current_context.reset
+        token = set_(ctx)
+        bound = True
         try:
-            self._iterator = iter(self._result)
+            for chunk in self._result:
+                reset(token)
+                bound = False
+                yield chunk
+                token = set_(ctx)
+                bound = True
         finally:
-            current_context.reset(token)
-        return self
+            if bound:  # the app's iterator raised or ended; not at the yield (the server closed us there)
+                reset(token)
 
-    def __next__(self) -> bytes:
+    def __next__(self) -> bytes:  # a server calling next() on the response itself, without iter()
         iterator = self._iterator
         if iterator is None:
             iterator = self._iterator = iter(self._result)
@@ -104,7 +114,7 @@ class SqreenMiddleware:
         self._client = client
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        client = self._client or get_client()
+        client = self._client or _lifecycle._current or get_client()
         if client._started_pid is None and client.enabled:  # a process's first request: fetch the actions
             client.start()
         ctx = RequestContext(WSGI, environ)

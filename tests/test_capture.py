@@ -108,3 +108,70 @@ def test_resolve_cached_walks_once_per_distinct_headers(monkeypatch: pytest.Monk
     assert resolver.resolve_cached("198.51.100.7", two_hops) == "198.51.100.7"  # untrusted peer: headers ignored
     assert resolver.resolve_cached("10.0.0.2", {"x-real-ip": "203.0.113.9"}) == "203.0.113.9"
     assert len(walks) == 4
+
+
+def _asgi_variant(i: int) -> dict[str, Any]:
+    base = scope(b"q=" + str(i % 3).encode())
+    base["client"] = (f"10.0.0.{i % 2}", 5000 + i)  # the port is not in the properties
+    base["headers"] = [(b"user-agent", b"curl/%d" % (i % 2)), (b"x-forwarded-for", b"198.51.100.%d" % (i % 4)),
+                       (b"cookie", b"session=%d" % i)]
+    base["path_params"] = ({"id": 1}, {"id": True}, {"id": "1"}, None, {"id": 1.0})[i % 5]  # True == 1 == 1.0
+    return base
+
+
+def _wsgi_variant(i: int) -> dict[str, Any]:
+    return {"REQUEST_METHOD": ("GET", "HEAD")[i % 2], "PATH_INFO": f"/p{i % 3}", "QUERY_STRING": f"a={i % 2}",
+            "REMOTE_ADDR": f"10.0.0.{i % 4}", "HTTP_USER_AGENT": "ua", "HTTP_X_REAL_IP": f"203.0.113.{i % 3}"}
+
+
+def test_equal_requests_share_their_scrubbed_properties_and_no_other_does(client: Client) -> None:
+    captures = [RequestContext(ASGI, _asgi_variant(i)).capture() for i in range(60)]
+    captures += [RequestContext(WSGI, _wsgi_variant(i)).capture() for i in range(24)]
+    for order in (captures, captures[::-1]):  # the cache filled in one order, read in the other
+        for captured in order:
+            assert client._request_info(captured, shared=True) == client._request_info(captured)
+    assert 0 < len(client._info_cache) < len(captures)  # some were shared
+    first = RequestContext(ASGI, _asgi_variant(0)).capture()
+    again = RequestContext(ASGI, _asgi_variant(0)).capture()
+    assert client._request_info(first, shared=True) is client._request_info(again, shared=True)
+
+
+def test_requests_with_a_body_or_a_long_url_are_not_cached(client: Client) -> None:
+    from sqreen_mw._body import ASGIBodyTee
+
+    async def never() -> dict[str, Any]:
+        raise AssertionError
+
+    tee = ASGIBodyTee(never, 1000)
+    tee.feed(b'{"a": 1}', True)
+    posted = {**scope(), "method": "POST", "headers": [(b"content-type", b"application/json")]}
+    with_body = RequestContext(ASGI, posted, tee).capture()
+    long_query = RequestContext(ASGI, scope(b"q=" + b"x" * 2000)).capture()
+    for captured in (with_body, long_query):
+        assert context_module.request_key(captured, None) is None
+        assert client._request_info(captured, shared=True) == client._request_info(captured)
+    assert client._request_info(with_body, shared=True)["params"]["json"] == {"a": 1}
+    assert not client._info_cache
+
+
+def test_capture_events_gets_its_own_request_properties(client: Client) -> None:
+    # What capture_events() hands to a test may be changed by it: never the flusher's shared object
+    from sqreen_mw.testing import capture_events
+
+    with capture_events(client) as events:
+        for _ in range(2):
+            token = current_context.set(RequestContext(ASGI, scope()))
+            try:
+                client.track("search")
+            finally:
+                current_context.reset(token)
+    events[0]["request"]["params"]["query"]["q"] = "changed"  # type: ignore[index]
+    assert events[1]["request"]["params"]["query"]["q"] == "select name from users"  # type: ignore[index]
+    assert not client._info_cache
+
+
+def test_a_capture_that_cannot_be_keyed_still_gets_its_properties(client: Client) -> None:
+    odd = RequestContext(ASGI, {**scope(), "path": None}).capture()  # a server that leaves the path out
+    info = client._request_info(odd, shared=True)
+    assert info is not None and info["path"] is None and info["user_agent"] == "curl/8"
+    assert not client._info_cache

@@ -20,3 +20,4 @@ def test_parse_query_examples() -> None:
     assert parse_query("page=2&sort=desc&tag=a&tag=b&flag") == {"page": "2", "sort": "desc", "tag": ["a", "b"],
                                                                  "flag": ""}
     assert parse_query("q=caf%C3%A9+au+lait") == {"q": "café au lait"}
+    assert parse_query("q=select+name&a+b=c+") == {"q": "select name", "a b": "c "}  # "+" without "%"

@@ -10,8 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sqreen_mw._transport import AUTH, DROP, OK, RETRY, SPLIT, Transport, classify, encode_batch
+from sqreen_mw._transport import AUTH, DROP, OK, RETRY, SPLIT, Transport, _stdlib_batch, classify, encode_batch
 
 pytestmark = pytest.mark.anyio
 
@@ -76,3 +78,23 @@ async def test_network_error_is_retryable() -> None:
     outcome = await transport.login()
     await transport.aclose()
     assert outcome.kind == RETRY and "ConnectError" in outcome.reason
+
+
+_JSON_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
+_JSON = st.recursive(_JSON_SCALAR, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                           st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                     max_leaves=20)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.dictionaries(st.text(max_size=8), _JSON, max_size=5), max_size=3))
+def test_encode_batch_decodes_as_the_standard_library_encoding(events: list[dict[str, Any]]) -> None:
+    # orjson (when installed) or the standard library: the collector decodes the same batch
+    assert json.loads(encode_batch(events)) == json.loads(_stdlib_batch(events))
+
+
+def test_encode_batch_leaves_what_orjson_refuses_to_the_standard_library() -> None:
+    assert json.loads(encode_batch([{"n": 2**70, 1: "int key"}])) == {"events": [{"n": 2**70, "1": "int key"}]}
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate: refused either way (the client repairs it first)
+        encode_batch([{"s": "a\ud800"}])

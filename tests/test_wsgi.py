@@ -320,3 +320,41 @@ def test_prefetch_reads_a_body_delivered_in_short_reads(make_client: MakeClient)
         SqreenMiddleware(app)(environ, lambda *a: None)
     assert seen == [payload]
     assert events[0]["body"] == payload.decode()
+
+
+def test_a_stream_sees_its_request_per_chunk_and_a_stream_left_midway_or_failing_unbinds(
+    make_client: MakeClient,
+) -> None:
+    make_client()
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(3):
+                seen.append(current_context.get())
+                if environ.get("fail") and i == 1:
+                    raise RuntimeError("stream broke")
+                yield b"%d" % i
+
+        return chunks()
+
+    wrapped = SqreenMiddleware(app)
+    result = wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    assert list(result) == [b"0", b"1", b"2"]
+    assert len(seen) == 3 and seen[0] is not None and seen.count(seen[0]) == 3
+    assert current_context.get() is None
+
+    seen.clear()
+    result = wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    iterator = iter(result)
+    assert next(iterator) == b"0" and current_context.get() is None  # unbound between chunks
+    iterator.close()  # type: ignore[attr-defined]  # a server that stops midway (client gone)
+    result.close()  # type: ignore[attr-defined]
+    assert current_context.get() is None and len(seen) == 1
+
+    result = wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "fail": True}, lambda *a: None)
+    with pytest.raises(RuntimeError, match="stream broke"):
+        list(result)
+    assert current_context.get() is None
