@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import io
 import json
 import os
@@ -49,6 +48,7 @@ sys.path.insert(0, str(HERE))
 
 import _peers  # noqa: E402
 from _peers import EVENT, PEERS, USER, Peer  # noqa: E402
+from _timing import WALL_AND_CPU, asgi_loop, interleave, table, wsgi_loop  # noqa: E402
 
 import sqreen_mw  # noqa: E402
 
@@ -96,28 +96,14 @@ def measure(
         if extra:
             v.names.update(extra)
         loops[v.name] = loop_of(v, props_expr)
-    for v in variants:  # warm-up
-        v.enter()
-        try:
-            loops[v.name](max(n // 5, 20))
-        finally:
-            v.leave()
-        v.flush()
-    out: dict[str, tuple[list[float], list[float]]] = {v.name: ([], []) for v in variants}
-    for r in range(rounds):
-        for v in variants if r % 2 == 0 else variants[::-1]:
-            gc.collect()
-            v.enter()
-            gc.disable()
-            try:
-                wall, cpu = loops[v.name](n)
-            finally:
-                gc.enable()
-                v.leave()
-            v.flush()  # outside the timed region: the sender is idle when the next variant runs
-            out[v.name][0].append(wall / n)
-            out[v.name][1].append(cpu / n)
-    return out
+    by_name = {v.name: v for v in variants}
+
+    def leave(name: str) -> None:
+        by_name[name].leave()
+        by_name[name].flush()  # outside the timed region: the sender is idle when the next variant runs
+
+    res = interleave(loops, n, rounds, enter=lambda name: by_name[name].enter(), leave=leave)
+    return {name: ([w / n for w, _ in values], [c / n for _, c in values]) for name, values in res.items()}
 
 
 def med(values: list[float]) -> float:
@@ -197,14 +183,6 @@ def servers() -> Iterator[tuple[str, str]]:
 
 # --------------------------------------------------------------------------------------------------------------------
 # 1. track() per call, 2. vs number of properties
-
-
-def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("-" * len(lines[0]))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def bench_track(variants: list[Variant], n: int, rounds: int) -> tuple[str, dict[str, float]]:
@@ -353,46 +331,19 @@ def wsgi_apps(variant: str, events: int, sink_url: str) -> dict[str, Any]:
     return {"flask": app, "raw wsgi": _peers.wrap_wsgi(variant, raw, sink_url)}
 
 
-def _asgi_loop(app: Any, scope: dict[str, Any], lp: asyncio.AbstractEventLoop) -> Callable[[int], tuple[int, int]]:
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": BODY, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start" and message["status"] != 200:
-            raise AssertionError(message)
-
-    async def run(n: int) -> tuple[int, int]:
-        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        for _ in range(n):
-            await app(dict(scope), receive, send)
-        return time.perf_counter_ns() - t0, time.thread_time_ns() - c0
-
-    return lambda n: lp.run_until_complete(run(n))
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": BODY, "more_body": False}
 
 
-def _wsgi_loop(app: Any, base: dict[str, Any]) -> Callable[[int], tuple[int, int]]:
-    post = base["REQUEST_METHOD"] == "POST"
+async def _send(message: dict[str, Any]) -> None:
+    if message["type"] == "http.response.start" and message["status"] != 200:
+        raise AssertionError(message)
 
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
-        if status != "200 OK":
-            raise AssertionError(status)
-        return lambda data: None
 
-    def run(n: int) -> tuple[int, int]:
-        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        for _ in range(n):
-            env = base.copy()
-            if post:
-                env["wsgi.input"] = io.BytesIO(BODY)
-            result = app(env, start_response)
-            for _chunk in result:
-                pass
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        return time.perf_counter_ns() - t0, time.thread_time_ns() - c0
-
-    return run
+def _start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+    if status != "200 OK":
+        raise AssertionError(status)
+    return lambda data: None
 
 
 def bench_middleware(
@@ -415,9 +366,9 @@ def bench_middleware(
                 for cell in cells:
                     app = apps[cell][app_name]
                     if app_name in ("starlette", "raw asgi"):
-                        loops[cell] = _asgi_loop(app, scopes[method], lp)
+                        loops[cell] = asgi_loop(app, scopes[method], lp, _receive, _send, WALL_AND_CPU)
                     else:
-                        loops[cell] = _wsgi_loop(app, envs[method])
+                        loops[cell] = wsgi_loop(app, envs[method], _start_response, BODY, WALL_AND_CPU)
                 # calibrate: about round_ms per round for each cell, 20 requests at least
                 counts = {}
                 for cell, fn in loops.items():
@@ -425,17 +376,10 @@ def bench_middleware(
                     wall, _ = fn(50)
                     counts[cell] = max(20, int(round_ms * 1e6 / max(wall / 50, 1)))
                     _flush(cell[0], flushers)
-                res: dict[tuple[str, int], list[tuple[float, float]]] = {c: [] for c in cells}
-                order = list(cells)
-                for r in range(rounds):
-                    for cell in order if r % 2 == 0 else order[::-1]:
-                        gc.collect()
-                        gc.disable()
-                        try:
-                            wall, cpu = loops[cell](counts[cell])
-                        finally:
-                            gc.enable()
-                        res[cell].append((wall / counts[cell], cpu / counts[cell]))
+                keys = {f"{v}/{e}": (v, e) for v, e in cells}
+                raw = interleave({k: loops[c] for k, c in keys.items()}, {k: counts[c] for k, c in keys.items()},
+                                 rounds, warmup=0)
+                res = {c: [(w / counts[c], cpu / counts[c]) for w, cpu in raw[k]] for k, c in keys.items()}
                 for cell in cells:  # once per group: the senders run alongside the rounds, as in production
                     _flush(cell[0], flushers)
                 print(f"  middleware: {app_name} {method} measured", file=sys.stderr, flush=True)
@@ -632,28 +576,24 @@ def plots(directory: Path, track_cpu: dict[str, float], curves: dict[str, list[f
         return ["plots skipped: matplotlib is not installed (pip install -r benchmarks/requirements-peers.txt)"]
     directory.mkdir(parents=True, exist_ok=True)
     written = []
+
+    def bars(values: dict[str, float], label: str, filename: str) -> None:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = sorted(values, key=values.__getitem__)
+        ax.barh(names, [values[n] for n in names])
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_title("track()-equivalent, 3 properties")
+        fig.tight_layout()
+        fig.savefig(directory / filename, dpi=120)
+        plt.close(fig)
+        written.append(str(directory / filename))
+
     if track_cpu:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        names = sorted(track_cpu, key=track_cpu.get)  # type: ignore[arg-type]
-        ax.barh(names, [track_cpu[n] / US for n in names])
-        ax.set_xscale("log")
-        ax.set_xlabel("thread-CPU µs per call (log scale)")
-        ax.set_title("track()-equivalent, 3 properties")
-        fig.tight_layout()
-        fig.savefig(directory / "track_per_peer.png", dpi=120)
-        plt.close(fig)
-        written.append(str(directory / "track_per_peer.png"))
+        bars({k: v / US for k, v in track_cpu.items()}, "thread-CPU µs per call (log scale)", "track_per_peer.png")
     if instructions:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        names = sorted(instructions, key=instructions.get)  # type: ignore[arg-type]
-        ax.barh(names, [instructions[n] for n in names])
-        ax.set_xscale("log")
-        ax.set_xlabel("instructions per call, main thread (callgrind, log scale)")
-        ax.set_title("track()-equivalent, 3 properties")
-        fig.tight_layout()
-        fig.savefig(directory / "track_instructions.png", dpi=120)
-        plt.close(fig)
-        written.append(str(directory / "track_instructions.png"))
+        bars({k: float(v) for k, v in instructions.items()},
+             "instructions per call, main thread (callgrind, log scale)", "track_instructions.png")
     if curves:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for name, ys in curves.items():

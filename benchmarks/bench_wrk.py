@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import _peers  # noqa: E402
+from _timing import table  # noqa: E402
 
 from tests.support import API_KEY, free_port, spawn, start_collector, stop_process, wait_http  # noqa: E402
 
@@ -198,10 +199,7 @@ def main() -> int:
                 print(f"  {rows[-1]}", flush=True)
     headers = ("server", "variant", "req/s", "p99 ms", "÷ bare", "CPU µs/req (all-in)", "app CPU", "non-2xx",
                "events")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(table(headers, rows))
     load = os.getloadavg()
     print(f"load at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0
