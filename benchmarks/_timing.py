@@ -6,6 +6,8 @@
 - ``asgi_loop`` / ``wsgi_loop`` make such a loop of ``n`` requests to an app called in process, a fresh copy of the
   scope / environ per request (a server builds one per request); the loop returns the elapsed time of each clock it
   was given (one ``time.perf_counter_ns`` / ``thread_time_ns`` pair around the whole loop: nothing per request).
+- ``tree_cpu(pid)``: the CPU seconds a process and its children have used (a server's workers and threads included);
+  ``table`` formats the rows the scripts print.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -134,3 +138,28 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines.append("-" * len(lines[0]))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def tree_cpu(pid: int) -> float:
+    """utime + stime, in seconds, of the process and all its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(times.get(p, 0) for p in tree) / tick
