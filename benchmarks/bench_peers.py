@@ -1,12 +1,12 @@
 """sqreen_mw next to its peers: ``track()`` per call, cost vs number of properties, middleware per request; then
 sqreen_mw alone: delivery (flush time of queued events vs batch size, over loopback to a real collector), memory.
 
-Run ``python benchmarks/bench_peers.py`` (about 3 minutes) or ``--quick`` (under a minute); ``--callgrind`` counts
-instructions per call of each variant under valgrind instead (about 4 minutes; ``--quick`` about 1); ``--plots DIR``
-also writes PNG charts. The peers come from ``benchmarks/requirements-peers.txt``; a peer that does not import is
-skipped with a note. Everything stays on loopback: sqreen_mw sends to a real ``sqreen-mw serve`` collector, the peers
-to a local sink (``_sink.py``) that answers 200 at once; each client keeps its production batching and background
-sender. See ``benchmarks/README.md`` for what each row means.
+Run ``python benchmarks/bench_peers.py`` (about 6 minutes on a busy 2-core machine) or ``--quick`` (a minute);
+``--callgrind`` counts instructions per call of each variant under valgrind instead (about 4 minutes; ``--quick``
+about 1); ``--plots DIR`` also writes PNG charts. The peers come from ``benchmarks/requirements-peers.txt``; a peer
+that does not import is skipped with a note. Everything stays on loopback: sqreen_mw sends to a real ``sqreen-mw
+serve`` collector, the peers to a local sink (``_sink.py``) that answers 200 at once; each client keeps its production
+batching and background sender. See ``benchmarks/README.md`` for what each row means.
 
 Method: variants are interleaved round by round (order alternating) in one process; a round's value is the loop's
 total time divided by its calls, timed both with ``time.perf_counter_ns`` (wall) and ``time.thread_time_ns`` (the
