@@ -21,6 +21,7 @@ Every peer is optional: a peer whose package does not import is skipped, with th
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -241,42 +242,36 @@ def make_peer(name: str, sink_url: str) -> Peer | str:
 # middlewares (explicit wrappers: nothing patched globally, so every variant shares one process)
 
 
-def wrap_asgi(peer: str, app: Any, sink_url: str) -> Any:
+#: peer → (ASGI middleware, WSGI middleware), as "module:class"
+MIDDLEWARES = {
+    "sentry": ("sentry_sdk.integrations.asgi:SentryAsgiMiddleware",
+               "sentry_sdk.integrations.wsgi:SentryWsgiMiddleware"),
+    "otel": ("opentelemetry.instrumentation.asgi:OpenTelemetryMiddleware",
+             "opentelemetry.instrumentation.wsgi:OpenTelemetryMiddleware"),
+    "ddtrace": ("ddtrace.contrib.asgi:TraceMiddleware", "ddtrace.contrib.wsgi:DDWSGIMiddleware"),
+}
+
+
+def _wrap(peer: str, kind: int, app: Any, sink_url: str) -> Any:
+    if peer not in MIDDLEWARES:
+        raise ValueError(peer)
+    kwargs: dict[str, Any] = {}
     if peer == "sentry":
-        from sentry_sdk.integrations.asgi import SentryAsgiMiddleware
-
         sentry_init(sink_url)
-        return SentryAsgiMiddleware(app)
-    if peer == "otel":
-        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-        _, traces = otel_providers(sink_url)
-        return OpenTelemetryMiddleware(app, tracer_provider=traces)
-    if peer == "ddtrace":
+    elif peer == "otel":
+        kwargs["tracer_provider"] = otel_providers(sink_url)[1]
+    else:  # ddtrace reads its agent URL from the environment when it is imported
         os.environ.update({k: v for k, v in peer_env(sink_url).items() if k not in os.environ})
-        from ddtrace.contrib.asgi import TraceMiddleware
+    module, name = MIDDLEWARES[peer][kind].split(":")
+    return getattr(importlib.import_module(module), name)(app, **kwargs)
 
-        return TraceMiddleware(app)
-    raise ValueError(peer)
+
+def wrap_asgi(peer: str, app: Any, sink_url: str) -> Any:
+    return _wrap(peer, 0, app, sink_url)
 
 
 def wrap_wsgi(peer: str, app: Any, sink_url: str) -> Any:
-    if peer == "sentry":
-        from sentry_sdk.integrations.wsgi import SentryWsgiMiddleware
-
-        sentry_init(sink_url)
-        return SentryWsgiMiddleware(app)
-    if peer == "otel":
-        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
-
-        _, traces = otel_providers(sink_url)
-        return OpenTelemetryMiddleware(app, tracer_provider=traces)
-    if peer == "ddtrace":
-        os.environ.update({k: v for k, v in peer_env(sink_url).items() if k not in os.environ})
-        from ddtrace.contrib.wsgi import DDWSGIMiddleware
-
-        return DDWSGIMiddleware(app)
-    raise ValueError(peer)
+    return _wrap(peer, 1, app, sink_url)
 
 
 def request_emit(peer: str, sink_url: str) -> Emit:

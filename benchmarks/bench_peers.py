@@ -1,29 +1,31 @@
-"""sqreen_mw next to its peers: ``track()`` per call, cost vs number of properties, middleware per request, memory.
+"""sqreen_mw next to its peers: ``track()`` per call, cost vs number of properties, middleware per request; then
+sqreen_mw alone: delivery (flush time of queued events vs batch size, over loopback to a real collector), memory.
 
-Run ``python benchmarks/bench_peers.py`` (about 3 minutes) or ``--quick`` (under a minute); ``--callgrind`` counts
-instructions per call of each variant under valgrind instead (about 4 minutes; ``--quick`` about 1); ``--plots DIR``
-also writes PNG charts. The peers come from ``benchmarks/requirements-peers.txt``; a peer that does not import is
-skipped with a note. Everything stays on loopback: sqreen_mw sends to a real ``sqreen-mw serve`` collector, the peers
-to a local sink (``_sink.py``) that answers 200 at once; each client keeps its production batching and background
-sender. See ``benchmarks/README.md`` for what each row means.
+Run ``python benchmarks/bench_peers.py`` (about 6 minutes on a busy 2-core machine) or ``--quick`` (a minute);
+``--callgrind`` counts instructions per call of each variant under valgrind instead (about 4 minutes; ``--quick``
+about 1); ``--plots DIR`` also writes PNG charts. The peers come from ``benchmarks/requirements-peers.txt``; a peer
+that does not import is skipped with a note. Everything stays on loopback: sqreen_mw sends to a real ``sqreen-mw
+serve`` collector, the peers to a local sink (``_sink.py``) that answers 200 at once; each client keeps its production
+batching and background sender. See ``benchmarks/README.md`` for what each row means.
 
 Method: variants are interleaved round by round (order alternating) in one process; a round's value is the loop's
 total time divided by its calls, timed both with ``time.perf_counter_ns`` (wall) and ``time.thread_time_ns`` (the
 measuring thread's CPU: the peers' and our own sender threads are not in it, preemption by other processes neither);
 the value shown is the median of the rounds. gc is disabled while a round runs; in the track() sections each variant's
 client is flushed after its round, outside the timed region, so its sender is idle when the next variant runs (the
-middleware section flushes once per app and method: the senders run alongside, as in production). ``--callgrind``
-runs each
-variant in its own process under ``valgrind --tool=callgrind --separate-threads=yes`` twice, with N calls and with 0
-calls; (N-run - 0-run) / N is the instructions per call, for the main thread alone and for all threads (the senders'
-serialization, compression and HTTP included: each run flushes its client, from a helper thread, before exiting).
+middleware section flushes once per app and method: the senders run alongside, as in production). The delivery
+section (``--only flush``) runs a child process per batch size against a fresh collector: N events are queued while
+the collector is stopped (SIGSTOP), then it is resumed (SIGCONT) and ``client.flush()`` is timed, with the CPU of both
+processes over the flush. ``--callgrind`` runs each variant in its own process under ``valgrind --tool=callgrind
+--separate-threads=yes`` twice, with N calls and with 0 calls; (N-run - 0-run) / N is the instructions per call, for
+the main thread alone and for all threads (the senders' serialization, compression and HTTP included: each run
+flushes its client, from a helper thread, before exiting).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import io
 import json
 import os
@@ -49,6 +51,7 @@ sys.path.insert(0, str(HERE))
 
 import _peers  # noqa: E402
 from _peers import EVENT, PEERS, USER, Peer  # noqa: E402
+from _timing import WALL_AND_CPU, asgi_loop, interleave, table, tree_cpu, wsgi_loop  # noqa: E402
 
 import sqreen_mw  # noqa: E402
 
@@ -96,28 +99,14 @@ def measure(
         if extra:
             v.names.update(extra)
         loops[v.name] = loop_of(v, props_expr)
-    for v in variants:  # warm-up
-        v.enter()
-        try:
-            loops[v.name](max(n // 5, 20))
-        finally:
-            v.leave()
-        v.flush()
-    out: dict[str, tuple[list[float], list[float]]] = {v.name: ([], []) for v in variants}
-    for r in range(rounds):
-        for v in variants if r % 2 == 0 else variants[::-1]:
-            gc.collect()
-            v.enter()
-            gc.disable()
-            try:
-                wall, cpu = loops[v.name](n)
-            finally:
-                gc.enable()
-                v.leave()
-            v.flush()  # outside the timed region: the sender is idle when the next variant runs
-            out[v.name][0].append(wall / n)
-            out[v.name][1].append(cpu / n)
-    return out
+    by_name = {v.name: v for v in variants}
+
+    def leave(name: str) -> None:
+        by_name[name].leave()
+        by_name[name].flush()  # outside the timed region: the sender is idle when the next variant runs
+
+    res = interleave(loops, n, rounds, enter=lambda name: by_name[name].enter(), leave=leave)
+    return {name: ([w / n for w, _ in values], [c / n for _, c in values]) for name, values in res.items()}
 
 
 def med(values: list[float]) -> float:
@@ -197,14 +186,6 @@ def servers() -> Iterator[tuple[str, str]]:
 
 # --------------------------------------------------------------------------------------------------------------------
 # 1. track() per call, 2. vs number of properties
-
-
-def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("-" * len(lines[0]))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def bench_track(variants: list[Variant], n: int, rounds: int) -> tuple[str, dict[str, float]]:
@@ -353,46 +334,19 @@ def wsgi_apps(variant: str, events: int, sink_url: str) -> dict[str, Any]:
     return {"flask": app, "raw wsgi": _peers.wrap_wsgi(variant, raw, sink_url)}
 
 
-def _asgi_loop(app: Any, scope: dict[str, Any], lp: asyncio.AbstractEventLoop) -> Callable[[int], tuple[int, int]]:
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": BODY, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start" and message["status"] != 200:
-            raise AssertionError(message)
-
-    async def run(n: int) -> tuple[int, int]:
-        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        for _ in range(n):
-            await app(dict(scope), receive, send)
-        return time.perf_counter_ns() - t0, time.thread_time_ns() - c0
-
-    return lambda n: lp.run_until_complete(run(n))
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": BODY, "more_body": False}
 
 
-def _wsgi_loop(app: Any, base: dict[str, Any]) -> Callable[[int], tuple[int, int]]:
-    post = base["REQUEST_METHOD"] == "POST"
+async def _send(message: dict[str, Any]) -> None:
+    if message["type"] == "http.response.start" and message["status"] != 200:
+        raise AssertionError(message)
 
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
-        if status != "200 OK":
-            raise AssertionError(status)
-        return lambda data: None
 
-    def run(n: int) -> tuple[int, int]:
-        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        for _ in range(n):
-            env = base.copy()
-            if post:
-                env["wsgi.input"] = io.BytesIO(BODY)
-            result = app(env, start_response)
-            for _chunk in result:
-                pass
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        return time.perf_counter_ns() - t0, time.thread_time_ns() - c0
-
-    return run
+def _start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+    if status != "200 OK":
+        raise AssertionError(status)
+    return lambda data: None
 
 
 def bench_middleware(
@@ -415,9 +369,9 @@ def bench_middleware(
                 for cell in cells:
                     app = apps[cell][app_name]
                     if app_name in ("starlette", "raw asgi"):
-                        loops[cell] = _asgi_loop(app, scopes[method], lp)
+                        loops[cell] = asgi_loop(app, scopes[method], lp, _receive, _send, WALL_AND_CPU)
                     else:
-                        loops[cell] = _wsgi_loop(app, envs[method])
+                        loops[cell] = wsgi_loop(app, envs[method], _start_response, BODY, WALL_AND_CPU)
                 # calibrate: about round_ms per round for each cell, 20 requests at least
                 counts = {}
                 for cell, fn in loops.items():
@@ -425,17 +379,10 @@ def bench_middleware(
                     wall, _ = fn(50)
                     counts[cell] = max(20, int(round_ms * 1e6 / max(wall / 50, 1)))
                     _flush(cell[0], flushers)
-                res: dict[tuple[str, int], list[tuple[float, float]]] = {c: [] for c in cells}
-                order = list(cells)
-                for r in range(rounds):
-                    for cell in order if r % 2 == 0 else order[::-1]:
-                        gc.collect()
-                        gc.disable()
-                        try:
-                            wall, cpu = loops[cell](counts[cell])
-                        finally:
-                            gc.enable()
-                        res[cell].append((wall / counts[cell], cpu / counts[cell]))
+                keys = {f"{v}/{e}": (v, e) for v, e in cells}
+                raw = interleave({k: loops[c] for k, c in keys.items()}, {k: counts[c] for k, c in keys.items()},
+                                 rounds, warmup=0)
+                res = {c: [(w / counts[c], cpu / counts[c]) for w, cpu in raw[k]] for k, c in keys.items()}
                 for cell in cells:  # once per group: the senders run alongside the rounds, as in production
                     _flush(cell[0], flushers)
                 print(f"  middleware: {app_name} {method} measured", file=sys.stderr, flush=True)
@@ -524,6 +471,96 @@ def bench_memory(calls: int) -> str:
     lines.append("bytes per queued event (bench_sdk.py's tracemalloc measurement, 20,000 events):")
     lines += ["  " + line for line in buf.getvalue().splitlines()]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4b. delivery: flush time of N queued events over loopback, vs batch size (the collector's ingest as the SDK feeds it)
+
+FLUSH_CHILD = """
+import json, logging, os, sys, time
+import sqreen_mw
+logging.getLogger("sqreen_mw").setLevel(logging.CRITICAL)
+client = sqreen_mw.init(token=TOKEN, url=URL, batch_size=BATCH, max_queue_events=N + 10_000, max_queue_bytes=2**31,
+                        heartbeat_interval=3600, install_signal_handler=False)
+client.track("order.placed", properties={"item": "book", "quantity": 0, "gift": False})
+assert client.flush(30), client.statistics()  # the flusher runs and is logged in
+print("warm", flush=True)
+sys.stdin.readline()  # the collector is stopped now: the first full batch waits in flight, the rest stays queued
+t0 = time.perf_counter()
+for i in range(N):
+    client.track("order.placed", properties={"item": "book", "quantity": i, "gift": False})
+print("queued", time.perf_counter() - t0, len(client.queue), flush=True)
+sys.stdin.readline()  # the collector runs again
+c0, t0 = time.process_time(), time.perf_counter()
+ok = client.flush(300)
+elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+stats = client.statistics()
+print(json.dumps({"ok": ok, "elapsed": elapsed, "cpu": cpu, "sent": stats["sent"], "retries": stats["retries"],
+                  "dropped": stats["dropped"]}), flush=True)
+os._exit(0)
+"""
+
+
+def _flush_once(batch: int, events: int, tmp: Path) -> dict[str, Any]:
+    import sqlite3
+
+    from tests.support import start_collector
+
+    db = tmp / f"flush-{batch}.db"
+    with start_collector(db) as collector:
+        assert collector.process is not None
+        pid = collector.process.pid
+        code = f"TOKEN = {_peers_api_key()!r}\nURL = {collector.url!r}\nBATCH = {batch}\nN = {events}\n{FLUSH_CHILD}"
+        proc = subprocess.Popen(  # noqa: S603 - this interpreter, fixed code
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            if proc.stdout.readline().strip() != "warm":
+                raise RuntimeError(f"batch {batch}: the child did not start")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                proc.stdin.write("queue\n")
+                proc.stdin.flush()
+                _, queue_s, queued = proc.stdout.readline().split()
+                cpu0 = tree_cpu(pid)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            proc.stdin.write("flush\n")
+            proc.stdin.flush()
+            result: dict[str, Any] = json.loads(proc.stdout.readline())
+            result["collector_cpu"] = tree_cpu(pid) - cpu0
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        result.update(queue_s=float(queue_s), queued=int(queued))
+    with sqlite3.connect(db) as conn:
+        result["stored"] = conn.execute("SELECT count(*) FROM events").fetchone()[0] - 1  # less the warm-up event
+    return result
+
+
+def bench_flush(batches: list[int], events: int) -> tuple[str, dict[int, float]]:
+    rows = []
+    rates: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-peers-flush-") as tmp_name:
+        for batch in batches:
+            r = _flush_once(batch, events, Path(tmp_name))
+            dropped = sum(r["dropped"].values()) if isinstance(r["dropped"], dict) else r["dropped"]
+            rates[batch] = events / r["elapsed"]
+            rows.append((f"{batch:,}", f"{r['queued']:,}", f"{r['elapsed']:.2f}", f"{events / r['elapsed']:,.0f}",
+                         f"{r['cpu'] / events * 1e6:.1f}", f"{r['collector_cpu'] / events * 1e6:.1f}",
+                         f"{r['stored']:,} / {events:,}", str(r["retries"]), f"{dropped:,}",
+                         "yes" if r["ok"] else "NO"))
+            print(f"  flush: batch {batch:,} measured", file=sys.stderr, flush=True)
+    headers = ("batch size", "queued at start", "flush s", "events/s", "SDK CPU µs/event", "collector CPU µs/event",
+               "stored / tracked", "retries", "dropped", "flush() ok")
+    title = (f"delivery: {events:,} track() calls queued while the collector was stopped (SIGSTOP; the first full "
+             "batch waits in flight), then the collector resumed and client.flush() timed; default settings but "
+             "batch_size; a fresh collector (SQLite) per row; SDK CPU = the app process's (the flusher: serialize, "
+             "scrub, gzip, HTTP), collector CPU = the server process's, both over the flush")
+    return title + "\n" + table(headers, rows), rates
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -622,7 +659,7 @@ def bench_callgrind(variants: list[str], calls: int, collector_url: str, sink_ur
 
 
 def plots(directory: Path, track_cpu: dict[str, float], curves: dict[str, list[float]], sizes: list[int],
-          instructions: dict[str, int]) -> list[str]:
+          instructions: dict[str, int], delivery: dict[int, float]) -> list[str]:
     try:
         import matplotlib
 
@@ -632,28 +669,24 @@ def plots(directory: Path, track_cpu: dict[str, float], curves: dict[str, list[f
         return ["plots skipped: matplotlib is not installed (pip install -r benchmarks/requirements-peers.txt)"]
     directory.mkdir(parents=True, exist_ok=True)
     written = []
+
+    def bars(values: dict[str, float], label: str, filename: str) -> None:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = sorted(values, key=values.__getitem__)
+        ax.barh(names, [values[n] for n in names])
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_title("track()-equivalent, 3 properties")
+        fig.tight_layout()
+        fig.savefig(directory / filename, dpi=120)
+        plt.close(fig)
+        written.append(str(directory / filename))
+
     if track_cpu:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        names = sorted(track_cpu, key=track_cpu.get)  # type: ignore[arg-type]
-        ax.barh(names, [track_cpu[n] / US for n in names])
-        ax.set_xscale("log")
-        ax.set_xlabel("thread-CPU µs per call (log scale)")
-        ax.set_title("track()-equivalent, 3 properties")
-        fig.tight_layout()
-        fig.savefig(directory / "track_per_peer.png", dpi=120)
-        plt.close(fig)
-        written.append(str(directory / "track_per_peer.png"))
+        bars({k: v / US for k, v in track_cpu.items()}, "thread-CPU µs per call (log scale)", "track_per_peer.png")
     if instructions:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        names = sorted(instructions, key=instructions.get)  # type: ignore[arg-type]
-        ax.barh(names, [instructions[n] for n in names])
-        ax.set_xscale("log")
-        ax.set_xlabel("instructions per call, main thread (callgrind, log scale)")
-        ax.set_title("track()-equivalent, 3 properties")
-        fig.tight_layout()
-        fig.savefig(directory / "track_instructions.png", dpi=120)
-        plt.close(fig)
-        written.append(str(directory / "track_instructions.png"))
+        bars({k: float(v) for k, v in instructions.items()},
+             "instructions per call, main thread (callgrind, log scale)", "track_instructions.png")
     if curves:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for name, ys in curves.items():
@@ -667,6 +700,17 @@ def plots(directory: Path, track_cpu: dict[str, float], curves: dict[str, list[f
         fig.savefig(directory / "track_vs_properties.png", dpi=120)
         plt.close(fig)
         written.append(str(directory / "track_vs_properties.png"))
+    if delivery:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot(list(delivery), list(delivery.values()), marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("batch_size (events per batch, log scale)")
+        ax.set_ylabel("events delivered per second")
+        ax.set_title("flush of queued events to the collector over loopback")
+        fig.tight_layout()
+        fig.savefig(directory / "delivery_vs_batch_size.png", dpi=120)
+        plt.close(fig)
+        written.append(str(directory / "delivery_vs_batch_size.png"))
     return written
 
 
@@ -677,8 +721,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small counts: under a minute")
     parser.add_argument("--callgrind", action="store_true", help="instructions per call under valgrind, not timings")
-    parser.add_argument("--only", default="track,props,middleware,memory",
-                        help="comma-separated sections: track, props, middleware, memory (default: all)")
+    parser.add_argument("--only", default="track,props,middleware,flush,memory",
+                        help="comma-separated sections: track, props, middleware, flush, memory (default: all)")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}")
     parser.add_argument("--rounds", type=int, help="rounds per measurement (default 15, quick 5)")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="also write PNG charts into DIR")
@@ -704,6 +748,7 @@ def main() -> int:
     track_cpu: dict[str, float] = {}
     curves: dict[str, list[float]] = {}
     instructions: dict[str, int] = {}
+    delivery: dict[int, float] = {}
     sizes = [0, 16] if args.quick else [0, 1, 2, 4, 8, 16]
 
     with servers() as (collector_url, sink_url):
@@ -748,6 +793,11 @@ def main() -> int:
                         notes.append(f"{peer.name} shutdown: {exc!r}")
                 sqreen_mw.shutdown(2)
             notes.append(f"sink received {_peers.sink_stats(sink_url)}")
+    if "flush" in sections and not args.callgrind:
+        text, delivery = bench_flush([500, 1000] if args.quick else [100, 500, 1000, 2000, 5000],
+                                     20_000 if args.quick else 100_000)
+        outputs.append(text)
+        print(text + "\n", flush=True)
     if "memory" in sections and not args.callgrind:
         text = bench_memory(200_000 if args.quick else 1_000_000)
         outputs.append(text)
@@ -755,7 +805,7 @@ def main() -> int:
     if args.callgrind:
         print("\n" + "\n\n".join(outputs))
     if args.plots:
-        notes += [f"wrote {p}" for p in plots(args.plots, track_cpu, curves, sizes, instructions)]
+        notes += [f"wrote {p}" for p in plots(args.plots, track_cpu, curves, sizes, instructions, delivery)]
     for note in notes:
         print(note)
     load = os.getloadavg()

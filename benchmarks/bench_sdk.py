@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import gc
 import io
+import json
 import logging
 import os
 import platform
@@ -29,6 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
+
+from _timing import asgi_loop, interleave, wsgi_loop
+from _timing import first as first_clock
 
 import sqreen_mw
 from sqreen_mw._body import ASGIBodyTee
@@ -90,24 +94,8 @@ def measure(
     before: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
     """Per-call ns of each variant for each round; variants interleaved, order alternating between rounds."""
-    names = list(variants)
-    for name in names:  # warm-up: code paths, caches, lazy middleware stacks, the flusher thread
-        if before:
-            before()
-        variants[name](max(n // 5, 50))
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            if before:
-                before()
-            gc.collect()
-            gc.disable()
-            try:
-                elapsed = variants[name](n)
-            finally:
-                gc.enable()
-            out[name].append(elapsed / n)
-    return out
+    res = interleave(variants, n, rounds, warmup=max(n // 5, 50), before=before)
+    return {name: [elapsed / n for elapsed in values] for name, values in res.items()}
 
 
 def med(values: list[float]) -> float:
@@ -208,6 +196,25 @@ def wsgi_environ(method: str = "GET", path: str = "/", body: bytes = b"") -> dic
 POST_BODY = b'{"item": "book", "quantity": 2, "gift": false}'
 
 
+async def receive() -> dict[str, Any]:
+    """ASGI ``receive`` of the POST requests: the whole JSON body at once (GET handlers never call it)."""
+    return {"type": "http.request", "body": POST_BODY, "more_body": False}
+
+
+async def send(message: dict[str, Any]) -> None:
+    pass
+
+
+def status_recorder(statuses: list[Any]) -> Callable[[dict[str, Any]], Any]:
+    """An ASGI ``send`` that appends the response status to ``statuses``."""
+
+    async def check_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    return check_send
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 1. track()
 
@@ -277,6 +284,31 @@ def bench_track(client: sqreen_mw.Client, report: Report, n: int, rounds: int, c
         finally:
             current_context.reset(token)
 
+    # A POST whose JSON body the app read through the middleware's tee, asked for with collect_body=True (the body is
+    # parsed and attached to each event; scrubbing it is the flusher's work)
+    body_tee = ASGIBodyTee(_never_receive, client.max_body_bytes)
+    body_tee.feed(POST_BODY, True)
+    body_ctx = RequestContext(ASGI, asgi_scope("POST", "/api/orders", b"", body=POST_BODY), body_tee)
+    body_ctx.info(client.resolver)
+
+    def track_body(n: int) -> None:
+        token = current_context.set(body_ctx)
+        try:
+            for _ in range(n):
+                track(EVENT, properties={"item": "book", "quantity": 2, "gift": False}, collect_body=True)
+        finally:
+            current_context.reset(token)
+
+    token = current_context.set(body_ctx)
+    try:
+        track(EVENT, properties={}, collect_body=True)
+        record = client.queue.take(len(client.queue))[-1]
+        client.queue.done()
+    finally:
+        current_context.reset(token)
+    if record[7] != json.loads(POST_BODY):  # (…, captured, body, size, blocked): the body must be in the event
+        raise SystemExit(f"track(collect_body=True) did not attach the request body: {record!r}")
+
     dropped_before = dict(client.queue.dropped)
     res = measure(
         {
@@ -286,6 +318,7 @@ def bench_track(client: sqreen_mw.Client, report: Report, n: int, rounds: int, c
             "client_outside": timed(client_track_outside),
             "client_full": timed(client_track_full),
             "inside": timed(track_inside),
+            "body": timed(track_body),
         },
         n,
         rounds,
@@ -378,6 +411,7 @@ def bench_track(client: sqreen_mw.Client, report: Report, n: int, rounds: int, c
         raise SystemExit("the full queue dropped nothing")
     full.shutdown(timeout=0.1)
     track_row("track() in a request, steady state", res["inside"], 2000)
+    track_row(f"  collect_body=True (POST, {len(POST_BODY)} B JSON body read)", res["body"], None)
     for kind, label in (("get", "GET"), ("post", "POST+JSON body")):
         first_v, next_v = first[kind]["first"], first[kind]["next"]
         track_row(f"track() in a request, 1st call ({label})", first_v, None)
@@ -441,27 +475,13 @@ def bench_asgi(client: sqreen_mw.Client, report: Report, n: int, rounds: int) ->
     apps = build_asgi_apps(client)
     statuses: list[int] = []
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": POST_BODY, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        pass
-
-    async def check_send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
+    check_send = status_recorder(statuses)
 
     get_scope = asgi_scope("GET", "/", b"")
     post_scope = asgi_scope("POST", "/api/orders", b"", body=POST_BODY)
 
     def loop_for(app: Any, scope: dict[str, Any], lp: asyncio.AbstractEventLoop) -> Callable[[int], int]:
-        async def run(n: int) -> int:
-            t0 = CLOCK()
-            for _ in range(n):
-                await app(dict(scope), receive, send)
-            return CLOCK() - t0
-
-        return lambda n: lp.run_until_complete(run(n))
+        return first_clock(asgi_loop(app, scope, lp, receive, send, (CLOCK,)))
 
     lp = asyncio.new_event_loop()
     try:
@@ -543,34 +563,8 @@ def bench_wsgi(client: sqreen_mw.Client, report: Report, n: int, rounds: int, fl
     get_env = wsgi_environ("GET", "/")
     post_env = wsgi_environ("POST", "/api/orders", POST_BODY)
 
-    def call(app: Any, env: dict[str, Any], sr: Any) -> None:
-        result = app(env, sr)
-        for _ in result:
-            pass
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-
     def loop_for(app: Any, base: dict[str, Any]) -> Callable[[int], int]:
-        post = base["REQUEST_METHOD"] == "POST"
-
-        def run(n: int) -> int:
-            sr = start_response
-            bytes_io = io.BytesIO
-            t0 = CLOCK()
-            for _ in range(n):
-                env = base.copy()
-                if post:
-                    env["wsgi.input"] = bytes_io(POST_BODY)
-                result = app(env, sr)
-                for _chunk in result:
-                    pass
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-            return CLOCK() - t0
-
-        return run
+        return first_clock(wsgi_loop(app, base, start_response, POST_BODY, (CLOCK,)))
 
     for name, (bare, wrapped) in apps.items():
         # Flask: ~50-100x slower per request than the raw app, so shorter rounds and 3x as many (the delta is a few
@@ -579,9 +573,7 @@ def bench_wsgi(client: sqreen_mw.Client, report: Report, n: int, rounds: int, fl
         for method, base in (("GET", get_env), ("POST", post_env)):
             for app in (bare, wrapped):
                 statuses.clear()
-                env = base.copy()
-                env["wsgi.input"] = io.BytesIO(POST_BODY)
-                call(app, env, check_start_response)
+                wsgi_loop(app, base, check_start_response, POST_BODY)(1)
                 assert statuses == ["200 OK"], (name, method, statuses)
             res = measure({"bare": loop_for(bare, base), "mw": loop_for(wrapped, base)}, count, reps)
             _middleware_row(report, f"WSGI {name} {method}", res, 2000, "≤ +2 µs")
@@ -909,24 +901,10 @@ def bench_one_event(client: sqreen_mw.Client, report: Report, asgi_n: int, flask
         client.queue.take(len(client.queue))
         client.queue.done()
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": POST_BODY, "more_body": False}
+    check_send = status_recorder(statuses)
 
-    async def send(message: dict[str, Any]) -> None:
-        pass
-
-    async def check_send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    def asgi_loop(app: Any, scope: dict[str, Any], lp: asyncio.AbstractEventLoop) -> Callable[[int], int]:
-        async def run(n: int) -> int:
-            t0 = CLOCK()
-            for _ in range(n):
-                await app(dict(scope), receive, send)
-            return CLOCK() - t0
-
-        return lambda n: lp.run_until_complete(run(n))
+    def one_asgi(app: Any, scope: dict[str, Any], lp: asyncio.AbstractEventLoop) -> Callable[[int], int]:
+        return first_clock(asgi_loop(app, scope, lp, receive, send, (CLOCK,)))
 
     def write(data: bytes) -> None:
         pass
@@ -935,25 +913,8 @@ def bench_one_event(client: sqreen_mw.Client, report: Report, asgi_n: int, flask
         statuses.append(status)
         return write
 
-    def wsgi_loop(app: Any, base: dict[str, Any]) -> Callable[[int], int]:
-        post = base["REQUEST_METHOD"] == "POST"
-
-        def run(n: int) -> int:
-            bytes_io = io.BytesIO
-            t0 = CLOCK()
-            for _ in range(n):
-                env = base.copy()
-                if post:
-                    env["wsgi.input"] = bytes_io(POST_BODY)
-                result = app(env, start_response)
-                for _chunk in result:
-                    pass
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-            return CLOCK() - t0
-
-        return run
+    def one_wsgi(app: Any, base: dict[str, Any]) -> Callable[[int], int]:
+        return first_clock(wsgi_loop(app, base, start_response, POST_BODY, (CLOCK,)))
 
     report.section(
         f"one tracked event per request, in process (median of {rounds} rounds): throughput of the app with the "
@@ -970,7 +931,7 @@ def bench_one_event(client: sqreen_mw.Client, report: Report, asgi_n: int, flask
                 lp.run_until_complete(app(dict(scope), receive, check_send))
                 assert statuses == [200], ("starlette", method, statuses)
             assert client.queue.tracked == tracked_before + 1, "the tracked app did not queue its event"
-            res = measure({"bare": asgi_loop(bare, scope, lp), "mw": asgi_loop(tracked, scope, lp)}, asgi_n, rounds,
+            res = measure({"bare": one_asgi(bare, scope, lp), "mw": one_asgi(tracked, scope, lp)}, asgi_n, rounds,
                           before=drain)
             _one_event_row(report, f"Starlette hello {method}{' JSON' if method == 'POST' else ''}", res, 0.80)
     finally:
@@ -980,9 +941,9 @@ def bench_one_event(client: sqreen_mw.Client, report: Report, asgi_n: int, flask
         base = one_event_environ(method)
         for app in (bare_f, tracked_f):
             statuses.clear()
-            wsgi_loop(app, base)(1)
+            one_wsgi(app, base)(1)
             assert statuses == ["200 OK"], ("flask", method, statuses)
-        res = measure({"bare": wsgi_loop(bare_f, base), "mw": wsgi_loop(tracked_f, base)}, flask_n, 3 * rounds,
+        res = measure({"bare": one_wsgi(bare_f, base), "mw": one_wsgi(tracked_f, base)}, flask_n, 3 * rounds,
                       before=drain)
         _one_event_row(report, f"Flask hello {method}{' JSON' if method == 'POST' else ''}", res, 0.95)
     drain()

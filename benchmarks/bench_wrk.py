@@ -8,9 +8,12 @@ the peer's middleware with ``track`` replaced by the peer's event call, sending 
 ``sqreen_mw`` a real ``sqreen-mw serve`` collector (fresh SQLite database) receives the events at default SDK settings;
 after the app has stopped (SIGTERM: it flushes) the events stored are counted against the events tracked.
 
-Reported per variant: req/s, p99 latency (wrk ``--latency``), ratio to bare req/s, and the app's all-in CPU per request
-(utime + stime of the server's whole process tree from ``/proc/<pid>/stat`` over the wrk run, senders included), which
-for ``sqreen_mw`` is also CPU per delivered event. wrk runs on the same 2 CPUs as the server: compare within one run.
+Reported per variant: req/s, p99 latency (wrk ``--latency``), ratio to bare req/s, and the app's all-in CPU per request:
+"wrk" = utime + stime of the server's whole process tree from ``/proc/<pid>/stat`` over the wrk run (senders included);
+"to exit" = from the start of the wrk run to the server's exit (SIGTERM, reaped with ``os.wait4``: its own and its
+workers' CPU, every thread), so the events still queued when wrk stops, flushed at exit, are counted too; "Δ vs bare"
+is that minus bare's, i.e. for ``sqreen_mw`` the all-in CPU of one tracked and delivered event (middleware, track,
+the flusher's serialization, gzip and HTTP). wrk runs on the same 2 CPUs as the server: compare within one run.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import _peers  # noqa: E402
+from _timing import table, tree_cpu  # noqa: E402
 
 from tests.support import API_KEY, free_port, spawn, start_collector, stop_process, wait_http  # noqa: E402
 
@@ -42,31 +46,6 @@ SERVERS = {
     "fastapi/uvicorn": ["uvicorn", "benchmarks._wrk_app:app", "--no-access-log", "--log-level", "warning"],
     "flask/gunicorn -w 2": ["gunicorn", "-w", "2", "--log-level", "warning", "benchmarks._wrk_app:app"],
 }
-
-
-def tree_cpu(pid: int) -> float:
-    """utime + stime, in seconds, of the process and all its descendants."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    times: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = int(fields[11]) + int(fields[12])
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        p = frontier.pop()
-        for child, parent in parents.items():
-            if parent == p and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return sum(times.get(p, 0) for p in tree) / tick
 
 
 def parse_wrk(text: str) -> dict[str, Any]:
@@ -141,6 +120,9 @@ def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Pat
             wall = time.perf_counter() - t0
             result.update(parse_wrk(wrk.stdout))
             result.update(cpu=cpu, wall=wall, warm=warm)
+            lifetime = stop_and_measure(proc, timeout=30)
+            if lifetime is not None:  # the run and everything after it: the final flush at exit included
+                result["cpu_to_exit"] = lifetime - cpu0
         finally:
             stop_process(proc, signal.SIGTERM, timeout=30)
     finally:
@@ -151,6 +133,20 @@ def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Pat
             result["stored"] = conn.execute("SELECT count(*) FROM events WHERE name = 'order.viewed'").fetchone()[0]
         result["tracked"] = result["warm"] + result["requests"] - result["non2xx"]
     return result
+
+
+def stop_and_measure(proc: subprocess.Popen[str], timeout: float) -> float | None:
+    """SIGTERM the server's process group, reap it, and return the CPU seconds of its whole life: its own and its
+    reaped children's (gunicorn's workers), every thread, so the final flush at exit is counted; None if it hangs."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        time.sleep(0.05)
+    return None  # stop_process kills it
 
 
 def issue_token_with(secret: str, issue: Any) -> str:
@@ -179,7 +175,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp_name, _peers.sink() as sink_url:
         for server in args.servers.split(","):
-            bare_rps = None
+            bare: dict[str, Any] | None = None
             for variant in args.variants.split(","):
                 try:
                     r = run_variant(server, variant, seconds, sink_url, Path(tmp_name))
@@ -187,21 +183,25 @@ def main() -> int:
                     print(f"  {server} {variant}: failed: {exc}", flush=True)
                     continue
                 if variant == "bare":
-                    bare_rps = r["rps"]
-                ratio = f"{r['rps'] / bare_rps:.2f}" if bare_rps else ""
-                per_req = r["cpu"] / max(r["requests"], 1) * 1e6
+                    bare = r
+                requests = max(r["requests"], 1)
+                per_req = r["cpu"] / requests * 1e6
+                to_exit = r["cpu_to_exit"] / requests * 1e6 if "cpu_to_exit" in r else float("nan")
+                ratio = over_bare = ""
+                if bare:
+                    ratio = f"{r['rps'] / bare['rps']:.2f}"
+                    if "cpu_to_exit" in bare:
+                        over_bare = f"{to_exit - bare['cpu_to_exit'] / max(bare['requests'], 1) * 1e6:+.0f}"
                 delivered = ""
                 if "stored" in r:
                     delivered = f"{r['stored']:,} stored / {r['tracked']:,} tracked"
-                rows.append((server, variant, f"{r['rps']:,.0f}", f"{r['p99_ms']:.1f}", ratio,
-                             f"{per_req:.0f}", f"{r['cpu'] / r['wall'] * 100:.0f} %", str(r["non2xx"]), delivered))
+                rows.append((server, variant, f"{r['rps']:,.0f}", f"{r['p99_ms']:.1f}", ratio, f"{per_req:.0f}",
+                             f"{to_exit:.0f}", over_bare, f"{r['cpu'] / r['wall'] * 100:.0f} %", str(r["non2xx"]),
+                             delivered))
                 print(f"  {rows[-1]}", flush=True)
-    headers = ("server", "variant", "req/s", "p99 ms", "÷ bare", "CPU µs/req (all-in)", "app CPU", "non-2xx",
-               "events")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    headers = ("server", "variant", "req/s", "p99 ms", "÷ bare", "CPU µs/req (wrk)", "CPU µs/req (to exit)",
+               "Δ vs bare", "app CPU", "non-2xx", "events")
+    print(table(headers, rows))
     load = os.getloadavg()
     print(f"load at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0
