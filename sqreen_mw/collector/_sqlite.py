@@ -325,15 +325,18 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
+            counted: list[tuple[int, EventRecord]] = []
             for write in group:
-                write.fresh = self._insert(db, write)
+                write.fresh = self._insert(db, write, counted)
+            # Once for the whole group: a key (an hour's IP, user...) shared by its batches is one upsert, not one each.
+            update_rollups(db, counted)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, write: _Write) -> list[EventRecord]:
+    def _insert(db: sqlite3.Connection, write: _Write, counted: list[tuple[int, EventRecord]]) -> list[EventRecord]:
         events = write.events
         # Rows get explicit seqs first..first+n-1; INSERT OR IGNORE skips known ids (dedup), so the seqs present
         # afterwards are exactly the new events, whose user values then go to event_users.
@@ -351,7 +354,7 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
             "INSERT OR IGNORE INTO event_users VALUES (?, ?, ?)",
             sorted([(value, e.ts, seq) for seq, e in fresh for value in e.users]),
         )
-        update_rollups(db, fresh)
+        counted += fresh
         return list(events) if accepted == len(events) else [e for _, e in fresh]
 
     def query_events(self, query: EventQuery) -> list[EventRecord]:
