@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import math
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +14,7 @@ from hypothesis import strategies as st
 from sqreen_mw._exceptions import InvalidEvent
 from sqreen_mw._schema import REDACTED
 from sqreen_mw._scrub import Scrubber
-from sqreen_mw.importer import _canonical, _command, _events, _source
+from sqreen_mw.importer import _canonical, _events, _source
 from sqreen_mw.importer._canonical import RowScrubber, stdlib_canonical
 from sqreen_mw.importer._events import EventMaker, _timestamp, _wire_timestamp
 
@@ -81,7 +78,7 @@ def test_a_file_in_time_order_gets_ids_in_order() -> None:
     start = datetime(2024, 5, 1, tzinfo=UTC)
     ids = [
         maker.event({"name": f"e{i % 3}", "timestamp": (start + timedelta(milliseconds=7 * i)).isoformat(),
-                     "properties": {"i": f"{i:03}"}})["id"]
+                     "properties": {"i": i}})["id"]
         for i in range(300)
     ]  # fmt: skip
     assert ids == sorted(ids)
@@ -222,43 +219,3 @@ def test_json_lines_read_alike_with_orjson_and_the_stdlib(lines: list[bytes]) ->
     with pytest.MonkeyPatch.context() as patch:
         fast, slow = _rows(lines, patch, True), _rows(lines, patch, False)
     assert repr(fast) == repr(slow)  # repr: NaN != NaN, and -0.0 == 0.0 would hide a difference
-
-
-def test_a_batch_ends_at_its_event_count_or_its_byte_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sizes: list[tuple[int, int]] = []
-
-    class Recorder:
-        failure = None
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def put(self, batch: Any) -> None:
-            sizes.append((len(batch.events), sum(map(len, batch.events))))
-
-        def close(self) -> None:
-            pass
-
-    path = tmp_path / "rows.jsonl"
-    row = {"name": "e", "timestamp": "2024-05-01T10:00:00Z"}
-    path.write_text("".join(json.dumps({**row, "properties": {"i": f"{i:03}"}}) + "\n" for i in range(100)))
-    monkeypatch.setattr(_command, "Sender", Recorder)
-    parser = argparse.ArgumentParser()
-    _command.add_arguments(parser)
-    assert parser.parse_args([str(path)]).batch_size == _command.MAX_BATCH  # the collector's limit by default
-
-    def batches(*argv: str) -> list[tuple[int, int]]:
-        sizes.clear()
-        args = parser.parse_args([str(path), "-q", *argv])
-        maker = EventMaker(Scrubber(), "app")
-        source = _source.open_source(str(path))
-        try:
-            assert _command._import(args, source, None, maker, io.StringIO()) == _command.EXIT_OK  # type: ignore[arg-type]
-        finally:
-            source.close()
-        return sizes
-
-    assert [n for n, _ in batches("--batch-size", "30")] == [30, 30, 30, 10]
-    one = batches()[0][1] // 100  # every event has the same size here
-    monkeypatch.setattr(_command, "BATCH_BYTES", one * 25)
-    assert [n for n, _ in batches()] == [25, 25, 25, 25]
