@@ -136,9 +136,19 @@ _nasty = st.sampled_from(
 @settings(max_examples=400, deadline=None)
 @given(_json_trees.map(lambda v: json.dumps(v).encode()) | _nasty)
 def test_fast_loads_decodes_like_the_stdlib(raw: bytes) -> None:
-    fast, slow = _outcome(_fastjson.loads, raw), _outcome(_fastjson.stdlib_loads, raw)
-    assert fast[0] == slow[0]
-    assert _same(fast[1], slow[1]) if fast[0] == "ok" else fast[1] == slow[1]  # the stdlib's words for bad JSON
+    slow = _outcome(_fastjson.stdlib_loads, raw)
+    for loads in (_fastjson.loads, lambda raw: _fastjson.loads_scanned(raw, raw.translate(_fastjson.SCAN))):
+        fast = _outcome(loads, raw)
+        assert fast[0] == slow[0]
+        assert _same(fast[1], slow[1]) if fast[0] == "ok" else fast[1] == slow[1]  # the stdlib's words for bad JSON
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64) | _json_trees.map(lambda v: json.dumps(v).encode()))
+def test_the_scan_counts_what_count_values_counts_first(raw: bytes) -> None:
+    quick = raw.count(b"{") + raw.count(b"[") + raw.count(b",") + 1
+    assert raw.translate(_fastjson.SCAN).count(b"{") + 1 == quick
+    assert (b"0" * 19 in raw.translate(_fastjson.SCAN)) == (b"0" * 19 in raw.translate(_fastjson._DIGITS))
 
 
 @settings(max_examples=400, deadline=None)
