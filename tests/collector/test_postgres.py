@@ -99,8 +99,32 @@ def test_migrate_command_creates_the_schema(postgres_url: str, capsys: pytest.Ca
     assert main(["migrate", "--db", postgres_url]) == 0
     assert "schema up to date" in capsys.readouterr().out
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (2,)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
     PostgresStorage(postgres_url, migrate=False).close()  # now usable without migrating
+
+
+def test_a_version_2_database_is_migrated_to_the_narrow_index_of_ip_texts(postgres_url: str) -> None:
+    storage = PostgresStorage(postgres_url)
+    storage.insert_events([_record(0), _record(1)._replace(client_ip="unknown"), _record(2)._replace(client_ip=None)])
+    storage.close()
+    with psycopg.connect(postgres_url) as conn:  # as schema version 2 left it
+        conn.execute("DROP INDEX events_iptext_ts")
+        conn.execute("CREATE INDEX events_ip_ts ON events (client_ip, ts, seq)")
+        conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match="schema version 2"):
+        PostgresStorage(postgres_url, migrate=False)
+    storage = PostgresStorage(postgres_url)
+    try:
+        with storage._tx() as conn:
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
+            indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"))
+        assert "events_ip_ts" not in indexes and "WHERE (ip_key IS NULL)" in indexes["events_iptext_ts"], indexes
+        assert [e.client_ip for e in storage.query_events(EventQuery(ip="unknown"))] == ["unknown"]
+        assert [e.client_ip for e in storage.query_events(EventQuery(ip="203.0.113.7"))] == ["203.0.113.7"]
+        assert storage.insert_events([_record(3)._replace(client_ip="unknown")]) == (1, 0)
+        assert len(storage.query_events(EventQuery(ip="unknown"))) == 2
+    finally:
+        storage.close()
 
 
 def test_migrate_command_names_an_unreachable_database(capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,6 +225,7 @@ _LISTINGS = [
     EventQuery(limit=100),
     EventQuery(name="login", limit=100),
     EventQuery(ip="203.0.113.7", limit=100),
+    EventQuery(ip="unknown", limit=100),  # no address: the text as stored
     EventQuery(user="u7@example.com", limit=100),
     EventQuery(user="u7@example.com", name="login", limit=100, after=(1_700_010_000.0, 10**9)),
     EventQuery(since=1_700_000_000.0, until=1_700_020_000.0, limit=100),
@@ -210,8 +235,10 @@ _LISTINGS = [
 def test_every_listing_walks_an_index_without_sorting(storage: PostgresStorage) -> None:
     for start in range(0, 30_000, 5000):
         storage.insert_events([_record(i, user=f"u{i % 50}@example.com") for i in range(start, start + 5000)])
+    storage.insert_events([_record(i)._replace(client_ip="unknown") for i in range(200)])
     with storage._tx() as conn:
         conn.execute("ANALYZE")
+    assert len(storage.query_events(EventQuery(ip="unknown", limit=500))) == 200
     for query in _LISTINGS:
         plan = "\n".join(storage.query_plan(query))
         assert "Sort" not in plan and "Seq Scan" not in plan, (query, plan)
@@ -241,11 +268,22 @@ def test_a_counting_failure_after_the_batch_is_stored_is_logged_and_counted(
 
 def test_a_batch_failing_after_its_events_were_inserted_stores_nothing(storage: PostgresStorage) -> None:
     good = _record(0, user="a@example.com")
-    bad = _record(1)._replace(users=(object(),))  # the events insert, then their user rows fail: one transaction
-    with pytest.raises(TypeError):  # sorting the user rows, after the events' INSERT ran
-        storage.insert_events([good, bad])
+    with storage._tx() as conn:  # the events' rows are in, then their user rows fail: one transaction
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " IF (SELECT count(*) FROM events) > 0 THEN RAISE EXCEPTION 'refused after the events'; END IF;"
+                     " RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON event_users FOR EACH ROW EXECUTE FUNCTION refuse()")
+    with pytest.raises(psycopg.errors.RaiseException, match="refused after the events"):
+        storage.insert_events([good, _record(1)])
     assert storage.query_events(EventQuery()) == []
+    with storage._tx() as conn:
+        conn.execute("DROP TRIGGER refuse ON event_users")
+        assert conn.execute("SELECT count(*) FROM explorer_minute").fetchone() == (0,)  # the counts went too
     assert storage.insert_events([good]) == (1, 0)  # nothing of it was kept, and the pool is usable again
+    bad = _record(1)._replace(users=(object(),))  # a value that cannot be sent: nothing is stored either
+    with pytest.raises(psycopg.ProgrammingError):
+        storage.insert_events([_record(2), bad])
+    assert [e.id for e in storage.query_events(EventQuery())] == [good.id]
 
 
 def test_a_change_heard_after_a_newer_own_change_is_still_loaded(postgres_url: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from .._records import AgentSession, EventQuery, EventRecord, ip_key
 from .._sqlite import _encode, _event_ip_key
 from . import StorageUnavailable, UnstorableText, redact
 from ._automation import AutomationTables
-from ._explorer import ExplorerQueries, update_rollups
+from ._explorer import COUNT_FRESH, SHARDS, ExplorerQueries, rollup_keys
 from ._hits import HitTables
 from ._schema import prepare_schema
 
@@ -32,20 +33,33 @@ __all__ = ["PostgresStorage"]
 logger = logging.getLogger("sqreen_mw.collector")
 
 _EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body"
-# One statement per batch whatever its size: the rows travel as ten arrays, unnested in order, in binary (%b): text
-# arrays in text format cost a regular-expression escape per element, 4x the whole insert (measured). ON CONFLICT on the
-# unique id skips events already stored, by this replica or another (which waits for the other's commit first).
-_INSERT_EVENTS = """
-INSERT INTO events (id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body, ip_key)
-SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::text[], %b::text[], %b::text[],
-                     %b::text[], %b::text[], %b::text[], %b::bytea[])
-ON CONFLICT (id) DO NOTHING RETURNING id, seq
-"""
-_INSERT_USERS = """
-INSERT INTO event_users (value, ts, seq, name)
-SELECT * FROM unnest(%b::text[], %b::float8[], %b::bigint[], %b::text[])
-ON CONFLICT DO NOTHING
-"""
+# One statement, one round trip per batch whatever its size: the rows travel as arrays, unnested in order, in binary
+# (%b): text arrays in text format cost a regular-expression escape per element, 4x the whole insert (measured).
+# ON CONFLICT on the unique id skips events already stored, by this replica or another (which waits for the other's
+# commit first); only the rows it stored ("fresh") get user rows and are counted in the rollups, in the same
+# statement (:data:`._explorer.COUNT_FRESH`), so the counting costs no Python loop and no further round trip.
+_STORE_BATCH = f"""
+WITH batch AS MATERIALIZED (
+    SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::text[], %b::text[], %b::text[],
+                         %b::text[], %b::text[], %b::text[], %b::bytea[], %b::bigint[], %b::bigint[], %b::text[],
+                         %b::text[])
+        WITH ORDINALITY AS b(id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body,
+                             ip_key, minute, hour, user_key, login, i)
+), stored AS (
+    INSERT INTO events (id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body,
+                        ip_key)
+    SELECT id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body, ip_key
+    FROM batch ON CONFLICT (id) DO NOTHING RETURNING id, seq
+), fresh AS MATERIALIZED (
+    SELECT s.seq, b.* FROM stored AS s JOIN batch AS b ON b.id = s.id COLLATE "C"
+), users AS (
+    INSERT INTO event_users (value, ts, seq, name)
+    SELECT DISTINCT u.value COLLATE "C", f.ts, f.seq, f.name
+    FROM unnest(%b::bigint[], %b::text[]) AS u(i, value) JOIN fresh AS f USING (i)
+    ORDER BY 1, 2, 3
+){COUNT_FRESH}
+SELECT id, seq FROM stored
+"""  # noqa: S608 - constants only
 _RETRIES = 3  # deadlocks between concurrent batches sharing ids: PostgreSQL aborts one, which is simply run again
 
 
@@ -82,9 +96,9 @@ def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
     if query.until is not None:
         where.append(f"{t}ts < %s")
         args.append(query.until)
-    if query.ip is not None:  # an address however written (its key), else the text as stored
+    if query.ip is not None:  # an address however written (its key), else the text as stored (no key either)
         key = ip_key(query.ip)
-        where.append("client_ip = %s" if key is None else "ip_key = %s")
+        where.append("ip_key IS NULL AND client_ip = %s" if key is None else "ip_key = %s")
         args.append(query.ip if key is None else key)
     if query.ip_range is not None:  # a network: a range of the sortable address keys
         where.append("ip_key BETWEEN %s AND %s")
@@ -182,30 +196,32 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
         in order, with their ``seq``. The explorer's rollups count them in the same transaction."""
         if not events:
             return []
+        ev = events
+        if len({e.id for e in ev}) != len(ev):  # a second event of the batch with an id is a duplicate: the first stays
+            first: dict[str, EventRecord] = {}
+            for e in ev:
+                first.setdefault(e.id, e)
+            ev = list(first.values())
         # Column by column: a comprehension per column costs half the row-by-row loop (measured), and the dotted
         # IPv4 fast path of the address key a fourteenth of ipaddress's parser.
-        ev = events
-        columns: list[list[Any]] = [
+        columns: list[Any] = [
             [e.id for e in ev], [e.name for e in ev], [e.ts for e in ev], [e.received_at for e in ev],
             [e.app for e in ev], [e.client_ip for e in ev], [_encode(e.properties) for e in ev],
             [None if e.user_identifiers is None else _encode(e.user_identifiers) for e in ev],
             [None if e.request is None else _encode(e.request) for e in ev],
             [None if e.body is None else _encode(e.body) for e in ev], [_event_ip_key(e.client_ip) for e in ev],
+            *rollup_keys(ev),
         ]  # fmt: skip
+        users = [(i, value) for i, e in enumerate(ev, 1) for value in e.users]
+        columns.extend([[u[0] for u in users], [u[1] for u in users]])
+        # Each batch adds to one rollup shard, drawn at random (see _explorer.SHARDS).
+        shard = random.randrange(SHARDS)  # noqa: S311 - spreading load, not a secret
+        columns.extend([shard, shard])  # minutes, hours
         for attempt in range(_RETRIES):
             try:
                 with self._tx() as conn:
-                    seqs = dict(conn.execute(_INSERT_EVENTS, columns).fetchall())
-                    fresh: list[EventRecord] = []
-                    for e in events:
-                        seq = seqs.pop(e.id, None)  # pop: a second event of the batch with that id is a duplicate
-                        if seq is not None:
-                            fresh.append(e._replace(seq=seq))
-                    users = sorted((value, e.ts, e.seq, e.name) for e in fresh for value in e.users)
-                    if users:
-                        conn.execute(_INSERT_USERS, [list(c) for c in zip(*users, strict=True)])
-                    update_rollups(conn, fresh)
-                    return fresh
+                    seqs = dict(conn.execute(_STORE_BATCH, columns).fetchall())
+                    return [e._replace(seq=seqs[e.id]) for e in ev if e.id in seqs]
             except pg_errors.TransactionRollback:
                 if attempt == _RETRIES - 1:
                     raise
