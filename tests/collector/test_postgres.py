@@ -127,6 +127,55 @@ def test_a_version_2_database_is_migrated_to_the_narrow_index_of_ip_texts(postgr
         storage.close()
 
 
+def test_event_json_is_stored_as_ascii_text_that_reads_back_the_same(storage: PostgresStorage) -> None:
+    import json
+
+    properties = {"e": "\u00e9t\u00e9", "f": 1e16, "g": 0.1, "big": 2**70, "del": "\x7f", "lone": "\ud800",
+                  "n": [1, None]}
+    plain = {"a": "b", "x": 1.5, "ok": True}
+    records = [_record(0)._replace(properties=properties), _record(1)._replace(properties=plain)]
+    storage.insert_events(records)
+    with storage._tx() as conn:
+        texts = [r[0] for r in conn.execute("SELECT properties FROM events ORDER BY ts")]
+    assert all(t.isascii() for t in texts), texts
+    assert [json.loads(t) for t in texts] == [properties, plain]
+    assert sorted(e.properties.get("g", 0) for e in storage.query_events(EventQuery())) == [0, 0.1]
+
+
+def test_past_hours_rollup_shards_fold_into_one_row_per_key(storage: PostgresStorage) -> None:
+    storage._next_fold = float("inf")  # folded by hand below, not after the first batch
+    t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600
+    records = [
+        _record(i, user=f"u{i % 5}@example.com")._replace(name=f"n{i % 3}", client_ip=f"198.51.100.{i % 7}",
+                                                         ts=t0 + i * 30.0)
+        for i in range(600)  # five hours
+    ]  # fmt: skip
+    for lo in range(0, len(records), 10):  # 60 batches, each adding to a shard drawn at random
+        storage.insert_events(records[lo : lo + 10])
+    views = [(t0, t0 + 5 * 3600, 3600), (t0, t0 + 5 * 3600, 600), (t0 + 3600, t0 + 2 * 3600, 60)]
+    before = [storage.overview(*view) for view in views]
+
+    def rows(table: str, key: str) -> tuple[int, int]:
+        with storage._tx() as conn:
+            return conn.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {table}").fetchone()  # type: ignore[no-any-return]  # noqa: S608
+
+    assert rows("explorer_hour", "kind, hour, value")[0] > rows("explorer_hour", "kind, hour, value")[1]
+    now = t0 + 9 * 3600
+    assert storage.fold_rollups(now=t0 + 5 * 3600) == t0 // 3600 + 4  # the hour before the current one waits
+    folded = [storage.fold_rollups(now=now) for _ in range(3)]
+    assert folded == [t0 // 3600 + 8, None, None]
+    after = [storage.overview(*view) for view in views]
+    assert after == before
+    for table, key in (("explorer_hour", "kind, hour, value"), ("explorer_minute", "minute, name")):
+        total, keys = rows(table, key)
+        assert total == keys, table  # one row per key
+    late = _record(9999)._replace(name="n0", client_ip="198.51.100.1", ts=t0 + 90.0)  # after its hour was folded
+    storage.insert_events([late])
+    overview = storage.overview(*views[0])
+    assert overview.total == before[0].total + 1 == 601
+    assert dict(overview.names)["n0"] == dict(before[0].names)["n0"] + 1
+
+
 def test_migrate_command_names_an_unreachable_database(capsys: pytest.CaptureFixture[str]) -> None:
     from ..support import free_port
 
