@@ -176,6 +176,17 @@ def test_past_hours_rollup_shards_fold_into_one_row_per_key(storage: PostgresSto
     assert dict(overview.names)["n0"] == dict(before[0].names)["n0"] + 1
 
 
+def test_a_batch_chosen_as_a_deadlock_victim_is_run_again(storage: PostgresStorage) -> None:
+    with storage._tx() as conn:  # the first attempt fails as PostgreSQL's deadlock detector makes it fail
+        conn.execute("CREATE SEQUENCE attempts")
+        conn.execute("CREATE FUNCTION victim() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " IF nextval('attempts') = 1 THEN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';"
+                     " END IF; RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER victim BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION victim()")
+    assert storage.insert_events([_record(0), _record(1)]) == (2, 0)
+    assert len(storage.query_events(EventQuery())) == 2
+
+
 def test_migrate_command_names_an_unreachable_database(capsys: pytest.CaptureFixture[str]) -> None:
     from ..support import free_port
 

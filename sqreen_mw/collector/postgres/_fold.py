@@ -25,9 +25,14 @@ _MAX_HOURS = 6  # hours folded per transaction at most, so a first fold of a lar
 _KINDS = [KIND_NAME, KIND_IP, KIND_USER, KIND_APP, KIND_LOGIN]
 _META_KEY = "rollups_folded_hour"
 
+# The shard rows are locked in key order and those a batch in flight holds are skipped (left for a later fold, or
+# for ever if the range is then behind the mark): a fold never waits for a batch, so it cannot deadlock with one.
 _FOLD_MINUTES = """
 WITH moved AS (
-    DELETE FROM explorer_minute WHERE minute >= %s AND minute < %s AND shard <> 0 RETURNING minute, name, n
+    DELETE FROM explorer_minute WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM explorer_minute WHERE minute >= %s AND minute < %s AND shard <> 0
+        ORDER BY minute, name, shard FOR UPDATE SKIP LOCKED
+    )) RETURNING minute, name, n
 )
 INSERT INTO explorer_minute (minute, name, n, shard)
 SELECT minute, name, sum(n), 0 FROM moved GROUP BY 1, 2 ORDER BY 1, 2
@@ -35,8 +40,10 @@ ON CONFLICT (minute, name, shard) DO UPDATE SET n = explorer_minute.n + excluded
 """
 _FOLD_HOURS = """
 WITH moved AS (
-    DELETE FROM explorer_hour WHERE kind = ANY(%s) AND hour >= %s AND hour < %s AND shard <> 0
-    RETURNING kind, hour, value, n
+    DELETE FROM explorer_hour WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM explorer_hour WHERE kind = ANY(%s) AND hour >= %s AND hour < %s AND shard <> 0
+        ORDER BY kind, hour, value, shard FOR UPDATE SKIP LOCKED
+    )) RETURNING kind, hour, value, n
 )
 INSERT INTO explorer_hour (kind, hour, value, n, shard)
 SELECT kind, hour, value, sum(n), 0 FROM moved GROUP BY 1, 2, 3 ORDER BY 1, 2, 3

@@ -67,6 +67,8 @@ WITH batch AS MATERIALIZED (
 ){COUNT_FRESH}
 SELECT id, seq FROM stored
 """  # noqa: S608 - constants only
+# Transactions PostgreSQL aborted to let others through; psycopg's DeadlockDetected is no TransactionRollback.
+_ROLLBACK = (pg_errors.TransactionRollback, pg_errors.DeadlockDetected)
 _RETRIES = 3  # deadlocks between concurrent batches sharing ids: PostgreSQL aborts one, which is simply run again
 
 
@@ -197,7 +199,7 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
         except PoolTimeout:
             raise StorageUnavailable(f"{self.where}: no database connection within {self._wait:g}s") from None
         except psycopg.OperationalError as exc:
-            if isinstance(exc, pg_errors.TransactionRollback | pg_errors.QueryCanceled):
+            if isinstance(exc, (*_ROLLBACK, pg_errors.QueryCanceled)):
                 raise
             raise StorageUnavailable(f"{self.where}: {str(exc).strip()[:300]}") from exc
 
@@ -247,7 +249,7 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
                     self._next_fold = time.monotonic() + FOLD_EVERY
                     self._fold_quietly()
                 return [e._replace(seq=seqs[e.id]) for e in ev if e.id in seqs]
-            except pg_errors.TransactionRollback:
+            except _ROLLBACK:
                 if attempt == _RETRIES - 1:
                     raise
             except psycopg.DataError as exc:  # NUL in a text column: the one value SQLite stores and PostgreSQL not
