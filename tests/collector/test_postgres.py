@@ -99,8 +99,92 @@ def test_migrate_command_creates_the_schema(postgres_url: str, capsys: pytest.Ca
     assert main(["migrate", "--db", postgres_url]) == 0
     assert "schema up to date" in capsys.readouterr().out
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (2,)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
     PostgresStorage(postgres_url, migrate=False).close()  # now usable without migrating
+
+
+def test_a_version_2_database_is_migrated_to_the_narrow_index_of_ip_texts(postgres_url: str) -> None:
+    storage = PostgresStorage(postgres_url)
+    storage.insert_events([_record(0), _record(1)._replace(client_ip="unknown"), _record(2)._replace(client_ip=None)])
+    storage.close()
+    with psycopg.connect(postgres_url) as conn:  # as schema version 2 left it
+        conn.execute("DROP INDEX events_iptext_ts")
+        conn.execute("CREATE INDEX events_ip_ts ON events (client_ip, ts, seq)")
+        conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match="schema version 2"):
+        PostgresStorage(postgres_url, migrate=False)
+    storage = PostgresStorage(postgres_url)
+    try:
+        with storage._tx() as conn:
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
+            indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"))
+        assert "events_ip_ts" not in indexes and "WHERE (ip_key IS NULL)" in indexes["events_iptext_ts"], indexes
+        assert [e.client_ip for e in storage.query_events(EventQuery(ip="unknown"))] == ["unknown"]
+        assert [e.client_ip for e in storage.query_events(EventQuery(ip="203.0.113.7"))] == ["203.0.113.7"]
+        assert storage.insert_events([_record(3)._replace(client_ip="unknown")]) == (1, 0)
+        assert len(storage.query_events(EventQuery(ip="unknown"))) == 2
+    finally:
+        storage.close()
+
+
+def test_event_json_is_stored_as_ascii_text_that_reads_back_the_same(storage: PostgresStorage) -> None:
+    import json
+
+    properties = {"e": "\u00e9t\u00e9", "f": 1e16, "g": 0.1, "big": 2**70, "del": "\x7f", "lone": "\ud800",
+                  "n": [1, None]}
+    plain = {"a": "b", "x": 1.5, "ok": True}
+    records = [_record(0)._replace(properties=properties), _record(1)._replace(properties=plain)]
+    storage.insert_events(records)
+    with storage._tx() as conn:
+        texts = [r[0] for r in conn.execute("SELECT properties FROM events ORDER BY ts")]
+    assert all(t.isascii() for t in texts), texts
+    assert [json.loads(t) for t in texts] == [properties, plain]
+    assert sorted(e.properties.get("g", 0) for e in storage.query_events(EventQuery())) == [0, 0.1]
+
+
+def test_past_hours_rollup_shards_fold_into_one_row_per_key(storage: PostgresStorage) -> None:
+    storage._next_fold = float("inf")  # folded by hand below, not after the first batch
+    t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600
+    records = [
+        _record(i, user=f"u{i % 5}@example.com")._replace(name=f"n{i % 3}", client_ip=f"198.51.100.{i % 7}",
+                                                         ts=t0 + i * 30.0)
+        for i in range(600)  # five hours
+    ]  # fmt: skip
+    for lo in range(0, len(records), 10):  # 60 batches, each adding to a shard drawn at random
+        storage.insert_events(records[lo : lo + 10])
+    views = [(t0, t0 + 5 * 3600, 3600), (t0, t0 + 5 * 3600, 600), (t0 + 3600, t0 + 2 * 3600, 60)]
+    before = [storage.overview(*view) for view in views]
+
+    def rows(table: str, key: str) -> tuple[int, int]:
+        with storage._tx() as conn:
+            return conn.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {table}").fetchone()  # type: ignore[no-any-return]  # noqa: S608
+
+    assert rows("explorer_hour", "kind, hour, value")[0] > rows("explorer_hour", "kind, hour, value")[1]
+    now = t0 + 9 * 3600
+    assert storage.fold_rollups(now=t0 + 5 * 3600) == t0 // 3600 + 4  # the hour before the current one waits
+    folded = [storage.fold_rollups(now=now) for _ in range(3)]
+    assert folded == [t0 // 3600 + 8, None, None]
+    after = [storage.overview(*view) for view in views]
+    assert after == before
+    for table, key in (("explorer_hour", "kind, hour, value"), ("explorer_minute", "minute, name")):
+        total, keys = rows(table, key)
+        assert total == keys, table  # one row per key
+    late = _record(9999)._replace(name="n0", client_ip="198.51.100.1", ts=t0 + 90.0)  # after its hour was folded
+    storage.insert_events([late])
+    overview = storage.overview(*views[0])
+    assert overview.total == before[0].total + 1 == 601
+    assert dict(overview.names)["n0"] == dict(before[0].names)["n0"] + 1
+
+
+def test_a_batch_chosen_as_a_deadlock_victim_is_run_again(storage: PostgresStorage) -> None:
+    with storage._tx() as conn:  # the first attempt fails as PostgreSQL's deadlock detector makes it fail
+        conn.execute("CREATE SEQUENCE attempts")
+        conn.execute("CREATE FUNCTION victim() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " IF nextval('attempts') = 1 THEN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';"
+                     " END IF; RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER victim BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION victim()")
+    assert storage.insert_events([_record(0), _record(1)]) == (2, 0)
+    assert len(storage.query_events(EventQuery())) == 2
 
 
 def test_migrate_command_names_an_unreachable_database(capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,6 +285,7 @@ _LISTINGS = [
     EventQuery(limit=100),
     EventQuery(name="login", limit=100),
     EventQuery(ip="203.0.113.7", limit=100),
+    EventQuery(ip="unknown", limit=100),  # no address: the text as stored
     EventQuery(user="u7@example.com", limit=100),
     EventQuery(user="u7@example.com", name="login", limit=100, after=(1_700_010_000.0, 10**9)),
     EventQuery(since=1_700_000_000.0, until=1_700_020_000.0, limit=100),
@@ -210,8 +295,10 @@ _LISTINGS = [
 def test_every_listing_walks_an_index_without_sorting(storage: PostgresStorage) -> None:
     for start in range(0, 30_000, 5000):
         storage.insert_events([_record(i, user=f"u{i % 50}@example.com") for i in range(start, start + 5000)])
+    storage.insert_events([_record(i)._replace(client_ip="unknown") for i in range(200)])
     with storage._tx() as conn:
         conn.execute("ANALYZE")
+    assert len(storage.query_events(EventQuery(ip="unknown", limit=500))) == 200
     for query in _LISTINGS:
         plan = "\n".join(storage.query_plan(query))
         assert "Sort" not in plan and "Seq Scan" not in plan, (query, plan)
@@ -241,11 +328,22 @@ def test_a_counting_failure_after_the_batch_is_stored_is_logged_and_counted(
 
 def test_a_batch_failing_after_its_events_were_inserted_stores_nothing(storage: PostgresStorage) -> None:
     good = _record(0, user="a@example.com")
-    bad = _record(1)._replace(users=(object(),))  # the events insert, then their user rows fail: one transaction
-    with pytest.raises(TypeError):  # sorting the user rows, after the events' INSERT ran
-        storage.insert_events([good, bad])
+    with storage._tx() as conn:  # the events' rows are in, then their user rows fail: one transaction
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " IF (SELECT count(*) FROM events) > 0 THEN RAISE EXCEPTION 'refused after the events'; END IF;"
+                     " RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON event_users FOR EACH ROW EXECUTE FUNCTION refuse()")
+    with pytest.raises(psycopg.errors.RaiseException, match="refused after the events"):
+        storage.insert_events([good, _record(1)])
     assert storage.query_events(EventQuery()) == []
+    with storage._tx() as conn:
+        conn.execute("DROP TRIGGER refuse ON event_users")
+        assert conn.execute("SELECT count(*) FROM explorer_minute").fetchone() == (0,)  # the counts went too
     assert storage.insert_events([good]) == (1, 0)  # nothing of it was kept, and the pool is usable again
+    bad = _record(1)._replace(users=(object(),))  # a value that cannot be sent: nothing is stored either
+    with pytest.raises(psycopg.ProgrammingError):
+        storage.insert_events([_record(2), bad])
+    assert [e.id for e in storage.query_events(EventQuery())] == [good.id]
 
 
 def test_a_change_heard_after_a_newer_own_change_is_still_loaded(postgres_url: str) -> None:

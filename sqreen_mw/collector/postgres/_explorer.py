@@ -32,7 +32,9 @@ from .._records import EventRecord, ip_key
 from .._sqlite_explorer import BreakdownRow, ExplorerFilter, Overview
 from .._sqlite_rollups import KIND_APP, KIND_IP, KIND_LOGIN, KIND_NAME, KIND_USER, LOGIN_EVENT, user_key
 
-__all__ = ["ROLLUP_TABLES", "ExplorerQueries", "backfill_rollups", "update_rollups"]
+__all__ = [
+    "COUNT_FRESH", "ROLLUP_TABLES", "SHARDS", "ExplorerQueries", "backfill_rollups", "rollup_keys", "update_rollups",
+]
 
 #: Schema version 2: the rollup tables (byte-ordered text, as every indexed text column of the schema), and the
 #: event's name on its user rows, so a user's timeline counts names without reading the events.
@@ -85,6 +87,40 @@ _AGGREGATE = ("SET LOCAL work_mem = '32MB'", "SET LOCAL jit = off", "SET LOCAL m
 # events. A property filter walks an index, as SQLite does (a rare property then reads the index to the end).
 _WALK = (*_AGGREGATE, "SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off",
          "SET LOCAL enable_sort = off")
+
+
+#: The rollup upserts of a batch, as data-modifying CTEs of the statement that stores it (``storage._STORE_BATCH``),
+#: counting its ``fresh`` rows (stored by this statement; their ``minute``, ``hour``, ``user_key`` and ``login`` come
+#: from :func:`rollup_keys`) into one shard (a parameter, given twice). The counts are grouped in SQL and upserted
+#: in key order, as :func:`update_rollups` does (minutes, then hours), so concurrent batches queue, never deadlock.
+COUNT_FRESH = f"""
+, minutes AS (
+    INSERT INTO explorer_minute (minute, name, n, shard)
+    SELECT minute, name COLLATE "C", count(*), %b::smallint FROM fresh GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (minute, name, shard) DO UPDATE SET n = explorer_minute.n + excluded.n
+), hours AS (
+    INSERT INTO explorer_hour (kind, hour, value, n, shard)
+    SELECT kind, hour, value COLLATE "C", count(*), %b::smallint FROM (
+        SELECT {KIND_NAME} AS kind, hour, name AS value FROM fresh
+        UNION ALL SELECT {KIND_IP}, hour, client_ip FROM fresh WHERE client_ip IS NOT NULL
+        UNION ALL SELECT {KIND_USER}, hour, user_key FROM fresh WHERE user_key IS NOT NULL
+        UNION ALL SELECT {KIND_APP}, hour, app FROM fresh
+        UNION ALL SELECT {KIND_LOGIN}, hour, login FROM fresh WHERE login IS NOT NULL
+    ) AS k GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (kind, hour, value, shard) DO UPDATE SET n = explorer_hour.n + excluded.n
+)"""  # noqa: S608 - constants only
+
+
+def rollup_keys(events: Sequence[EventRecord]) -> list[list[Any]]:
+    """The per-event columns :data:`COUNT_FRESH` counts by: minute, hour, user key (None without users) and login
+    outcome (None unless a login event), as :func:`update_rollups` derives them."""
+    minutes = [int(e.ts // 60) for e in events]
+    return [
+        minutes, [m // 60 for m in minutes],
+        [user_key(e.user_identifiers) if e.user_identifiers else None for e in events],
+        [("success" if e.properties.get("success") is True else "failure") if e.name == LOGIN_EVENT else None
+         for e in events],
+    ]  # fmt: skip
 
 
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:

