@@ -18,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - exercised by the tests with orjson hidden
     orjson = None  # type: ignore[assignment]
 
-__all__ = ["FAST", "dumps", "loads", "stdlib_dumps", "stdlib_loads"]
+__all__ = ["FAST", "SCAN", "dumps", "loads", "loads_scanned", "stdlib_dumps", "stdlib_loads"]
 
 #: Whether orjson is in use.
 FAST = orjson is not None
@@ -37,13 +37,23 @@ def stdlib_loads(raw: bytes) -> Any:
     return json.loads(raw, parse_constant=_no_constant)
 
 
-def _fast_loads(raw: bytes) -> Any:
-    if _LONG_RUN not in raw.translate(_DIGITS):
+#: ``raw.translate(SCAN)`` serves both the collector's value count and :func:`loads_scanned`: ``{``, ``[`` and ``,``
+#: become ``{``, digits ``0``, every other byte ``x``.
+SCAN = bytes(0x7B if i in b"{[," else 0x30 if 0x30 <= i <= 0x39 else 0x78 for i in range(256))
+
+
+def loads_scanned(raw: bytes, scanned: bytes) -> Any:
+    """:func:`loads` of ``raw`` given ``raw.translate(SCAN)`` (the digit runs are read from it, not scanned again)."""
+    if FAST and _LONG_RUN not in scanned:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass  # the stdlib decides, and words the error
     return stdlib_loads(raw)
+
+
+def _fast_loads(raw: bytes) -> Any:
+    return loads_scanned(raw, raw.translate(_DIGITS))
 
 
 def _make_stdlib_dumps() -> Callable[[Any], str]:

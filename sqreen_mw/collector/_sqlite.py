@@ -24,9 +24,10 @@ _encode = _fastjson.stdlib_dumps
 _PAGE_SIZE = 4096
 _WAL_CHECKPOINT_BYTES = 128 * 2**20
 _EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body"
+# seq left to SQLite: max(seq) + 1, row after row, so a batch stored whole gets first..first+n-1 in order.
 _INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers,"
-    " request, body, ip_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO events (id, name, ts, received_at, app, client_ip, properties, user_identifiers,"
+    " request, body, ip_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -325,33 +326,40 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
+            counted: list[tuple[int, EventRecord]] = []
             for write in group:
-                write.fresh = self._insert(db, write)
+                write.fresh = self._insert(db, write, counted)
+            # Once for the whole group: a key (an hour's IP, user...) shared by its batches is one upsert, not one each.
+            update_rollups(db, counted)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, write: _Write) -> list[EventRecord]:
+    def _insert(db: sqlite3.Connection, write: _Write, counted: list[tuple[int, EventRecord]]) -> list[EventRecord]:
         events = write.events
-        # Rows get explicit seqs first..first+n-1; INSERT OR IGNORE skips known ids (dedup), so the seqs present
-        # afterwards are exactly the new events, whose user values then go to event_users.
+        # INSERT OR IGNORE skips known ids (dedup); each new row takes the next seq, so when none was skipped the
+        # batch holds first..first+n-1 in order, and otherwise the rows from first on name the new events by id.
         first = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
         before = db.total_changes
-        db.executemany(_INSERT_EVENT, [(first + i, *row) for i, row in enumerate(write.rows)])
+        db.executemany(_INSERT_EVENT, write.rows)
         accepted = db.total_changes - before
         if accepted == len(events):
             fresh: Sequence[tuple[int, EventRecord]] = list(enumerate(events, first))
         else:
-            stored = {row[0] for row in db.execute("SELECT seq FROM events WHERE seq >= ?", (first,))}
-            fresh = [(seq, e) for seq, e in enumerate(events, first) if seq in stored]
+            stored = dict(db.execute("SELECT id, seq FROM events WHERE seq >= ?", (first,)).fetchall())
+            fresh = []
+            for e in events:  # an id twice in the batch: its first copy is the one stored
+                seq = stored.pop(e.id, None)
+                if seq is not None:
+                    fresh.append((seq, e))
         # Sorted: B-tree inserts in key order touch far fewer pages.
         db.executemany(
             "INSERT OR IGNORE INTO event_users VALUES (?, ?, ?)",
             sorted([(value, e.ts, seq) for seq, e in fresh for value in e.users]),
         )
-        update_rollups(db, fresh)
+        counted += fresh
         return list(events) if accepted == len(events) else [e for _, e in fresh]
 
     def query_events(self, query: EventQuery) -> list[EventRecord]:

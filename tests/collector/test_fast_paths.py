@@ -5,6 +5,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
+import tempfile
+import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -14,8 +18,8 @@ from hypothesis import strategies as st
 from sqreen_mw._exceptions import InvalidEvent
 from sqreen_mw.collector import _fastjson
 from sqreen_mw.collector import _sqlite_rollups as rollups
-from sqreen_mw.collector._records import ip_key
-from sqreen_mw.collector._sqlite import _event_ip_key
+from sqreen_mw.collector._records import EventRecord, ip_key
+from sqreen_mw.collector._sqlite import SQLiteStorage, _event_ip_key
 from sqreen_mw.collector._wire import MAX_DEPTH, _fine, _walk, check_tree
 
 _scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
@@ -132,9 +136,19 @@ _nasty = st.sampled_from(
 @settings(max_examples=400, deadline=None)
 @given(_json_trees.map(lambda v: json.dumps(v).encode()) | _nasty)
 def test_fast_loads_decodes_like_the_stdlib(raw: bytes) -> None:
-    fast, slow = _outcome(_fastjson.loads, raw), _outcome(_fastjson.stdlib_loads, raw)
-    assert fast[0] == slow[0]
-    assert _same(fast[1], slow[1]) if fast[0] == "ok" else fast[1] == slow[1]  # the stdlib's words for bad JSON
+    slow = _outcome(_fastjson.stdlib_loads, raw)
+    for loads in (_fastjson.loads, lambda raw: _fastjson.loads_scanned(raw, raw.translate(_fastjson.SCAN))):
+        fast = _outcome(loads, raw)
+        assert fast[0] == slow[0]
+        assert _same(fast[1], slow[1]) if fast[0] == "ok" else fast[1] == slow[1]  # the stdlib's words for bad JSON
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64) | _json_trees.map(lambda v: json.dumps(v).encode()))
+def test_the_scan_counts_what_count_values_counts_first(raw: bytes) -> None:
+    quick = raw.count(b"{") + raw.count(b"[") + raw.count(b",") + 1
+    assert raw.translate(_fastjson.SCAN).count(b"{") + 1 == quick
+    assert (b"0" * 19 in raw.translate(_fastjson.SCAN)) == (b"0" * 19 in raw.translate(_fastjson._DIGITS))
 
 
 @settings(max_examples=400, deadline=None)
@@ -164,3 +178,55 @@ def test_rollup_user_key_is_the_stdlib_text(identifiers: dict[str, Any]) -> None
     # The rollups count a user under this text: the explorer looks users up by it, in databases of every version.
     assert rollups._orjson_user_key(identifiers) == rollups._stdlib_user_key(identifiers)
     assert json.loads(rollups._stdlib_user_key(identifiers)) == identifiers
+
+
+def _reference_rollups(events: list[Any]) -> tuple[Any, Any]:
+    # The rollups as documented in _sqlite_rollups, one event at a time.
+    minute: Counter[tuple[int, str]] = Counter()
+    hour: Counter[tuple[int, int, str]] = Counter()
+    for e in events:
+        m = int(e.ts // 60)
+        minute[m, e.name] += 1
+        hour[rollups.KIND_NAME, m // 60, e.name] += 1
+        hour[rollups.KIND_APP, m // 60, e.app] += 1
+        if e.client_ip is not None:
+            hour[rollups.KIND_IP, m // 60, e.client_ip] += 1
+        if e.user_identifiers:
+            hour[rollups.KIND_USER, m // 60, rollups._stdlib_user_key(e.user_identifiers)] += 1
+        if e.name == rollups.LOGIN_EVENT:
+            outcome = "success" if e.properties.get("success") is True else "failure"
+            hour[rollups.KIND_LOGIN, m // 60, outcome] += 1
+    return sorted((*k, n) for k, n in minute.items()), sorted((*k, n) for k, n in hour.items())
+
+
+_rollup_events = st.lists(
+    st.builds(
+        lambda ts, name, app, ip, users, success: EventRecord(
+            str(uuid.uuid4()), name, ts, 0.0, app, ip, {"success": success}, users, None, None,
+            tuple(str(v) for v in users.values()) if users else (),
+        ),
+        st.floats(min_value=-62135596800.0, max_value=2e9) | st.sampled_from([-0.5, 59.999999, 3599.9999999, 0.0]),
+        st.sampled_from(["a", "b", rollups.LOGIN_EVENT]),
+        st.sampled_from(["app", "shop"]),
+        st.none() | st.sampled_from(["10.0.0.1", "::1", "x"]),
+        st.none() | _identifiers.filter(lambda ids: all(f"{k}{v}".isascii() for k, v in ids.items())),  # storable
+        st.none() | st.booleans() | st.just(1),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_rollup_events, max_size=3))
+def test_rollups_count_what_a_plain_loop_counts(batches: list[list[EventRecord]]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        storage = SQLiteStorage(os.path.join(directory, "r.db"))
+        try:
+            for batch in batches:
+                storage.insert_events(batch)
+            db = storage._db()
+            minute = db.execute("SELECT minute, name, n FROM explorer_minute ORDER BY 1, 2").fetchall()
+            hour = db.execute("SELECT kind, hour, value, n FROM explorer_hour ORDER BY 1, 2, 3").fetchall()
+        finally:
+            storage.close()
+    assert (minute, hour) == _reference_rollups([e for batch in batches for e in batch])

@@ -32,6 +32,7 @@ def json_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """Every refusal holds with both JSON paths: orjson (when installed) and the stdlib fallback."""
     if request.param == "stdlib":
         monkeypatch.setattr(_fastjson, "loads", _fastjson.stdlib_loads)
+        monkeypatch.setattr(_fastjson, "loads_scanned", lambda raw, scanned: _fastjson.stdlib_loads(raw))
         monkeypatch.setattr(_fastjson, "dumps", _fastjson.stdlib_dumps)
     elif not _fastjson.FAST:
         pytest.skip("orjson is not installed")

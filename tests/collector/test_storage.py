@@ -212,6 +212,20 @@ def test_group_commit_isolates_a_failing_batch(sqlite_storage: SQLiteStorage) ->
     assert sorted(e.id for e in storage.query_events(EventQuery())) == sorted(e.id for e in good1 + good2)
 
 
+def test_group_commit_counts_the_rollups_of_its_batches_together(sqlite_storage: SQLiteStorage) -> None:
+    storage = sqlite_storage
+    batches = [[record(ip="10.0.0.1"), record(ip="10.0.0.2")], [record(ip="10.0.0.1")], [record(ip="10.0.0.2")]]
+    upserts: list[str] = []
+    assert storage._conn is not None
+    storage._conn.set_trace_callback(lambda sql: upserts.append(sql) if "explorer_hour" in sql else None)
+    storage._commit([_Write(batch, [_row(e) for e in batch]) for batch in batches])
+    storage._conn.set_trace_callback(None)
+    # One upsert per key of the group (name, app, two IPs), not one per key of each batch (8).
+    assert len(upserts) == 4
+    rows = storage._conn.execute("SELECT kind, value, n FROM explorer_hour ORDER BY kind, value").fetchall()
+    assert rows == [(0, "e", 4), (1, "10.0.0.1", 2), (1, "10.0.0.2", 2), (3, "app", 4)]
+
+
 def test_concurrent_writers_each_get_their_own_counts(storage: SQLiteStorage) -> None:
     shared = [record() for _ in range(20)]
     own = [[record() for _ in range(30)] for _ in range(8)]
