@@ -124,18 +124,21 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
     make, limit, size = maker.make, args.max_errors, args.batch_size
     started = time.monotonic()
     try:
+        # A row counts as handled (rows, last_line) only once it is in the batch or rejected: a Ctrl-C anywhere in
+        # between leaves it among the "later lines" that the summary says were not imported.
         for line, row in source.rows():
-            last_line = line
-            rows += 1
             if isinstance(row, str):
                 reason = row
             else:
                 try:
-                    events.append(make(row))
-                    lines.append(line)
+                    event = make(row)
                 except InvalidEvent as exc:
                     reason = str(exc)
                 else:
+                    events.append(event)
+                    lines.append(line)
+                    last_line = line
+                    rows += 1
                     if len(events) >= size:
                         sender.put(Batch(events, lines))
                         events, lines = [], []
@@ -145,6 +148,8 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
                             break
                     continue
             local_rejected += 1
+            last_line = line
+            rows += 1
             progress.message(f"line {line}: {reason}")
             if limit is not None and local_rejected + tally.rejected > limit:
                 stopped = f"more than {limit} rejected rows (--max-errors)"
@@ -153,6 +158,10 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
         stopped = str(exc)
     except KeyboardInterrupt:
         stopped = "interrupted"
+        del events[len(lines) :]  # interrupted between the two appends: that row was not handled
+        if lines and lines[-1] > last_line:  # appended, but interrupted before it was counted
+            last_line = lines[-1]
+            rows += 1
     if events:
         sender.put(Batch(events, lines))
     progress.close(rows, source.position(), local_rejected + tally.rejected)
