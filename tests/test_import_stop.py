@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,8 @@ from sqreen_mw.importer._events import EventMaker
 from sqreen_mw.importer._session import Session
 from sqreen_mw.importer._source import open_source
 
-from .support import API_KEY, Collector, start_collector
-from .test_import import write_jsonl
+from .support import API_KEY, ROOT, Collector, FaultyProxy, serve_in_thread, start_collector
+from .test_import import import_args, summary, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -75,3 +78,39 @@ def test_interrupted_while_a_row_is_handled_the_stop_line_is_exact(
     stored = sorted(e["timestamp"] for e in collector.events())
     assert len(stored) == at - 1
     assert all(ts.startswith(f"2024-05-01T00:00:{i:02d}") for i, ts in enumerate(stored))
+
+
+def test_ctrl_c_while_the_collector_does_not_answer_stops_at_once_naming_the_rows(
+    collector: Collector, tmp_path: Path
+) -> None:
+    proxy = FaultyProxy(collector.url, [(503, {})] * 10_000)
+    path = write_jsonl(tmp_path / "events.jsonl", 45)
+    with serve_in_thread(proxy.app) as url:
+        proc = subprocess.Popen(
+            import_args(url, str(path), "--batch-size", "10", "--in-flight", "2", "--retry-for", "120",
+                        "--progress-every", "0.5"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        seen: list[str] = []
+        for _ in range(3):  # the retry line comes again at the progress interval
+            line = proc.stderr.readline()
+            seen.append(line)
+            assert re.match(r"import: the collector is unreachable or busy \(HTTP 503.*\); retrying for 1\d\d s more",
+                            line), seen
+        proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - interrupted
+    assert proc.returncode == 1, err
+    assert took < 3.0, took
+    counts = summary(subprocess.CompletedProcess(proc.args, 1, out, err))
+    assert counts["stored"] == 0
+    assert counts["undelivered"] == 45, err
+    named = [
+        n
+        for ranges in re.findall(r"lines ([\d, -]+) not delivered: interrupted", err)
+        for part in ranges.split(", ")
+        for n in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)
+    ]
+    assert sorted(named) == list(range(1, 46)), err

@@ -115,7 +115,9 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
     def reject(line: int, reason: str) -> None:
         progress.message(f"line {line}: {reason}")
 
-    sender = Sender(session, tally, reject, in_flight=args.in_flight, retry_for=args.retry_for)
+    sender = Sender(
+        session, tally, reject, in_flight=args.in_flight, retry_for=args.retry_for, on_retry=progress.retrying
+    )
     rows = local_rejected = 0
     last_line = 0
     stopped: str | None = None
@@ -162,10 +164,20 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
         if lines and lines[-1] > last_line:  # appended, but interrupted before it was counted
             last_line = lines[-1]
             rows += 1
-    if events:
-        sender.put(Batch(events, lines))
+    try:
+        if stopped != "interrupted":
+            if events:
+                sender.put(Batch(events, lines))
+                events, lines = [], []
+            sender.close()
+    except KeyboardInterrupt:  # while waiting for the collector: what is not delivered yet is named, now
+        stopped = stopped or "interrupted"
+        interrupted = True
+    else:
+        interrupted = stopped == "interrupted"
+    if interrupted:
+        sender.stop("interrupted", leftover=Batch(events, lines))
     progress.close(rows, source.position(), local_rejected + tally.rejected)
-    sender.close()
     elapsed = time.monotonic() - started
     return _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out)
 
