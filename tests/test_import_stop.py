@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import re
 import signal
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from sqreen_mw.importer._session import Session
 from sqreen_mw.importer._source import open_source
 
 from .support import API_KEY, ROOT, Collector, FaultyProxy, serve_in_thread, start_collector
-from .test_import import import_args, summary, write_jsonl
+from .test_import import import_args, run_import, summary, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -114,3 +116,39 @@ def test_ctrl_c_while_the_collector_does_not_answer_stops_at_once_naming_the_row
         for n in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)
     ]
     assert sorted(named) == list(range(1, 46)), err
+
+
+def _complete_lines(data: bytes) -> int:
+    """Lines a gzip reader can give whole out of the (cut) compressed ``data``."""
+    return zlib.decompressobj(wbits=31).decompress(data).count(b"\n")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_truncated_gzip_file_imports_its_complete_lines_and_says_where_it_stopped(
+    collector: Collector, tmp_path: Path, fmt: str
+) -> None:
+    if fmt == "jsonl":
+        plain = write_jsonl(tmp_path / "events.jsonl", 3000).read_bytes()
+    else:
+        plain = b"name,timestamp,prop.i:int\n" + b"".join(
+            f"login.failed,2024-05-01T00:{i // 60 % 60:02d}:{i % 60:02d}.{i // 3600:03d}Z,{i}\n".encode()
+            for i in range(3000)
+        )
+    packed = gzip.compress(plain)
+    cut = packed[: len(packed) * 2 // 3]
+    path = tmp_path / f"cut.{fmt}.gz"
+    path.write_bytes(cut)
+    whole = _complete_lines(cut)
+    rows = whole - (fmt == "csv")  # the header
+    result = run_import(collector, str(path), "--batch-size", "500")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{path}: gzip data ends early after line {whole}" in result.stderr, result.stderr
+    assert summary(result)["stored"] == rows
+    assert len(collector.events()) == rows
+    corrupt = tmp_path / f"corrupt.{fmt}.gz"
+    corrupt.write_bytes(packed[:2000] + bytes(b ^ 0x55 for b in packed[2000:4000]) + packed[4000:])
+    result = run_import(collector, str(corrupt))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert re.search(rf"{re.escape(str(corrupt))}: gzip data is corrupt \(.*\) after line \d+", result.stderr)

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
@@ -23,6 +24,8 @@ except ImportError:  # pragma: no cover - exercised by the tests with orjson hid
 
 FORMATS = ("jsonl", "csv")
 _GZIP_MAGIC = b"\x1f\x8b"
+#: A truncated gzip stream raises EOFError; a corrupt one BadGzipFile (an OSError) or zlib.error.
+_READ_ERRORS = (EOFError, OSError, zlib.error)
 _SINGLE_COLUMNS = {"id": "id", "name": "name", "timestamp": "timestamp"}
 _REQUEST_COLUMNS = {"ip": "client_ip", "user_agent": "user_agent", "path": "path", "verb": "verb"}
 _PREFIXES = {"prop.": "properties", "user.": "user_identifiers", "param.": "params"}
@@ -90,34 +93,44 @@ class Source:
         self.stream.close()
         self.raw.close()
 
+    def _read_error(self, exc: Exception, line: int) -> SourceError:
+        if self.stream is self.raw:
+            return SourceError(f"{self.name}: cannot read after line {line}: {exc}")
+        what = "ends early" if isinstance(exc, EOFError) else f"is corrupt ({exc})"
+        return SourceError(f"{self.name}: gzip data {what} after line {line}")
+
     def _jsonl(self) -> Iterator[Row]:
         decode = _DECODER.decode
         fast = _fast_decode if orjson is not None else None
-        for number, line in enumerate(self.stream, 1):
-            if fast is not None:
-                row = fast(line)
-                if type(row) is dict:
-                    yield number, row
+        number = 0
+        try:
+            for number, line in enumerate(self.stream, 1):
+                if fast is not None:
+                    row = fast(line)
+                    if type(row) is dict:
+                        yield number, row
+                        continue
+                if not line.strip():
                     continue
-            if not line.strip():
-                continue
-            try:
-                text = line.decode()
-            except UnicodeDecodeError as exc:
-                yield number, f"line is not valid UTF-8: {exc}"
-                continue
-            try:
-                row = decode(text)
-            except ValueError as exc:
-                yield number, f"invalid JSON: {exc}"
-                continue
-            except RecursionError:
-                yield number, "invalid JSON: nested too deep"
-                continue
-            if type(row) is not dict:
-                yield number, f"row must be a JSON object, got {type(row).__name__}"
-                continue
-            yield number, row
+                try:
+                    text = line.decode()
+                except UnicodeDecodeError as exc:
+                    yield number, f"line is not valid UTF-8: {exc}"
+                    continue
+                try:
+                    row = decode(text)
+                except ValueError as exc:
+                    yield number, f"invalid JSON: {exc}"
+                    continue
+                except RecursionError:
+                    yield number, "invalid JSON: nested too deep"
+                    continue
+                if type(row) is not dict:
+                    yield number, f"row must be a JSON object, got {type(row).__name__}"
+                    continue
+                yield number, row
+        except _READ_ERRORS as exc:  # raised by the file, not by the rows: the lines before were complete
+            raise self._read_error(exc, number) from None
 
     def read_header(self) -> None:
         """CSV: read and check the header now, so a bad column stops the import before anything is sent."""
@@ -129,6 +142,8 @@ class Source:
             header = next(self._reader, None)
         except (UnicodeDecodeError, csv.Error) as exc:
             raise SourceError(f"{self.name}: cannot read the CSV header: {exc}") from None
+        except _READ_ERRORS as exc:
+            raise self._read_error(exc, 0) from None
         self._columns = [_column(name) for name in header or []]
         seen: set[tuple[str, str]] = set()
         for column in self._columns:
@@ -159,6 +174,8 @@ class Source:
                     yield number, str(exc)
         except UnicodeDecodeError as exc:
             raise SourceError(f"{self.name}: not valid UTF-8 after line {reader.line_num}: {exc}") from None
+        except _READ_ERRORS as exc:
+            raise self._read_error(exc, reader.line_num) from None
         except csv.Error as exc:
             raise SourceError(f"{self.name}: line {reader.line_num}: bad CSV: {exc}") from None
 
