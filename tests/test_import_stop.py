@@ -152,3 +152,23 @@ def test_a_truncated_gzip_file_imports_its_complete_lines_and_says_where_it_stop
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert re.search(rf"{re.escape(str(corrupt))}: gzip data is corrupt \(.*\) after line \d+", result.stderr)
+
+
+@pytest.mark.parametrize("bad", [3, 20_002])
+def test_invalid_utf8_in_a_csv_rejects_that_row_by_line_and_imports_the_rest(
+    collector: Collector, tmp_path: Path, bad: int
+) -> None:
+    lines = [b"name,timestamp,prop.who"] + [
+        f"login.failed,2024-05-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z,user{i}".encode()
+        for i in range(2, bad + 3)
+    ]
+    lines[bad - 1] = lines[bad - 1].replace(b"user", b"caf\xe9")  # line number `bad` (1-based)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = run_import(collector, str(path))
+    assert result.returncode == 1, result.stderr
+    assert f"line {bad}: line is not valid UTF-8 (byte 0xe9 in column 3)" in result.stderr, result.stderr
+    assert "stopped after" not in result.stderr
+    counts = summary(result)
+    assert (counts["rejected"], counts["stored"]) == (1, len(lines) - 2)
+    assert len(collector.events()) == len(lines) - 2

@@ -6,11 +6,13 @@ A row is a ``dict`` in the JSON Lines shape (the ``track()`` fields), or the ``s
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
 import json
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterator
@@ -136,14 +138,16 @@ class Source:
         """CSV: read and check the header now, so a bad column stops the import before anything is sent."""
         if self.format != "csv":
             return
-        self._text = io.TextIOWrapper(self.stream, encoding="utf-8-sig", newline="")
+        self._text = io.TextIOWrapper(self.stream, encoding="utf-8-sig", errors=_MARK_BAD_UTF8, newline="")
         self._reader = csv.reader(self._text, strict=True)
         try:
             header = next(self._reader, None)
-        except (UnicodeDecodeError, csv.Error) as exc:
+        except csv.Error as exc:
             raise SourceError(f"{self.name}: cannot read the CSV header: {exc}") from None
         except _READ_ERRORS as exc:
             raise self._read_error(exc, 0) from None
+        if header and _bad_utf8(header):
+            raise SourceError(f"{self.name}: the CSV header is not valid UTF-8 ({_bad_utf8(header)})")
         self._columns = [_column(name) for name in header or []]
         seen: set[tuple[str, str]] = set()
         for column in self._columns:
@@ -168,16 +172,43 @@ class Source:
                 if len(cells) != len(columns):
                     yield number, f"row has {len(cells)} cells, the header has {len(columns)} columns"
                     continue
+                if _BAD_UTF8[0] and _bad_utf8(cells):  # some byte was not UTF-8 (in this file or another)
+                    yield number, f"line is not valid UTF-8 ({_bad_utf8(cells)})"
+                    continue
                 try:
                     yield number, _csv_row(columns, cells)
                 except ValueError as exc:
                     yield number, str(exc)
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{self.name}: not valid UTF-8 after line {reader.line_num}: {exc}") from None
         except _READ_ERRORS as exc:
             raise self._read_error(exc, reader.line_num) from None
         except csv.Error as exc:
             raise SourceError(f"{self.name}: line {reader.line_num}: bad CSV: {exc}") from None
+
+
+#: Bytes that are not UTF-8 become lone surrogates (as with "surrogateescape"), and are counted, so that a row holding
+#: one is refused by line (as in JSON Lines) while a file without any pays for no search.
+_MARK_BAD_UTF8 = "sqreen_mw.import.mark"
+_BAD_UTF8 = [0]
+_ESCAPE = codecs.lookup_error("surrogateescape")
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _mark_bad_utf8(exc: UnicodeError) -> tuple[str, int]:
+    _BAD_UTF8[0] += 1
+    text, end = _ESCAPE(exc)
+    return str(text), end
+
+
+codecs.register_error(_MARK_BAD_UTF8, _mark_bad_utf8)
+
+
+def _bad_utf8(cells: list[str]) -> str:
+    """``byte 0xe9 in column 3`` for the first byte of ``cells`` that was not UTF-8, else ""."""
+    for column, cell in enumerate(cells, 1):
+        match = _SURROGATE.search(cell)
+        if match:
+            return f"byte 0x{ord(match.group()) - 0xDC00:02x} in column {column}"
+    return ""
 
 
 def _column(header: str) -> tuple[str, str, str, str]:
