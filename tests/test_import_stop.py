@@ -172,3 +172,18 @@ def test_invalid_utf8_in_a_csv_rejects_that_row_by_line_and_imports_the_rest(
     counts = summary(result)
     assert (counts["rejected"], counts["stored"]) == (1, len(lines) - 2)
     assert len(collector.events()) == len(lines) - 2
+
+
+def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_skipped(collector: Collector, tmp_path: Path) -> None:
+    plain = write_jsonl(tmp_path / "plain.jsonl", 3)
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    result = run_import(collector, str(path))
+    assert result.returncode == 0, result.stderr
+    assert summary(result)["stored"] == 3
+    packed = tmp_path / "bom.jsonl.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    again = run_import(collector, str(packed))
+    assert again.returncode == 0, again.stderr
+    assert summary(again)["duplicates"] == 3  # the same rows: the mark is not part of the first one
+    assert len(collector.events()) == 3

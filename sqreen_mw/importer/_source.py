@@ -10,6 +10,7 @@ import codecs
 import csv
 import gzip
 import io
+import itertools
 import json
 import os
 import re
@@ -26,6 +27,7 @@ except ImportError:  # pragma: no cover - exercised by the tests with orjson hid
 
 FORMATS = ("jsonl", "csv")
 _GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
 #: A truncated gzip stream raises EOFError; a corrupt one BadGzipFile (an OSError) or zlib.error.
 _READ_ERRORS = (EOFError, OSError, zlib.error)
 _SINGLE_COLUMNS = {"id": "id", "name": "name", "timestamp": "timestamp"}
@@ -106,7 +108,11 @@ class Source:
         fast = _fast_decode if orjson is not None else None
         number = 0
         try:
-            for number, line in enumerate(self.stream, 1):
+            lines: Iterator[bytes] = iter(self.stream)
+            first = next(lines, None)
+            if first is not None:  # a UTF-8 byte order mark is skipped, as in a CSV
+                lines = itertools.chain((first.removeprefix(_BOM),), lines)
+            for number, line in enumerate(lines, 1):
                 if fast is not None:
                     row = fast(line)
                     if type(row) is dict:
