@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import json
 import re
 import signal
 import subprocess
@@ -187,3 +188,19 @@ def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_skipped(collector: Co
     assert again.returncode == 0, again.stderr
     assert summary(again)["duplicates"] == 3  # the same rows: the mark is not part of the first one
     assert len(collector.events()) == 3
+
+
+def test_done_reading_only_when_the_whole_file_was_read_and_the_summary_names_the_app(
+    collector: Collector, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(["{bad"] * 5 + [json.dumps({"name": "a.b", "timestamp": "2024-05-01T00:00:00Z"})]) + "\n")
+    stopped = run_import(collector, str(path), "--max-errors", "2")
+    assert stopped.returncode == 1
+    assert re.search(r"^import: 3 rows, .*\(stopped reading\)$", stopped.stderr, re.M), stopped.stderr
+    assert "(done reading)" not in stopped.stderr
+    whole = run_import(collector, str(path), "--app", "shop")
+    assert whole.returncode == 1
+    assert re.search(r"^import: 6 rows, .*\(done reading\)$", whole.stderr, re.M), whole.stderr
+    assert re.search(r" retries \(app shop\)$", whole.stdout, re.M), whole.stdout
+    assert [e["app"] for e in collector.events()] == ["shop"]

@@ -177,14 +177,14 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
         interrupted = stopped == "interrupted"
     if interrupted:
         sender.stop("interrupted", leftover=Batch(events, lines))
-    progress.close(rows, source.position(), local_rejected + tally.rejected)
+    progress.close(rows, source.position(), local_rejected + tally.rejected, done=stopped is None)
     elapsed = time.monotonic() - started
-    return _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out)
+    return _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out, session.named_app)
 
 
 def _summary(
     args: argparse.Namespace, tally: Tally, rows: int, local_rejected: int, stopped: str | None, last_line: int,
-    elapsed: float, out: IO[str],
+    elapsed: float, out: IO[str], app: str | None = None,
 ) -> int:
     rejected = local_rejected + tally.rejected
     undelivered = sorted(line for lines, _ in tally.undelivered for line in lines)
@@ -192,7 +192,7 @@ def _summary(
         print(
             f"{rows} rows read in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):.0f} rows/s): {tally.sent} sent, "
             f"{tally.stored} stored, {tally.duplicates} duplicates, {rejected} rejected, "
-            f"{len(undelivered)} not delivered, {tally.retries} retries",
+            f"{len(undelivered)} not delivered, {tally.retries} retries" + (f" (app {app})" if app else ""),
             file=out, flush=True,
         )  # fmt: skip
     for lines, reason in tally.undelivered:

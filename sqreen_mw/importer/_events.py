@@ -155,7 +155,10 @@ class EventMaker:
         self._made += 1
         if not self._made & 0xFFFF:  # a long import: let "now" move on
             self._set_latest()
-        name = check_name(row.get("name"), allow_reserved=True)
+        name = row.get("name")
+        if name is None:
+            raise InvalidEvent("name is missing: every event needs a name, such as 'login.failed'")
+        name = check_name(name, allow_reserved=True)
         timestamp = _wire_timestamp(row.get("timestamp"))
         if timestamp is None or timestamp > self._latest_text:
             timestamp = _timestamp(row.get("timestamp"), self._latest)

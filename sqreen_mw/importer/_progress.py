@@ -61,9 +61,11 @@ class Progress:
             self._next_retry = now + self.retry_every
         self.message(f"import: the collector is unreachable or busy ({reason}); retrying for {max(left, 0):.0f} s more")
 
-    def close(self, rows: int, position: int, rejected: int) -> None:
+    def close(self, rows: int, position: int, rejected: int, done: bool = True) -> None:
+        """The last line: ``(done reading)`` when the whole input was read, else ``(stopped reading)``."""
         if not self.quiet:
-            print(f"import: {self.status(rows, position, rejected)} (done reading)", file=self.out, flush=True)
+            end = "done reading" if done else "stopped reading"
+            print(f"import: {self.status(rows, position, rejected)} ({end})", file=self.out, flush=True)
 
 
 class Bar(Progress):
@@ -100,7 +102,7 @@ class Bar(Progress):
         else:
             self._bar.refresh()
 
-    def close(self, rows: int, position: int, rejected: int) -> None:
+    def close(self, rows: int, position: int, rejected: int, done: bool = True) -> None:
         self._advance(rows, position, rejected)
         self._bar.close()
 
