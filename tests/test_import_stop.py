@@ -204,3 +204,14 @@ def test_done_reading_only_when_the_whole_file_was_read_and_the_summary_names_th
     assert re.search(r"^import: 6 rows, .*\(done reading\)$", whole.stderr, re.M), whole.stderr
     assert re.search(r" retries \(app shop\)$", whole.stdout, re.M), whole.stdout
     assert [e["app"] for e in collector.events()] == ["shop"]
+
+
+def test_an_explicit_id_is_stored_once_across_apps_a_derived_one_per_app(collector: Collector, tmp_path: Path) -> None:
+    # As docs/import.md says: the derived id hashes the app, an explicit id is the row's own.
+    path = tmp_path / "events.jsonl"
+    row = {"name": "a.b", "timestamp": "2024-05-01T00:00:00Z"}
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "0190a1b2-0000-7000-8000-000000000001"}) + "\n")
+    assert summary(run_import(collector, str(path), "--app", "one"))["stored"] == 2
+    second = summary(run_import(collector, str(path), "--app", "two"))
+    assert (second["stored"], second["duplicates"]) == (1, 1)
+    assert sorted(e["app"] for e in collector.events()) == ["one", "one", "two"]

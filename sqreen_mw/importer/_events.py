@@ -10,8 +10,9 @@ will store them (timestamp normalised to ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, missin
 properties, request and body already scrubbed); its bits are taken from its first bytes, in order. The time comes
 first so that a file in time order is stored in id order: the collector's id index then grows at its end instead of
 taking one random insert per event (measured: 13 µs of collector CPU per event at 100,000 stored). The app is in the
-hash so that the same history imported into two apps is stored in both; the hash is taken after scrubbing so that
-an id never lets anyone test guesses of a secret the scrubber removed.
+hash so that the same rows without an id imported into two apps are stored in both (an explicit id is stored
+once, whatever the app); the hash is taken after scrubbing so that an id never lets anyone test guesses of a secret
+the scrubber removed.
 """
 
 from __future__ import annotations
