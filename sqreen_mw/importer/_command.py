@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import IO
 
 from .._config import resolve
@@ -176,10 +180,23 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
     else:
         interrupted = stopped == "interrupted"
     if interrupted:
-        sender.stop("interrupted", leftover=Batch(events, lines))
+        with _ignoring_sigint():  # another Ctrl-C would only lose the account of what was not delivered
+            sender.stop("interrupted", leftover=Batch(events, lines))
     progress.close(rows, source.position(), local_rejected + tally.rejected, done=stopped is None)
     elapsed = time.monotonic() - started
     return _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out, session.named_app)
+
+
+@contextlib.contextmanager
+def _ignoring_sigint() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(

@@ -102,6 +102,7 @@ class Sender:
         self._retry_for = retry_for
         self._busy: dict[int, tuple[Batch, list[Batch]]] = {}  # thread id -> the batch it sends, and parts to send
         self._abandoned = False  # stop() gave up on the threads: their late answers are not counted
+        self._waiting: set[int] = set()  # threads waiting to retry a batch
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=in_flight)
         self.failure: str | None = None  # set when a batch was given up: the reader stops
         self._stop = threading.Event()
@@ -141,7 +142,8 @@ class Sender:
         or being retried are given up; a request still waiting for its answer after that is given up too
         (the collector may have stored it: a rerun stores nothing twice).
         """
-        deadline = time.monotonic() + grace
+        # No grace while a sender waits to retry: the collector is not answering.
+        deadline = time.monotonic() + (0.0 if self._waiting else grace)
         while leftover is not None and leftover.lines and not self._stop.is_set():  # sent if the collector keeps up
             try:
                 self._queue.put(leftover, timeout=0.1)
@@ -283,12 +285,17 @@ class Sender:
     def _wait(self, seconds: float, give_up_at: float, reason: str) -> None:
         """Sleep before a retry, waking at once on :meth:`stop`, and saying each second that it keeps retrying."""
         end = time.monotonic() + seconds
-        while True:
-            now = time.monotonic()
-            if self._on_retry is not None:
-                self._on_retry(reason, give_up_at - now)
-            if now >= end or self._stop.wait(min(end - now, 1.0)):
-                return
+        ident = threading.get_ident()
+        self._waiting.add(ident)
+        try:
+            while True:
+                now = time.monotonic()
+                if self._on_retry is not None:
+                    self._on_retry(reason, give_up_at - now)
+                if now >= end or self._stop.wait(min(end - now, 1.0)):
+                    return
+        finally:
+            self._waiting.discard(ident)
 
 
 def _named_errors(body: Any, size: int) -> dict[int, str]:
