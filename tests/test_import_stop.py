@@ -117,6 +117,7 @@ def test_ctrl_c_while_the_collector_does_not_answer_stops_at_once_naming_the_row
         for n in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)
     ]
     assert sorted(named) == list(range(1, 46)), err
+    assert named == sorted(named), err  # named in file order
 
 
 def _complete_lines(data: bytes) -> int:

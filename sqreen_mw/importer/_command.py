@@ -212,7 +212,7 @@ def _summary(
             f"{len(undelivered)} not delivered, {tally.retries} retries" + (f" (app {app})" if app else ""),
             file=out, flush=True,
         )  # fmt: skip
-    for lines, reason in tally.undelivered:
+    for lines, reason in sorted(tally.undelivered, key=lambda item: min(item[0])):  # in file order
         print(f"sqreen-mw import: lines {describe_lines(lines)} not delivered: {reason}", file=sys.stderr)
     if stopped:
         print(f"sqreen-mw import: stopped after line {last_line}: {stopped}; later lines were not imported",
