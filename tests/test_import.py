@@ -144,7 +144,7 @@ def test_csv_columns_types_and_bad_rows(collector: Collector, tmp_path: Path) ->
     assert result.returncode == 1, result.stderr
     assert "line 3: column 'prop.attempt:int' must be an int, got 'two'" in result.stderr
     assert "line 5: row has 3 cells, the header has 12 columns" in result.stderr
-    assert "line 6: event_name must be a str, got NoneType None" in result.stderr
+    assert "line 6: name is missing: every event needs a name, such as 'login.failed'" in result.stderr
     assert summary(result)["stored"] == 2
     stored = {e["name"]: e for e in collector.events()}
     login = stored["login.failed"]

@@ -24,7 +24,6 @@ from ._retention import Retention
 from ._sqlite import SQLiteStorage
 from .automation import Allowlist, Automation, Playbook
 from .automation.api import AutomationApi
-from .explorer import Explorer
 from .postgres import UnstorableText
 
 if TYPE_CHECKING:
@@ -131,6 +130,8 @@ def create_app(
         body_timeout=body_timeout,
     )
     admin = AdminApi(storage, admin_token)
+    from .explorer import Explorer  # jinja2 (the collector extra): not needed by `sqreen-mw import`
+
     explorer = Explorer(storage, admin_token, automation=automation, heartbeat_delay=heartbeat_delay)
 
     sweeper = None if retention is None else Retention(storage, retention)

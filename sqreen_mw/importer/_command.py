@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import IO
 
 from .._config import resolve
@@ -115,7 +119,9 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
     def reject(line: int, reason: str) -> None:
         progress.message(f"line {line}: {reason}")
 
-    sender = Sender(session, tally, reject, in_flight=args.in_flight, retry_for=args.retry_for)
+    sender = Sender(
+        session, tally, reject, in_flight=args.in_flight, retry_for=args.retry_for, on_retry=progress.retrying
+    )
     rows = local_rejected = 0
     last_line = 0
     stopped: str | None = None
@@ -124,18 +130,21 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
     make, limit, size = maker.make, args.max_errors, args.batch_size
     started = time.monotonic()
     try:
+        # A row counts as handled (rows, last_line) only once it is in the batch or rejected: a Ctrl-C anywhere in
+        # between leaves it among the "later lines" that the summary says were not imported.
         for line, row in source.rows():
-            last_line = line
-            rows += 1
             if isinstance(row, str):
                 reason = row
             else:
                 try:
-                    events.append(make(row))
-                    lines.append(line)
+                    event = make(row)
                 except InvalidEvent as exc:
                     reason = str(exc)
                 else:
+                    events.append(event)
+                    lines.append(line)
+                    last_line = line
+                    rows += 1
                     if len(events) >= size:
                         sender.put(Batch(events, lines))
                         events, lines = [], []
@@ -145,6 +154,8 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
                             break
                     continue
             local_rejected += 1
+            last_line = line
+            rows += 1
             progress.message(f"line {line}: {reason}")
             if limit is not None and local_rejected + tally.rejected > limit:
                 stopped = f"more than {limit} rejected rows (--max-errors)"
@@ -153,17 +164,44 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
         stopped = str(exc)
     except KeyboardInterrupt:
         stopped = "interrupted"
-    if events:
-        sender.put(Batch(events, lines))
-    progress.close(rows, source.position(), local_rejected + tally.rejected)
-    sender.close()
+        del events[len(lines) :]  # interrupted between the two appends: that row was not handled
+        if lines and lines[-1] > last_line:  # appended, but interrupted before it was counted
+            last_line = lines[-1]
+            rows += 1
+    try:
+        if stopped != "interrupted":
+            if events:
+                sender.put(Batch(events, lines))
+                events, lines = [], []
+            sender.close()
+    except KeyboardInterrupt:  # while waiting for the collector: what is not delivered yet is named, now
+        stopped = stopped or "interrupted"
+        interrupted = True
+    else:
+        interrupted = stopped == "interrupted"
+    if interrupted:
+        with _ignoring_sigint():  # another Ctrl-C would only lose the account of what was not delivered
+            sender.stop("interrupted", leftover=Batch(events, lines))
+    progress.close(rows, source.position(), local_rejected + tally.rejected, done=stopped is None)
     elapsed = time.monotonic() - started
-    return _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out)
+    return _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out, session.named_app)
+
+
+@contextlib.contextmanager
+def _ignoring_sigint() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(
     args: argparse.Namespace, tally: Tally, rows: int, local_rejected: int, stopped: str | None, last_line: int,
-    elapsed: float, out: IO[str],
+    elapsed: float, out: IO[str], app: str | None = None,
 ) -> int:
     rejected = local_rejected + tally.rejected
     undelivered = sorted(line for lines, _ in tally.undelivered for line in lines)
@@ -171,10 +209,10 @@ def _summary(
         print(
             f"{rows} rows read in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):.0f} rows/s): {tally.sent} sent, "
             f"{tally.stored} stored, {tally.duplicates} duplicates, {rejected} rejected, "
-            f"{len(undelivered)} not delivered, {tally.retries} retries",
+            f"{len(undelivered)} not delivered, {tally.retries} retries" + (f" (app {app})" if app else ""),
             file=out, flush=True,
         )  # fmt: skip
-    for lines, reason in tally.undelivered:
+    for lines, reason in sorted(tally.undelivered, key=lambda item: min(item[0])):  # in file order
         print(f"sqreen-mw import: lines {describe_lines(lines)} not delivered: {reason}", file=sys.stderr)
     if stopped:
         print(f"sqreen-mw import: stopped after line {last_line}: {stopped}; later lines were not imported",

@@ -93,13 +93,16 @@ class Sender:
         *,
         in_flight: int = 2,
         retry_for: float = 300.0,
-        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[str, float], None] | None = None,
     ) -> None:
         self._session = session
         self._tally = tally
         self._on_reject = on_reject
+        self._on_retry = on_retry
         self._retry_for = retry_for
-        self._sleep = sleep
+        self._busy: dict[int, tuple[Batch, list[Batch]]] = {}  # thread id -> the batch it sends, and parts to send
+        self._abandoned = False  # stop() gave up on the threads: their late answers are not counted
+        self._waiting: set[int] = set()  # threads waiting to retry a batch
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=in_flight)
         self.failure: str | None = None  # set when a batch was given up: the reader stops
         self._stop = threading.Event()
@@ -132,6 +135,47 @@ class Sender:
         for thread in self._threads:
             thread.join()
 
+    def stop(self, reason: str, grace: float = 1.0, leftover: Batch | None = None) -> None:
+        """Stop within about ``grace`` + 1 s (Ctrl-C): what is not delivered by then is named, with ``reason``.
+
+        ``leftover`` (the batch being filled) is queued if there is room within ``grace``. Batches still queued
+        or being retried are given up; a request still waiting for its answer after that is given up too
+        (the collector may have stored it: a rerun stores nothing twice).
+        """
+        # No grace while a sender waits to retry: the collector is not answering.
+        deadline = time.monotonic() + (0.0 if self._waiting else grace)
+        while leftover is not None and leftover.lines and not self._stop.is_set():  # sent if the collector keeps up
+            try:
+                self._queue.put(leftover, timeout=0.1)
+                leftover = None
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    break
+        if leftover is not None and leftover.lines:
+            self._give_up(leftover, reason)
+        while any(t.is_alive() for t in self._threads) and time.monotonic() < deadline:
+            try:
+                self._queue.put(None, timeout=0.1)
+            except queue.Full:
+                continue
+        self._fail(reason)
+        while True:  # drain: the threads see _stop and give these up too, but may be stuck in a request
+            try:
+                batch = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if batch is not None:
+                self._give_up(batch, reason)
+        for thread in self._threads:
+            thread.join(max(0.0, deadline + 1.0 - time.monotonic()))
+        with self._tally.lock:
+            self._abandoned = True
+            for thread in self._threads:
+                current = self._busy.get(thread.ident or 0) if thread.is_alive() else None
+                if current is not None:
+                    lines = [line for part in (current[0], *current[1]) for line in part.lines]
+                    self._tally.undelivered.append((lines, f"{reason} while being sent (it may have been stored)"))
+
     def _run(self) -> None:
         while True:
             batch = self._queue.get()
@@ -150,20 +194,24 @@ class Sender:
     def _give_up(self, batch: Batch, reason: str) -> None:
         if batch.lines:
             with self._tally.lock:
-                self._tally.undelivered.append((batch.lines, reason))
+                if not self._abandoned:
+                    self._tally.undelivered.append((batch.lines, reason))
 
     def _deliver(self, first: Batch) -> None:
         pending = [first]
+        ident = threading.get_ident()
         while pending:
             batch = pending.pop()
             if self._stop.is_set():
                 self._give_up(batch, self.failure or "import stopped")
                 continue
+            self._busy[ident] = (batch, pending)
             try:
                 self._settle(batch, pending)
             except Exception as exc:  # Fatal, or a bug: either way no row may go unaccounted for
                 self._fail(str(exc) if isinstance(exc, Fatal) else f"{type(exc).__name__}: {exc}")
                 self._give_up(batch, self.failure or str(exc))
+        self._busy.pop(ident, None)
 
     def _settle(self, batch: Batch, pending: list[Batch]) -> None:
         """Send one batch and account for the answer; parts still to send go on ``pending``."""
@@ -173,6 +221,8 @@ class Sender:
         if outcome.kind == OK:
             body = outcome.body if isinstance(outcome.body, dict) else {}
             with self._tally.lock:
+                if self._abandoned:
+                    return
                 self._tally.sent += len(batch.events)
                 self._tally.stored += int(body.get("accepted", 0))
                 self._tally.duplicates += int(body.get("duplicates", 0))
@@ -194,6 +244,8 @@ class Sender:
 
     def _reject(self, batch: Batch, named: dict[int, str]) -> None:
         with self._tally.lock:
+            if self._abandoned:
+                return
             self._tally.rejected += len(named)
         for index in sorted(named):
             self._on_reject(batch.lines[index], named[index])
@@ -227,8 +279,23 @@ class Sender:
             with self._tally.lock:
                 self._tally.retries += 1
             wait = max(outcome.retry_after or 0.0, delay * random.uniform(0.5, 1.0))  # noqa: S311 -- jitter
-            self._sleep(min(wait, max(0.0, give_up_at - now)))
+            self._wait(min(wait, max(0.0, give_up_at - now)), give_up_at, outcome.reason)
             delay = min(delay * 2, 30.0)
+
+    def _wait(self, seconds: float, give_up_at: float, reason: str) -> None:
+        """Sleep before a retry, waking at once on :meth:`stop`, and saying each second that it keeps retrying."""
+        end = time.monotonic() + seconds
+        ident = threading.get_ident()
+        self._waiting.add(ident)
+        try:
+            while True:
+                now = time.monotonic()
+                if self._on_retry is not None:
+                    self._on_retry(reason, give_up_at - now)
+                if now >= end or self._stop.wait(min(end - now, 1.0)):
+                    return
+        finally:
+            self._waiting.discard(ident)
 
 
 def _named_errors(body: Any, size: int) -> dict[int, str]:

@@ -7,6 +7,7 @@ the rows rejected so far. Messages about single rows go through :meth:`Progress.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import IO, Any
 
@@ -26,6 +27,9 @@ class Progress:
         self.out = out or sys.stderr
         self.started = time.monotonic()
         self._next = self.started + every
+        self._next_retry = self.started
+        self.retry_every = every
+        self._retry_lock = threading.Lock()
 
     def message(self, text: str) -> None:
         """A line about one row (a rejection): shown even when quiet."""
@@ -48,9 +52,20 @@ class Progress:
         self._next = now + self.every
         print(f"import: {self.status(rows, position, rejected)}", file=self.out, flush=True)
 
-    def close(self, rows: int, position: int, rejected: int) -> None:
+    def retrying(self, reason: str, left: float) -> None:
+        """Called by the senders while the collector does not answer: a line at most every ``every`` seconds."""
+        now = time.monotonic()
+        with self._retry_lock:
+            if self.quiet or now < self._next_retry:
+                return
+            self._next_retry = now + self.retry_every
+        self.message(f"import: the collector is unreachable or busy ({reason}); retrying for {max(left, 0):.0f} s more")
+
+    def close(self, rows: int, position: int, rejected: int, done: bool = True) -> None:
+        """The last line: ``(done reading)`` when the whole input was read, else ``(stopped reading)``."""
         if not self.quiet:
-            print(f"import: {self.status(rows, position, rejected)} (done reading)", file=self.out, flush=True)
+            end = "done reading" if done else "stopped reading"
+            print(f"import: {self.status(rows, position, rejected)} ({end})", file=self.out, flush=True)
 
 
 class Bar(Progress):
@@ -58,6 +73,7 @@ class Bar(Progress):
 
     def __init__(self, size: int | None, *, out: IO[str] | None = None) -> None:
         super().__init__(size, every=0.2, out=out)
+        self.retry_every = 5.0
         from tqdm import tqdm
 
         self._bar: Any = tqdm(
@@ -86,7 +102,7 @@ class Bar(Progress):
         else:
             self._bar.refresh()
 
-    def close(self, rows: int, position: int, rejected: int) -> None:
+    def close(self, rows: int, position: int, rejected: int, done: bool = True) -> None:
         self._advance(rows, position, rejected)
         self._bar.close()
 

@@ -29,6 +29,7 @@ class Session:
         self._client = httpx.Client(base_url=url, timeout=timeout, headers={"User-Agent": f"sqreen_mw/{__version__}"})
         self.key: str | None = None
         self.app: str = app_name or "default"
+        self.named_app: str | None = None  # the app the collector said it stores the events under
         self._lock = threading.Lock()
         # Compressing costs both sides CPU, which is what limits an import over loopback; elsewhere bytes matter more.
         self.compress = gzip == "always" or (gzip == "auto" and not _is_loopback(url))
@@ -58,7 +59,9 @@ class Session:
             if not isinstance(outcome.body, dict) or not outcome.body.get("session_id"):
                 return Outcome(RETRY, "login answer without session_id")
             self.key = str(outcome.body["session_id"])
-            self.app = str(outcome.body.get("app") or self.app)
+            if outcome.body.get("app"):
+                self.named_app = str(outcome.body["app"])
+            self.app = self.named_app or self.app
             return outcome
 
     def send(self, payload: bytes) -> tuple[Outcome, str | None]:

@@ -6,12 +6,16 @@ A row is a ``dict`` in the JSON Lines shape (the ``track()`` fields), or the ``s
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
+import itertools
 import json
 import os
+import re
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
@@ -23,6 +27,9 @@ except ImportError:  # pragma: no cover - exercised by the tests with orjson hid
 
 FORMATS = ("jsonl", "csv")
 _GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
+#: A truncated gzip stream raises EOFError; a corrupt one BadGzipFile (an OSError) or zlib.error.
+_READ_ERRORS = (EOFError, OSError, zlib.error)
 _SINGLE_COLUMNS = {"id": "id", "name": "name", "timestamp": "timestamp"}
 _REQUEST_COLUMNS = {"ip": "client_ip", "user_agent": "user_agent", "path": "path", "verb": "verb"}
 _PREFIXES = {"prop.": "properties", "user.": "user_identifiers", "param.": "params"}
@@ -90,45 +97,63 @@ class Source:
         self.stream.close()
         self.raw.close()
 
+    def _read_error(self, exc: Exception, line: int) -> SourceError:
+        if self.stream is self.raw:
+            return SourceError(f"{self.name}: cannot read after line {line}: {exc}")
+        what = "ends early" if isinstance(exc, EOFError) else f"is corrupt ({exc})"
+        return SourceError(f"{self.name}: gzip data {what} after line {line}")
+
     def _jsonl(self) -> Iterator[Row]:
         decode = _DECODER.decode
         fast = _fast_decode if orjson is not None else None
-        for number, line in enumerate(self.stream, 1):
-            if fast is not None:
-                row = fast(line)
-                if type(row) is dict:
-                    yield number, row
+        number = 0
+        try:
+            lines: Iterator[bytes] = iter(self.stream)
+            first = next(lines, None)
+            if first is not None:  # a UTF-8 byte order mark is skipped, as in a CSV
+                lines = itertools.chain((first.removeprefix(_BOM),), lines)
+            for number, line in enumerate(lines, 1):
+                if fast is not None:
+                    row = fast(line)
+                    if type(row) is dict:
+                        yield number, row
+                        continue
+                if not line.strip():
                     continue
-            if not line.strip():
-                continue
-            try:
-                text = line.decode()
-            except UnicodeDecodeError as exc:
-                yield number, f"line is not valid UTF-8: {exc}"
-                continue
-            try:
-                row = decode(text)
-            except ValueError as exc:
-                yield number, f"invalid JSON: {exc}"
-                continue
-            except RecursionError:
-                yield number, "invalid JSON: nested too deep"
-                continue
-            if type(row) is not dict:
-                yield number, f"row must be a JSON object, got {type(row).__name__}"
-                continue
-            yield number, row
+                try:
+                    text = line.decode()
+                except UnicodeDecodeError as exc:
+                    yield number, f"line is not valid UTF-8: {exc}"
+                    continue
+                try:
+                    row = decode(text)
+                except ValueError as exc:
+                    yield number, f"invalid JSON: {exc}"
+                    continue
+                except RecursionError:
+                    yield number, "invalid JSON: nested too deep"
+                    continue
+                if type(row) is not dict:
+                    yield number, f"row must be a JSON object, got {type(row).__name__}"
+                    continue
+                yield number, row
+        except _READ_ERRORS as exc:  # raised by the file, not by the rows: the lines before were complete
+            raise self._read_error(exc, number) from None
 
     def read_header(self) -> None:
         """CSV: read and check the header now, so a bad column stops the import before anything is sent."""
         if self.format != "csv":
             return
-        self._text = io.TextIOWrapper(self.stream, encoding="utf-8-sig", newline="")
+        self._text = io.TextIOWrapper(self.stream, encoding="utf-8-sig", errors=_MARK_BAD_UTF8, newline="")
         self._reader = csv.reader(self._text, strict=True)
         try:
             header = next(self._reader, None)
-        except (UnicodeDecodeError, csv.Error) as exc:
+        except csv.Error as exc:
             raise SourceError(f"{self.name}: cannot read the CSV header: {exc}") from None
+        except _READ_ERRORS as exc:
+            raise self._read_error(exc, 0) from None
+        if header and _bad_utf8(header):
+            raise SourceError(f"{self.name}: the CSV header is not valid UTF-8 ({_bad_utf8(header)})")
         self._columns = [_column(name) for name in header or []]
         seen: set[tuple[str, str]] = set()
         for column in self._columns:
@@ -153,14 +178,43 @@ class Source:
                 if len(cells) != len(columns):
                     yield number, f"row has {len(cells)} cells, the header has {len(columns)} columns"
                     continue
+                if _BAD_UTF8[0] and _bad_utf8(cells):  # some byte was not UTF-8 (in this file or another)
+                    yield number, f"line is not valid UTF-8 ({_bad_utf8(cells)})"
+                    continue
                 try:
                     yield number, _csv_row(columns, cells)
                 except ValueError as exc:
                     yield number, str(exc)
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{self.name}: not valid UTF-8 after line {reader.line_num}: {exc}") from None
+        except _READ_ERRORS as exc:
+            raise self._read_error(exc, reader.line_num) from None
         except csv.Error as exc:
             raise SourceError(f"{self.name}: line {reader.line_num}: bad CSV: {exc}") from None
+
+
+#: Bytes that are not UTF-8 become lone surrogates (as with "surrogateescape"), and are counted, so that a row holding
+#: one is refused by line (as in JSON Lines) while a file without any pays for no search.
+_MARK_BAD_UTF8 = "sqreen_mw.import.mark"
+_BAD_UTF8 = [0]
+_ESCAPE = codecs.lookup_error("surrogateescape")
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _mark_bad_utf8(exc: UnicodeError) -> tuple[str, int]:
+    _BAD_UTF8[0] += 1
+    text, end = _ESCAPE(exc)
+    return str(text), end
+
+
+codecs.register_error(_MARK_BAD_UTF8, _mark_bad_utf8)
+
+
+def _bad_utf8(cells: list[str]) -> str:
+    """``byte 0xe9 in column 3`` for the first byte of ``cells`` that was not UTF-8, else ""."""
+    for column, cell in enumerate(cells, 1):
+        match = _SURROGATE.search(cell)
+        if match:
+            return f"byte 0x{ord(match.group()) - 0xDC00:02x} in column {column}"
+    return ""
 
 
 def _column(header: str) -> tuple[str, str, str, str]:

@@ -1,0 +1,218 @@
+"""``sqreen-mw import`` stopping early: every row not stored is named, against the real collector on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import re
+import signal
+import subprocess
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqreen_mw._scrub import Scrubber
+from sqreen_mw.importer._command import _import, add_arguments
+from sqreen_mw.importer._events import EventMaker
+from sqreen_mw.importer._session import Session
+from sqreen_mw.importer._source import open_source
+
+from .support import API_KEY, ROOT, Collector, FaultyProxy, serve_in_thread, start_collector
+from .test_import import import_args, run_import, summary, write_jsonl
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    with start_collector(tmp_path / "events.db") as running:
+        yield running
+
+
+def _args(*extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["unused", *extra])
+
+
+class _InterruptAt(EventMaker):
+    """Ctrl-C arrives while row ``at`` (1-based) is being turned into an event."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(Scrubber(), "default")
+        self._at, self._seen = at, 0
+
+    def make(self, row: dict[str, Any]) -> bytes:
+        self._seen += 1
+        if self._seen == self._at:
+            raise KeyboardInterrupt
+        return super().make(row)
+
+
+def _run(collector: Collector, path: Path, maker: EventMaker, *extra: str, url: str | None = None) -> int:
+    session = Session(url or collector.url, API_KEY, None, 10.0)
+    source = open_source(str(path))
+    try:
+        assert session.login().kind == "ok"
+        return _import(_args("-q", *extra), source, session, maker, io.StringIO())
+    finally:
+        session.logout()
+        session.close()
+        source.close()
+
+
+@pytest.mark.parametrize("at", [1, 7, 10, 11])
+def test_interrupted_while_a_row_is_handled_the_stop_line_is_exact(
+    collector: Collector, tmp_path: Path, capsys: pytest.CaptureFixture[str], at: int
+) -> None:
+    path = write_jsonl(tmp_path / "events.jsonl", 30)
+    assert _run(collector, path, _InterruptAt(at), "--batch-size", "10") == 1
+    err = capsys.readouterr().err
+    match = re.search(r"stopped after line (\d+): interrupted; later lines were not imported", err)
+    assert match, err
+    # Lines 1..N were stored, nothing after N was (the rows are in time order, line i at second i - 1).
+    assert int(match.group(1)) == at - 1
+    stored = sorted(e["timestamp"] for e in collector.events())
+    assert len(stored) == at - 1
+    assert all(ts.startswith(f"2024-05-01T00:00:{i:02d}") for i, ts in enumerate(stored))
+
+
+def test_ctrl_c_while_the_collector_does_not_answer_stops_at_once_naming_the_rows(
+    collector: Collector, tmp_path: Path
+) -> None:
+    proxy = FaultyProxy(collector.url, [(503, {})] * 10_000)
+    path = write_jsonl(tmp_path / "events.jsonl", 45)
+    with serve_in_thread(proxy.app) as url:
+        proc = subprocess.Popen(
+            import_args(url, str(path), "--batch-size", "10", "--in-flight", "2", "--retry-for", "120",
+                        "--progress-every", "0.5"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        seen: list[str] = []
+        for _ in range(3):  # the retry line comes again at the progress interval
+            line = proc.stderr.readline()
+            seen.append(line)
+            assert re.match(r"import: the collector is unreachable or busy \(HTTP 503.*\); retrying for 1\d\d s more",
+                            line), seen
+        proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - interrupted
+    assert proc.returncode == 1, err
+    assert took < 3.0, took
+    counts = summary(subprocess.CompletedProcess(proc.args, 1, out, err))
+    assert counts["stored"] == 0
+    assert counts["undelivered"] == 45, err
+    named = [
+        n
+        for ranges in re.findall(r"lines ([\d, -]+) not delivered: interrupted", err)
+        for part in ranges.split(", ")
+        for n in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)
+    ]
+    assert sorted(named) == list(range(1, 46)), err
+    assert named == sorted(named), err  # named in file order
+
+
+def _complete_lines(data: bytes) -> int:
+    """Lines a gzip reader can give whole out of the (cut) compressed ``data``."""
+    return zlib.decompressobj(wbits=31).decompress(data).count(b"\n")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_truncated_gzip_file_imports_its_complete_lines_and_says_where_it_stopped(
+    collector: Collector, tmp_path: Path, fmt: str
+) -> None:
+    if fmt == "jsonl":
+        plain = write_jsonl(tmp_path / "events.jsonl", 3000).read_bytes()
+    else:
+        plain = b"name,timestamp,prop.i:int\n" + b"".join(
+            f"login.failed,2024-05-01T00:{i // 60 % 60:02d}:{i % 60:02d}.{i // 3600:03d}Z,{i}\n".encode()
+            for i in range(3000)
+        )
+    packed = gzip.compress(plain)
+    cut = packed[: len(packed) * 2 // 3]
+    path = tmp_path / f"cut.{fmt}.gz"
+    path.write_bytes(cut)
+    whole = _complete_lines(cut)
+    rows = whole - (fmt == "csv")  # the header
+    result = run_import(collector, str(path), "--batch-size", "500")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{path}: gzip data ends early after line {whole}" in result.stderr, result.stderr
+    assert summary(result)["stored"] == rows
+    assert len(collector.events()) == rows
+    corrupt = tmp_path / f"corrupt.{fmt}.gz"
+    corrupt.write_bytes(packed[:2000] + bytes(b ^ 0x55 for b in packed[2000:4000]) + packed[4000:])
+    result = run_import(collector, str(corrupt))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert re.search(rf"{re.escape(str(corrupt))}: gzip data is corrupt \(.*\) after line \d+", result.stderr)
+
+
+@pytest.mark.parametrize("bad", [3, 20_002])
+def test_invalid_utf8_in_a_csv_rejects_that_row_by_line_and_imports_the_rest(
+    collector: Collector, tmp_path: Path, bad: int
+) -> None:
+    lines = [b"name,timestamp,prop.who"] + [
+        f"login.failed,2024-05-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z,user{i}".encode()
+        for i in range(2, bad + 3)
+    ]
+    lines[bad - 1] = lines[bad - 1].replace(b"user", b"caf\xe9")  # line number `bad` (1-based)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = run_import(collector, str(path))
+    assert result.returncode == 1, result.stderr
+    assert f"line {bad}: line is not valid UTF-8 (byte 0xe9 in column 3)" in result.stderr, result.stderr
+    assert "stopped after" not in result.stderr
+    counts = summary(result)
+    assert (counts["rejected"], counts["stored"]) == (1, len(lines) - 2)
+    assert len(collector.events()) == len(lines) - 2
+
+
+def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_skipped(collector: Collector, tmp_path: Path) -> None:
+    plain = write_jsonl(tmp_path / "plain.jsonl", 3)
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    result = run_import(collector, str(path))
+    assert result.returncode == 0, result.stderr
+    assert summary(result)["stored"] == 3
+    packed = tmp_path / "bom.jsonl.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    again = run_import(collector, str(packed))
+    assert again.returncode == 0, again.stderr
+    assert summary(again)["duplicates"] == 3  # the same rows: the mark is not part of the first one
+    assert len(collector.events()) == 3
+
+
+def test_done_reading_only_when_the_whole_file_was_read_and_the_summary_names_the_app(
+    collector: Collector, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(["{bad"] * 5 + [json.dumps({"name": "a.b", "timestamp": "2024-05-01T00:00:00Z"})]) + "\n")
+    stopped = run_import(collector, str(path), "--max-errors", "2")
+    assert stopped.returncode == 1
+    assert re.search(r"^import: 3 rows, .*\(stopped reading\)$", stopped.stderr, re.M), stopped.stderr
+    assert "(done reading)" not in stopped.stderr
+    whole = run_import(collector, str(path), "--app", "shop")
+    assert whole.returncode == 1
+    assert re.search(r"^import: 6 rows, .*\(done reading\)$", whole.stderr, re.M), whole.stderr
+    assert re.search(r" retries \(app shop\)$", whole.stdout, re.M), whole.stdout
+    assert [e["app"] for e in collector.events()] == ["shop"]
+
+
+def test_an_explicit_id_is_stored_once_across_apps_a_derived_one_per_app(collector: Collector, tmp_path: Path) -> None:
+    # As docs/import.md says: the derived id hashes the app, an explicit id is the row's own.
+    path = tmp_path / "events.jsonl"
+    row = {"name": "a.b", "timestamp": "2024-05-01T00:00:00Z"}
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "0190a1b2-0000-7000-8000-000000000001"}) + "\n")
+    assert summary(run_import(collector, str(path), "--app", "one"))["stored"] == 2
+    second = summary(run_import(collector, str(path), "--app", "two"))
+    assert (second["stored"], second["duplicates"]) == (1, 1)
+    assert sorted(e["app"] for e in collector.events()) == ["one", "one", "two"]
