@@ -234,7 +234,6 @@ def _checked_request(value: object) -> tuple[dict[str, Any], str | None]:
 
 _MISSING: Any = object()
 _new_record = tuple.__new__  # EventRecord(...) is a Python-level __new__: 3x the cost of building the tuple
-#: Whole POSIX seconds of each "YYYY-MM-DDTHH:MM" timestamp prefix already seen (bounded: cleared when full).
 _fromisoformat = datetime.fromisoformat
 
 
