@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import os
 import signal
@@ -317,6 +318,22 @@ def _announce(server: object, host: str, db: str) -> None:
     print(f"sqreen-mw collector listening on http://{shown}:{port} (db: {db})", flush=True)
 
 
+#: Allocations between two young-generation collections in ``serve`` (Python's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """Collect garbage less often in the ``serve`` process (its own process: an app embedding the collector keeps its
+    settings). Decoding a 2,000-event batch allocates ~30,000 objects that live until the batch is stored: at the
+    default threshold they were traversed by dozens of collections each, and promoted to the older generations that
+    every full collection walks again, ~8,000 instructions an event (callgrind). What start-up loaded is frozen out
+    of the collections altogether."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def _log_traffic() -> None:
     # Logins, batches and refused keys at INFO, so the terminal shows traffic arriving (uvicorn's own: warnings).
     handler = logging.StreamHandler(sys.stderr)
@@ -398,6 +415,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.admin_token is None:
         print("sqreen-mw serve: no --admin-token: the admin API answers 401 and the explorer is off", file=sys.stderr)
     _log_traffic()
+    _tune_gc()
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
