@@ -181,3 +181,70 @@ def test_serve_collects_garbage_less_often() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_batch_queued_during_a_transaction_joins_its_commit(tmp_path: Path) -> None:
+    storage = SQLiteStorage(str(tmp_path / "g.db"))
+    commits: list[str] = []
+    storage._db().set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    first, second = _events(300), _events(200, start=1_714_600_000.0)
+    results: dict[str, Any] = {}
+    real_insert = SQLiteStorage._insert
+    calls = 0
+
+    def insert(db: sqlite3.Connection, write: Any, counted: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # while the first batch goes in, another writer queues its batch and waits
+            other = threading.Thread(target=lambda: results.update(second=storage.store_events(second)))
+            other.start()
+            assert _wait_for(lambda: bool(storage._queue))
+            results["thread"] = other
+        return real_insert(db, write, counted)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(SQLiteStorage, "_insert", staticmethod(insert))
+            results["first"] = storage.store_events(first)
+            results["thread"].join(10)
+        assert commits == ["COMMIT"]  # one transaction for both batches
+        assert [e.id for e in results["first"]] == [e.id for e in first]
+        assert [e.id for e in results["second"]] == [e.id for e in second]
+        assert len(storage.query_events(EventQuery(limit=1000))) == 500
+    finally:
+        storage.close()
+
+
+def test_a_failing_batch_that_joined_a_transaction_fails_alone(tmp_path: Path) -> None:
+    storage = SQLiteStorage(str(tmp_path / "g.db"))
+    good, bad = _events(50), [_events(1, start=1_714_700_000.0)[0]._replace(users=(object(),))]  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+    real_insert = SQLiteStorage._insert
+    calls = 0
+
+    def insert(db: sqlite3.Connection, write: Any, counted: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            def send_bad() -> None:
+                try:
+                    storage.store_events(bad)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            other = threading.Thread(target=send_bad)
+            other.start()
+            assert _wait_for(lambda: bool(storage._queue))
+            insert.other = other  # type: ignore[attr-defined]
+        return real_insert(db, write, counted)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(SQLiteStorage, "_insert", staticmethod(insert))
+            stored = storage.store_events(good)
+            insert.other.join(10)  # type: ignore[attr-defined]
+        assert [e.id for e in stored] == [e.id for e in good]
+        assert len(errors) == 1 and isinstance(errors[0], sqlite3.Error)
+        assert len(storage.query_events(EventQuery(limit=1000))) == 50
+    finally:
+        storage.close()
