@@ -117,8 +117,9 @@ DROP INDEX IF EXISTS events_ip_ts;
 # page, the new version of a row stays on its page and its primary key is not touched (a heap-only update): no index
 # insert per counted-up row, and no dead index entries for the next batch's conflict check to step over. The minute
 # rows are the hottest (every batch adds to the current minute's), the hour rows are counted up a few times each
-# (an IP, a user); a full page leaves no room (PostgreSQL's default fillfactor for tables is 100). Pages written from
-# now on keep that room; rows stored before keep theirs as they are.
+# (an IP, a user); a full page leaves no room (PostgreSQL's default fillfactor for tables is 100). 4 % of the
+# server's instructions per stored event (measured; docs/deployment.md, Sizing). Pages written from now on keep that
+# room; rows stored before keep theirs as they are.
 _VERSION_4 = """
 ALTER TABLE explorer_minute SET (fillfactor = 50);
 ALTER TABLE explorer_hour SET (fillfactor = 70);
