@@ -95,20 +95,29 @@ def ingest(records: list[EventRecord], where: str) -> tuple[Any, float, float]:
     else:
         with_rollups = SQLiteStorage(os.path.join(where, "explorer.db"))
         without = SQLiteStorage(os.path.join(where, "baseline.db"))
-    real = module.update_rollups
+    # The baseline swaps the rollup step for a no-op: the same insert path minus the rollups. On SQLite that is a
+    # module-level hook; on PostgreSQL the counting is part of the batch's statement, whose rollup upserts are given
+    # a condition that is never true (the statement keeps its parameters, and counts nothing).
+    hook = "_STORE_BATCH" if where.startswith("postgresql://") else "update_rollups"
+    real = getattr(module, hook)
+    if hook == "_STORE_BATCH":
+        off: Any = real.replace("FROM fresh GROUP BY 1, 2", "FROM fresh WHERE false GROUP BY 1, 2").replace(
+            ") AS k GROUP BY 1, 2, 3", ") AS k WHERE false GROUP BY 1, 2, 3")
+        assert off.count("WHERE false") == 2, "the PostgreSQL batch statement changed: update the baseline"
+    else:
+        off = lambda db, fresh: None  # noqa: E731
     spent = {"on": 0.0, "off": 0.0}
     group = 50 * BATCH
     for lo in range(0, len(records), group):
         chunk = records[lo : lo + group]
         for label, storage in (("on", with_rollups), ("off", without)):
-            # The baseline swaps the module-level hook for a no-op: the same insert path minus the rollups.
-            module.update_rollups = real if label == "on" else (lambda db, fresh: None)
+            setattr(module, hook, real if label == "on" else off)
             t0 = time.perf_counter()
             for b in range(0, len(chunk), BATCH):
                 storage.insert_events(chunk[b : b + BATCH])
             spent[label] += time.perf_counter() - t0
         print(f"  loaded {lo + len(chunk):>9,} events", end="\r", file=sys.stderr)
-    module.update_rollups = real
+    setattr(module, hook, real)
     print(file=sys.stderr)
     without.close()
     return with_rollups, len(records) / spent["on"], len(records) / spent["off"]

@@ -99,7 +99,7 @@ def test_migrate_command_creates_the_schema(postgres_url: str, capsys: pytest.Ca
     assert main(["migrate", "--db", postgres_url]) == 0
     assert "schema up to date" in capsys.readouterr().out
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (4,)
     PostgresStorage(postgres_url, migrate=False).close()  # now usable without migrating
 
 
@@ -116,13 +116,49 @@ def test_a_version_2_database_is_migrated_to_the_narrow_index_of_ip_texts(postgr
     storage = PostgresStorage(postgres_url)
     try:
         with storage._tx() as conn:
-            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (4,)
             indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"))
         assert "events_ip_ts" not in indexes and "WHERE (ip_key IS NULL)" in indexes["events_iptext_ts"], indexes
         assert [e.client_ip for e in storage.query_events(EventQuery(ip="unknown"))] == ["unknown"]
         assert [e.client_ip for e in storage.query_events(EventQuery(ip="203.0.113.7"))] == ["203.0.113.7"]
         assert storage.insert_events([_record(3)._replace(client_ip="unknown")]) == (1, 0)
         assert len(storage.query_events(EventQuery(ip="unknown"))) == 2
+    finally:
+        storage.close()
+
+
+def _fillfactors(conn: Any) -> dict[str, list[str] | None]:
+    rows = conn.execute("SELECT relname, reloptions FROM pg_class"
+                        " WHERE relname IN ('explorer_minute', 'explorer_hour')")
+    return dict(rows.fetchall())
+
+
+def test_a_version_3_database_with_events_is_migrated_to_rollup_pages_with_room(postgres_url: str) -> None:
+    t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600
+    records = [_record(i, user=f"u{i % 4}@example.com")._replace(name=f"n{i % 3}", ts=t0 + i * 20.0)
+               for i in range(300)]  # fmt: skip
+    storage = PostgresStorage(postgres_url)
+    storage.insert_events(records[:200])
+    storage.close()
+    with psycopg.connect(postgres_url) as conn:  # as schema version 3 left it: the tables' default fillfactor
+        conn.execute("ALTER TABLE explorer_minute RESET (fillfactor)")
+        conn.execute("ALTER TABLE explorer_hour RESET (fillfactor)")
+        conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
+        assert _fillfactors(conn) == {"explorer_minute": None, "explorer_hour": None}
+    with pytest.raises(SchemaError, match="schema version 3"):
+        PostgresStorage(postgres_url, migrate=False)
+    storage = PostgresStorage(postgres_url)
+    try:
+        with storage._tx() as conn:
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (4,)
+            assert _fillfactors(conn) == {"explorer_minute": ["fillfactor=50"], "explorer_hour": ["fillfactor=70"]}
+        assert storage.insert_events(records[150:]) == (100, 50)  # the events of version 3 are still known
+        overview = storage.overview(t0, t0 + 3 * 3600, 3600)
+        assert overview.total == 300
+        assert dict(overview.names) == {f"n{k}": 100 for k in range(3)}
+        assert [e.ts for e in storage.query_events(EventQuery(user="u1@example.com", limit=500))] == [
+            r.ts for r in reversed(records) if r.users == ("u1@example.com",)
+        ]
     finally:
         storage.close()
 
