@@ -233,6 +233,34 @@ def _valid_iso(text: str) -> bool:
     return True
 
 
+#: Bytes of events per piece of a batch body (see :func:`encode_pieces`).
+PIECE_SIZE = 32 * 1024
+
+
 def encode_items(items: list[bytes]) -> bytes:
     """A batch body from events made by :meth:`EventMaker.make`."""
     return b'{"events":[' + b",".join(items) + b"]}"
+
+
+def encode_pieces(items: list[bytes], size: int = PIECE_SIZE) -> list[bytes]:
+    """:func:`encode_items`'s body as pieces of about ``size`` bytes (more only for a single larger event).
+
+    A batch is sent piece by piece so that no body is ever one block of megabytes: glibc's malloc serves blocks
+    above its mmap threshold with mmap, but raises that threshold to the size of each such block freed, after
+    which the next bodies come from the sender threads' heaps, which they fragment, and the process grows with
+    the file (measured at ``--batch-size 10000``: 68 MiB for 30,000 rows, 135 MiB for 300,000).
+    """
+    pieces = [b'{"events":[']
+    group: list[bytes] = []
+    length = 0
+    for item in items:
+        group.append(item)
+        length += len(item)
+        if length >= size:
+            pieces.append(b",".join(group))
+            group = [b""]  # the next piece starts with the comma after this one
+            length = 0
+    if len(group) > 1 or (group and group[0]):
+        pieces.append(b",".join(group))
+    pieces.append(b"]}")
+    return pieces
