@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,6 +59,41 @@ def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(("row", "expected"), PINNED)
 def test_derived_ids_are_pinned(encoder: str, row: dict[str, Any], expected: str) -> None:
     assert EventMaker(Scrubber(), "shop", clock=lambda: NOW).event(row)["id"] == expected
+
+
+_AGENTS = ("Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0", "curl/8.5.0", "python-httpx/0.27")
+
+
+def _typical_rows(n: int) -> Iterator[dict[str, Any]]:
+    # Rows of the fast paths (flat properties, a request block, plain UTC times) with a few of the others.
+    for i in range(n):
+        moment = datetime(2024, 5, 1, 10, tzinfo=UTC) + timedelta(milliseconds=997 * i)
+        head, frac = moment.strftime("%Y-%m-%dT%H:%M:%S"), moment.microsecond // 1000
+        stamp = [f"{head}.{frac:03d}Z", f"{head}Z", f"{head}.{frac:03d}123Z", f"{head}.{frac // 100}+00:00"][i % 4]
+        row: dict[str, Any] = {
+            "name": ("login.failed", "order.placed", "search")[i % 3], "timestamp": stamp,
+            "properties": {"attempt": i % 7, "reason": "bad password", "success": i % 3 == 0, "ratio": i / 8},
+            "request": {"client_ip": f"203.0.{i % 200}.{i % 250}", "user_agent": _AGENTS[i % 3], "path": "/login",
+                        "verb": "POST", "params": {"next": "/home", "password": "hunter2"}},
+        }  # fmt: skip
+        if i % 2:
+            row["user_identifiers"] = {"email": f"user{i % 50}@example.com"}
+        if i % 5 == 0:
+            row["body"] = {"card": "4111 1111 1111 1111", "items": [i, "x"]}
+        yield row
+
+
+def test_typical_rows_make_pinned_bytes_and_ids() -> None:
+    # Computed by the version that first imported such files: a re-import must give the same ids (and bytes).
+    maker = EventMaker(Scrubber(), "default", clock=lambda: NOW)
+    sent = [maker.make(row) for row in _typical_rows(2000)]
+    assert [json.loads(item)["id"] for item in sent[:4]] == [
+        "018f3398-c100-8b26-968a-87d0a2a6ab50", "018f3398-c100-8f8d-8cbe-068b30d1b525",
+        "018f3398-c8ca-8ea1-b487-3059ef660573", "018f3398-cc54-87a0-bc7b-2ef53746d80d",
+    ]  # fmt: skip
+    assert hashlib.sha256(b"\n".join(sent)).hexdigest() == (
+        "bfbff0d82cc1092661ec86c75e833edcedda6d660da596270936dd2e3f9993c4"
+    )
 
 
 def test_the_event_sent_is_the_canonical_json_hashed() -> None:
