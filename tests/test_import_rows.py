@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sqreen_mw._exceptions import InvalidEvent
-from sqreen_mw._schema import REDACTED
+from sqreen_mw._schema import REDACTED, check_user_identifiers
 from sqreen_mw._scrub import Scrubber
 from sqreen_mw.importer import _canonical, _events, _source
 from sqreen_mw.importer._canonical import RowScrubber, stdlib_canonical
-from sqreen_mw.importer._events import EventMaker, _timestamp, _wire_timestamp
+from sqreen_mw.importer._events import EventMaker, _timestamp, _wire_time, _wire_timestamp
 
 NOW = 1.8e9  # 2027-01-15: every timestamp below is in the past
 # Ids derived by the exact (stdlib) path: the canonical form they hash and their layout must never change, or a file
@@ -205,15 +205,21 @@ def test_plain_utc_timestamps_skip_the_float_round_trip_exactly(moment: datetime
         assert fast is not None
     if fast is not None:
         assert fast == _timestamp(text, 1e12)
+        assert _wire_time(text) == (fast, _events.wire_millis(fast))
+    else:
+        assert _wire_time(text) is None
 
 
 @pytest.mark.parametrize(
     "text",
     ["2024-02-30T10:00:00Z", "2024-05-01T24:00:00Z", "2024-05-01T10:00:60Z", "2024-05-01T10:00:00.1234567Z",
-     "2024-05-01T10:00:00", "2024-05-01 10:00:00Z", "1969-12-31T23:59:59Z", "2100-01-01T00:00:00Z"],
+     "2024-05-01T10:00:00", "2024-05-01 10:00:00Z", "1969-12-31T23:59:59Z", "2100-01-01T00:00:00Z",
+     "2024-05-01T10:00:00.\u0661Z", "2024-05-01T1\u0661:00:00Z", "2024-05-01T10:00:00.5\u0661Z"],
 )  # fmt: skip
 def test_other_timestamps_take_the_exact_path(text: str) -> None:
     assert _wire_timestamp(text) is None
+    assert _wire_time(text) is None
+    assert _wire_time(text) is None  # remembered as such
 
 
 def test_a_future_timestamp_in_the_plain_form_is_still_refused() -> None:
@@ -256,3 +262,22 @@ def test_json_lines_read_alike_with_orjson_and_the_stdlib(lines: list[bytes]) ->
     with pytest.MonkeyPatch.context() as patch:
         fast, slow = _rows(lines, patch, True), _rows(lines, patch, False)
     assert repr(fast) == repr(slow)  # repr: NaN != NaN, and -0.0 == 0.0 would hide a difference
+
+
+_odd_identifiers = st.sampled_from(["a\x00", "x" * 4097, 2**63, -(2**63) - 1, 1.5, None])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=3) | st.integers(),
+                       st.booleans() | st.integers() | st.text(max_size=4) | _odd_identifiers, max_size=17))
+def test_user_identifiers_checked_as_check_user_identifiers_does(value: dict[Any, Any]) -> None:
+    try:
+        expected: Any = check_user_identifiers(value)
+    except InvalidEvent as exc:
+        expected = str(exc)
+    try:
+        got: Any = _events._users(value)
+    except InvalidEvent as exc:
+        got = str(exc)
+    assert got == expected
+    assert [type(v) for v in got.values()] == [type(v) for v in expected.values()] if isinstance(got, dict) else True
