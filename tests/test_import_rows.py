@@ -281,3 +281,13 @@ def test_user_identifiers_checked_as_check_user_identifiers_does(value: dict[Any
         got = str(exc)
     assert got == expected
     assert [type(v) for v in got.values()] == [type(v) for v in expected.values()] if isinstance(got, dict) else True
+
+
+@pytest.mark.parametrize(
+    "rest", ["Z", ".5Z", ".123456Z", ".Z", ".1234567Z", ".12a4Z", ".1", "Zx", "+00:00", ".5+00:00", "", ".-1Z"]
+)
+def test_a_time_whose_seconds_are_remembered_is_read_alike(rest: str) -> None:
+    assert _wire_time("2024-05-01T10:20:30Z") is not None  # its first 19 characters are remembered
+    text = "2024-05-01T10:20:30" + rest
+    fast = _wire_timestamp(text)
+    assert _wire_time(text) == (None if fast is None else (fast, _events.wire_millis(fast)))

@@ -253,7 +253,17 @@ def _checked_canonical(event: dict[str, Any]) -> bytes:
 def _wire_time(value: object) -> tuple[str, int] | None:
     """:func:`_wire_timestamp`'s text and its :func:`wire_millis`, from the seconds of its first 19 characters
     remembered per text."""
-    if type(value) is not str or not value.isascii():  # ASCII: "\\d" is [0-9]
+    if type(value) is not str or not value.isascii():  # ASCII: "\d" is [0-9], and so is isdigit()
+        return None
+    head = value[:19]
+    seconds = _HEADS.get(head)
+    if seconds is not None:  # a head _PLAIN_TS matched before: the rest is (\.\d{1,6})?Z or no match
+        rest = value[19:]
+        if rest == "Z":
+            return f"{head}.000000Z", seconds * 1000
+        if 3 <= len(rest) <= 8 and rest[0] == "." and rest[-1] == "Z" and rest[1:-1].isdigit():
+            text = value if len(rest) == 8 else f"{head}{rest[:-1].ljust(7, '0')}Z"
+            return text, seconds * 1000 + int(text[20:23])
         return None
     match = _PLAIN_TS.fullmatch(value)
     if match is None:
