@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sqreen_mw._exceptions import InvalidEvent
-from sqreen_mw._schema import REDACTED
+from sqreen_mw._schema import REDACTED, check_user_identifiers
 from sqreen_mw._scrub import Scrubber
 from sqreen_mw.importer import _canonical, _events, _source
 from sqreen_mw.importer._canonical import RowScrubber, stdlib_canonical
-from sqreen_mw.importer._events import EventMaker, _timestamp, _wire_timestamp
+from sqreen_mw.importer._events import EventMaker, _timestamp, _wire_time, _wire_timestamp
 
 NOW = 1.8e9  # 2027-01-15: every timestamp below is in the past
 # Ids derived by the exact (stdlib) path: the canonical form they hash and their layout must never change, or a file
@@ -57,6 +59,41 @@ def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(("row", "expected"), PINNED)
 def test_derived_ids_are_pinned(encoder: str, row: dict[str, Any], expected: str) -> None:
     assert EventMaker(Scrubber(), "shop", clock=lambda: NOW).event(row)["id"] == expected
+
+
+_AGENTS = ("Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0", "curl/8.5.0", "python-httpx/0.27")
+
+
+def _typical_rows(n: int) -> Iterator[dict[str, Any]]:
+    # Rows of the fast paths (flat properties, a request block, plain UTC times) with a few of the others.
+    for i in range(n):
+        moment = datetime(2024, 5, 1, 10, tzinfo=UTC) + timedelta(milliseconds=997 * i)
+        head, frac = moment.strftime("%Y-%m-%dT%H:%M:%S"), moment.microsecond // 1000
+        stamp = [f"{head}.{frac:03d}Z", f"{head}Z", f"{head}.{frac:03d}123Z", f"{head}.{frac // 100}+00:00"][i % 4]
+        row: dict[str, Any] = {
+            "name": ("login.failed", "order.placed", "search")[i % 3], "timestamp": stamp,
+            "properties": {"attempt": i % 7, "reason": "bad password", "success": i % 3 == 0, "ratio": i / 8},
+            "request": {"client_ip": f"203.0.{i % 200}.{i % 250}", "user_agent": _AGENTS[i % 3], "path": "/login",
+                        "verb": "POST", "params": {"next": "/home", "password": "hunter2"}},
+        }  # fmt: skip
+        if i % 2:
+            row["user_identifiers"] = {"email": f"user{i % 50}@example.com"}
+        if i % 5 == 0:
+            row["body"] = {"card": "4111 1111 1111 1111", "items": [i, "x"]}
+        yield row
+
+
+def test_typical_rows_make_pinned_bytes_and_ids() -> None:
+    # Computed by the version that first imported such files: a re-import must give the same ids (and bytes).
+    maker = EventMaker(Scrubber(), "default", clock=lambda: NOW)
+    sent = [maker.make(row) for row in _typical_rows(2000)]
+    assert [json.loads(item)["id"] for item in sent[:4]] == [
+        "018f3398-c100-8b26-968a-87d0a2a6ab50", "018f3398-c100-8f8d-8cbe-068b30d1b525",
+        "018f3398-c8ca-8ea1-b487-3059ef660573", "018f3398-cc54-87a0-bc7b-2ef53746d80d",
+    ]  # fmt: skip
+    assert hashlib.sha256(b"\n".join(sent)).hexdigest() == (
+        "bfbff0d82cc1092661ec86c75e833edcedda6d660da596270936dd2e3f9993c4"
+    )
 
 
 def test_the_event_sent_is_the_canonical_json_hashed() -> None:
@@ -168,15 +205,21 @@ def test_plain_utc_timestamps_skip_the_float_round_trip_exactly(moment: datetime
         assert fast is not None
     if fast is not None:
         assert fast == _timestamp(text, 1e12)
+        assert _wire_time(text) == (fast, _events.wire_millis(fast))
+    else:
+        assert _wire_time(text) is None
 
 
 @pytest.mark.parametrize(
     "text",
     ["2024-02-30T10:00:00Z", "2024-05-01T24:00:00Z", "2024-05-01T10:00:60Z", "2024-05-01T10:00:00.1234567Z",
-     "2024-05-01T10:00:00", "2024-05-01 10:00:00Z", "1969-12-31T23:59:59Z", "2100-01-01T00:00:00Z"],
+     "2024-05-01T10:00:00", "2024-05-01 10:00:00Z", "1969-12-31T23:59:59Z", "2100-01-01T00:00:00Z",
+     "2024-05-01T10:00:00.\u0661Z", "2024-05-01T1\u0661:00:00Z", "2024-05-01T10:00:00.5\u0661Z"],
 )  # fmt: skip
 def test_other_timestamps_take_the_exact_path(text: str) -> None:
     assert _wire_timestamp(text) is None
+    assert _wire_time(text) is None
+    assert _wire_time(text) is None  # remembered as such
 
 
 def test_a_future_timestamp_in_the_plain_form_is_still_refused() -> None:
@@ -219,3 +262,32 @@ def test_json_lines_read_alike_with_orjson_and_the_stdlib(lines: list[bytes]) ->
     with pytest.MonkeyPatch.context() as patch:
         fast, slow = _rows(lines, patch, True), _rows(lines, patch, False)
     assert repr(fast) == repr(slow)  # repr: NaN != NaN, and -0.0 == 0.0 would hide a difference
+
+
+_odd_identifiers = st.sampled_from(["a\x00", "x" * 4097, 2**63, -(2**63) - 1, 1.5, None])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=3) | st.integers(),
+                       st.booleans() | st.integers() | st.text(max_size=4) | _odd_identifiers, max_size=17))
+def test_user_identifiers_checked_as_check_user_identifiers_does(value: dict[Any, Any]) -> None:
+    try:
+        expected: Any = check_user_identifiers(value)
+    except InvalidEvent as exc:
+        expected = str(exc)
+    try:
+        got: Any = _events._users(value)
+    except InvalidEvent as exc:
+        got = str(exc)
+    assert got == expected
+    assert [type(v) for v in got.values()] == [type(v) for v in expected.values()] if isinstance(got, dict) else True
+
+
+@pytest.mark.parametrize(
+    "rest", ["Z", ".5Z", ".123456Z", ".Z", ".1234567Z", ".12a4Z", ".1", "Zx", "+00:00", ".5+00:00", "", ".-1Z"]
+)
+def test_a_time_whose_seconds_are_remembered_is_read_alike(rest: str) -> None:
+    assert _wire_time("2024-05-01T10:20:30Z") is not None  # its first 19 characters are remembered
+    text = "2024-05-01T10:20:30" + rest
+    fast = _wire_timestamp(text)
+    assert _wire_time(text) == (None if fast is None else (fast, _events.wire_millis(fast)))

@@ -107,17 +107,19 @@ class RowScrubber:
                 continue
             kind = type(item)
             if kind is str:
-                if len(item) >= _MIN_SCRUBBED:
-                    done = strings.get(item)
-                    if done is None:
+                done = strings.get(item)
+                if done is None:
+                    if len(item) >= _MIN_SCRUBBED:
                         first = item[0]
                         if first == "{" or first == "[" or first.isspace() or len(item) > CACHE_MAX_LENGTH:
                             return None  # JSON text is parsed and scrubbed at its depth: Scrubber's walk
                         done = self._scrub(item)
-                        if len(strings) >= CACHE_SIZE:
-                            strings.clear()
-                        strings[item] = done
-                    item = done
+                    else:
+                        done = item
+                    if len(strings) >= CACHE_SIZE:
+                        strings.clear()
+                    strings[item] = done
+                item = done
             elif kind is dict:
                 if not nested:
                     return None

@@ -4,6 +4,7 @@ Batches go through a bounded queue to ``in_flight`` sender threads, so the next 
 the collector stores the previous ones, and reading waits when the collector is slower (back-pressure). Per batch:
 
 * gzip unless the collector is on loopback (there CPU, not bytes, is what limits an import);
+* the body goes in pieces of about 32 KiB with its ``Content-Length`` (no chunked encoding), never one block;
 * ``200``: counted as stored / duplicates (the collector deduplicates by id, so a resent batch is harmless);
 * ``429``, ``408``, ``5xx``, network errors: retried with jittered exponential backoff honouring ``Retry-After``,
   for as long as ``retry_for`` seconds without a success; then the batch is reported as not delivered and the
@@ -15,17 +16,17 @@ the collector stores the previous ones, and reading waits when the collector is 
 
 from __future__ import annotations
 
-import gzip
 import queue
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._transport import AUTH, OK, RETRY, SPLIT, Outcome
-from ._events import encode_items
+from ._events import encode_pieces
 from ._session import Session
 
 _MAX_RELOGINS = 3
@@ -252,9 +253,9 @@ class Sender:
 
     def _send(self, batch: Batch) -> Outcome | None:
         """Send until the collector answers something other than "retry"; None when given up."""
-        payload = encode_items(batch.events)
+        payload = encode_pieces(batch.events)  # a list: every retry sends the same bytes again
         if self._session.compress:
-            payload = gzip.compress(payload, compresslevel=1)
+            payload = _gzip_pieces(payload)
         delay, relogins = 0.2, 0
         give_up_at: float | None = None
         while True:
@@ -296,6 +297,14 @@ class Sender:
                     return
         finally:
             self._waiting.discard(ident)
+
+
+def _gzip_pieces(pieces: list[bytes]) -> list[bytes]:
+    """The gzip stream (level 1) of the concatenated ``pieces``, itself in pieces no larger than theirs."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    packed = [part for piece in pieces if (part := packer.compress(piece))]
+    packed.append(packer.flush())
+    return packed
 
 
 def _named_errors(body: Any, size: int) -> dict[int, str]:

@@ -13,6 +13,7 @@ import platform
 import socket
 import threading
 import urllib.parse
+from collections.abc import Iterator
 
 import httpx
 
@@ -34,11 +35,16 @@ class Session:
         # Compressing costs both sides CPU, which is what limits an import over loopback; elsewhere bytes matter more.
         self.compress = gzip == "always" or (gzip == "auto" and not _is_loopback(url))
 
-    def _post(self, path: str, content: bytes, headers: dict[str, str]) -> Outcome:
+    def _post(self, path: str, content: bytes | list[bytes], headers: dict[str, str]) -> Outcome:
+        body = _Body(content if isinstance(content, list) else [content])
+        # Its length, or httpx would send an iterable body chunked.
+        headers = {**headers, "Content-Length": str(sum(map(len, body.pieces)))}
         try:
-            return classify(self._client.post(path, content=content, headers=headers))
+            return classify(self._client.post(path, content=body, headers=headers))
         except httpx.HTTPError as exc:
             return Outcome(RETRY, f"{type(exc).__name__}: {exc}")
+        finally:
+            body.pieces = []
 
     def login(self, stale: str | None = None) -> Outcome:
         """Open a session unless another thread already replaced ``stale`` with a new one."""
@@ -64,8 +70,9 @@ class Session:
             self.app = self.named_app or self.app
             return outcome
 
-    def send(self, payload: bytes) -> tuple[Outcome, str | None]:
-        """POST a batch body (gzipped when :attr:`compress`); also return the session key used (for a 401)."""
+    def send(self, payload: bytes | list[bytes]) -> tuple[Outcome, str | None]:
+        """POST a batch body (gzipped when :attr:`compress`), whole or in pieces; also return the session key used
+        (for a 401)."""
         key = self.key
         headers = {"X-Session-Key": key or "", "Content-Type": "application/json"}
         if self.compress:
@@ -79,6 +86,23 @@ class Session:
 
     def close(self) -> None:
         self._client.close()
+
+
+class _Body:
+    """A request body that httpx reads piece by piece, and that lets go of its bytes once the answer is in.
+
+    httpx's request and response objects form reference cycles, which live until the garbage collector's next
+    pass over their generation: by then they have often reached the oldest one, rarely collected, so without
+    this each would keep its batch body (megabytes) alive long after it was sent.
+    """
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.pieces)
 
 
 def _is_loopback(url: str) -> bool:
