@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import gzip
@@ -23,6 +24,7 @@ import pytest
 
 from sqreen_mw._schema import REDACTED
 from sqreen_mw._scrub import Scrubber
+from sqreen_mw.importer._command import add_arguments
 from sqreen_mw.importer._events import EventMaker
 
 from .support import API_KEY, ROOT, Collector, FaultyProxy, free_port, serve_in_thread, start_collector
@@ -329,7 +331,7 @@ def test_memory_stays_flat_with_file_size(collector: Collector, tmp_path: Path, 
     n_small = max(20_000, 6 * batch)
     small = write_jsonl(tmp_path / "small.jsonl", n_small)
     large = write_jsonl(tmp_path / "large.jsonl", 200_000, start=n_small)
-    args = ("-q", "--batch-size", str(batch))
+    args = ("-q", "--batch-size", str(batch), "--in-flight", "2")
     rss_small, _ = _peak_rss_kib(import_args(collector, str(small), *args))
     rss_large, _ = _peak_rss_kib(import_args(collector, str(large), *args))
     assert large.stat().st_size > 3 * small.stat().st_size
@@ -338,6 +340,15 @@ def test_memory_stays_flat_with_file_size(collector: Collector, tmp_path: Path, 
     # count depends on how far the collector lags (measured here: +0 to +12 MiB on a loaded 2-CPU machine). Sent
     # bodies kept alive by httpx's reference cycles added +40 MiB or more at 10,000 events a batch.
     assert rss_large - rss_small < 20 * 1024, (rss_small, rss_large)
+
+
+def test_four_batches_are_in_flight_unless_told() -> None:
+    # Batches that queue while the collector's transaction runs are committed with it: four in flight make fewer,
+    # larger transactions than two (bench_import.py).
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["events.jsonl"]).in_flight == 4
+    assert parser.parse_args(["events.jsonl", "--in-flight", "2"]).in_flight == 2
 
 
 def test_progress_on_a_pipe_is_plain_periodic_lines(collector: Collector, tmp_path: Path) -> None:

@@ -27,6 +27,10 @@ EXIT_NOT_DELIVERED = 1
 EXIT_USAGE = 2
 #: Largest batch the collector accepts by default (protocol v1: 10,000 events).
 MAX_BATCH = 10_000
+#: Batches sent at once. The SQLite collector commits the batches that queue while a transaction runs together with
+#: it, so four in flight store in fewer, larger transactions: on 1,000,000 rows, 25,900 events/s against 20,900
+#: with two (3 December 2026), for up to 9 batches held in memory instead of 5.
+DEFAULT_IN_FLIGHT = 4
 
 
 def _positive_int(text: str) -> int:
@@ -61,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-errors", type=_count, default=None, metavar="N",
                         help="stop once more than N rows were rejected (default: no limit)")
     parser.add_argument("--batch-size", type=_positive_int, default=2000, metavar="N", help="events per request")
-    parser.add_argument("--in-flight", type=_positive_int, default=2, metavar="N", help="batches sent at once")
+    parser.add_argument("--in-flight", type=_positive_int, default=DEFAULT_IN_FLIGHT, metavar="N",
+                        help=f"batches sent at once (default {DEFAULT_IN_FLIGHT})")
     parser.add_argument("--gzip", choices=("auto", "always", "never"), default="auto",
                         help="compress batches (auto: unless the collector is on loopback)")
     parser.add_argument("--retry-for", type=_seconds, default=300.0, metavar="SECONDS",

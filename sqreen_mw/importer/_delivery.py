@@ -92,7 +92,7 @@ class Sender:
         tally: Tally,
         on_reject: Callable[[int, str], None],
         *,
-        in_flight: int = 2,
+        in_flight: int = 4,
         retry_for: float = 300.0,
         on_retry: Callable[[str, float], None] | None = None,
     ) -> None:
