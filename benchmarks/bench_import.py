@@ -145,12 +145,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100,000 rows instead of 1,000,000")
     parser.add_argument("--rows", type=int, default=None)
-    parser.add_argument("--batch-size", default="2000")
-    parser.add_argument("--in-flight", default="2")
+    parser.add_argument("--batch-size", help="passed to sqreen-mw import (default: its own)")
+    parser.add_argument("--in-flight", help="passed to sqreen-mw import (default: its own)")
     parser.add_argument("--callgrind", action="store_true", help="also count the importer's instructions per row")
     args = parser.parse_args()
     n = args.rows or (100_000 if args.quick else 1_000_000)
-    extra = ["--batch-size", args.batch_size, "--in-flight", args.in_flight]
+    extra = [flag for name in ("batch_size", "in_flight") if getattr(args, name)
+             for flag in (f"--{name.replace('_', '-')}", getattr(args, name))]
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         workdir = Path(tmp)
         big, small = workdir / "big.jsonl", workdir / "small.jsonl"

@@ -344,10 +344,14 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
             self._conn = None
             raise
         self._checkpointer: _Checkpointer | None = None
+        self._reader_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None  # session lookups, while a transaction runs on _conn
         wal = str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
         if wal and path != ":memory:" and not path.startswith("file:"):
             self._conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_BACKSTOP_BYTES // page_size}")
             self._checkpointer = _Checkpointer(path, _WAL_CHECKPOINT_BYTES // page_size)
+            self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._reader.execute("PRAGMA busy_timeout=5000")
         else:
             self._conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_BYTES // page_size}")
 
@@ -518,13 +522,18 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
             )  # fmt: skip
 
     def session_app(self, session_id: str) -> str | None:
-        """The app of an active (not logged out) session, or None."""
-        with self._lock:
-            row = (
-                self._db()
-                .execute("SELECT app FROM sessions WHERE session_id = ? AND logged_out_at IS NULL", (session_id,))
-                .fetchone()
-            )
+        """The app of an active (not logged out) session, or None.
+
+        Every batch starts with this lookup. It reads through a connection of its own, so it never waits for a
+        transaction storing other batches: while one commits, the next batches are read and decoded, ready to join
+        the next transaction (each waited for the write lock here before, and arrived one by one).
+        """
+        self._db()  # raises once closed
+        with self._reader_lock:
+            reader = self._reader or self._db()
+            row = reader.execute(
+                "SELECT app FROM sessions WHERE session_id = ? AND logged_out_at IS NULL", (session_id,)
+            ).fetchone()
         return None if row is None else str(row[0])
 
     def heartbeat(self, session_id: str, stats: dict[str, Any], at: float) -> bool:
@@ -589,6 +598,10 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
         if self._checkpointer is not None:  # first: closing the last connection checkpoints the whole log
             self._checkpointer.stop()
             self._checkpointer = None
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

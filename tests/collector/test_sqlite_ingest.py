@@ -248,3 +248,24 @@ def test_a_failing_batch_that_joined_a_transaction_fails_alone(tmp_path: Path) -
         assert len(storage.query_events(EventQuery(limit=1000))) == 50
     finally:
         storage.close()
+
+
+def test_a_session_lookup_does_not_wait_for_a_running_transaction(tmp_path: Path) -> None:
+    from sqreen_mw.collector._storage import AgentSession
+
+    storage = SQLiteStorage(str(tmp_path / "s.db"))
+    try:
+        storage.create_session(AgentSession("sid-1", "shop", None, None, None, None, 1.0, agent_id="a1"))
+        found: list[str | None] = []
+        with storage._lock:  # what a transaction storing a batch holds
+            lookup = threading.Thread(target=lambda: found.append(storage.session_app("sid-1")))
+            lookup.start()
+            lookup.join(5)
+            assert not lookup.is_alive(), "the lookup waited for the write lock"
+        assert found == ["shop"]
+        assert storage.logout("sid-1", 2.0)
+        assert storage.session_app("sid-1") is None  # logged out: seen at once
+    finally:
+        storage.close()
+    with pytest.raises(RuntimeError):
+        storage.session_app("sid-1")
