@@ -528,12 +528,15 @@ class SQLiteStorage(AutomationTables, ExplorerQueries):
         transaction storing other batches: while one commits, the next batches are read and decoded, ready to join
         the next transaction (each waited for the write lock here before, and arrived one by one).
         """
+        sql = "SELECT app FROM sessions WHERE session_id = ? AND logged_out_at IS NULL"
         self._db()  # raises once closed
         with self._reader_lock:
-            reader = self._reader or self._db()
-            row = reader.execute(
-                "SELECT app FROM sessions WHERE session_id = ? AND logged_out_at IS NULL", (session_id,)
-            ).fetchone()
+            reader = self._reader
+            if reader is not None:
+                row = reader.execute(sql, (session_id,)).fetchone()
+        if reader is None:  # an in-memory database: one connection
+            with self._lock:
+                row = self._db().execute(sql, (session_id,)).fetchone()
         return None if row is None else str(row[0])
 
     def heartbeat(self, session_id: str, stats: dict[str, Any], at: float) -> bool:
