@@ -58,9 +58,12 @@ _LOW_62 = 2**62 - 1
 _VARIANT = 0b10 << 62
 _EPOCH = datetime(1970, 1, 1)  # naive: wire timestamps are UTC
 _SECOND = timedelta(seconds=1)
-_SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> seconds since 1970 (bounded: cleared when full)
-_SECONDS_SIZE = 4096
-_HEADS: dict[str, int | None] = {}  # the same for _wire_time, None for a text that is not a valid time
+_CACHE_SIZE = 4096  # entries of each cache below (cleared when full)
+_SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> seconds since 1970, any year (wire_millis)
+# The same for _wire_time, only of heads _PLAIN_TS matched (1970-2099, where the text needs no float round trip),
+# None for one that is not a valid time. Apart from _SECONDS: a head of another year, remembered there, must not
+# let _wire_time skip the expression.
+_HEADS: dict[str, int | None] = {}
 _PLAIN_TS = re.compile(r"((?:19[7-9]\d|20\d\d)-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?Z")
 
 
@@ -84,7 +87,7 @@ def wire_millis(timestamp: str) -> int:
     seconds = _SECONDS.get(head)
     if seconds is None:
         seconds = (datetime.fromisoformat(head) - _EPOCH) // _SECOND
-        if len(_SECONDS) >= _SECONDS_SIZE:
+        if len(_SECONDS) >= _CACHE_SIZE:
             _SECONDS.clear()
         _SECONDS[head] = seconds
     return seconds * 1000 + int(timestamp[20:23])
@@ -195,10 +198,9 @@ class EventMaker:
             if name is None:
                 raise InvalidEvent("name is missing: every event needs a name, such as 'login.failed'")
             name = check_name(name, allow_reserved=True)
-            if type(name) is str:
-                if len(self._names) >= _SECONDS_SIZE:
-                    self._names.clear()
-                self._names.add(name)
+            if len(self._names) >= _CACHE_SIZE:
+                self._names.clear()
+            self._names.add(name)
         plain = _wire_time(row.get("timestamp"))
         if plain is None or plain[0] > self._latest_text:
             timestamp = _timestamp(row.get("timestamp"), self._latest)
@@ -275,7 +277,7 @@ def _wire_time(value: object) -> tuple[str, int] | None:
             seconds = (datetime.fromisoformat(head) - _EPOCH) // _SECOND
         except ValueError:
             seconds = None
-        if len(_HEADS) >= _SECONDS_SIZE:
+        if len(_HEADS) >= _CACHE_SIZE:
             _HEADS.clear()
         _HEADS[head] = seconds
     if seconds is None:
@@ -323,10 +325,8 @@ def encode_items(items: list[bytes]) -> bytes:
 def encode_pieces(items: list[bytes], size: int = PIECE_SIZE) -> list[bytes]:
     """:func:`encode_items`'s body as pieces of about ``size`` bytes (more only for a single larger event).
 
-    A batch is sent piece by piece so that no body is ever one block of megabytes: glibc's malloc serves blocks
-    above its mmap threshold with mmap, but raises that threshold to the size of each such block freed, after
-    which the next bodies come from the sender threads' heaps, which they fragment, and the process grows with
-    the file (measured at ``--batch-size 10000``: 68 MiB for 30,000 rows, 135 MiB for 300,000).
+    A batch is sent piece by piece (see ``Session._Body``, which lets go of the pieces once answered) so that no
+    body is ever one block of megabytes, made twice over by a join and a concatenation.
     """
     pieces = [b'{"events":[']
     group: list[bytes] = []
