@@ -56,9 +56,11 @@ def preload() -> None:
     import httpx._transports.default  # noqa: F401
 
     try:
-        importlib.import_module("sniffio")  # httpcore imports it on each request, and copes without it
+        importlib.import_module("sniffio")  # httpcore imports it on each request
     except ImportError:
-        pass
+        # A declared dependency, so only a broken install gets here. httpcore copes, but every request then fails
+        # an import while holding that module's import lock: a child forked meanwhile hangs on its first request.
+        logger.warning("sqreen_mw: the sniffio package is missing; reinstall sqreen_mw (forked children may hang)")
 
     httpcore.AsyncConnectionPool  # noqa: B018
     _preloaded = True

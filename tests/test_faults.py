@@ -295,7 +295,7 @@ def test_a_failing_collector_costs_the_app_nothing_and_exit_is_bounded(fault: st
 # --- many threads, and forks from threads that are tracking ---------------------------------------------------------
 
 THREADS_SCRIPT = textwrap.dedent('''
-    import json, os, sys, threading, time
+    import faulthandler, json, os, sys, threading, time
     import sqreen_mw
 
     per_thread, forks = int(sys.argv[1]), int(sys.argv[2])
@@ -313,10 +313,18 @@ THREADS_SCRIPT = textwrap.dedent('''
                     try:
                         for j in range(100):
                             sqreen_mw.track("child", properties={"uid": f"c-{t}-{j}"})
+                        began = time.monotonic()
                         ok = sqreen_mw.flush(60)
                         stats = client.statistics()
-                        print("CHILD " + json.dumps({"ok": ok, "tracked": stats["tracked"], "sent": stats["sent"]}),
-                              flush=True)
+                        flusher = client.flusher._thread
+                        print("CHILD " + json.dumps({  # what a failure needs to be understood
+                            "ok": ok, "tracked": stats["tracked"], "sent": stats["sent"],
+                            "flush_s": round(time.monotonic() - began, 2), "last_error": stats["last_error"],
+                            "restarts": stats["flusher_restarts"], "queued": stats["queued"],
+                            "flusher_alive": flusher is not None and flusher.is_alive(),
+                            "threads": sorted(th.name for th in threading.enumerate())}), flush=True)
+                        if not ok:
+                            faulthandler.dump_traceback(all_threads=True)
                         code = 0 if ok and stats["tracked"] == stats["sent"] == 100 else 1
                     finally:
                         os._exit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import logging
 import sys
@@ -31,6 +32,39 @@ from .support import API_KEY, Collector, free_port
 MakeClient = Callable[..., sqreen_mw.Client]
 
 
+
+
+class _ImportWatch(importlib.abc.MetaPathFinder):
+    """Records each import the flusher's thread starts (a module not imported yet, or one that cannot be)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if threading.current_thread().name == "sqreen_mw-flusher":
+            self.names.append(name)
+
+
+def test_steady_delivery_imports_nothing_that_a_fork_could_catch_half_done(
+    make_client: MakeClient, collector: Collector
+) -> None:
+    # An import holds that module's import lock; a child forked while the flusher's thread holds it waits on it
+    # forever at its own first request. httpcore without sniffio tried to import it on every request, and about one
+    # forked child in twenty hung that way (test_faults' threads-and-forks scenario).
+    client = make_client(API_KEY, collector.url, heartbeat_interval=1)
+    sqreen_mw.track("warm", properties={"n": 0})
+    assert sqreen_mw.flush(10)  # logged in, the push channel open, a batch sent
+    watch = _ImportWatch()
+    sys.meta_path.insert(0, watch)
+    try:
+        for n in range(1, 4):
+            sqreen_mw.track("steady", properties={"n": n})
+            assert sqreen_mw.flush(10)
+        time.sleep(1.5)  # a heartbeat too
+    finally:
+        sys.meta_path.remove(watch)
+    assert client.statistics()["sent"] == 4
+    assert watch.names == []
 
 
 @pytest.fixture
