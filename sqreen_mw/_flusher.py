@@ -328,6 +328,7 @@ class Flusher:
         backoff = 0.0
         lost = False
         while not self._stopping:
+            began = time.monotonic()
             try:
                 outcome = await transport.poll_actions(self.push_wait) if await self._login(transport) else None
             except Exception as exc:  # a bug here must not end the channel
@@ -339,6 +340,11 @@ class Flusher:
                 lost = False
                 backoff = 0.0
                 self._take_actions(transport, outcome.body)
+                if (isinstance(outcome.body, dict) and outcome.body.get("changed") is False
+                        and time.monotonic() - began < self.push_wait / 2):
+                    # "Unchanged" without holding the request (a proxy, or a collector that does not wait):
+                    # polling again at once would be a busy loop on both sides.
+                    await anyio.sleep(min(1.0, self.push_wait) * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
                 continue
             if outcome is not None:
                 if outcome.reason.startswith(("HTTP 404", "HTTP 405")):

@@ -69,11 +69,26 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            stacks = _stacks_of(proc.pid)  # what it was waiting on, before it is killed
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
-            raise AssertionError(f"process {proc.args!r} did not exit within {timeout}s of signal {sig}") from None
+            printed = _LOGS[proc.pid].read_text(errors="replace")[-3000:] if proc.pid in _LOGS else ""
+            raise AssertionError(f"process {proc.args!r} did not exit within {timeout}s of signal {sig}\n"
+                                 f"--- its output, last lines:\n{printed}\n--- its threads:\n{stacks}") from None
     return int(proc.returncode)
+
+
+def _stacks_of(pid: int) -> str:
+    """The Python stacks of a live process, when py-spy is installed (a diagnosis aid, never required)."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return "(py-spy not installed)"
+    try:
+        return subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20,
+                              check=False).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"(py-spy failed: {exc})"
 
 
 _LOGS: dict[int, Path] = {}

@@ -11,7 +11,7 @@ import pytest
 
 import sqreen_mw
 
-from .support import API_KEY, Collector, free_port, start_collector
+from .support import API_KEY, Collector, free_port, serve_in_thread, start_collector
 
 MakeClient = Callable[..., sqreen_mw.Client]
 pytestmark = pytest.mark.e2e
@@ -164,3 +164,35 @@ def test_playbooks_loaded_at_a_collector_restart_reach_running_agents(make_clien
         assert "login.failed" not in client.actions.hot_events
     with start_collector(tmp_path / "events.db", port=port, extra=["--playbooks", str(playbooks)]):
         until(lambda: "login.failed" in client.actions.hot_events, 20)
+
+
+def test_an_unchanged_answer_that_was_not_held_is_not_polled_again_at_once(make_client: MakeClient) -> None:
+    # A proxy answering for the collector, or a collector that does not hold the request: without a pause the
+    # channel polls in a busy loop (and keeps such a server's connection busy for ever).
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    polls: list[float] = []
+
+    async def login(request: Request) -> Response:
+        return JSONResponse({"protocol": 1, "session_id": "s", "app": "default", "heartbeat_delay": None,
+                             "actions_version": 1, "actions": [], "hot_events": []})
+
+    async def actions(request: Request) -> Response:
+        polls.append(time.monotonic())
+        return JSONResponse({"actions_version": 1, "changed": False})  # at once, never held
+
+    async def other(request: Request) -> Response:
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/api/v1/agent/login", login, methods=["POST"]),
+                            Route("/api/v1/agent/actions", actions),
+                            Route("/api/v1/agent/{rest:path}", other, methods=["POST"])])
+    with serve_in_thread(app) as url:
+        started(make_client(API_KEY, url, heartbeat_interval=60))
+        until(lambda: len(polls) >= 1, 10)
+        time.sleep(2.0)
+        count = len(polls)
+    assert 2 <= count <= 8, f"{count} polls in 2 s"  # one per 0.5-1 s, not a busy loop

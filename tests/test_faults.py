@@ -184,22 +184,27 @@ def load_result(proc: Any, timeout: float) -> dict[str, Any]:
 def test_collector_sigkilled_and_restarted_under_load(kills: int, tmp_path: Path) -> None:
     port, db, stop = free_port(), tmp_path / "events.db", tmp_path / "stop"
     url = f"http://127.0.0.1:{port}"
-    with start_collector(db, port=port):
-        apps = [start_load(tmp_path, url, -1, 500, f"app{a}", SQREEN_SHUTDOWN_TIMEOUT="30",
-                           LOAD_STOP_FILE=str(stop)) for a in (0, 1)]
-        time.sleep(1.0)
-    for _ in range(kills):
-        with start_collector(db, port=port) as collector:
+    apps: list[Any] = []
+    try:
+        with start_collector(db, port=port):
+            apps += [start_load(tmp_path, url, -1, 500, f"app{a}", SQREEN_SHUTDOWN_TIMEOUT="30",
+                                LOAD_STOP_FILE=str(stop)) for a in (0, 1)]
             time.sleep(1.0)
-            assert collector.process is not None
-            collector.process.kill()  # SIGKILL: no graceful anything
-            collector.process.wait(10)
-        time.sleep(0.3)
-    with start_collector(db, port=port) as collector:
-        time.sleep(1.0)  # the apps track on while the last collector is up, then stop
-        stop.touch()
-        results = [load_result(app, 120) for app in apps]
-        events = collector.events()
+        for _ in range(kills):
+            with start_collector(db, port=port) as collector:
+                time.sleep(1.0)
+                assert collector.process is not None
+                collector.process.kill()  # SIGKILL: no graceful anything
+                collector.process.wait(10)
+            time.sleep(0.3)
+        with start_collector(db, port=port) as collector:
+            time.sleep(1.0)  # the apps track on while the last collector is up, then stop
+            stop.touch()
+            results = [load_result(app, 120) for app in apps]
+            events = collector.events()
+    finally:
+        for app in apps:  # a failure above must not leave them running into the next tests
+            stop_process(app, signal.SIGKILL)
     counts = uids(events)
     tracked = [result["stats"]["tracked"] for result in results]
     assert min(tracked) > 1000

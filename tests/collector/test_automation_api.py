@@ -256,6 +256,36 @@ async def _client_for(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def test_a_stopping_collector_sends_the_push_channel_away(db: str) -> None:
+    # An unchanged 200 at once would make the agent poll again at once: on a connection uvicorn accepted just as it
+    # began stopping (it never asks that one to close), that loop kept the server up (1 stop in ~20 under load).
+    app = create_app(db_path=db, api_keys={API_KEY: ""}, admin_token=ADMIN)
+    try:
+        async for client in _client_for(app):
+            headers = {"X-Session-Key": await login(client)}
+            version = (await client.get("/api/v1/agent/actions", headers={**headers, "X-Actions-Version": "-1"})
+                       ).json()["actions_version"]
+            held = {**headers, "X-Actions-Version": str(version)}
+            answers: list[httpx.Response] = []
+
+            async def poll(client: httpx.AsyncClient = client, held: dict[str, str] = held,
+                           answers: list[httpx.Response] = answers) -> None:
+                answers.append(await client.get("/api/v1/agent/actions", params={"wait": "20"}, headers=held))
+
+            started = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll)
+                await anyio.sleep(0.2)
+                app.state.automation.release_waiters()  # what SIGTERM does
+            answers.append(await client.get("/api/v1/agent/actions", params={"wait": "20"}, headers=held))
+            assert time.monotonic() - started < 10  # neither was held for its 20 s
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == "1" and answer.headers["connection"] == "close"
+    finally:
+        app.state.storage.close()
+
+
 async def test_counters_blocks_and_api_playbooks_survive_a_restart(db: str) -> None:
     def make() -> Starlette:
         return create_app(db_path=db, api_keys={API_KEY: ""}, admin_token=ADMIN,

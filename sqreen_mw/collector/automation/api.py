@@ -152,6 +152,10 @@ class AutomationApi:
         held = held_version(request)
         if held is not None and held == self.automation.version and wait > 0:
             await self.automation.wait_for_change(held, wait)
+        if self.automation.closing:
+            # Not a 200 "unchanged": the agent would poll again at once, and a connection uvicorn accepted just
+            # as it began stopping (it never asks that one to close) would keep the server up in that loop.
+            return error(503, "the collector is stopping: reconnect", {"Retry-After": "1", "Connection": "close"})
         payload = self.automation.actions()
         if held == payload["actions_version"]:
             return JSON({"actions_version": held, "changed": False})

@@ -699,6 +699,11 @@ class Automation:
             except RuntimeError:  # that request's loop is gone
                 pass
 
+    @property
+    def closing(self) -> bool:
+        """The server is stopping (:meth:`release_waiters` was called)."""
+        return self._closing
+
     def release_waiters(self) -> None:
         """The server is stopping: answer every held long-poll now, and later ones at once."""
         with self._lock:
