@@ -362,6 +362,24 @@ def test_progress_on_a_pipe_is_plain_periodic_lines(collector: Collector, tmp_pa
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
 
 
+def test_quiet_silences_progress_not_problems(collector: Collector, tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("{bad\n" + "".join(json.dumps(_row(i)) + "\n" for i in range(3)))
+    result = run_import(collector, str(path), "-q")
+    assert result.returncode == 1
+    assert "line 1: invalid JSON" in result.stderr
+    assert "sqreen-mw import: 1 rejected rows (listed above by line) were not imported" in result.stderr
+    assert summary(result) == {"rows": 4, "sent": 3, "stored": 3, "duplicates": 0, "rejected": 1,
+                               "undelivered": 0, "retries": 0}  # fmt: skip
+    assert not re.search(r"^import: ", result.stderr, re.M)  # no progress line
+    proxy = FaultyProxy(collector.url, [(503, {})] * 1000)
+    with serve_in_thread(proxy.app) as url:
+        given_up = run_import(url, str(write_jsonl(tmp_path / "more.jsonl", 5)), "-q", "--retry-for", "1")
+    assert given_up.returncode == 1
+    assert "lines 1-5 not delivered" in given_up.stderr
+    assert summary(given_up)["undelivered"] == 5
+
+
 def test_progress_on_a_terminal_is_a_bar(collector: Collector, tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("{bad\n" + "".join(json.dumps(_row(i)) + "\n" for i in range(20_000)))

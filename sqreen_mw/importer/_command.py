@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up when the collector refuses or misses a batch for this long (default 300)")
     parser.add_argument("--progress-every", type=_seconds, default=5.0, metavar="SECONDS",
                         help="seconds between progress lines when stderr is not a terminal (default 5)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary; errors still shown")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress, and no summary unless some row was not stored")
 
 
 def _error(message: str) -> int:
@@ -210,7 +211,7 @@ def _summary(
 ) -> int:
     rejected = local_rejected + tally.rejected
     undelivered = sorted(line for lines, _ in tally.undelivered for line in lines)
-    if not args.quiet:
+    if not args.quiet or rejected or undelivered or stopped:  # quiet silences progress, not problems
         print(
             f"{rows} rows read in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):.0f} rows/s): {tally.sent} sent, "
             f"{tally.stored} stored, {tally.duplicates} duplicates, {rejected} rejected, "
@@ -222,6 +223,6 @@ def _summary(
     if stopped:
         print(f"sqreen-mw import: stopped after line {last_line}: {stopped}; later lines were not imported",
               file=sys.stderr)
-    if rejected and not args.quiet:
+    if rejected:
         print(f"sqreen-mw import: {rejected} rejected rows (listed above by line) were not imported", file=sys.stderr)
     return EXIT_NOT_DELIVERED if rejected or undelivered or stopped else EXIT_OK
