@@ -380,15 +380,17 @@ def test_quiet_silences_progress_not_problems(collector: Collector, tmp_path: Pa
     assert summary(given_up)["undelivered"] == 5
 
 
-def test_progress_on_a_terminal_is_a_bar(collector: Collector, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stdin", [False, True])
+def test_progress_on_a_terminal_is_a_bar(collector: Collector, tmp_path: Path, stdin: bool) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("{bad\n" + "".join(json.dumps(_row(i)) + "\n" for i in range(20_000)))
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
-    proc = subprocess.Popen(
-        import_args(collector, str(path), "--batch-size", "500"), stdin=terminal, stdout=terminal, stderr=terminal,
-        cwd=ROOT, close_fds=True,
-    )  # fmt: skip
+    with path.open("rb") if stdin else open(terminal, closefd=False) as source:
+        proc = subprocess.Popen(
+            import_args(collector, "-" if stdin else str(path), "--batch-size", "500"), stdin=source,
+            stdout=terminal, stderr=terminal, cwd=ROOT, close_fds=True,
+        )  # fmt: skip
     os.close(terminal)
     chunks: list[bytes] = []
     with contextlib.suppress(OSError):  # EIO once the child closed the terminal
@@ -398,8 +400,13 @@ def test_progress_on_a_terminal_is_a_bar(collector: Collector, tmp_path: Path) -
     assert proc.wait(TIMEOUT) == 1
     screen = b"".join(chunks).decode(errors="replace")
     assert "\r" in screen  # redrawn in place
-    assert re.search(r"\d+ rows, \d+ rows/s, 1 rejected", screen), screen[-2000:]
-    assert re.search(r"100%\|[^|]*\| [\d.]+M/[\d.]+M \[[\d:]+<[\d:]+\]", screen), screen[-2000:]  # bar and ETA
+    # Rows (not bytes) with thousands separators, then the times, the rate and the rejections in one bracket.
+    if stdin:  # no size: no bar, no ETA
+        assert re.search(r"\r20,001 rows \[\d\d:\d\d, [\d,]+ rows/s, rejected 1\]", screen), screen[-2000:]
+    else:
+        assert re.search(r"\r100%\|[^|]*\| 20,001 rows \[\d\d:\d\d<\d\d:\d\d, [\d,]+ rows/s, rejected 1\]", screen), (
+            screen[-2000:]
+        )
+    assert not re.search(r"\] ,|\d[kMG]?B?/[\d.]+[kMG]|\d+\.\d\d [\[]", screen), screen[-2000:]
     assert "line 1: invalid JSON" in screen
     assert SUMMARY.search(screen)
-
