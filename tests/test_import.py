@@ -195,6 +195,41 @@ def test_usage_errors(collector: Collector, tmp_path: Path) -> None:
     assert "cannot log in" in nobody.stderr
 
 
+def _import_with_env(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SQREEN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sqreen_mw.collector.cli", "import", *args], capture_output=True, text=True,
+        timeout=TIMEOUT, cwd=ROOT, check=False, env={**environ, **env},
+    )  # fmt: skip
+
+
+def test_a_bad_or_unreachable_url_is_named_with_where_it_came_from(tmp_path: Path) -> None:
+    path = str(write_jsonl(tmp_path / "a.jsonl", 1))
+    nobody = f"http://127.0.0.1:{free_port()}"
+    given = _import_with_env(path, "--url", nobody, "--token", API_KEY)
+    assert given.returncode == 2
+    assert f"cannot log in to the collector at {nobody} (from --url): ConnectError" in given.stderr, given.stderr
+    from_env = _import_with_env(path, SQREEN_URL=nobody, SQREEN_TOKEN=API_KEY)
+    assert from_env.returncode == 2
+    assert f"cannot log in to the collector at {nobody} (from SQREEN_URL): ConnectError" in from_env.stderr
+    assert "Traceback" not in given.stderr + from_env.stderr
+    bad = _import_with_env(path, "--url", "ftp://example.com", "--token", API_KEY)
+    assert bad.returncode == 2
+    assert "--url must be an http:// or https:// URL, got 'ftp://example.com'" in bad.stderr, bad.stderr
+    bad_env = _import_with_env(path, SQREEN_URL="127.0.0.1:8707", SQREEN_TOKEN=API_KEY)
+    assert bad_env.returncode == 2
+    assert "SQREEN_URL must be an http:// or https:// URL, got '127.0.0.1:8707'" in bad_env.stderr, bad_env.stderr
+
+
+def test_the_default_url_says_it_is_the_default(tmp_path: Path) -> None:
+    # Nothing set: http://127.0.0.1:8707, which a test cannot count on being free, so it is only checked that the
+    # message names it and where it came from (or that a collector running there took the row).
+    result = _import_with_env(str(write_jsonl(tmp_path / "a.jsonl", 1)), SQREEN_TOKEN="no-such-key")
+    assert result.returncode == 2
+    assert re.search(r"the collector at http://127\.0\.0\.1:8707 \(the default: pass --url or set SQREEN_URL\)",
+                     result.stderr), result.stderr
+
+
 def test_same_file_twice_stores_nothing_twice_whatever_the_packaging(collector: Collector, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "events.jsonl", 3000)
     first = run_import(collector, str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -11,10 +12,11 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
+from .._config import _url as parse_url
 from .._config import resolve
 from .._exceptions import ConfigurationError, InvalidEvent
 from .._scrub import Scrubber
-from .._transport import AUTH, OK
+from .._transport import AUTH, OK, RETRY
 from ._delivery import Batch, Sender, Tally, describe_lines
 from ._events import EventMaker
 from ._progress import make_progress
@@ -82,13 +84,26 @@ def _error(message: str) -> int:
     return EXIT_USAGE
 
 
+def _origin(given: str | None, variable: str, option: str) -> str:
+    """Where a setting came from, as resolve() picks it: the option, else the environment variable, else the
+    default."""
+    if given is not None and given.strip():
+        return f"from {option}"
+    if os.environ.get(variable, "").strip():
+        return f"from {variable}"
+    return f"the default: pass {option} or set {variable}"
+
+
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """Run an import; :return: 0 when every row is stored (or already was), 1 when some is not, 2 on usage errors."""
     out = out or sys.stdout
     if args.batch_size > MAX_BATCH:
         return _error(f"--batch-size must be at most {MAX_BATCH} (the collector's limit)")
+    url = args.url if args.url and args.url.strip() else None  # an empty --url is not given, as SQREEN_URL=""
     try:
-        settings = resolve({"token": args.token, "url": args.url, "app_name": args.app})
+        if url is not None:
+            parse_url("--url", url)  # named as the user wrote it (resolve() would say "url")
+        settings = resolve({"token": args.token, "url": url, "app_name": args.app})
         scrubber = Scrubber(
             enabled=settings["strip_sensitive_data"],
             sensitive_keys=settings["sensitive_keys"],
@@ -105,12 +120,16 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     session = Session(
         settings["url"], settings["token"], settings["app_name"], settings["request_timeout"], gzip=args.gzip
     )
+    where = f"{settings['url']} ({_origin(url, 'SQREEN_URL', '--url')})"
     try:
         login = session.login()
         if login.kind == AUTH:
-            return _error(f"the collector at {settings['url']} refused the API key ({login.reason})")
+            key = _origin(args.token, "SQREEN_TOKEN", "--token")
+            return _error(f"the collector at {where} refused the API key ({key}): {login.reason}")
         if login.kind != OK:
-            return _error(f"cannot log in to the collector at {settings['url']}: {login.reason}")
+            network = login.kind == RETRY and login.reason.startswith(("Connect", "Timeout", "ReadTimeout"))
+            hint = "is the collector (sqreen-mw serve) running there?" if network else "is it a sqreen-mw collector?"
+            return _error(f"cannot log in to the collector at {where}: {login.reason}; {hint}")
         return _import(args, source, session, EventMaker(scrubber, session.app), out)
     finally:
         session.logout()
