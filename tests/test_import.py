@@ -179,6 +179,61 @@ def test_unknown_csv_column_is_a_usage_error(collector: Collector, tmp_path: Pat
     assert count(collector) == 0
 
 
+@pytest.mark.parametrize("how", ["guessed", "stdin", "--format jsonl"])
+def test_a_csv_file_read_as_json_lines_says_to_use_format_csv(collector: Collector, tmp_path: Path, how: str) -> None:
+    path = tmp_path / "logins.txt"  # not *.csv: read as JSON Lines unless told
+    path.write_bytes((ROOT / "examples" / "import" / "events.csv").read_bytes())
+    if how == "stdin":
+        result = run_import(collector, "-", stdin=path)
+    else:
+        result = run_import(collector, str(path), *(["--format", "jsonl"] if how == "--format jsonl" else []))
+    assert result.returncode == 2, result.stderr
+    assert "line 1 is not JSON but a CSV header (name, timestamp, " in result.stderr, result.stderr
+    assert "looks like CSV: use --format csv" in result.stderr
+    assert "invalid JSON" not in result.stderr  # one line, not one error per row
+    assert (count(collector), collector.agents()) == (0, [])  # stopped before logging in
+    again = run_import(collector, str(path), "--format", "csv")
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_broken_first_json_line_is_not_taken_for_csv(collector: Collector, tmp_path: Path) -> None:
+    # A file cut at a byte offset (split -b) starts inside an object: that line is a bad row, the rest imported.
+    path = tmp_path / "part2.jsonl"
+    path.write_text('stamp": "2024-05-01T00:00:00Z", "name": "a.b"}\n' + json.dumps(_row(1)) + "\n")
+    result = run_import(collector, str(path))
+    assert result.returncode == 1, result.stderr
+    assert "line 1: invalid JSON" in result.stderr
+    assert "CSV" not in result.stderr
+    assert summary(result)["stored"] == 1
+
+
+_NO_ROWS = [
+    ("empty.jsonl", b"", "is empty"),
+    ("blank.jsonl", b"\n  \n\n", "has only blank lines"),
+    ("empty.jsonl.gz", gzip.compress(b"", mtime=0), "is empty"),
+    ("empty.csv", b"", "is empty"),
+    ("blank.csv", b"\r\n\r\n", "has only blank lines"),
+    ("header.csv", b"name,timestamp,prop.attempt:int\n\n", "has a CSV header and no rows"),
+    ("header.csv.gz", gzip.compress(b"\xef\xbb\xbfname,timestamp\r\n", mtime=0), "has a CSV header and no rows"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "what"), _NO_ROWS, ids=[name for name, _, _ in _NO_ROWS])
+def test_an_input_without_rows_says_so_and_is_a_usage_error(
+    collector: Collector, tmp_path: Path, name: str, content: bytes, what: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = run_import(collector, str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == f"sqreen-mw import: error: {path} {what}: nothing to import\n"
+    assert result.stdout == ""
+    assert collector.agents() == []  # decided before logging in
+    piped = run_import(collector, "-", "--format", "csv" if ".csv" in name else "jsonl", stdin=path)
+    assert piped.returncode == 2
+    assert piped.stderr == f"sqreen-mw import: error: stdin {what}: nothing to import\n"
+
+
 def test_usage_errors(collector: Collector, tmp_path: Path) -> None:
     result = run_import(collector, str(tmp_path / "missing.jsonl"))
     assert (result.returncode, "cannot open") == (2, "cannot open")
