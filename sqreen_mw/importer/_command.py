@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO
 
 from .._config import _url as parse_url
@@ -19,6 +20,7 @@ from .._scrub import Scrubber
 from .._transport import AUTH, OK, RETRY
 from ._delivery import Batch, Sender, Tally, describe_lines
 from ._events import EventMaker
+from ._interrupts import Interrupts
 from ._progress import make_progress
 from ._session import Session
 from ._source import FORMATS, Source, SourceError, open_source
@@ -95,8 +97,30 @@ def _origin(given: str | None, variable: str, option: str) -> str:
 
 
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    """Run an import; :return: 0 when every row is stored (or already was), 1 when some is not, 2 on usage errors."""
+    """Run an import; :return: 0 when every row is stored (or already was), 1 when some is not, 2 on usage errors.
+
+    A Ctrl-C at any point, start-up included, ends with the same account: the summary, the line after which the
+    import stopped, and exit code 1 (or, once the summary is out, the code it gave).
+    """
     out = out or sys.stdout
+    started = time.monotonic()
+    result = _Result()
+    try:
+        with Interrupts() as interrupts:
+            return _start(args, out, interrupts, result)
+    except KeyboardInterrupt:
+        if result.code is not None:  # while logging out, after the summary
+            return result.code
+        with _ignoring_sigint():  # before the first row: the account of nothing done, as a Ctrl-C later gives
+            return _summary(args, Tally(), 0, 0, "interrupted", 0, time.monotonic() - started, out)
+
+
+@dataclass
+class _Result:
+    code: int | None = None  # set once the summary is printed
+
+
+def _start(args: argparse.Namespace, out: IO[str], interrupts: Interrupts, result: _Result) -> int:
     if args.batch_size > MAX_BATCH:
         return _error(f"--batch-size must be at most {MAX_BATCH} (the collector's limit)")
     url = args.url if args.url and args.url.strip() else None  # an empty --url is not given, as SQREEN_URL=""
@@ -117,9 +141,13 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         source = open_source(args.file, args.format)
     except SourceError as exc:
         return _error(str(exc))
-    session = Session(
-        settings["url"], settings["token"], settings["app_name"], settings["request_timeout"], gzip=args.gzip
-    )
+    try:
+        session = Session(
+            settings["url"], settings["token"], settings["app_name"], settings["request_timeout"], gzip=args.gzip
+        )
+    except BaseException:
+        source.close()
+        raise
     where = f"{settings['url']} ({_origin(url, 'SQREEN_URL', '--url')})"
     try:
         login = session.login()
@@ -130,14 +158,24 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
             network = login.kind == RETRY and login.reason.startswith(("Connect", "Timeout", "ReadTimeout"))
             hint = "is the collector (sqreen-mw serve) running there?" if network else "is it a sqreen-mw collector?"
             return _error(f"cannot log in to the collector at {where}: {login.reason}; {hint}")
-        return _import(args, source, session, EventMaker(scrubber, session.app), out)
+        return _import(args, source, session, EventMaker(scrubber, session.app), out, interrupts, result)
     finally:
-        session.logout()
-        session.close()
-        source.close()
+        try:
+            session.logout()  # a Ctrl-C cuts it short (a collector that does not answer): the session expires
+        except KeyboardInterrupt:
+            if result.code is None:
+                raise
+        finally:
+            session.close()
+            source.close()
 
 
-def _import(args: argparse.Namespace, source: Source, session: Session, maker: EventMaker, out: IO[str]) -> int:
+def _import(
+    args: argparse.Namespace, source: Source, session: Session, maker: EventMaker, out: IO[str],
+    interrupts: Interrupts | None = None, result: _Result | None = None,
+) -> int:
+    interrupts = interrupts or Interrupts()  # not entered: Ctrl-C stays Python's own
+    result = result or _Result()
     progress = make_progress(source.size, quiet=args.quiet, every=args.progress_every)
     tally = Tally()
 
@@ -171,8 +209,10 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
                     last_line = line
                     rows += 1
                     if len(events) >= size:
-                        sender.put(Batch(events, lines))
-                        events, lines = [], []
+                        # Queued and replaced by the next, or neither: a Ctrl-C in between would send it twice.
+                        with interrupts.held():
+                            if sender.put(Batch(events, lines), interrupts.is_pending):
+                                events, lines = [], []
                         progress.update(rows, source.position(), local_rejected + tally.rejected)
                         if sender.failure:
                             stopped = sender.failure
@@ -196,20 +236,23 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
     try:
         if stopped != "interrupted":
             if events:
-                sender.put(Batch(events, lines))
-                events, lines = [], []
+                with interrupts.held():
+                    if sender.put(Batch(events, lines), interrupts.is_pending):
+                        events, lines = [], []
             sender.close()
     except KeyboardInterrupt:  # while waiting for the collector: what is not delivered yet is named, now
         stopped = stopped or "interrupted"
         interrupted = True
     else:
         interrupted = stopped == "interrupted"
-    if interrupted:
-        with _ignoring_sigint():  # another Ctrl-C would only lose the account of what was not delivered
+    # Another Ctrl-C from here on would only lose the account of what was and was not delivered.
+    with _ignoring_sigint():
+        if interrupted:
             sender.stop("interrupted", leftover=Batch(events, lines))
-    progress.close(rows, source.position(), local_rejected + tally.rejected, done=stopped is None)
-    elapsed = time.monotonic() - started
-    return _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out, session.named_app)
+        progress.close(rows, source.position(), local_rejected + tally.rejected, done=stopped is None)
+        elapsed = time.monotonic() - started
+        result.code = _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out, session.named_app)
+    return result.code
 
 
 @contextlib.contextmanager
