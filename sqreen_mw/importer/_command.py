@@ -174,8 +174,10 @@ def _import(
     args: argparse.Namespace, source: Source, session: Session, maker: EventMaker, out: IO[str],
     interrupts: Interrupts | None = None, result: _Result | None = None,
 ) -> int:
-    interrupts = interrupts or Interrupts()  # not entered: Ctrl-C stays Python's own
-    result = result or _Result()
+    if interrupts is None:
+        interrupts = Interrupts()  # not entered: a Ctrl-C is raised wherever it lands, as Python does
+    if result is None:
+        result = _Result()
     progress = make_progress(source.size, quiet=args.quiet, every=args.progress_every)
     tally = Tally()
 

@@ -67,6 +67,7 @@ class _Held:
     ) -> None:
         interrupts = self._interrupts
         interrupts._holding -= 1
-        if kind is None and not interrupts._holding and interrupts.pending:
+        if not interrupts._holding and interrupts.pending:
             interrupts.pending = False
-            raise KeyboardInterrupt
+            if kind is None:  # else the block's own exception ends the import
+                raise KeyboardInterrupt
