@@ -179,6 +179,61 @@ def test_unknown_csv_column_is_a_usage_error(collector: Collector, tmp_path: Pat
     assert count(collector) == 0
 
 
+@pytest.mark.parametrize("how", ["guessed", "stdin", "--format jsonl"])
+def test_a_csv_file_read_as_json_lines_says_to_use_format_csv(collector: Collector, tmp_path: Path, how: str) -> None:
+    path = tmp_path / "logins.txt"  # not *.csv: read as JSON Lines unless told
+    path.write_bytes((ROOT / "examples" / "import" / "events.csv").read_bytes())
+    if how == "stdin":
+        result = run_import(collector, "-", stdin=path)
+    else:
+        result = run_import(collector, str(path), *(["--format", "jsonl"] if how == "--format jsonl" else []))
+    assert result.returncode == 2, result.stderr
+    assert "line 1 is not JSON but a CSV header (name, timestamp, " in result.stderr, result.stderr
+    assert "looks like CSV: use --format csv" in result.stderr
+    assert "invalid JSON" not in result.stderr  # one line, not one error per row
+    assert (count(collector), collector.agents()) == (0, [])  # stopped before logging in
+    again = run_import(collector, str(path), "--format", "csv")
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_broken_first_json_line_is_not_taken_for_csv(collector: Collector, tmp_path: Path) -> None:
+    # A file cut at a byte offset (split -b) starts inside an object: that line is a bad row, the rest imported.
+    path = tmp_path / "part2.jsonl"
+    path.write_text('stamp": "2024-05-01T00:00:00Z", "name": "a.b"}\n' + json.dumps(_row(1)) + "\n")
+    result = run_import(collector, str(path))
+    assert result.returncode == 1, result.stderr
+    assert "line 1: invalid JSON" in result.stderr
+    assert "CSV" not in result.stderr
+    assert summary(result)["stored"] == 1
+
+
+_NO_ROWS = [
+    ("empty.jsonl", b"", "is empty"),
+    ("blank.jsonl", b"\n  \n\n", "has only blank lines"),
+    ("empty.jsonl.gz", gzip.compress(b"", mtime=0), "is empty"),
+    ("empty.csv", b"", "is empty"),
+    ("blank.csv", b"\r\n\r\n", "has only blank lines"),
+    ("header.csv", b"name,timestamp,prop.attempt:int\n\n", "has a CSV header and no rows"),
+    ("header.csv.gz", gzip.compress(b"\xef\xbb\xbfname,timestamp\r\n", mtime=0), "has a CSV header and no rows"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "what"), _NO_ROWS, ids=[name for name, _, _ in _NO_ROWS])
+def test_an_input_without_rows_says_so_and_is_a_usage_error(
+    collector: Collector, tmp_path: Path, name: str, content: bytes, what: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = run_import(collector, str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == f"sqreen-mw import: error: {path} {what}: nothing to import\n"
+    assert result.stdout == ""
+    assert collector.agents() == []  # decided before logging in
+    piped = run_import(collector, "-", "--format", "csv" if ".csv" in name else "jsonl", stdin=path)
+    assert piped.returncode == 2
+    assert piped.stderr == f"sqreen-mw import: error: stdin {what}: nothing to import\n"
+
+
 def test_usage_errors(collector: Collector, tmp_path: Path) -> None:
     result = run_import(collector, str(tmp_path / "missing.jsonl"))
     assert (result.returncode, "cannot open") == (2, "cannot open")
@@ -193,6 +248,41 @@ def test_usage_errors(collector: Collector, tmp_path: Path) -> None:
     nobody = run_import(f"http://127.0.0.1:{free_port()}", str(tmp_path / "a.jsonl"), "--retry-for", "1")
     assert nobody.returncode == 2
     assert "cannot log in" in nobody.stderr
+
+
+def _import_with_env(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SQREEN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sqreen_mw.collector.cli", "import", *args], capture_output=True, text=True,
+        timeout=TIMEOUT, cwd=ROOT, check=False, env={**environ, **env},
+    )  # fmt: skip
+
+
+def test_a_bad_or_unreachable_url_is_named_with_where_it_came_from(tmp_path: Path) -> None:
+    path = str(write_jsonl(tmp_path / "a.jsonl", 1))
+    nobody = f"http://127.0.0.1:{free_port()}"
+    given = _import_with_env(path, "--url", nobody, "--token", API_KEY)
+    assert given.returncode == 2
+    assert f"cannot log in to the collector at {nobody} (from --url): ConnectError" in given.stderr, given.stderr
+    from_env = _import_with_env(path, SQREEN_URL=nobody, SQREEN_TOKEN=API_KEY)
+    assert from_env.returncode == 2
+    assert f"cannot log in to the collector at {nobody} (from SQREEN_URL): ConnectError" in from_env.stderr
+    assert "Traceback" not in given.stderr + from_env.stderr
+    bad = _import_with_env(path, "--url", "ftp://example.com", "--token", API_KEY)
+    assert bad.returncode == 2
+    assert "--url must be an http:// or https:// URL, got 'ftp://example.com'" in bad.stderr, bad.stderr
+    bad_env = _import_with_env(path, SQREEN_URL="127.0.0.1:8707", SQREEN_TOKEN=API_KEY)
+    assert bad_env.returncode == 2
+    assert "SQREEN_URL must be an http:// or https:// URL, got '127.0.0.1:8707'" in bad_env.stderr, bad_env.stderr
+
+
+def test_the_default_url_says_it_is_the_default(tmp_path: Path) -> None:
+    # Nothing set: http://127.0.0.1:8707, which a test cannot count on being free, so it is only checked that the
+    # message names it and where it came from (or that a collector running there took the row).
+    result = _import_with_env(str(write_jsonl(tmp_path / "a.jsonl", 1)), SQREEN_TOKEN="no-such-key")
+    assert result.returncode == 2
+    assert re.search(r"the collector at http://127\.0\.0\.1:8707 \(the default: pass --url or set SQREEN_URL\)",
+                     result.stderr), result.stderr
 
 
 def test_same_file_twice_stores_nothing_twice_whatever_the_packaging(collector: Collector, tmp_path: Path) -> None:
@@ -362,15 +452,35 @@ def test_progress_on_a_pipe_is_plain_periodic_lines(collector: Collector, tmp_pa
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
 
 
-def test_progress_on_a_terminal_is_a_bar(collector: Collector, tmp_path: Path) -> None:
+def test_quiet_silences_progress_not_problems(collector: Collector, tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("{bad\n" + "".join(json.dumps(_row(i)) + "\n" for i in range(3)))
+    result = run_import(collector, str(path), "-q")
+    assert result.returncode == 1
+    assert "line 1: invalid JSON" in result.stderr
+    assert "sqreen-mw import: 1 rejected rows (listed above by line) were not imported" in result.stderr
+    assert summary(result) == {"rows": 4, "sent": 3, "stored": 3, "duplicates": 0, "rejected": 1,
+                               "undelivered": 0, "retries": 0}  # fmt: skip
+    assert not re.search(r"^import: ", result.stderr, re.M)  # no progress line
+    proxy = FaultyProxy(collector.url, [(503, {})] * 1000)
+    with serve_in_thread(proxy.app) as url:
+        given_up = run_import(url, str(write_jsonl(tmp_path / "more.jsonl", 5)), "-q", "--retry-for", "1")
+    assert given_up.returncode == 1
+    assert "lines 1-5 not delivered" in given_up.stderr
+    assert summary(given_up)["undelivered"] == 5
+
+
+@pytest.mark.parametrize("stdin", [False, True])
+def test_progress_on_a_terminal_is_a_bar(collector: Collector, tmp_path: Path, stdin: bool) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("{bad\n" + "".join(json.dumps(_row(i)) + "\n" for i in range(20_000)))
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
-    proc = subprocess.Popen(
-        import_args(collector, str(path), "--batch-size", "500"), stdin=terminal, stdout=terminal, stderr=terminal,
-        cwd=ROOT, close_fds=True,
-    )  # fmt: skip
+    with path.open("rb") if stdin else open(terminal, closefd=False) as source:
+        proc = subprocess.Popen(
+            import_args(collector, "-" if stdin else str(path), "--batch-size", "500"), stdin=source,
+            stdout=terminal, stderr=terminal, cwd=ROOT, close_fds=True,
+        )  # fmt: skip
     os.close(terminal)
     chunks: list[bytes] = []
     with contextlib.suppress(OSError):  # EIO once the child closed the terminal
@@ -380,8 +490,13 @@ def test_progress_on_a_terminal_is_a_bar(collector: Collector, tmp_path: Path) -
     assert proc.wait(TIMEOUT) == 1
     screen = b"".join(chunks).decode(errors="replace")
     assert "\r" in screen  # redrawn in place
-    assert re.search(r"\d+ rows, \d+ rows/s, 1 rejected", screen), screen[-2000:]
-    assert re.search(r"100%\|[^|]*\| [\d.]+M/[\d.]+M \[[\d:]+<[\d:]+\]", screen), screen[-2000:]  # bar and ETA
+    # Rows (not bytes) with thousands separators, then the times, the rate and the rejections in one bracket.
+    if stdin:  # no size: no bar, no ETA
+        assert re.search(r"\r20,001 rows \[\d\d:\d\d, [\d,]+ rows/s, rejected 1\]", screen), screen[-2000:]
+    else:
+        assert re.search(r"\r100%\|[^|]*\| 20,001 rows \[\d\d:\d\d<\d\d:\d\d, [\d,]+ rows/s, rejected 1\]", screen), (
+            screen[-2000:]
+        )
+    assert not re.search(r"\] ,|\d[kMG]?B?/[\d.]+[kMG]|\d+\.\d\d [\[]", screen), screen[-2000:]
     assert "line 1: invalid JSON" in screen
     assert SUMMARY.search(screen)
-

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gzip
 import io
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import zlib
@@ -18,7 +21,8 @@ from typing import Any
 import pytest
 
 from sqreen_mw._scrub import Scrubber
-from sqreen_mw.importer._command import _import, add_arguments
+from sqreen_mw.importer._command import _import, add_arguments, run
+from sqreen_mw.importer._delivery import Sender
 from sqreen_mw.importer._events import EventMaker
 from sqreen_mw.importer._session import Session
 from sqreen_mw.importer._source import open_source
@@ -35,10 +39,10 @@ def collector(tmp_path: Path) -> Iterator[Collector]:
         yield running
 
 
-def _args(*extra: str) -> argparse.Namespace:
+def _args(*extra: str, file: str = "unused") -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return parser.parse_args(["unused", *extra])
+    return parser.parse_args([file, *extra])
 
 
 class _InterruptAt(EventMaker):
@@ -216,3 +220,80 @@ def test_an_explicit_id_is_stored_once_across_apps_a_derived_one_per_app(collect
     second = summary(run_import(collector, str(path), "--app", "two"))
     assert (second["stored"], second["duplicates"]) == (1, 1)
     assert sorted(e["app"] for e in collector.events()) == ["one", "one", "two"]
+
+
+STOPPED = "stopped after line 0: interrupted; later lines were not imported"
+
+
+def test_ctrl_c_during_start_up_prints_the_stopped_summary_not_a_traceback(tmp_path: Path) -> None:
+    # A server that takes the connection and never answers: the importer is logging in when Ctrl-C comes.
+    path = write_jsonl(tmp_path / "events.jsonl", 10)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        proc = subprocess.Popen(import_args(url, str(path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT)  # fmt: skip
+        server.settimeout(60)
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)  # the login request
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 1, err  # as a Ctrl-C later on
+    assert summary(subprocess.CompletedProcess(proc.args, 1, out, err))["rows"] == 0
+    assert f"sqreen-mw import: {STOPPED}" in err
+
+
+class _SlowLogout(FaultyProxy):
+    """The collector behind a hop whose logout never answers."""
+
+    async def _handle(self, request: Any) -> Any:
+        if request.url.path.endswith("/logout"):
+            await asyncio.sleep(120)
+        return await super()._handle(request)
+
+
+def test_ctrl_c_while_logging_out_after_the_summary_keeps_the_import_s_exit_code(
+    collector: Collector, tmp_path: Path
+) -> None:
+    proxy = _SlowLogout(collector.url, [])
+    path = write_jsonl(tmp_path / "events.jsonl", 10)
+    with serve_in_thread(proxy.app) as url:
+        proc = subprocess.Popen(import_args(url, str(path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT)  # fmt: skip
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the summary: the rows are stored, logging out has begun
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 0, err
+    assert summary(subprocess.CompletedProcess(proc.args, 0, line + out, err))["stored"] == 10
+    assert "interrupted" not in err
+    assert len(collector.events()) == 10
+
+
+def test_ctrl_c_between_a_batch_s_hand_off_and_the_next_batch_sends_it_once(
+    collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The race of a Ctrl-C that lands once a batch is queued, before the reader starts the next one: the batch
+    # was then also the "leftover" that a stop sends, so it went twice (counted sent twice, once as duplicates).
+    put = Sender.put
+
+    def put_then_ctrl_c(self: Sender, *args: Any, **kwargs: Any) -> Any:
+        handed = put(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before os.kill returns
+        return handed
+
+    monkeypatch.setattr(Sender, "put", put_then_ctrl_c)
+    path = write_jsonl(tmp_path / "events.jsonl", 30)
+    out = io.StringIO()
+    code = run(_args("--batch-size", "10", "--url", collector.url, "--token", API_KEY, file=str(path)), out)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "stopped after line 10: interrupted; later lines were not imported" in err
+    counts = summary(subprocess.CompletedProcess([], 1, out.getvalue(), err))
+    assert counts["rows"] == 10
+    assert counts["sent"] + counts["undelivered"] == 10, counts  # each row once: sent, or named not delivered
+    assert counts["duplicates"] == 0, counts
+    assert counts["stored"] == counts["sent"]
+    assert len(collector.events()) == 10

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO
 
+from .._config import _url as parse_url
 from .._config import resolve
 from .._exceptions import ConfigurationError, InvalidEvent
 from .._scrub import Scrubber
-from .._transport import AUTH, OK
+from .._transport import AUTH, OK, RETRY
 from ._delivery import Batch, Sender, Tally, describe_lines
 from ._events import EventMaker
+from ._interrupts import Interrupts
 from ._progress import make_progress
 from ._session import Session
 from ._source import FORMATS, Source, SourceError, open_source
@@ -73,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up when the collector refuses or misses a batch for this long (default 300)")
     parser.add_argument("--progress-every", type=_seconds, default=5.0, metavar="SECONDS",
                         help="seconds between progress lines when stderr is not a terminal (default 5)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary; errors still shown")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress, and no summary unless some row was not stored")
 
 
 def _error(message: str) -> int:
@@ -81,13 +86,48 @@ def _error(message: str) -> int:
     return EXIT_USAGE
 
 
+def _origin(given: str | None, variable: str, option: str) -> str:
+    """Where a setting came from, as resolve() picks it: the option, else the environment variable, else the
+    default."""
+    if given is not None and given.strip():
+        return f"from {option}"
+    if os.environ.get(variable, "").strip():
+        return f"from {variable}"
+    return f"the default: pass {option} or set {variable}"
+
+
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    """Run an import; :return: 0 when every row is stored (or already was), 1 when some is not, 2 on usage errors."""
+    """Run an import; :return: 0 when every row is stored (or already was), 1 when some is not, 2 on usage errors.
+
+    A Ctrl-C at any point, start-up included, ends with the same account: the summary, the line after which the
+    import stopped, and exit code 1 (or, once the summary is out, the code it gave).
+    """
     out = out or sys.stdout
+    started = time.monotonic()
+    result = _Result()
+    try:
+        with Interrupts() as interrupts:
+            return _start(args, out, interrupts, result)
+    except KeyboardInterrupt:
+        if result.code is not None:  # while logging out, after the summary
+            return result.code
+        with _ignoring_sigint():  # before the first row: the account of nothing done, as a Ctrl-C later gives
+            return _summary(args, Tally(), 0, 0, "interrupted", 0, time.monotonic() - started, out)
+
+
+@dataclass
+class _Result:
+    code: int | None = None  # set once the summary is printed
+
+
+def _start(args: argparse.Namespace, out: IO[str], interrupts: Interrupts, result: _Result) -> int:
     if args.batch_size > MAX_BATCH:
         return _error(f"--batch-size must be at most {MAX_BATCH} (the collector's limit)")
+    url = args.url if args.url and args.url.strip() else None  # an empty --url is not given, as SQREEN_URL=""
     try:
-        settings = resolve({"token": args.token, "url": args.url, "app_name": args.app})
+        if url is not None:
+            parse_url("--url", url)  # named as the user wrote it (resolve() would say "url")
+        settings = resolve({"token": args.token, "url": url, "app_name": args.app})
         scrubber = Scrubber(
             enabled=settings["strip_sensitive_data"],
             sensitive_keys=settings["sensitive_keys"],
@@ -101,23 +141,43 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         source = open_source(args.file, args.format)
     except SourceError as exc:
         return _error(str(exc))
-    session = Session(
-        settings["url"], settings["token"], settings["app_name"], settings["request_timeout"], gzip=args.gzip
-    )
+    try:
+        session = Session(
+            settings["url"], settings["token"], settings["app_name"], settings["request_timeout"], gzip=args.gzip
+        )
+    except BaseException:
+        source.close()
+        raise
+    where = f"{settings['url']} ({_origin(url, 'SQREEN_URL', '--url')})"
     try:
         login = session.login()
         if login.kind == AUTH:
-            return _error(f"the collector at {settings['url']} refused the API key ({login.reason})")
+            key = _origin(args.token, "SQREEN_TOKEN", "--token")
+            return _error(f"the collector at {where} refused the API key ({key}): {login.reason}")
         if login.kind != OK:
-            return _error(f"cannot log in to the collector at {settings['url']}: {login.reason}")
-        return _import(args, source, session, EventMaker(scrubber, session.app), out)
+            network = login.kind == RETRY and login.reason.startswith(("Connect", "Timeout", "ReadTimeout"))
+            hint = "is the collector (sqreen-mw serve) running there?" if network else "is it a sqreen-mw collector?"
+            return _error(f"cannot log in to the collector at {where}: {login.reason}; {hint}")
+        return _import(args, source, session, EventMaker(scrubber, session.app), out, interrupts, result)
     finally:
-        session.logout()
-        session.close()
-        source.close()
+        try:
+            session.logout()  # a Ctrl-C cuts it short (a collector that does not answer): the session expires
+        except KeyboardInterrupt:
+            if result.code is None:
+                raise
+        finally:
+            session.close()
+            source.close()
 
 
-def _import(args: argparse.Namespace, source: Source, session: Session, maker: EventMaker, out: IO[str]) -> int:
+def _import(
+    args: argparse.Namespace, source: Source, session: Session, maker: EventMaker, out: IO[str],
+    interrupts: Interrupts | None = None, result: _Result | None = None,
+) -> int:
+    if interrupts is None:
+        interrupts = Interrupts()  # not entered: a Ctrl-C is raised wherever it lands, as Python does
+    if result is None:
+        result = _Result()
     progress = make_progress(source.size, quiet=args.quiet, every=args.progress_every)
     tally = Tally()
 
@@ -151,8 +211,10 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
                     last_line = line
                     rows += 1
                     if len(events) >= size:
-                        sender.put(Batch(events, lines))
-                        events, lines = [], []
+                        # Queued and replaced by the next, or neither: a Ctrl-C in between would send it twice.
+                        with interrupts.held():
+                            if sender.put(Batch(events, lines), interrupts.is_pending):
+                                events, lines = [], []
                         progress.update(rows, source.position(), local_rejected + tally.rejected)
                         if sender.failure:
                             stopped = sender.failure
@@ -176,20 +238,23 @@ def _import(args: argparse.Namespace, source: Source, session: Session, maker: E
     try:
         if stopped != "interrupted":
             if events:
-                sender.put(Batch(events, lines))
-                events, lines = [], []
+                with interrupts.held():
+                    if sender.put(Batch(events, lines), interrupts.is_pending):
+                        events, lines = [], []
             sender.close()
     except KeyboardInterrupt:  # while waiting for the collector: what is not delivered yet is named, now
         stopped = stopped or "interrupted"
         interrupted = True
     else:
         interrupted = stopped == "interrupted"
-    if interrupted:
-        with _ignoring_sigint():  # another Ctrl-C would only lose the account of what was not delivered
+    # Another Ctrl-C from here on would only lose the account of what was and was not delivered.
+    with _ignoring_sigint():
+        if interrupted:
             sender.stop("interrupted", leftover=Batch(events, lines))
-    progress.close(rows, source.position(), local_rejected + tally.rejected, done=stopped is None)
-    elapsed = time.monotonic() - started
-    return _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out, session.named_app)
+        progress.close(rows, source.position(), local_rejected + tally.rejected, done=stopped is None)
+        elapsed = time.monotonic() - started
+        result.code = _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out, session.named_app)
+    return result.code
 
 
 @contextlib.contextmanager
@@ -210,7 +275,7 @@ def _summary(
 ) -> int:
     rejected = local_rejected + tally.rejected
     undelivered = sorted(line for lines, _ in tally.undelivered for line in lines)
-    if not args.quiet:
+    if not args.quiet or rejected or undelivered or stopped:  # quiet silences progress, not problems
         print(
             f"{rows} rows read in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):.0f} rows/s): {tally.sent} sent, "
             f"{tally.stored} stored, {tally.duplicates} duplicates, {rejected} rejected, "
@@ -222,6 +287,6 @@ def _summary(
     if stopped:
         print(f"sqreen-mw import: stopped after line {last_line}: {stopped}; later lines were not imported",
               file=sys.stderr)
-    if rejected and not args.quiet:
+    if rejected:
         print(f"sqreen-mw import: {rejected} rejected rows (listed above by line) were not imported", file=sys.stderr)
     return EXIT_NOT_DELIVERED if rejected or undelivered or stopped else EXIT_OK

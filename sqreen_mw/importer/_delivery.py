@@ -113,15 +113,23 @@ class Sender:
         for thread in self._threads:
             thread.start()
 
-    def put(self, batch: Batch) -> None:
-        """Queue a batch; blocks while ``in_flight`` batches wait (back-pressure)."""
+    def put(self, batch: Batch, abandon: Callable[[], bool] | None = None) -> bool:
+        """Queue a batch; blocks while ``in_flight`` batches wait (back-pressure).
+
+        :param abandon: polled while waiting (every 0.1 s): when it returns true, ``batch`` is left to the caller.
+        :return: True when the batch is handed over: queued, or given up (named) because the import stopped;
+            False when ``abandon`` said so before it could be queued.
+        """
         while not self._stop.is_set():
+            if abandon is not None and abandon():
+                return False
             try:
-                self._queue.put(batch, timeout=0.5)
-                return
+                self._queue.put(batch, timeout=0.5 if abandon is None else 0.1)
+                return True
             except queue.Full:
                 continue
         self._give_up(batch, self.failure or "import stopped")
+        return True
 
     def close(self) -> None:
         """Send what is queued, then stop the threads."""

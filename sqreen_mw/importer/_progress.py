@@ -69,7 +69,12 @@ class Progress:
 
 
 class Bar(Progress):
-    """A tqdm bar over the file's bytes, labelled with rows, rate and rejections."""
+    """A tqdm bar over the file's bytes (its fraction and ETA), labelled with rows, rate and rejections.
+
+    ``37%|█████     | 12,000 rows [00:01<00:02, 9,850 rows/s, rejected 3]``; without a size (stdin), no bar and
+    no ETA: ``12,000 rows [00:01, 9,850 rows/s, rejected 3]``. The rows go in tqdm's description and the rate and
+    rejections in its postfix (which tqdm writes after ", "), so tqdm's own count, in bytes, is never shown.
+    """
 
     def __init__(self, size: int | None, *, out: IO[str] | None = None) -> None:
         super().__init__(size, every=0.2, out=out)
@@ -77,9 +82,9 @@ class Bar(Progress):
         from tqdm import tqdm
 
         self._bar: Any = tqdm(
-            total=size, unit="B", unit_scale=True, file=self.out, dynamic_ncols=True,
-            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}"
-            if size else "{n_fmt} [{elapsed}] {postfix}",
+            total=size, file=self.out, dynamic_ncols=True, desc=_rows_text(0), postfix=_rate_text(0, 0.0, 0),
+            bar_format="{percentage:3.0f}%|{bar}| {desc} [{elapsed}<{remaining}{postfix}]"
+            if size else "{desc} [{elapsed}{postfix}]",
         )  # fmt: skip
         self._position = 0
 
@@ -95,7 +100,8 @@ class Bar(Progress):
 
     def _advance(self, rows: int, position: int, rejected: int) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        self._bar.set_postfix_str(f"{rows} rows, {rows / elapsed:.0f} rows/s, {rejected} rejected", refresh=False)
+        self._bar.set_description_str(_rows_text(rows), refresh=False)
+        self._bar.set_postfix_str(_rate_text(rows, elapsed, rejected), refresh=False)
         if position > self._position:
             self._bar.update(position - self._position)
             self._position = position
@@ -105,6 +111,14 @@ class Bar(Progress):
     def close(self, rows: int, position: int, rejected: int, done: bool = True) -> None:
         self._advance(rows, position, rejected)
         self._bar.close()
+
+
+def _rows_text(rows: int) -> str:
+    return f"{rows:,} rows"
+
+
+def _rate_text(rows: int, elapsed: float, rejected: int) -> str:
+    return f"{rows / elapsed if elapsed else 0:,.0f} rows/s, rejected {rejected:,}"
 
 
 def make_progress(size: int | None, *, quiet: bool, every: float, out: IO[str] | None = None) -> Progress:

@@ -80,6 +80,11 @@ class Source:
     _text: IO[str] | None = None
     _reader: Any = None  # csv.reader: its type is private to typeshed
     _columns: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # Read ahead by open_source() (check_start): JSON Lines up to the first non-blank line, CSV up to the first row
+    # with a cell, given again by rows(); a read error met on the way is raised by rows(), where the others are.
+    _head: list[bytes] | None = None
+    _first_cells: tuple[int, list[str]] | None = None
+    _deferred: SourceError | None = None
 
     def position(self) -> int:
         try:
@@ -107,11 +112,17 @@ class Source:
         decode = _DECODER.decode
         fast = _fast_decode if orjson is not None else None
         number = 0
+        if self._deferred is not None:
+            raise self._deferred
         try:
-            lines: Iterator[bytes] = iter(self.stream)
-            first = next(lines, None)
-            if first is not None:  # a UTF-8 byte order mark is skipped, as in a CSV
-                lines = itertools.chain((first.removeprefix(_BOM),), lines)
+            lines: Iterator[bytes]
+            if self._head is not None:  # read by check_start()
+                lines = itertools.chain(self._head, self.stream)
+            else:
+                lines = iter(self.stream)
+                first = next(lines, None)
+                if first is not None:  # a UTF-8 byte order mark is skipped, as in a CSV
+                    lines = itertools.chain((first.removeprefix(_BOM),), lines)
             for number, line in enumerate(lines, 1):
                 if fast is not None:
                     row = fast(line)
@@ -140,6 +151,57 @@ class Source:
         except _READ_ERRORS as exc:  # raised by the file, not by the rows: the lines before were complete
             raise self._read_error(exc, number) from None
 
+    def check_start(self) -> None:
+        """Read the start of the input now, so that what would make every row fail stops the import before
+        anything is sent: an input with no rows, a CSV header with an unknown column, a CSV file read as JSON Lines.
+
+        :raises SourceError: naming the input and what is wrong.
+        """
+        if self.format == "csv":
+            self.read_header()
+            self._peek_csv_row()
+        else:
+            self._peek_jsonl()
+
+    def _peek_jsonl(self) -> None:
+        head: list[bytes] = []
+        try:
+            for line in self.stream:
+                head.append(line if head else line.removeprefix(_BOM))  # a UTF-8 byte order mark is skipped
+                if head[-1].strip():
+                    break
+        except _READ_ERRORS as exc:
+            self._deferred = self._read_error(exc, len(head))
+        self._head = head
+        if self._deferred is not None:
+            return
+        if not head or not head[-1].strip():
+            raise SourceError(f"{self.name} {'has only blank lines' if head else 'is empty'}: nothing to import")
+        cells = _csv_header_cells(head[-1])
+        if cells is not None:
+            shown = ", ".join(cells[:4]) + (", ..." if len(cells) > 4 else "")
+            raise SourceError(
+                f"{self.name}: line {len(head)} is not JSON but a CSV header ({shown}): looks like CSV: "
+                "use --format csv"
+            )
+
+    def _peek_csv_row(self) -> None:
+        reader = self._reader
+        number = start = reader.line_num + 1
+        try:
+            for cells in reader:
+                number, start = start, reader.line_num + 1
+                if any(cells):
+                    self._first_cells = (number, cells)
+                    return
+        except _READ_ERRORS as exc:
+            self._deferred = self._read_error(exc, reader.line_num)
+            return
+        except csv.Error as exc:
+            self._deferred = SourceError(f"{self.name}: line {reader.line_num}: bad CSV: {exc}")
+            return
+        raise SourceError(f"{self.name} has a CSV header and no rows: nothing to import")
+
     def read_header(self) -> None:
         """CSV: read and check the header now, so a bad column stops the import before anything is sent."""
         if self.format != "csv":
@@ -148,10 +210,16 @@ class Source:
         self._reader = csv.reader(self._text, strict=True)
         try:
             header = next(self._reader, None)
+            blank = 0
+            while header == []:  # blank lines before the header
+                blank += 1
+                header = next(self._reader, None)
         except csv.Error as exc:
             raise SourceError(f"{self.name}: cannot read the CSV header: {exc}") from None
         except _READ_ERRORS as exc:
             raise self._read_error(exc, 0) from None
+        if header is None:
+            raise SourceError(f"{self.name} {'has only blank lines' if blank else 'is empty'}: nothing to import")
         if header and _bad_utf8(header):
             raise SourceError(f"{self.name}: the CSV header is not valid UTF-8 ({_bad_utf8(header)})")
         self._columns = [_column(name) for name in header or []]
@@ -167,11 +235,17 @@ class Source:
     def _csv(self) -> Iterator[Row]:
         if self._reader is None:
             self.read_header()
+        if self._deferred is not None:
+            raise self._deferred
         reader, columns = self._reader, self._columns
         assert reader is not None  # noqa: S101 -- set by read_header
         try:
             start = reader.line_num + 1
-            for cells in reader:
+            rows: Iterator[list[str]] = reader
+            if self._first_cells is not None:  # read by check_start(): its line, then the reader's next
+                start, first = self._first_cells
+                rows = itertools.chain((first,), reader)
+            for cells in rows:
                 number, start = start, reader.line_num + 1
                 if not any(cells):
                     continue
@@ -278,6 +352,29 @@ def _csv_row(columns: list[tuple[str, str, str, str]], cells: list[str]) -> dict
     return row
 
 
+#: A CSV header cell as people write them: a letter or "_", then letters, digits, spaces, ".", ":", "-" (no quotes,
+#: braces or brackets, which a piece of a JSON object would show).
+_HEADER_CELL = re.compile(r"[^\W\d][\w .:-]*")
+
+
+def _csv_header_cells(line: bytes) -> list[str] | None:
+    """The cells of ``line`` when it is not JSON but reads as a CSV header of two or more names, else None."""
+    try:
+        text = line.decode()
+        _DECODER.decode(text)
+    except (UnicodeDecodeError, RecursionError):
+        return None
+    except ValueError:
+        pass
+    else:
+        return None
+    try:
+        cells = [cell.strip() for cell in next(csv.reader([text]), [])]
+    except csv.Error:
+        return None
+    return cells if len(cells) >= 2 and all(_HEADER_CELL.fullmatch(cell) for cell in cells) else None
+
+
 def guess_format(path: str) -> str:
     """``csv`` for ``*.csv`` and ``*.csv.gz``, else ``jsonl``."""
     name = path.lower().removesuffix(".gz")
@@ -303,7 +400,7 @@ def open_source(path: str, format: str | None = None) -> Source:
         stream = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
     source = Source("stdin" if path == "-" else path, fmt, buffered, stream, size)
     try:
-        source.read_header()
+        source.check_start()
     except SourceError:
         source.close()
         raise

@@ -1,0 +1,73 @@
+"""Ctrl-C during an import: ``KeyboardInterrupt`` as usual, except while a batch changes hands.
+
+Handing a batch to the senders and starting the next one are two steps; a ``KeyboardInterrupt`` raised between
+them would leave the reader unable to tell whether the batch was queued, and the stop that follows would send it
+again as the batch being filled. Inside :meth:`Interrupts.held` a Ctrl-C is only noted (:attr:`Interrupts.pending`,
+which a wait can poll to give up early), and raised when the block ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+
+class Interrupts:
+    """While entered (in the main thread, when SIGINT has Python's default handler), SIGINT goes through
+    :meth:`_handle`; elsewhere, or when SIGINT is ignored or handled by someone else, nothing changes."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._holding = 0
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> Interrupts:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._holding:
+            self.pending = True
+            return
+        self.pending = False
+        raise KeyboardInterrupt
+
+    def is_pending(self) -> bool:
+        return self.pending
+
+    def held(self) -> _Held:
+        """A block in which a Ctrl-C is raised as ``KeyboardInterrupt`` only when the block ends."""
+        return _Held(self)
+
+
+class _Held:
+    __slots__ = ("_interrupts",)
+
+    def __init__(self, interrupts: Interrupts) -> None:
+        self._interrupts = interrupts
+
+    def __enter__(self) -> None:
+        self._interrupts._holding += 1
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        interrupts = self._interrupts
+        interrupts._holding -= 1
+        if not interrupts._holding and interrupts.pending:
+            interrupts.pending = False
+            if kind is None:  # else the block's own exception ends the import
+                raise KeyboardInterrupt
