@@ -255,6 +255,31 @@ def test_batches_during_a_fold_are_counted_once(storage: PostgresStorage) -> Non
     assert _rows(storage, "explorer_hour_delta", "kind, hour, value") == (0, 0)
 
 
+def test_the_ingest_path_folds_once_every_fold_every_seconds_whichever_replica(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqreen_mw.collector.postgres import storage as module
+
+    monkeypatch.setattr(module, "FOLD_EVERY", 3600.0)
+    replicas = [PostgresStorage(postgres_url), PostgresStorage(postgres_url)]
+    try:
+        assert replicas[0].insert_events([_record(0)]) == (1, 0)  # the first look: no fold yet, so one now
+        assert _rows(replicas[0], "explorer_minute_delta", "minute, name") == (0, 0)
+        assert replicas[1].insert_events([_record(1)]) == (1, 0)  # its first look too, but the last fold is recent
+        replicas[0]._next_fold = 0.0
+        assert replicas[0].insert_events([_record(2)]) == (1, 0)
+        assert _rows(replicas[0], "explorer_minute_delta", "minute, name") == (2, 1)  # two batches wait
+        with replicas[0]._tx() as conn:
+            conn.execute("UPDATE meta SET value = value - 3601 WHERE key = 'rollups_folded_at'")
+        replicas[1]._next_fold = 0.0
+        assert replicas[1].insert_events([_record(3)]) == (1, 0)  # due now: this replica folds
+        assert _rows(replicas[0], "explorer_minute_delta", "minute, name") == (0, 0)
+        assert replicas[0].overview(1_699_999_200.0, 1_700_006_400.0, 60).total == 4
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
 def test_a_version_4_database_with_shards_is_migrated_to_rollup_deltas(postgres_url: str) -> None:
     t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600
     records = [_record(i, user=f"u{i % 4}@example.com")._replace(name=f"n{i % 3}", ts=t0 + i * 20.0)

@@ -90,6 +90,7 @@ ON CONFLICT (kind, hour, value, shard) DO UPDATE SET n = explorer_hour.n + exclu
 #: batches (every one of them touching the current minute's and hour's rows) rarely waited for each other's commit;
 #: readers sum the shards, folds merge them.
 SHARDS = 8
+_KINDS = (KIND_NAME, KIND_IP, KIND_USER, KIND_APP, KIND_LOGIN)
 _GROUPS = {"name": "name", "ip": "client_ip", "app": "app", "user": "user_identifiers"}
 # A property's value as JSON text (None when absent): strings, numbers and booleans stay apart ("2" vs 2, true vs 1).
 _PROPERTY_JSON = "(properties::json -> %s)::text"
@@ -127,23 +128,20 @@ COUNT_FRESH = f"""
         UNION ALL SELECT {KIND_LOGIN}, hour, login FROM fresh WHERE login IS NOT NULL
     ) AS k GROUP BY 1, 2, 3
 )"""  # noqa: S608 - constants only
-# The views' reads of the rollups: the keyed rows of a range plus the deltas of that range not folded yet.
-_HOURS = """
-SELECT hour / %s AS b, value, sum(n) FROM (
-    SELECT hour, value, n FROM explorer_hour WHERE kind = 0 AND hour >= %s AND hour < %s
-    UNION ALL SELECT hour, value, n FROM explorer_hour_delta WHERE kind = 0 AND hour >= %s AND hour < %s
-) AS r GROUP BY b, value
+# The overview's reads of the rollups: the deltas of its range not folded yet, once, grouped (few rows: the folds keep
+# them few), then the keyed rows of the range with those deltas' sums, per query. One snapshot for all (the
+# transaction is REPEATABLE READ), so a fold committed meanwhile cannot make a count appear twice or not at all.
+_HOUR_DELTAS = """
+SELECT kind, CASE WHEN kind = 0 THEN hour END, value, sum(n)::bigint FROM explorer_hour_delta
+WHERE hour >= %s AND hour < %s GROUP BY 1, 2, 3
 """
-_MINUTES = """
-SELECT minute / %s AS b, name, sum(n) FROM (
-    SELECT minute, name, n FROM explorer_minute WHERE minute >= %s AND minute < %s
-    UNION ALL SELECT minute, name, n FROM explorer_minute_delta WHERE minute >= %s AND minute < %s
-) AS r GROUP BY b, name
+_MINUTE_DELTAS = """
+SELECT minute, name, sum(n)::bigint FROM explorer_minute_delta WHERE minute >= %s AND minute < %s GROUP BY 1, 2
 """
 _TOP = """
 SELECT value, sum(n) AS c FROM (
     SELECT value, n FROM explorer_hour WHERE kind = %s AND hour >= %s AND hour < %s
-    UNION ALL SELECT value, n FROM explorer_hour_delta WHERE kind = %s AND hour >= %s AND hour < %s
+    UNION ALL SELECT * FROM unnest(%b::text[], %b::bigint[])
 ) AS r GROUP BY value ORDER BY c DESC, value LIMIT %s
 """
 
@@ -313,22 +311,40 @@ class ExplorerQueries:
         hour_lo, hour_hi = int(since // 3600), int(-(-until // 3600))
         tops: dict[int, list[tuple[str, int]]] = {}
         with self._tx() as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             for setting in _AGGREGATE:
                 conn.execute(setting)
+            deltas: dict[int, tuple[list[str], list[int]]] = {kind: ([], []) for kind in _KINDS}
+            chart: list[tuple[int, str, int]] = []  # (minute or hour, name, n) of the deltas
+            for kind, hour, value, n in conn.execute(_HOUR_DELTAS, (hour_lo, hour_hi)).fetchall():
+                deltas[kind][0].append(value)
+                deltas[kind][1].append(n)
+                if hour is not None:
+                    chart.append((hour, value, n))
             if bucket % 3600 == 0:
                 per = bucket // 3600
-                rows = conn.execute(_HOURS, (per, hour_lo, hour_hi, hour_lo, hour_hi)).fetchall()
+                rows = conn.execute(
+                    "SELECT hour / %s AS b, value, sum(n) FROM explorer_hour WHERE kind = 0 AND hour >= %s"
+                    " AND hour < %s GROUP BY b, value",
+                    (per, hour_lo, hour_hi),
+                ).fetchall()
                 first, last = hour_lo // per, (hour_hi - 1) // per
             else:
                 per = bucket // 60
                 lo, hi = int(since // 60), int(-(-until // 60))
-                rows = conn.execute(_MINUTES, (per, lo, hi, lo, hi)).fetchall()
+                rows = conn.execute(
+                    "SELECT minute / %s AS b, name, sum(n) FROM explorer_minute WHERE minute >= %s AND minute < %s"
+                    " GROUP BY b, name",
+                    (per, lo, hi),
+                ).fetchall()
+                chart = conn.execute(_MINUTE_DELTAS, (lo, hi)).fetchall()
                 first, last = lo // per, (hi - 1) // per
-            for kind in (KIND_NAME, KIND_IP, KIND_USER, KIND_APP, KIND_LOGIN):
+            rows.extend((at // per, name, n) for at, name, n in chart)
+            for kind in _KINDS:
                 tops[kind] = [
                     (str(value), int(n))
                     for value, n in conn.execute(
-                        _TOP, (kind, hour_lo, hour_hi, kind, hour_lo, hour_hi, top if kind != KIND_NAME else 1000)
+                        _TOP, (kind, hour_lo, hour_hi, *deltas[kind], top if kind != KIND_NAME else 1000)
                     ).fetchall()
                 ]
         out.times = [b * bucket for b in range(first, last + 1)]

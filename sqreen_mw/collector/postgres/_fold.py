@@ -18,16 +18,20 @@ from typing import Any
 
 from .._sqlite_rollups import KIND_APP, KIND_IP, KIND_LOGIN, KIND_NAME, KIND_USER
 
-__all__ = ["FOLD_EVERY", "fold_rollups"]
+__all__ = ["FOLD_CHECK", "FOLD_EVERY", "fold_rollups"]
 
-#: Seconds between two folds by one replica (checked after a stored batch): the views scan the deltas not folded
-#: yet, so few seconds' worth of them.
+#: Seconds between two folds, whichever replica makes them (``meta`` keeps the time of the last): the deltas of that
+#: many seconds are what the overview reads besides the keyed rows; the longer, the more often a key seen by many
+#: batches is counted up once for all of them.
 FOLD_EVERY = 5.0
+#: Seconds between two looks of a replica at whether a fold is due (after a stored batch).
+FOLD_CHECK = 1.0
 _LOCK_KEY = 0x5371_6D77_0002  # pg_advisory_xact_lock key of folds ("Sqmw", 2)
 _MAX_HOURS = 6  # hours folded per transaction at most, so a first fold of a large database is many short ones
 # Every kind of explorer_hour: the primary key's first column, so that an hour range is an index walk per kind.
 _KINDS = [KIND_NAME, KIND_IP, KIND_USER, KIND_APP, KIND_LOGIN]
 _META_KEY = "rollups_folded_hour"
+_META_AT = "rollups_folded_at"  # epoch seconds of the last fold
 
 # The shard rows are locked in key order and those a batch in flight holds are skipped (left for a later fold, or
 # for ever if the range is then behind the mark): a fold never waits for a batch, so it cannot deadlock with one.
@@ -69,12 +73,21 @@ ON CONFLICT (kind, hour, value, shard) DO UPDATE SET n = explorer_hour.n + exclu
 """
 
 
-def fold_rollups(conn: Any, now: float) -> int | None:
+def fold_rollups(conn: Any, now: float, every: float = 0.0) -> int | None:
     """Fold the deltas, then the shards of the hours that ended before the previous one (``now`` in epoch seconds),
-    up to ``_MAX_HOURS`` of them, in the caller's transaction; return the hour the shards are folded up to, or None
-    when another replica is folding (or there were no shards to fold)."""
+    up to ``_MAX_HOURS`` of them, in the caller's transaction, unless the last fold (by any replica) was less than
+    ``every`` seconds before ``now``; return the hour the shards are folded up to, or None when another replica is
+    folding (or the last fold is too recent, or there were no shards to fold)."""
     if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOCK_KEY,)).fetchone()[0]:
         return None
+    if every > 0:
+        row = conn.execute("SELECT value FROM meta WHERE key = %s", (_META_AT,)).fetchone()
+        if row is not None and 0 <= now - int(row[0]) < every:
+            return None
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (_META_AT, int(now)),
+    )
     conn.execute(_FOLD_MINUTE_DELTAS)
     conn.execute(_FOLD_HOUR_DELTAS)
     row = conn.execute("SELECT value FROM meta WHERE key = %s", (_META_KEY,)).fetchone()

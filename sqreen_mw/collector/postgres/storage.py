@@ -30,7 +30,7 @@ from .._sqlite import _encode, _event_ip_key
 from . import StorageUnavailable, UnstorableText, redact
 from ._automation import AutomationTables
 from ._explorer import COUNT_FRESH, ExplorerQueries, rollup_keys
-from ._fold import FOLD_EVERY, fold_rollups
+from ._fold import FOLD_CHECK, FOLD_EVERY, fold_rollups
 from ._hits import HitTables
 from ._schema import prepare_schema
 
@@ -158,7 +158,7 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
         self._wait = wait
         self._closed = False
         self._listeners: list[Any] = []
-        self._next_fold = 0.0  # time.monotonic() of the next fold of the rollup deltas (and past hours' shards)
+        self._next_fold = 0.0  # time.monotonic() of the next look at whether a fold of the rollups is due
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=wait, name="sqreen_mw",
             kwargs={"connect_timeout": max(1, int(wait)), "application_name": "sqreen-mw collector"},
@@ -245,7 +245,7 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
                 with self._tx() as conn:
                     seqs = dict(conn.execute(_STORE_BATCH, columns).fetchall())
                 if time.monotonic() >= self._next_fold:
-                    self._next_fold = time.monotonic() + FOLD_EVERY
+                    self._next_fold = time.monotonic() + FOLD_CHECK
                     self._fold_quietly()
                 return [e._replace(seq=seqs[e.id]) for e in ev if e.id in seqs]
             except _ROLLBACK:
@@ -258,15 +258,16 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
 
     def fold_rollups(self, now: float | None = None) -> int | None:
         """Fold the rollup deltas, and the shards of hours long past, into one row per key (:mod:`._fold`; the
-        ingest path calls it every :data:`~._fold.FOLD_EVERY` seconds); return the hour the shards are folded up
-        to, or None (no shards to fold, or another replica is folding)."""
+        ingest path makes one every :data:`~._fold.FOLD_EVERY` seconds, whichever replica); return the hour the
+        shards are folded up to, or None (no shards to fold, or another replica is folding)."""
         with self._tx() as conn:
             return fold_rollups(conn, time.time() if now is None else now)
 
     def _fold_quietly(self) -> None:
         # After a stored batch: its answer must not depend on housekeeping, which the next minute tries again.
         try:
-            self.fold_rollups()
+            with self._tx() as conn:
+                fold_rollups(conn, time.time(), FOLD_EVERY)
         except (psycopg.Error, StorageUnavailable) as exc:
             logger.warning("folding the explorer's rollup rows on %s failed (%s); trying again soon",
                            self.where, str(exc).strip()[:200])
