@@ -7,10 +7,16 @@ See ``docs/deployment.md`` ("Sizing") for the figures measured and what they mea
 
 1. **storage**: two ``PostgresStorage`` instances (two replicas' pools) on one database, ``--threads`` writer
    threads each, inserting 1,000-event batches of realistic events (those of ``bench_collector.py``); events/s from
-   the first batch to the last commit. No HTTP, no JSON parsing: the database path alone.
+   the first batch to the last commit and a fold of the rollup counts left. No HTTP, no JSON parsing: the database
+   path alone.
 2. **end to end**: two ``sqreen-mw serve --db postgresql://...`` processes, ``--agents`` agent threads split across
    them posting gzip batches of 1,000 events (compressed before the clock starts); events/s from the first request
    to the last answer. The load generator, both replicas and PostgreSQL share the machine's CPUs.
+
+With ``--cpu`` (the throwaway server only), the storage run also reports the CPU time per stored event of the
+PostgreSQL server (every process of it: the backends, and the WAL writer, checkpointer and autovacuum workers, read
+from ``/proc``) and of this process (the two replicas' pools), in µs: figures that drift less than the wall time on a
+shared machine. ``--repeat N`` runs the storage benchmark N times, each into a new database.
 
 3. **listings** (``--listings N``, e.g. 1000000): N events loaded, then the admin API's event listings (newest,
    by name, IP, user, a time range; 101 rows each) and a 50-page cursor walk, median and max of 7 runs, in ms.
@@ -24,6 +30,7 @@ import argparse
 import gc
 import gzip
 import json
+import os
 import random
 import sys
 import threading
@@ -53,7 +60,28 @@ def _new_database(base_url: str, name: str) -> str:
     return f"{head}/{name}"
 
 
-def bench_storage(url: str, n_batches: int, threads: int) -> float:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(data_dir: Path) -> float:
+    """Seconds of CPU spent so far by a PostgreSQL server: its postmaster and every child, live or reaped."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(pid) == postmaster:
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, and those of the reaped children
+        elif int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def bench_storage(url: str, n_batches: int, threads: int, data_dir: Path | None = None) -> float:
     rng = random.Random(7)
     batches = [_records(make_events(BATCH, b * BATCH, rng)) for b in range(n_batches)]
     replicas = [PostgresStorage(url, pool_size=threads + 1), PostgresStorage(url, pool_size=threads + 1)]
@@ -73,12 +101,19 @@ def bench_storage(url: str, n_batches: int, threads: int) -> float:
         for worker in workers:
             worker.start()
         gc.collect()
+        cpu = (time.process_time(), server_cpu(data_dir)) if data_dir else (0.0, 0.0)
         t = time.perf_counter()
         start.wait(timeout=30)
         for worker in workers:
             worker.join(timeout=600)
+        replicas[0].fold_rollups()  # the rollup counts the run left to fold are part of its work
         elapsed = time.perf_counter() - t
         assert sum(stored) == n_batches * BATCH, sum(stored)
+        if data_dir:
+            n = sum(stored)
+            mine, server = time.process_time() - cpu[0], server_cpu(data_dir) - cpu[1]
+            print(f"   CPU per event: server {server / n * 1e6:.1f} us, replicas {mine / n * 1e6:.1f} us"
+                  f" (load average {os.getloadavg()[0]:.1f})")
         return sum(stored) / elapsed
     finally:
         for store in replicas:
@@ -197,6 +232,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="writer threads per replica, storage run")
     parser.add_argument("--agents", type=int, default=4, help="agent threads of the end-to-end run")
+    parser.add_argument("--cpu", action="store_true", help="CPU per event of the server and the replicas")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="storage runs (each in a new database)")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end run")
     parser.add_argument("--listings", type=int, default=0, metavar="N", help="also time listings on N events")
     args = parser.parse_args()
     n_batches = 60 if args.quick else 200
@@ -216,9 +254,13 @@ def main() -> int:
     try:
         print(f"PostgreSQL ingest, two replicas, batches of {BATCH} ({'throwaway server' if server else base}, "
               f"fsync {'off' if args.no_fsync else 'on'})")
-        rate = bench_storage(_new_database(base, "bench_storage"), n_batches, args.threads)
-        print(f"1. storage: {n_batches * BATCH:,} events, 2 replicas x {args.threads} threads: {_k(rate)} events/s "
-              f"({rate / BUDGET:.2f}x the 50k budget)")
+        data_dir = server.data if server is not None and args.cpu else None
+        for _ in range(args.repeat):
+            rate = bench_storage(_new_database(base, "bench_storage"), n_batches, args.threads, data_dir)
+            print(f"1. storage: {n_batches * BATCH:,} events, 2 replicas x {args.threads} threads: {_k(rate)} "
+                  f"events/s ({rate / BUDGET:.2f}x the 50k budget)")
+        if args.no_e2e:
+            return 0
         rate, n = bench_e2e(_new_database(base, "bench_e2e"), args.agents, n_batches, 30.0 if args.quick else 60.0)
         print(f"2. end to end: 2 x sqreen-mw serve, {args.agents} agents: {n:,} events, {_k(rate)} events/s "
               f"({rate / BUDGET:.2f}x the 50k budget)")

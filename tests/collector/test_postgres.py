@@ -99,7 +99,7 @@ def test_migrate_command_creates_the_schema(postgres_url: str, capsys: pytest.Ca
     assert main(["migrate", "--db", postgres_url]) == 0
     assert "schema up to date" in capsys.readouterr().out
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (4,)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
     PostgresStorage(postgres_url, migrate=False).close()  # now usable without migrating
 
 
@@ -116,7 +116,7 @@ def test_a_version_2_database_is_migrated_to_the_narrow_index_of_ip_texts(postgr
     storage = PostgresStorage(postgres_url)
     try:
         with storage._tx() as conn:
-            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (4,)
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
             indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"))
         assert "events_ip_ts" not in indexes and "WHERE (ip_key IS NULL)" in indexes["events_iptext_ts"], indexes
         assert [e.client_ip for e in storage.query_events(EventQuery(ip="unknown"))] == ["unknown"]
@@ -150,7 +150,7 @@ def test_a_version_3_database_with_events_is_migrated_to_rollup_pages_with_room(
     storage = PostgresStorage(postgres_url)
     try:
         with storage._tx() as conn:
-            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (4,)
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
             assert _fillfactors(conn) == {"explorer_minute": ["fillfactor=50"], "explorer_hour": ["fillfactor=70"]}
         assert storage.insert_events(records[150:]) == (100, 50)  # the events of version 3 are still known
         overview = storage.overview(t0, t0 + 3 * 3600, 3600)
@@ -178,7 +178,17 @@ def test_event_json_is_stored_as_ascii_text_that_reads_back_the_same(storage: Po
     assert sorted(e.properties.get("g", 0) for e in storage.query_events(EventQuery())) == [0, 0.1]
 
 
-def test_past_hours_rollup_shards_fold_into_one_row_per_key(storage: PostgresStorage) -> None:
+def _rows(storage: PostgresStorage, table: str, key: str) -> tuple[int, int]:
+    """(rows, distinct keys) of a rollup table."""
+    with storage._tx() as conn:
+        return conn.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {table}").fetchone()  # type: ignore[no-any-return]  # noqa: S608
+
+
+_ROLLUPS = (("explorer_hour", "kind, hour, value"), ("explorer_minute", "minute, name"),
+            ("explorer_hour_delta", "kind, hour, value"), ("explorer_minute_delta", "minute, name"))
+
+
+def test_rollup_deltas_and_past_hours_shards_fold_into_one_row_per_key(storage: PostgresStorage) -> None:
     storage._next_fold = float("inf")  # folded by hand below, not after the first batch
     t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600
     records = [
@@ -186,30 +196,131 @@ def test_past_hours_rollup_shards_fold_into_one_row_per_key(storage: PostgresSto
                                                          ts=t0 + i * 30.0)
         for i in range(600)  # five hours
     ]  # fmt: skip
-    for lo in range(0, len(records), 10):  # 60 batches, each adding to a shard drawn at random
+    for lo in range(0, len(records), 10):  # 60 batches, each appending its counts to the deltas
         storage.insert_events(records[lo : lo + 10])
     views = [(t0, t0 + 5 * 3600, 3600), (t0, t0 + 5 * 3600, 600), (t0 + 3600, t0 + 2 * 3600, 60)]
     before = [storage.overview(*view) for view in views]
-
-    def rows(table: str, key: str) -> tuple[int, int]:
-        with storage._tx() as conn:
-            return conn.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {table}").fetchone()  # type: ignore[no-any-return]  # noqa: S608
-
-    assert rows("explorer_hour", "kind, hour, value")[0] > rows("explorer_hour", "kind, hour, value")[1]
+    assert before[0].total == 600 and dict(before[0].names) == {f"n{k}": 200 for k in range(3)}
+    assert dict(before[0].ips) == {f"198.51.100.{k}": len(range(k, 600, 7)) for k in range(7)}
+    assert _rows(storage, "explorer_hour", "kind, hour, value") == (0, 0)  # nothing folded yet
+    deltas, keys = _rows(storage, "explorer_hour_delta", "kind, hour, value")
+    assert deltas > keys  # one key counted by many batches
     now = t0 + 9 * 3600
     assert storage.fold_rollups(now=t0 + 5 * 3600) == t0 // 3600 + 4  # the hour before the current one waits
+    assert _rows(storage, "explorer_hour_delta", "kind, hour, value") == (0, 0)  # every delta folded
+    assert _rows(storage, "explorer_hour", "kind, hour, value") == (keys, keys)
+    assert [storage.overview(*view) for view in views] == before
     folded = [storage.fold_rollups(now=now) for _ in range(3)]
     assert folded == [t0 // 3600 + 8, None, None]
     after = [storage.overview(*view) for view in views]
     assert after == before
-    for table, key in (("explorer_hour", "kind, hour, value"), ("explorer_minute", "minute, name")):
-        total, keys = rows(table, key)
+    for table, key in _ROLLUPS:
+        total, keys = _rows(storage, table, key)
         assert total == keys, table  # one row per key
     late = _record(9999)._replace(name="n0", client_ip="198.51.100.1", ts=t0 + 90.0)  # after its hour was folded
     storage.insert_events([late])
-    overview = storage.overview(*views[0])
-    assert overview.total == before[0].total + 1 == 601
-    assert dict(overview.names)["n0"] == dict(before[0].names)["n0"] + 1
+    for _ in range(2):  # a delta, then folded into its key's row
+        overview = storage.overview(*views[0])
+        assert overview.total == before[0].total + 1 == 601
+        assert dict(overview.names)["n0"] == dict(before[0].names)["n0"] + 1
+        assert dict(overview.ips)["198.51.100.1"] == dict(before[0].ips)["198.51.100.1"] + 1
+        storage.fold_rollups(now=now)
+    assert _rows(storage, "explorer_minute_delta", "minute, name") == (0, 0)
+
+
+def test_batches_during_a_fold_are_counted_once(storage: PostgresStorage) -> None:
+    storage._next_fold = float("inf")
+    t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600
+    records = [_record(i)._replace(name=f"n{i % 4}", client_ip=f"198.51.100.{i % 9}", ts=t0 + i) for i in range(800)]
+    folds = threading.Event()
+
+    def fold() -> None:
+        while not folds.is_set():
+            storage.fold_rollups(now=t0 + 3600)
+
+    folder = threading.Thread(target=fold)
+    folder.start()
+    try:
+        for lo in range(0, len(records), 20):
+            storage.insert_events(records[lo : lo + 20])
+            overview = storage.overview(t0, t0 + 3600, 60)  # whatever is folded meanwhile, each event once
+            assert overview.total == lo + 20 == sum(sum(series) for series in overview.series.values())
+    finally:
+        folds.set()
+        folder.join()
+    storage.fold_rollups(now=t0 + 3600)
+    overview = storage.overview(t0, t0 + 3600, 3600)
+    assert overview.total == 800 and dict(overview.names) == {f"n{k}": 200 for k in range(4)}
+    assert dict(overview.ips) == {f"198.51.100.{k}": len(range(k, 800, 9)) for k in range(9)}
+    assert _rows(storage, "explorer_hour_delta", "kind, hour, value") == (0, 0)
+
+
+def test_the_ingest_path_folds_once_every_fold_every_seconds_whichever_replica(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqreen_mw.collector.postgres import storage as module
+
+    monkeypatch.setattr(module, "FOLD_EVERY", 3600.0)
+    replicas = [PostgresStorage(postgres_url), PostgresStorage(postgres_url)]
+    try:
+        assert replicas[0].insert_events([_record(0)]) == (1, 0)  # the first look: no fold yet, so one now
+        assert _rows(replicas[0], "explorer_minute_delta", "minute, name") == (0, 0)
+        assert replicas[1].insert_events([_record(1)]) == (1, 0)  # its first look too, but the last fold is recent
+        replicas[0]._next_fold = 0.0
+        assert replicas[0].insert_events([_record(2)]) == (1, 0)
+        assert _rows(replicas[0], "explorer_minute_delta", "minute, name") == (2, 1)  # two batches wait
+        with replicas[0]._tx() as conn:
+            conn.execute("UPDATE meta SET value = value - 3601 WHERE key = 'rollups_folded_at'")
+        replicas[1]._next_fold = 0.0
+        assert replicas[1].insert_events([_record(3)]) == (1, 0)  # due now: this replica folds
+        assert _rows(replicas[0], "explorer_minute_delta", "minute, name") == (0, 0)
+        assert replicas[0].overview(1_699_999_200.0, 1_700_006_400.0, 60).total == 4
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
+def test_a_version_4_database_with_shards_is_migrated_to_rollup_deltas(postgres_url: str) -> None:
+    t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600
+    records = [_record(i, user=f"u{i % 4}@example.com")._replace(name=f"n{i % 3}", ts=t0 + i * 20.0)
+               for i in range(540)]  # three hours  # fmt: skip
+    storage = PostgresStorage(postgres_url)
+    storage._next_fold = float("inf")
+    storage.insert_events(records[:360])
+    storage.fold_rollups(now=t0)  # the deltas into shard 0 (no hour past yet)
+    storage.close()
+    with psycopg.connect(postgres_url) as conn:  # as schema version 4 left it: counts spread over shards, no deltas
+        for table, key in (("explorer_hour", "kind, hour, value"), ("explorer_minute", "minute, name")):
+            conn.execute(f"INSERT INTO {table} ({key}, shard, n) SELECT {key}, 3, n / 2 FROM {table}"  # noqa: S608
+                         " WHERE n >= 2")
+            conn.execute(f"UPDATE {table} SET n = n - n / 2 WHERE shard = 0")  # noqa: S608
+            conn.execute(f"UPDATE {table} SET shard = 5 WHERE shard = 0 AND n = 1")  # noqa: S608
+        conn.execute("DROP TABLE explorer_hour_delta, explorer_minute_delta")
+        conn.execute("DELETE FROM meta WHERE key = 'rollups_folded_hour'")
+        conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
+        assert conn.execute("SELECT count(*) FROM explorer_hour WHERE shard = 3").fetchone()[0] > 0
+    with pytest.raises(SchemaError, match="schema version 4"):
+        PostgresStorage(postgres_url, migrate=False)
+    storage = PostgresStorage(postgres_url)
+    storage._next_fold = float("inf")
+    try:
+        with storage._tx() as conn:
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
+        views = [(t0, t0 + 3 * 3600, 3600), (t0, t0 + 3 * 3600, 600)]
+        assert storage.overview(*views[0]).total == 360  # the shards of version 4, summed
+        assert storage.insert_events(records[300:]) == (180, 60)  # the events of version 4 are still known
+        before = [storage.overview(*view) for view in views]
+        assert before[0].total == 540 and dict(before[0].names) == {f"n{k}": 180 for k in range(3)}
+        assert dict(before[0].users) == {f'{{"email":"u{k}@example.com"}}': 135 for k in range(4)}
+        assert storage.fold_rollups(now=t0 + 5 * 3600) == t0 // 3600 + 4  # deltas and shards alike
+        assert [storage.overview(*view) for view in views] == before
+        for table, key in _ROLLUPS:
+            total, keys = _rows(storage, table, key)
+            assert total == keys, table
+        with storage._tx() as conn:
+            assert conn.execute("SELECT count(*) FROM explorer_hour WHERE shard <> 0").fetchone() == (0,)
+    finally:
+        storage.close()
 
 
 def test_a_batch_chosen_as_a_deadlock_victim_is_run_again(storage: PostgresStorage) -> None:
@@ -374,7 +485,8 @@ def test_a_batch_failing_after_its_events_were_inserted_stores_nothing(storage: 
     assert storage.query_events(EventQuery()) == []
     with storage._tx() as conn:
         conn.execute("DROP TRIGGER refuse ON event_users")
-        assert conn.execute("SELECT count(*) FROM explorer_minute").fetchone() == (0,)  # the counts went too
+        for table in ("explorer_minute", "explorer_minute_delta", "explorer_hour_delta"):  # the counts went too
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table  # noqa: S608
     assert storage.insert_events([good]) == (1, 0)  # nothing of it was kept, and the pool is usable again
     bad = _record(1)._replace(users=(object(),))  # a value that cannot be sent: nothing is stored either
     with pytest.raises(psycopg.ProgrammingError):

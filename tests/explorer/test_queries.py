@@ -251,7 +251,7 @@ def test_postgres_rollups_count_the_events_of_a_database_made_before_them(postgr
     import psycopg
 
     with psycopg.connect(postgres_url) as conn:  # as schema version 1 left it: events, no rollups
-        conn.execute("DROP TABLE explorer_minute, explorer_hour")
+        conn.execute("DROP TABLE explorer_minute, explorer_hour, explorer_minute_delta, explorer_hour_delta")
         conn.execute("ALTER TABLE event_users DROP COLUMN name")
         conn.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
     for _ in range(2):  # migrated on the first open, nothing counted twice on the second

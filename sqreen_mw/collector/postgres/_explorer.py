@@ -1,16 +1,19 @@
 """The Event Explorer's queries on PostgreSQL (a mixin of :class:`~.storage.PostgresStorage`), the same answers as
 on SQLite (:mod:`.._sqlite_explorer`).
 
-The overview reads two rollup tables kept in the transaction that stores the events (:func:`update_rollups`), so
+The overview reads two rollup tables kept in the transaction that stores the events (:data:`COUNT_FRESH`), so
 they are never ahead of or behind the events, whichever replica stored them:
 
 - ``explorer_minute (minute, name, n)``: events per minute and name, the chart of short ranges;
 - ``explorer_hour (kind, hour, value, n)``: per hour, events by name (kind 0), client IP (1), user (2), app (3) and
   login outcome of ``sq.auth_track`` (4): the chart of long ranges, totals and the top lists.
 
-Replicas add to the rollup rows with ``INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n``, keys sorted so
-that two batches never wait for each other in opposite orders; each key has up to :data:`SHARDS` rows (a batch adds
-to one, at random) so that concurrent batches, which all touch the current minute, seldom queue on one row.
+A batch only appends its grouped counts to ``explorer_minute_delta`` and ``explorer_hour_delta`` (schema version 5):
+tables with no index, so a batch makes no conflict check, updates no row and waits for no other batch. Every few
+seconds one replica folds the deltas into the keyed tables (:mod:`._fold`), and the views read the keyed rows plus
+the deltas not folded yet, in one statement (one snapshot: a fold moves counts atomically, so each is read once).
+The keyed tables' ``shard`` column is from schema version 4, whose batches counted up one of :data:`SHARDS` rows per
+key in place; folds write shard 0 and merge the others of past hours into it.
 
 Breakdowns and filtered listings walk the events
 through the ``(ts, seq)`` / ``(name, ts, seq)`` / ``(ip_key, ts, seq)`` / ``event_users`` indexes, newest first,
@@ -33,7 +36,8 @@ from .._sqlite_explorer import BreakdownRow, ExplorerFilter, Overview
 from .._sqlite_rollups import KIND_APP, KIND_IP, KIND_LOGIN, KIND_NAME, KIND_USER, LOGIN_EVENT, user_key
 
 __all__ = [
-    "COUNT_FRESH", "ROLLUP_TABLES", "SHARDS", "ExplorerQueries", "backfill_rollups", "rollup_keys", "update_rollups",
+    "COUNT_FRESH", "DELTA_TABLES", "ROLLUP_TABLES", "SHARDS", "ExplorerQueries", "backfill_rollups", "rollup_keys",
+    "update_rollups",
 ]
 
 #: Schema version 2: the rollup tables (byte-ordered text, as every indexed text column of the schema), and the
@@ -56,6 +60,21 @@ CREATE TABLE IF NOT EXISTS explorer_hour (
     PRIMARY KEY (kind, hour, value, shard)
 );
 """
+#: Schema version 5: the counts of batches not folded yet, appended as they are (see the module's docstring). No
+#: index: a batch's rows are only ever read whole, by a fold or by a view's scan, and the folds keep them few.
+DELTA_TABLES = """
+CREATE TABLE IF NOT EXISTS explorer_minute_delta (
+    minute bigint NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    n bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS explorer_hour_delta (
+    kind smallint NOT NULL,
+    hour bigint NOT NULL,
+    value text COLLATE "C" NOT NULL,
+    n bigint NOT NULL
+);
+"""
 _EVENT_COLUMNS = "seq, id, name, ts, received_at, app, client_ip, properties, user_identifiers, request, body"
 _UPSERT_MINUTE = """
 INSERT INTO explorer_minute (minute, name, n, shard)
@@ -67,9 +86,11 @@ INSERT INTO explorer_hour (kind, hour, value, n, shard)
 SELECT *, %b::smallint FROM unnest(%b::smallint[], %b::bigint[], %b::text[], %b::bigint[])
 ON CONFLICT (kind, hour, value, shard) DO UPDATE SET n = explorer_hour.n + excluded.n
 """
-#: Rows per rollup key: each batch adds to one shard, drawn at random, so concurrent batches (every one of them
-#: touching the current minute's and hour's rows) rarely wait for each other's commit; readers sum the shards.
+#: Rows per rollup key in schema version 4: each batch added to one shard, drawn at random, so that concurrent
+#: batches (every one of them touching the current minute's and hour's rows) rarely waited for each other's commit;
+#: readers sum the shards, folds merge them.
 SHARDS = 8
+_KINDS = (KIND_NAME, KIND_IP, KIND_USER, KIND_APP, KIND_LOGIN)
 _GROUPS = {"name": "name", "ip": "client_ip", "app": "app", "user": "user_identifiers"}
 # A property's value as JSON text (None when absent): strings, numbers and booleans stay apart ("2" vs 2, true vs 1).
 _PROPERTY_JSON = "(properties::json -> %s)::text"
@@ -89,26 +110,40 @@ _WALK = (*_AGGREGATE, "SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmap
          "SET LOCAL enable_sort = off")
 
 
-#: The rollup upserts of a batch, as data-modifying CTEs of the statement that stores it (``storage._STORE_BATCH``),
+#: The rollup counts of a batch, as data-modifying CTEs of the statement that stores it (``storage._STORE_BATCH``),
 #: counting its ``fresh`` rows (stored by this statement; their ``minute``, ``hour``, ``user_key`` and ``login`` come
-#: from :func:`rollup_keys`) into one shard (a parameter, given twice). The counts are grouped in SQL and upserted
-#: in key order, as :func:`update_rollups` does (minutes, then hours), so concurrent batches queue, never deadlock.
+#: from :func:`rollup_keys`), grouped in SQL and appended to the delta tables: plain inserts, no row shared with
+#: any other batch, so no order to keep.
 COUNT_FRESH = f"""
 , minutes AS (
-    INSERT INTO explorer_minute (minute, name, n, shard)
-    SELECT minute, name COLLATE "C", count(*), %b::smallint FROM fresh GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (minute, name, shard) DO UPDATE SET n = explorer_minute.n + excluded.n
+    INSERT INTO explorer_minute_delta (minute, name, n)
+    SELECT minute, name COLLATE "C", count(*) FROM fresh GROUP BY 1, 2
 ), hours AS (
-    INSERT INTO explorer_hour (kind, hour, value, n, shard)
-    SELECT kind, hour, value COLLATE "C", count(*), %b::smallint FROM (
+    INSERT INTO explorer_hour_delta (kind, hour, value, n)
+    SELECT kind, hour, value COLLATE "C", count(*) FROM (
         SELECT {KIND_NAME} AS kind, hour, name AS value FROM fresh
         UNION ALL SELECT {KIND_IP}, hour, client_ip FROM fresh WHERE client_ip IS NOT NULL
         UNION ALL SELECT {KIND_USER}, hour, user_key FROM fresh WHERE user_key IS NOT NULL
         UNION ALL SELECT {KIND_APP}, hour, app FROM fresh
         UNION ALL SELECT {KIND_LOGIN}, hour, login FROM fresh WHERE login IS NOT NULL
-    ) AS k GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (kind, hour, value, shard) DO UPDATE SET n = explorer_hour.n + excluded.n
+    ) AS k GROUP BY 1, 2, 3
 )"""  # noqa: S608 - constants only
+# The overview's reads of the rollups: the deltas of its range not folded yet, once, grouped (few rows: the folds keep
+# them few), then the keyed rows of the range with those deltas' sums, per query. One snapshot for all (the
+# transaction is REPEATABLE READ), so a fold committed meanwhile cannot make a count appear twice or not at all.
+_HOUR_DELTAS = """
+SELECT kind, CASE WHEN kind = 0 THEN hour END, value, sum(n)::bigint FROM explorer_hour_delta
+WHERE hour >= %s AND hour < %s GROUP BY 1, 2, 3
+"""
+_MINUTE_DELTAS = """
+SELECT minute, name, sum(n)::bigint FROM explorer_minute_delta WHERE minute >= %s AND minute < %s GROUP BY 1, 2
+"""
+_TOP = """
+SELECT value, sum(n) AS c FROM (
+    SELECT value, n FROM explorer_hour WHERE kind = %s AND hour >= %s AND hour < %s
+    UNION ALL SELECT * FROM unnest(%b::text[], %b::bigint[])
+) AS r GROUP BY value ORDER BY c DESC, value LIMIT %s
+"""
 
 
 def rollup_keys(events: Sequence[EventRecord]) -> list[list[Any]]:
@@ -276,8 +311,16 @@ class ExplorerQueries:
         hour_lo, hour_hi = int(since // 3600), int(-(-until // 3600))
         tops: dict[int, list[tuple[str, int]]] = {}
         with self._tx() as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             for setting in _AGGREGATE:
                 conn.execute(setting)
+            deltas: dict[int, tuple[list[str], list[int]]] = {kind: ([], []) for kind in _KINDS}
+            chart: list[tuple[int, str, int]] = []  # (minute or hour, name, n) of the deltas
+            for kind, hour, value, n in conn.execute(_HOUR_DELTAS, (hour_lo, hour_hi)).fetchall():
+                deltas[kind][0].append(value)
+                deltas[kind][1].append(n)
+                if hour is not None:
+                    chart.append((hour, value, n))
             if bucket % 3600 == 0:
                 per = bucket // 3600
                 rows = conn.execute(
@@ -294,14 +337,14 @@ class ExplorerQueries:
                     " GROUP BY b, name",
                     (per, lo, hi),
                 ).fetchall()
+                chart = conn.execute(_MINUTE_DELTAS, (lo, hi)).fetchall()
                 first, last = lo // per, (hi - 1) // per
-            for kind in (KIND_NAME, KIND_IP, KIND_USER, KIND_APP, KIND_LOGIN):
+            rows.extend((at // per, name, n) for at, name, n in chart)
+            for kind in _KINDS:
                 tops[kind] = [
                     (str(value), int(n))
                     for value, n in conn.execute(
-                        "SELECT value, sum(n) AS c FROM explorer_hour WHERE kind = %s AND hour >= %s AND hour < %s"
-                        " GROUP BY value ORDER BY c DESC, value LIMIT %s",
-                        (kind, hour_lo, hour_hi, top if kind != KIND_NAME else 1000),
+                        _TOP, (kind, hour_lo, hour_hi, *deltas[kind], top if kind != KIND_NAME else 1000)
                     ).fetchall()
                 ]
         out.times = [b * bucket for b in range(first, last + 1)]

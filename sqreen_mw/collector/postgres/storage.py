@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -30,8 +29,8 @@ from .._records import AgentSession, EventQuery, EventRecord, ip_key
 from .._sqlite import _encode, _event_ip_key
 from . import StorageUnavailable, UnstorableText, redact
 from ._automation import AutomationTables
-from ._explorer import COUNT_FRESH, SHARDS, ExplorerQueries, rollup_keys
-from ._fold import FOLD_EVERY, fold_rollups
+from ._explorer import COUNT_FRESH, ExplorerQueries, rollup_keys
+from ._fold import FOLD_CHECK, FOLD_EVERY, fold_rollups
 from ._hits import HitTables
 from ._schema import prepare_schema
 
@@ -159,7 +158,7 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
         self._wait = wait
         self._closed = False
         self._listeners: list[Any] = []
-        self._next_fold = 0.0  # time.monotonic() of the next fold of past hours' rollup shards
+        self._next_fold = 0.0  # time.monotonic() of the next look at whether a fold of the rollups is due
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=wait, name="sqreen_mw",
             kwargs={"connect_timeout": max(1, int(wait)), "application_name": "sqreen-mw collector"},
@@ -241,15 +240,12 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
         ]  # fmt: skip
         users = [(i, value) for i, e in enumerate(ev, 1) for value in e.users]
         columns.extend([[u[0] for u in users], [u[1] for u in users]])
-        # Each batch adds to one rollup shard, drawn at random (see _explorer.SHARDS).
-        shard = random.randrange(SHARDS)  # noqa: S311 - spreading load, not a secret
-        columns.extend([shard, shard])  # minutes, hours
         for attempt in range(_RETRIES):
             try:
                 with self._tx() as conn:
                     seqs = dict(conn.execute(_STORE_BATCH, columns).fetchall())
                 if time.monotonic() >= self._next_fold:
-                    self._next_fold = time.monotonic() + FOLD_EVERY
+                    self._next_fold = time.monotonic() + FOLD_CHECK
                     self._fold_quietly()
                 return [e._replace(seq=seqs[e.id]) for e in ev if e.id in seqs]
             except _ROLLBACK:
@@ -261,17 +257,19 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
         raise AssertionError("unreachable")
 
     def fold_rollups(self, now: float | None = None) -> int | None:
-        """Fold the rollup shards of hours long past into one row per key (:mod:`._fold`; the ingest path calls it
-        every minute); return the hour folded up to, or None (nothing to fold, or another replica is folding)."""
+        """Fold the rollup deltas, and the shards of hours long past, into one row per key (:mod:`._fold`; the
+        ingest path makes one every :data:`~._fold.FOLD_EVERY` seconds, whichever replica); return the hour the
+        shards are folded up to, or None (no shards to fold, or another replica is folding)."""
         with self._tx() as conn:
             return fold_rollups(conn, time.time() if now is None else now)
 
     def _fold_quietly(self) -> None:
         # After a stored batch: its answer must not depend on housekeeping, which the next minute tries again.
         try:
-            self.fold_rollups()
+            with self._tx() as conn:
+                fold_rollups(conn, time.time(), FOLD_EVERY)
         except (psycopg.Error, StorageUnavailable) as exc:
-            logger.warning("folding the explorer's rollup rows on %s failed (%s); trying again in a minute",
+            logger.warning("folding the explorer's rollup rows on %s failed (%s); trying again soon",
                            self.where, str(exc).strip()[:200])
 
     _explorer_record = staticmethod(_event)
