@@ -162,15 +162,17 @@ class ASGIBodyTee(BodyTee):
     async def receive(self) -> Message:
         message = await self._receive()
         if message["type"] == "http.request":
-            body = message.get("body", b"")
-            if body and not self.overflow and self._size + len(body) <= self.limit:  # the common case, inline
-                self.read_any = True
-                self._chunks.append(body)
-                self._size += len(body)
-                if not message.get("more_body", False):
-                    self.ended = True
-            else:
-                self.feed(body, not message.get("more_body", False))
+            self.read_any = True
+            body = message.get("body")
+            if body:
+                size = self._size + len(body)
+                if size <= self.limit and not self.overflow:  # the common case, inline
+                    self._chunks.append(body)
+                    self._size = size
+                else:
+                    self.feed(body, False)
+            if not message.get("more_body"):
+                self.ended = True
         return message
 
 

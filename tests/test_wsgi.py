@@ -358,3 +358,39 @@ def test_a_stream_sees_its_request_per_chunk_and_a_stream_left_midway_or_failing
     with pytest.raises(RuntimeError, match="stream broke"):
         list(result)
     assert current_context.get() is None
+
+
+def test_the_context_and_response_the_middleware_makes_equal_what_their_constructors_make(
+    make_client: MakeClient,
+) -> None:
+    # The middleware builds both without their __init__ (per-request cost): every slot must still be set alike.
+    from sqreen_mw._context import WSGI, RequestContext
+    from sqreen_mw.wsgi import _BoundResponse
+
+    client = make_client()
+    seen: list[Any] = []
+
+    class Closing:
+        def __iter__(self) -> Iterator[bytes]:
+            return iter([b"ok"])
+
+        def close(self) -> None:
+            pass
+
+    def app(environ: dict[str, Any], start_response: Any) -> Closing:
+        seen.append(current_context.get())
+        start_response("200 OK", [])
+        return Closing()
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO(b"")}
+    result = SqreenMiddleware(app, client=client)(environ, lambda *args: None)
+    ctx = seen[0]
+    assert type(ctx) is RequestContext and type(result) is _BoundResponse
+    expected = RequestContext(WSGI, environ)
+    assert {n: getattr(ctx, n) for n in RequestContext.__slots__} == {
+        n: getattr(expected, n) for n in RequestContext.__slots__}
+    expected_result = _BoundResponse(result._result, ctx)
+    assert {n: getattr(result, n) for n in _BoundResponse.__slots__} == {
+        n: getattr(expected_result, n) for n in _BoundResponse.__slots__}
+    assert list(result) == [b"ok"]
+    result.close()
