@@ -208,23 +208,19 @@ class WSGIInput(BodyTee):
         return data
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            if self._prefetched:
-                return self._from_buffer(-1)
-            data: bytes = self._stream.read()
-        else:
-            if self._prefetched:
-                return self._from_buffer(size)
-            data = self._stream.read(size)
+        if self._prefetched:
+            return self._from_buffer(-1 if size is None else size)
+        data: bytes = self._stream.read() if size is None or size < 0 else self._stream.read(size)
         # _seen(data), inline: most bodies are read in one call
         remaining = self._remaining
         if remaining is not None:
             self._remaining = remaining = remaining - len(data)
         if not self._rewound:
-            if data and not self.overflow and self._size + len(data) <= self.limit:  # feed(), its common case
+            total = self._size + len(data)
+            if data and total <= self.limit and not self.overflow:  # feed(), its common case
                 self.read_any = True
                 self._chunks.append(data)
-                self._size += len(data)
+                self._size = total
                 if remaining == 0:
                     self.ended = True
             else:

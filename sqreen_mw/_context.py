@@ -75,12 +75,18 @@ class RequestContext:
         if captured is None:
             raw = self.raw
             if self.kind == ASGI:
-                headers = raw.get("headers") or ()
+                try:  # the keys a server sets (subscripts are cheaper than get() calls)
+                    client, headers, path, method, kind, query = (
+                        raw["client"], raw["headers"], raw["path"], raw["method"], raw["type"], raw["query_string"])
+                except KeyError:  # a scope made by hand (tests, request=...), a WebSocket: the ASGI defaults
+                    client, headers, path, method, kind, query = (
+                        raw.get("client"), raw.get("headers"), raw.get("path", ""), raw.get("method"),
+                        raw.get("type"), raw.get("query_string", b""))
                 path_params = raw.get("path_params")
+                tee = self.body_tee
                 captured = (
-                    ASGI, raw.get("client"), headers if type(headers) is tuple else tuple(headers),
-                    raw.get("path", ""), raw.get("method"), raw.get("type"), raw.get("query_string", b""),
-                    dict(path_params) if path_params else None, _complete_body(self.body_tee),
+                    ASGI, client, headers if type(headers) is tuple else tuple(headers or ()), path, method, kind,
+                    query, dict(path_params) if path_params else None, None if tee is None else _complete_body(tee),
                 )
             elif self.kind == WSGI:
                 captured = _wsgi_capture(raw, self.body_tee, ip_key)

@@ -43,6 +43,7 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+_PLAIN_ITERATORS: frozenset[type] = frozenset({type(iter([])), type(iter(()))})
 
 # The context variable's methods, looked up once (one global load a call instead of a global and an attribute).
 _bind = current_context.set
@@ -74,7 +75,15 @@ class _BoundResponse:
         token = set_(ctx)
         bound = True
         try:
-            for chunk in self._result:
+            iterator = iter(self._result)
+            if type(iterator) in _PLAIN_ITERATORS:
+                # A list's or tuple's own iterator (Django's HttpResponse, WebOb's app_iter, a closing wrapper
+                # around a list): no code of the app runs as it is iterated, only in close().
+                reset(token)
+                bound = False
+                yield from iterator
+                return
+            for chunk in iterator:
                 reset(token)
                 bound = False
                 yield chunk
@@ -133,7 +142,15 @@ class SqreenMiddleware:
             length_text = environ.get("CONTENT_LENGTH")
             length = int(length_text) if length_text and length_text.isascii() and length_text.isdigit() else None
             if length or environ.get("HTTP_TRANSFER_ENCODING"):
-                ctx.body_tee = tee = WSGIInput(environ["wsgi.input"], length, client.max_body_bytes)
+                ctx.body_tee = tee = _new(WSGIInput)  # = WSGIInput(environ["wsgi.input"], length, ...), inline
+                tee.limit = client.max_body_bytes
+                tee._chunks = []
+                tee._size = 0
+                tee.ended = tee.overflow = tee.read_any = tee._prefetched = tee._rewound = False
+                tee._parsed = None
+                tee._stream = environ["wsgi.input"]
+                tee._remaining = length
+                tee._buffer = b""
                 environ["wsgi.input"] = tee
         if actions.has_user_blocks:
             return self._guarded(enforcer, ctx, environ, start_response)
