@@ -86,7 +86,9 @@ class RequestContext:
                 tee = self.body_tee
                 captured = (
                     ASGI, client, headers if type(headers) is tuple else tuple(headers or ()), path, method, kind,
-                    query, dict(path_params) if path_params else None, None if tee is None else _complete_body(tee),
+                    query, dict(path_params) if path_params else None,
+                    # _complete_body(tee), inline: the tee of a body the application read in full, else None
+                    tee if tee is not None and tee.ended and tee.read_any and not tee.overflow else None,
                 )
             elif self.kind == WSGI:
                 captured = _wsgi_capture(raw, self.body_tee, ip_key)
