@@ -305,7 +305,10 @@ _ENVIRON_KEYS = (
 def _environ_parts(environ: Mapping[str, Any], ip_key: str | None) -> dict[str, Any]:
     # The entries as they are now: the application (or a middleware inside this one, such as ProxyFix) may change
     # the environ later; the first event's view of it is what the request's events carry.
-    parts = {key: environ[key] for key in _ENVIRON_KEYS if key in environ}
+    parts = {}
+    for key in _ENVIRON_KEYS:  # a loop, not a comprehension: no function call of its own (Python 3.11)
+        if key in environ:
+            parts[key] = environ[key]
     if ip_key is not None and ip_key in environ:
         parts[ip_key] = environ[ip_key]
     return parts
@@ -342,6 +345,8 @@ class _EnvironHeaders(Mapping[str, str]):
 
 def _wsgi_path(environ: Mapping[str, Any]) -> str:
     raw = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    if raw.isascii():  # the common case: the same text in latin-1 and UTF-8
+        return raw
     # PEP 3333 strings are bytes decoded as latin-1; undo that to show the UTF-8 path.
     return raw.encode("latin-1", "replace").decode("utf-8", "replace")
 
