@@ -1130,9 +1130,23 @@ def callgrind_child(n: int) -> int:
 
     s_bare, s_tracked = one_event_asgi_apps()
     f_bare, f_tracked = one_event_flask_apps()
+    raw_asgi, mw_asgi = build_asgi_apps(client)["raw asgi"]
+    wsgi_apps = build_wsgi_apps(client)
+    raw_wsgi, mw_wsgi = wsgi_apps["raw wsgi"]
+    closing_wsgi, mw_closing_wsgi = wsgi_apps["raw wsgi+close()"]
     for method in ("GET", "POST"):
         scope, environ = one_event_scope(method), one_event_environ(method)
+        # The middleware alone, around an app that does nothing else (the requests of the timed middleware rows)
+        raw_scope = asgi_scope("GET", "/", b"") if method == "GET" else asgi_scope("POST", "/api/orders", b"",
+                                                                                    body=POST_BODY)
+        raw_environ = wsgi_environ("GET", "/") if method == "GET" else wsgi_environ("POST", "/api/orders", POST_BODY)
         for name, fn in (
+            (f"rawasgi_bare_{method}", asgi_requests(raw_asgi, raw_scope)),
+            (f"rawasgi_mw_{method}", asgi_requests(mw_asgi, raw_scope)),
+            (f"rawwsgi_bare_{method}", wsgi_requests(raw_wsgi, raw_environ)),
+            (f"rawwsgi_mw_{method}", wsgi_requests(mw_wsgi, raw_environ)),
+            (f"closewsgi_bare_{method}", wsgi_requests(closing_wsgi, raw_environ)),
+            (f"closewsgi_mw_{method}", wsgi_requests(mw_closing_wsgi, raw_environ)),
             (f"starlette_bare_{method}", asgi_requests(s_bare, scope)),
             (f"starlette_tracked_{method}", asgi_requests(s_tracked, scope)),
             (f"flask_bare_{method}", wsgi_requests(f_bare, environ)),
@@ -1214,6 +1228,13 @@ def bench_callgrind(n: int) -> int:
     def per_request(name: str) -> float:
         return (totals[f"{name}:2"] - totals[f"{name}:1"]) / (n - n // 2)
 
+    for app, label, budget in (("rawasgi", "raw ASGI", 1.0), ("rawwsgi", "raw WSGI", 2.0),
+                               ("closewsgi", "raw WSGI + close()", 2.0)):
+        for method in ("GET", "POST"):
+            bare = per_request(f"{app}_bare_{method}")
+            mw = per_request(f"{app}_mw_{method}")
+            rows.append((f"{label} {method}{' JSON' if method == 'POST' else ''}: bare", bare, ""))
+            rows.append(("  with the middleware alone", mw, f"+{mw - bare:,.0f} (budget ≤ +{budget:.0f} µs)"))
     budgets = {"starlette": 0.80, "flask": 0.95}
     for app in ("starlette", "flask"):
         for method in ("GET", "POST"):

@@ -162,15 +162,17 @@ class ASGIBodyTee(BodyTee):
     async def receive(self) -> Message:
         message = await self._receive()
         if message["type"] == "http.request":
-            body = message.get("body", b"")
-            if body and not self.overflow and self._size + len(body) <= self.limit:  # the common case, inline
-                self.read_any = True
-                self._chunks.append(body)
-                self._size += len(body)
-                if not message.get("more_body", False):
-                    self.ended = True
-            else:
-                self.feed(body, not message.get("more_body", False))
+            self.read_any = True
+            body = message.get("body")
+            if body:
+                size = self._size + len(body)
+                if size <= self.limit and not self.overflow:  # the common case, inline
+                    self._chunks.append(body)
+                    self._size = size
+                else:
+                    self.feed(body, False)
+            if not message.get("more_body"):
+                self.ended = True
         return message
 
 
@@ -206,23 +208,19 @@ class WSGIInput(BodyTee):
         return data
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            if self._prefetched:
-                return self._from_buffer(-1)
-            data: bytes = self._stream.read()
-        else:
-            if self._prefetched:
-                return self._from_buffer(size)
-            data = self._stream.read(size)
+        if self._prefetched:
+            return self._from_buffer(-1 if size is None else size)
+        data: bytes = self._stream.read() if size is None or size < 0 else self._stream.read(size)
         # _seen(data), inline: most bodies are read in one call
         remaining = self._remaining
         if remaining is not None:
             self._remaining = remaining = remaining - len(data)
         if not self._rewound:
-            if data and not self.overflow and self._size + len(data) <= self.limit:  # feed(), its common case
+            total = self._size + len(data)
+            if data and total <= self.limit and not self.overflow:  # feed(), its common case
                 self.read_any = True
                 self._chunks.append(data)
-                self._size += len(data)
+                self._size = total
                 if remaining == 0:
                     self.ended = True
             else:

@@ -38,7 +38,7 @@ from . import _lifecycle
 from ._block_response import Rendered
 from ._body import ASGIBodyTee
 from ._client import Client
-from ._context import ASGI, RequestContext, current_context
+from ._context import ASGI, RequestContext, _new, current_context
 from ._enforce import Enforcer
 from ._exceptions import UserBlocked
 from ._lifecycle import get_client
@@ -50,6 +50,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# The context variable's methods, looked up once (one global load a call instead of a global and an attribute).
+_bind = current_context.set
+_unbind = current_context.reset
 
 __all__ = ["SqreenMiddleware"]
 
@@ -66,29 +70,42 @@ class SqreenMiddleware:
         self._client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._other(scope, receive, send)
+            return
+        # The per-request path: every step here is paid by every request, so it is kept to what must happen.
+        client = self._client or _lifecycle._current or get_client()
+        if client._started_pid is None and client.enabled:  # a process's first request: fetch the actions
+            client.start()
+        ctx = _new(RequestContext)  # = RequestContext(ASGI, scope), every slot set here (no __init__ call)
+        ctx.kind = ASGI
+        ctx.raw = scope
+        ctx.body_tee = ctx.user = ctx.traits = ctx.blocked = ctx._capture = None
+        actions = client.enforcer.actions
+        if actions.has_ip_blocks and client.enforcer.refuse_ip(ctx) is not None:
+            await _answer(send, client.enforcer.response.for_accept(_accept(scope)))
+            return
+        if scope["method"] not in _NO_BODY:
+            ctx.body_tee = tee = _new(ASGIBodyTee)  # = ASGIBodyTee(receive, client.max_body_bytes), inline
+            tee.limit = client.max_body_bytes
+            tee._chunks = []
+            tee._size = 0
+            tee.ended = tee.overflow = tee.read_any = False
+            tee._parsed = None
+            tee._receive = receive
+            receive = tee.receive
+        token = _bind(ctx)
+        try:
+            if actions.has_user_blocks:  # identify() may refuse the user: watch the response start
+                await self._guarded(client.enforcer, ctx, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            _unbind(token)
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
-            client = self._client or _lifecycle._current or get_client()
-            if client._started_pid is None and client.enabled:  # a process's first request: fetch the actions
-                client.start()
-            ctx = RequestContext(ASGI, scope)
-            enforcer = client.enforcer
-            actions = enforcer.actions
-            if actions.has_ip_blocks and enforcer.refuse_ip(ctx) is not None:
-                await _answer(send, enforcer.response.for_accept(_accept(scope)))
-                return
-            if scope["method"] not in _NO_BODY:
-                ctx.body_tee = tee = ASGIBodyTee(receive, client.max_body_bytes)
-                receive = tee.receive
-            token = current_context.set(ctx)
-            try:
-                if actions.has_user_blocks:  # identify() may refuse the user: watch the response start
-                    await self._guarded(enforcer, ctx, scope, receive, send)
-                else:
-                    await self.app(scope, receive, send)
-            finally:
-                current_context.reset(token)
-        elif kind == "lifespan":
+        if kind == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
         elif kind == "websocket":
             client = self._client or get_client()

@@ -31,7 +31,7 @@ from . import _lifecycle
 from ._block_response import Rendered
 from ._body import WSGIInput
 from ._client import Client
-from ._context import WSGI, RequestContext, current_context
+from ._context import WSGI, RequestContext, _new, current_context
 from ._enforce import Enforcer
 from ._exceptions import UserBlocked
 from ._lifecycle import get_client
@@ -43,6 +43,11 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+_PLAIN_ITERATORS: frozenset[type] = frozenset({type(iter([])), type(iter(()))})
+
+# The context variable's methods, looked up once (one global load a call instead of a global and an attribute).
+_bind = current_context.set
+_unbind = current_context.reset
 
 __all__ = ["SqreenMiddleware"]
 
@@ -66,11 +71,19 @@ class _BoundResponse:
     def __iter__(self) -> Iterator[bytes]:
         # A generator: its for loop calls iter() and next() of the app's response with the request bound, several
         # times cheaper per chunk than __next__ (a method call, and StopIteration raised through it).
-        ctx, set_, reset = self._ctx, current_context.set, current_context.reset
+        ctx, set_, reset = self._ctx, _bind, _unbind
         token = set_(ctx)
         bound = True
         try:
-            for chunk in self._result:
+            iterator = iter(self._result)
+            if type(iterator) in _PLAIN_ITERATORS:
+                # A list's or tuple's own iterator (Django's HttpResponse, WebOb's app_iter, a closing wrapper
+                # around a list): no code of the app runs as it is iterated, only in close().
+                reset(token)
+                bound = False
+                yield from iterator
+                return
+            for chunk in iterator:
                 reset(token)
                 bound = False
                 yield chunk
@@ -84,20 +97,20 @@ class _BoundResponse:
         iterator = self._iterator
         if iterator is None:
             iterator = self._iterator = iter(self._result)
-        token = current_context.set(self._ctx)
+        token = _bind(self._ctx)
         try:
             return next(iterator)
         finally:
-            current_context.reset(token)
+            _unbind(token)
 
     def close(self) -> None:
         close = getattr(self._result, "close", None)
         if close is not None:
-            token = current_context.set(self._ctx)
+            token = _bind(self._ctx)
             try:
                 close()
             finally:
-                current_context.reset(token)
+                _unbind(token)
         if self._guard is not None:
             self._guard.finished()
 
@@ -117,7 +130,10 @@ class SqreenMiddleware:
         client = self._client or _lifecycle._current or get_client()
         if client._started_pid is None and client.enabled:  # a process's first request: fetch the actions
             client.start()
-        ctx = RequestContext(WSGI, environ)
+        ctx = _new(RequestContext)  # = RequestContext(WSGI, environ), every slot set here (no __init__ call)
+        ctx.kind = WSGI
+        ctx.raw = environ
+        ctx.body_tee = ctx.user = ctx.traits = ctx.blocked = ctx._capture = None
         enforcer = client.enforcer
         actions = enforcer.actions
         if actions.has_ip_blocks and enforcer.refuse_ip(ctx) is not None:
@@ -126,28 +142,56 @@ class SqreenMiddleware:
             length_text = environ.get("CONTENT_LENGTH")
             length = int(length_text) if length_text and length_text.isascii() and length_text.isdigit() else None
             if length or environ.get("HTTP_TRANSFER_ENCODING"):
-                ctx.body_tee = tee = WSGIInput(environ["wsgi.input"], length, client.max_body_bytes)
+                ctx.body_tee = tee = _new(WSGIInput)  # = WSGIInput(environ["wsgi.input"], length, ...), inline
+                tee.limit = client.max_body_bytes
+                tee._chunks = []
+                tee._size = 0
+                tee.ended = tee.overflow = tee.read_any = tee._prefetched = tee._rewound = False
+                tee._parsed = None
+                tee._stream = environ["wsgi.input"]
+                tee._remaining = length
+                tee._buffer = b""
                 environ["wsgi.input"] = tee
-        guard = _Guard(enforcer, ctx, start_response) if actions.has_user_blocks else None
-        token = current_context.set(ctx)
+        if actions.has_user_blocks:
+            return self._guarded(enforcer, ctx, environ, start_response)
+        token = _bind(ctx)
         try:
-            result = self.app(environ, start_response if guard is None else guard.start_response)
+            result = self.app(environ, start_response)
+        finally:
+            _unbind(token)
+        if type(result) is list:  # nothing of the app runs later
+            return result
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(result, wrapper):  # the server sends it as is (sendfile)
+            return result
+        bound = _new(_BoundResponse)  # = _BoundResponse(result, ctx), inline
+        bound._result = result
+        bound._ctx = ctx
+        bound._guard = bound._iterator = None
+        return bound
+
+    def _guarded(self, enforcer: Enforcer, ctx: RequestContext, environ: Environ,
+                 start_response: StartResponse) -> Iterable[bytes]:
+        # Some user is blocked: identify() may refuse this request's user (see _Guard).
+        guard = _Guard(enforcer, ctx, start_response)
+        token = _bind(ctx)
+        try:
+            result = self.app(environ, guard.start_response)
         except UserBlocked:
-            if guard is None or guard.called:
+            if guard.called:
                 raise  # the app set its headers already: the server answers 500, as for any error now
             return guard.answer(environ)
         finally:
-            current_context.reset(token)
-        if guard is not None:
-            guard.returned = True
-            if guard.replaced or (ctx.blocked is not None and not guard.called):
-                # The user was refused while the app ran: its own response is discarded (and closed, as PEP 3333
-                # requires of whoever drops an iterable).
-                _close(result)
-                return guard.answer(environ)
+            _unbind(token)
+        guard.returned = True
+        if guard.replaced or (ctx.blocked is not None and not guard.called):
+            # The user was refused while the app ran: its own response is discarded (and closed, as PEP 3333
+            # requires of whoever drops an iterable).
+            _close(result)
+            return guard.answer(environ)
         if type(result) is list or _is_file_wrapper(environ, result):
             # Nothing of the app runs later (or the server sends a file as is: keep its sendfile path).
-            if guard is not None and ctx.blocked is not None:
+            if ctx.blocked is not None:
                 enforcer.too_late(ctx)
             return result
         return _BoundResponse(result, ctx, guard)

@@ -302,3 +302,45 @@ async def test_an_app_blocking_its_event_loop_does_not_stall_delivery(make_clien
     async with client_for(app) as http:
         assert (await http.get("/x")).text == "True"
     assert [e["name"] for e in collector.events()] == ["blocking"]
+
+
+async def test_the_context_and_tee_the_middleware_makes_equal_what_their_constructors_make(
+    make_client: MakeClient,
+) -> None:
+    # The middleware builds both without their __init__ (per-request cost): every slot must still be set alike.
+    from sqreen_mw._body import ASGIBodyTee
+    from sqreen_mw._context import ASGI, RequestContext
+
+    client = make_client()
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(current_context.get())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    for method in ("GET", "POST"):
+        scope = {"type": "http", "method": method, "path": "/", "headers": []}
+        await SqreenMiddleware(app, client=client)(scope, receive, send)
+        ctx = seen[-1]
+        expected = RequestContext(ASGI, scope)
+        assert type(ctx) is RequestContext
+        tee = ctx.body_tee
+        if method == "POST":
+            assert type(tee) is ASGIBodyTee
+            expected_tee = ASGIBodyTee(receive, client.max_body_bytes)
+            assert {n: getattr(tee, n) for n in _slots(ASGIBodyTee)} == {
+                n: getattr(expected_tee, n) for n in _slots(ASGIBodyTee)}
+            expected.body_tee = tee
+        assert {n: getattr(ctx, n) for n in RequestContext.__slots__} == {
+            n: getattr(expected, n) for n in RequestContext.__slots__}
+
+
+def _slots(cls: type) -> list[str]:
+    return [name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())]

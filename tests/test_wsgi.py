@@ -358,3 +358,81 @@ def test_a_stream_sees_its_request_per_chunk_and_a_stream_left_midway_or_failing
     with pytest.raises(RuntimeError, match="stream broke"):
         list(result)
     assert current_context.get() is None
+
+
+def test_the_context_and_response_the_middleware_makes_equal_what_their_constructors_make(
+    make_client: MakeClient,
+) -> None:
+    # The middleware builds both without their __init__ (per-request cost): every slot must still be set alike.
+    from sqreen_mw._context import WSGI, RequestContext
+    from sqreen_mw.wsgi import _BoundResponse
+
+    client = make_client()
+    seen: list[Any] = []
+
+    class Closing:
+        def __iter__(self) -> Iterator[bytes]:
+            return iter([b"ok"])
+
+        def close(self) -> None:
+            pass
+
+    def app(environ: dict[str, Any], start_response: Any) -> Closing:
+        seen.append(current_context.get())
+        start_response("200 OK", [])
+        return Closing()
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO(b"")}
+    result = SqreenMiddleware(app, client=client)(environ, lambda *args: None)
+    ctx = seen[0]
+    assert type(ctx) is RequestContext and type(result) is _BoundResponse
+    expected = RequestContext(WSGI, environ)
+    assert {n: getattr(ctx, n) for n in RequestContext.__slots__} == {
+        n: getattr(expected, n) for n in RequestContext.__slots__}
+    expected_result = _BoundResponse(result._result, ctx)
+    assert {n: getattr(result, n) for n in _BoundResponse.__slots__} == {
+        n: getattr(expected_result, n) for n in _BoundResponse.__slots__}
+    assert list(result) == [b"ok"]
+    result.close()
+
+    from sqreen_mw._body import WSGIInput
+
+    stream = io.BytesIO(b"abc")
+    posted = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": "3", "wsgi.input": stream}
+    SqreenMiddleware(app, client=client)(posted, lambda *args: None).close()  # type: ignore[attr-defined]
+    tee = seen[-1].body_tee
+    assert type(tee) is WSGIInput and posted["wsgi.input"] is tee
+    expected_tee = WSGIInput(stream, 3, client.max_body_bytes)
+    slots = [name for klass in WSGIInput.__mro__ for name in getattr(klass, "__slots__", ())]
+    assert {n: getattr(tee, n) for n in slots} == {n: getattr(expected_tee, n) for n in slots}
+
+
+def test_a_closing_response_over_a_list_is_iterated_unbound_and_closed_bound(make_client: MakeClient) -> None:
+    client = make_client()
+    seen: list[Any] = []
+
+    class Closing:  # what Django's HttpResponse and many WSGI frameworks return: close() plus a list's iterator
+        def __iter__(self) -> Iterator[bytes]:
+            seen.append(("iter", current_context.get()))
+            return iter([b"a", b"b"])
+
+        def close(self) -> None:
+            seen.append(("close", current_context.get()))
+
+    def app(environ: dict[str, Any], start_response: Any) -> Closing:
+        seen.append(("app", current_context.get()))
+        start_response("200 OK", [])
+        return Closing()
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO(b"")}
+    result = SqreenMiddleware(app, client=client)(environ, lambda *args: None)
+    chunks = []
+    for chunk in result:
+        chunks.append(chunk)
+        assert current_context.get() is None  # while the server holds a chunk
+    assert current_context.get() is None
+    result.close()  # type: ignore[attr-defined]
+    assert current_context.get() is None
+    assert chunks == [b"a", b"b"]
+    ctx = seen[0][1]
+    assert ctx is not None and seen == [("app", ctx), ("iter", ctx), ("close", ctx)]
