@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -14,33 +15,15 @@ import pytest
 from sqreen_mw._schema import format_timestamp
 
 from .support import start_collector
+from .test_e2e_protect import ATTACKER, BYSTANDER
+from .test_e2e_protect import PLAYBOOK as PLAYBOOK_TOML
 from .test_import import run_import, summary
 
 pytestmark = pytest.mark.e2e
 
-PLAYBOOK: dict[str, Any] = {
-    "name": "credential-stuffing",
-    "event": "sq.auth_track",
-    "where": {"success": False},
-    "actor": "ip",
-    "threshold": 3,
-    "window": "1m",
-    "response": [{"action": "block_ip", "duration": "10m"}],
-}
-PLAYBOOK_TOML = """
-[[playbook]]
-name = "credential-stuffing"
-event = "sq.auth_track"
-where = { success = false }
-actor = "ip"
-threshold = 3
-window = "1m"
-
-[[playbook.response]]
-action = "block_ip"
-duration = "10m"
-"""
-ATTACKER, BYSTANDER = "203.0.113.66", "198.51.100.7"
+# The end-to-end protection test's playbook (3 failed logins from one IP within a minute: block it), also as the
+# JSON a backtest takes.
+PLAYBOOK: dict[str, Any] = tomllib.loads(PLAYBOOK_TOML)["playbook"][0]
 
 
 def attempt(at: float, ip: str, success: bool = False) -> dict[str, Any]:
