@@ -23,16 +23,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("sqreen_mw.django needs Django: pip install 'sqreen_mw[django]' "
                       "(from a checkout of sqreen_mw: pip install -e '.[django]')") from exc
 
-from ._context import DJANGO, RequestContext, _new, current_context
+from ._context import DJANGO, RequestContext, current_context
 from ._enforce import Enforcer
 from ._exceptions import UserBlocked
 from ._lifecycle import get_client
 
 __all__ = ["SqreenMiddleware"]
-
-# The context variable's methods, looked up once (one global load a call instead of a global and an attribute).
-_bind = current_context.set
-_unbind = current_context.reset
 
 
 def _response(enforcer: Enforcer, request: HttpRequest) -> HttpResponse:
@@ -89,33 +85,27 @@ class SqreenMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         enforcer = _enforcer()
-        ctx = _new(RequestContext)  # = RequestContext(DJANGO, request), every slot set here (no __init__ call)
-        ctx.kind = DJANGO
-        ctx.raw = request
-        ctx.body_tee = ctx.user = ctx.traits = ctx.blocked = ctx._capture = None
+        ctx = RequestContext(DJANGO, request)
         if enforcer.actions.has_ip_blocks and enforcer.refuse_ip(ctx) is not None:
             return _response(enforcer, request)
-        token = _bind(ctx)
+        token = current_context.set(ctx)
         try:
             response = self.get_response(request)
         finally:
-            _unbind(token)
+            current_context.reset(token)
         return self._finish(enforcer, ctx, request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         enforcer = _enforcer()
-        ctx = _new(RequestContext)  # = RequestContext(DJANGO, request), as in __call__
-        ctx.kind = DJANGO
-        ctx.raw = request
-        ctx.body_tee = ctx.user = ctx.traits = ctx.blocked = ctx._capture = None
+        ctx = RequestContext(DJANGO, request)
         if enforcer.actions.has_ip_blocks and enforcer.refuse_ip(ctx) is not None:
             return _response(enforcer, request)
-        token = _bind(ctx)
+        token = current_context.set(ctx)
         try:
             response: Awaitable[HttpResponseBase] = self.get_response(request)
             result = await response
         finally:
-            _unbind(token)
+            current_context.reset(token)
         return self._finish(enforcer, ctx, request, result)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:

@@ -79,6 +79,11 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout
     return int(proc.returncode)
 
 
+def all_slots(cls: type) -> list[str]:
+    """Every ``__slots__`` name of ``cls`` and its bases (to compare two instances field by field)."""
+    return [name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())]
+
+
 def _stacks_of(pid: int) -> str:
     """The Python stacks of a live process, when py-spy is installed (a diagnosis aid, never required)."""
     spy = shutil.which("py-spy")

@@ -19,6 +19,8 @@ from sqreen_mw._schema import TRUNCATION_MARKER
 from sqreen_mw.asgi import SqreenMiddleware
 from sqreen_mw.testing import capture_events
 
+from .support import all_slots
+
 MakeClient = Callable[..., sqreen_mw.Client]
 pytestmark = pytest.mark.anyio
 
@@ -335,12 +337,9 @@ async def test_the_context_and_tee_the_middleware_makes_equal_what_their_constru
         if method == "POST":
             assert type(tee) is ASGIBodyTee
             expected_tee = ASGIBodyTee(receive, client.max_body_bytes)
-            assert {n: getattr(tee, n) for n in _slots(ASGIBodyTee)} == {
-                n: getattr(expected_tee, n) for n in _slots(ASGIBodyTee)}
+            assert {n: getattr(tee, n) for n in all_slots(ASGIBodyTee)} == {
+                n: getattr(expected_tee, n) for n in all_slots(ASGIBodyTee)}
             expected.body_tee = tee
         assert {n: getattr(ctx, n) for n in RequestContext.__slots__} == {
             n: getattr(expected, n) for n in RequestContext.__slots__}
 
-
-def _slots(cls: type) -> list[str]:
-    return [name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())]

@@ -79,33 +79,3 @@ async def test_async_view_and_async_stream(make_client: MakeClient) -> None:
     assert placed["request"] is not None and placed["request"]["params"] == {"json": placed["body"]}
     assert placed["request"] is not None and placed["request"]["client_ip"] == "203.0.113.5"
     assert chunk["request"] is not None and chunk["request"]["path"] == "/astream"
-
-
-@pytest.mark.anyio
-async def test_the_context_the_middleware_makes_equals_what_its_constructor_makes(make_client: MakeClient) -> None:
-    # The middleware builds it without its __init__ (per-request cost), sync and async: every slot set alike.
-    from django.http import HttpResponse
-    from django.test import RequestFactory
-
-    from sqreen_mw._context import DJANGO, RequestContext
-    from sqreen_mw.django import SqreenMiddleware
-
-    make_client()
-    seen: list[RequestContext | None] = []
-
-    def view(request: object) -> HttpResponse:
-        seen.append(current_context.get())
-        return HttpResponse(b"ok")
-
-    async def async_view(request: object) -> HttpResponse:
-        return view(request)
-
-    request = RequestFactory().get("/")
-    SqreenMiddleware(view)(request)
-    await SqreenMiddleware(async_view)(request)
-    expected = RequestContext(DJANGO, request)
-    for ctx in seen:
-        assert type(ctx) is RequestContext
-        assert {n: getattr(ctx, n) for n in RequestContext.__slots__} == {
-            n: getattr(expected, n) for n in RequestContext.__slots__}
-    assert len(seen) == 2 and current_context.get() is None

@@ -13,6 +13,8 @@ from sqreen_mw._context import current_context
 from sqreen_mw.testing import capture_events
 from sqreen_mw.wsgi import SqreenMiddleware
 
+from .support import all_slots
+
 flask = pytest.importorskip("flask")
 
 MakeClient = Callable[..., sqreen_mw.Client]
@@ -403,7 +405,7 @@ def test_the_context_and_response_the_middleware_makes_equal_what_their_construc
     tee = seen[-1].body_tee
     assert type(tee) is WSGIInput and posted["wsgi.input"] is tee
     expected_tee = WSGIInput(stream, 3, client.max_body_bytes)
-    slots = [name for klass in WSGIInput.__mro__ for name in getattr(klass, "__slots__", ())]
+    slots = all_slots(WSGIInput)
     assert {n: getattr(tee, n) for n in slots} == {n: getattr(expected_tee, n) for n in slots}
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -162,9 +161,9 @@ def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def update_rollups(conn: Any, fresh: Sequence[EventRecord], shard: int | None = None) -> None:
-    """Add newly stored events to the rollup tables, inside the caller's transaction (to ``shard``, default one
-    drawn at random)."""
+def update_rollups(conn: Any, fresh: Sequence[EventRecord]) -> None:
+    """Add stored events to the keyed rollup rows (shard 0), inside the caller's transaction: the backfill of the
+    migration to schema version 2 (batches append to the delta tables instead, :data:`COUNT_FRESH`)."""
     if not fresh:
         return
     minutes: Counter[tuple[int, str]] = Counter()
@@ -184,9 +183,8 @@ def update_rollups(conn: Any, fresh: Sequence[EventRecord], shard: int | None = 
     # Sorted, in one order for every replica (minutes, then hours; keys ascending, as the "C" collation compares
     # text, byte by byte: UTF-8 bytes sort as code points, as Python sorts str): concurrent batches lock the rows
     # they share in the same order, so they queue instead of deadlocking.
-    shard = random.randrange(SHARDS) if shard is None else shard  # noqa: S311 - spreading load, not a secret
-    conn.execute(_UPSERT_MINUTE, [shard, *_columns(sorted((m, name, n) for (m, name), n in minutes.items()))])
-    conn.execute(_UPSERT_HOUR, [shard, *_columns(sorted((k, h, v, n) for (k, h, v), n in hours.items()))])
+    conn.execute(_UPSERT_MINUTE, [0, *_columns(sorted((m, name, n) for (m, name), n in minutes.items()))])
+    conn.execute(_UPSERT_HOUR, [0, *_columns(sorted((k, h, v, n) for (k, h, v), n in hours.items()))])
 
 
 def backfill_rollups(conn: Any, record: Callable[[Sequence[Any]], EventRecord], chunk: int = 20_000) -> None:
@@ -203,7 +201,7 @@ def backfill_rollups(conn: Any, record: Callable[[Sequence[Any]], EventRecord], 
         ).fetchall()
         if not rows:
             return
-        update_rollups(conn, [record(row) for row in rows], shard=0)
+        update_rollups(conn, [record(row) for row in rows])
         last = int(rows[-1][0])
 
 
