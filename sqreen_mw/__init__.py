@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from . import _lifecycle
 from ._client import Client
 from ._exceptions import ConfigurationError, InvalidEvent, SqreenError, UserBlocked
 from ._lifecycle import get_client, install_sigterm_handler, set_client
+from ._native import speedups
 from ._version import __version__
 
 __all__ = [
@@ -87,6 +89,10 @@ def track(
     return (_lifecycle._current or get_client())._track(
         event_name, options, properties, user_identifiers, timestamp, collect_body, request
     )
+
+
+if speedups is not None:  # the same function without its Python frame (its arguments are handled in C)
+    track = functools.update_wrapper(speedups.Front(track, vars(_lifecycle)), track)
 
 
 def identify(user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any] | None = None) -> None:

@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -30,8 +30,10 @@ from ._enforce import Enforcer
 from ._exceptions import InvalidEvent, UserBlocked
 from ._flusher import Flusher
 from ._ip import ClientIPResolver
+from ._native import speedups
 from ._queue import EventQueue, Record
 from ._schema import (
+    _KNOWN_KEYS,
     UserIdentifiers,
     WireEvent,
     _show,
@@ -66,6 +68,11 @@ def _tracked_timestamp(ns: int) -> str:
             _SECOND_TEXT.clear()
         text = _SECOND_TEXT[second] = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:19]
     return f"{text}.{rest // 1000:06d}Z"
+
+
+def _unreadable(exc: BaseException) -> None:
+    # A request that cannot be read (client gone, odd server) is no app error: the event is kept without it.
+    logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
 
 
 def _uuid7(ms: int, rand: int) -> str:
@@ -128,6 +135,10 @@ class Client:
         self._start_lock = threading.Lock()
         self._flush_mark = 0  # queue.drop_ops when the last flush() returned
         self._closed = False
+        # The common track() call compiled (_speedups.Tracker), handing every other call to _track_py.
+        self._track: Callable[..., bool] = self._track_py if speedups is None else speedups.Tracker(
+            self, self._track_py, self._names, _KNOWN_KEYS, self._seq, self.queue, current_context, RequestContext,
+            self._ip_key, _unreadable)
         if not self.enabled:
             logger.warning("sqreen_mw has no token (SQREEN_TOKEN): calls are validated but no event is sent")
         _live_clients.add(self)
@@ -149,9 +160,9 @@ class Client:
         """Record a custom event; see :func:`sqreen_mw.track`."""
         return self._track(event_name, options, properties, user_identifiers, timestamp, collect_body, request)
 
-    def _track(self, event_name: str, options: Mapping[str, Any] | None, properties: Mapping[str, Any] | None,
-               user_identifiers: Mapping[str, str | int] | None, timestamp: Any, collect_body: bool,
-               request: Any) -> bool:
+    def _track_py(self, event_name: str, options: Mapping[str, Any] | None, properties: Mapping[str, Any] | None,
+                  user_identifiers: Mapping[str, str | int] | None, timestamp: Any, collect_body: bool,
+                  request: Any) -> bool:
         if options is not None:
             return self._track_options(event_name, options, properties, user_identifiers, timestamp, collect_body,
                                        request)
@@ -184,8 +195,8 @@ class Client:
             if captured is None:
                 try:
                     captured = ctx.capture(self._ip_key)
-                except Exception as exc:  # as in _record
-                    logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
+                except Exception as exc:
+                    _unreadable(exc)
             record = (_time_ns(), next(self._seq), event_name, props, ctx.user, None, captured, None, size + 200,
                       ctx.blocked is not None)
         if self._capture is not None or not self._accepting:
@@ -251,8 +262,8 @@ class Client:
                     if collect_body:
                         body = ctx.body(self.max_body_bytes)
                         size += len(repr(body))
-                except Exception as exc:  # a request that cannot be read (client gone, odd server) is no app error
-                    logger.warning("sqreen_mw could not read the request: %s: %s", type(exc).__name__, exc)
+                except Exception as exc:
+                    _unreadable(exc)
             blocked = ctx.blocked is not None  # sent as "blocked": never feeds a playbook
         record = (_time_ns(), next(self._seq), name, props, user, when, captured, body, size + 200, blocked)
         if self._capture is not None or not self._accepting:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from ._exceptions import InvalidEvent
+from ._native import speedups
 
 MAX_NAME_LENGTH = 255
 MAX_PROPERTIES = 16
@@ -131,6 +132,7 @@ def _bad_key(arg: str, key: object) -> InvalidEvent:
 #: the event's size estimate; bounded.
 _KNOWN_KEYS: dict[str, int] = {}
 _MAX_KNOWN_KEYS = 4096
+_common_properties = None if speedups is None else speedups.check_common_properties  # the loop below, compiled
 
 
 def check_properties(properties: object, arg: str = "properties") -> tuple[Properties, int]:
@@ -140,7 +142,11 @@ def check_properties(properties: object, arg: str = "properties") -> tuple[Prope
     :raises InvalidEvent: not a mapping, more than 16 entries, a key that is not a short ``str``, a value that is not
         a JSON scalar.
     """
-    if type(properties) is dict and len(properties) <= MAX_PROPERTIES:
+    if _common_properties is not None:
+        checked = _common_properties(properties, _KNOWN_KEYS)
+        if checked is not None:
+            return checked
+    elif type(properties) is dict and len(properties) <= MAX_PROPERTIES:
         # The common case: keys validated before (their size estimate cached), plain scalar values in range.
         known = _KNOWN_KEYS
         size = 0

@@ -1,0 +1,894 @@
+/* Compiled twins of the hottest steps of track(): the common call's checks, its record and EventQueue.put.
+ *
+ * Each function here does exactly what the Python code it stands for does (sqreen_mw/_schema.py check_properties'
+ * first loop, _queue.py EventQueue.put, _client.py Client._track's inline path) and hands every other case to that
+ * Python code, which stays the reference: the tests run both and compare. Built when a C compiler is present
+ * (setup.py marks it optional); SQREEN_MW_PURE_PYTHON=1 turns it off at import.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_PROPERTIES 16
+#define MAX_STRING_LENGTH 4096
+#define RECORD_LENGTH 10
+#define RECORD_SIZE 8 /* _queue.SIZE: the record's byte estimate */
+#define EXTRA_SIZE 200 /* what _client adds to the properties' estimate */
+
+static PyObject *str__lock, *str__items, *str__bytes, *str_tracked, *str_max_events, *str_max_bytes, *str_wake_count,
+    *str_wake_bytes, *str__shed, *str_acquire, *str_release, *str_append, *str__capture, *str_capture, *str_user,
+    *str_blocked, *str__accepting, *str__started_pid, *str__enqueue_slow, *str__start, *str_flusher, *str_wake,
+    *str_enforcer, *str_actions, *str_hot_events, *str_hot;
+
+/* The common case of check_properties: a dict of at most 16 entries whose keys were checked before (their size
+ * estimates in `known`) and whose values are plain scalars in range. A new reference to the copy, with *size set;
+ * NULL without an exception for every other case (the Python checks then say what is wrong, or copy it their way);
+ * NULL with an exception only on a fault (memory). */
+static PyObject *
+common_properties(PyObject *properties, PyObject *known, long long *size)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    long long total = 0;
+
+    if (!PyDict_CheckExact(properties) || PyDict_GET_SIZE(properties) > MAX_PROPERTIES) {
+        return NULL;
+    }
+    while (PyDict_Next(properties, &pos, &key, &value)) {
+        PyObject *estimate;
+        PyTypeObject *type;
+
+        if (!PyUnicode_CheckExact(key)) {
+            return NULL;
+        }
+        estimate = PyDict_GetItemWithError(known, key); /* exact str keys: no Python code runs */
+        if (estimate == NULL || !PyLong_CheckExact(estimate)) {
+            return NULL;
+        }
+        total += PyLong_AsLongLong(estimate);
+        type = Py_TYPE(value);
+        if (type == &PyUnicode_Type) {
+            if (PyUnicode_GET_LENGTH(value) > MAX_STRING_LENGTH) {
+                return NULL;
+            }
+            total += PyUnicode_GET_LENGTH(value);
+        }
+        else if (type == &PyLong_Type) {
+            int overflow;
+            (void)PyLong_AsLongLongAndOverflow(value, &overflow); /* the 64-bit range: MIN_INT to MAX_INT */
+            if (overflow) {
+                return NULL;
+            }
+        }
+        else if (type == &PyFloat_Type) {
+            if (!isfinite(PyFloat_AS_DOUBLE(value))) {
+                return NULL;
+            }
+        }
+        else if (type != &PyBool_Type && value != Py_None) {
+            return NULL;
+        }
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    *size = total;
+    return PyDict_Copy(properties);
+}
+
+static PyObject *
+check_common_properties(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long size = 0;
+    PyObject *copy, *result;
+
+    if (nargs != 2 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "check_common_properties(properties, known_keys: dict)");
+        return NULL;
+    }
+    copy = common_properties(args[0], args[1], &size);
+    if (copy == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    result = Py_BuildValue("(NL)", copy, size);
+    return result;
+}
+
+/* An EventQueue seen from C: its instance dict (read and written directly: the attributes put() uses are plain
+ * instance attributes) and its bounds, fixed when the queue is made. */
+typedef struct {
+    PyObject *dict;
+    Py_ssize_t max_events, max_bytes, wake_count, wake_bytes;
+} QueueView;
+
+/* A Py_ssize_t attribute of `obj`; -1 with an exception on failure. */
+static int
+get_size(PyObject *obj, PyObject *name, Py_ssize_t *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+queue_view(PyObject *queue, QueueView *view)
+{
+    view->dict = PyObject_GenericGetDict(queue, NULL);
+    if (view->dict == NULL) {
+        return -1;
+    }
+    if (!PyDict_CheckExact(view->dict) || get_size(queue, str_max_events, &view->max_events) < 0
+        || get_size(queue, str_max_bytes, &view->max_bytes) < 0 || get_size(queue, str_wake_count, &view->wake_count) < 0
+        || get_size(queue, str_wake_bytes, &view->wake_bytes) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "the queue's __dict__ is not a dict");
+        }
+        Py_CLEAR(view->dict);
+        return -1;
+    }
+    return 0;
+}
+
+/* A new reference to the value of `name` in an instance dict; an AttributeError when it is missing. */
+static PyObject *
+dict_field(PyObject *dict, PyObject *name)
+{
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    if (value == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetObject(PyExc_AttributeError, name);
+        }
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
+/* dict[name] += delta for an int field; the new value in *out. -1 with an exception. */
+static int
+add_to_field(PyObject *dict, PyObject *name, Py_ssize_t delta, Py_ssize_t *out)
+{
+    PyObject *value = PyDict_GetItemWithError(dict, name), *number;
+    Py_ssize_t total;
+    int rc;
+    if (value == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetObject(PyExc_AttributeError, name);
+        }
+        return -1;
+    }
+    total = PyLong_AsSsize_t(value);
+    if (total == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    total += delta;
+    number = PyLong_FromSsize_t(total);
+    if (number == NULL) {
+        return -1;
+    }
+    rc = PyDict_SetItem(dict, name, number);
+    Py_DECREF(number);
+    *out = total;
+    return rc;
+}
+
+/* EventQueue.put(record): 1 or 0 (wake the flusher or not), -1 with an exception. */
+static int
+put_record(const QueueView *view, PyObject *queue, PyObject *record)
+{
+    PyObject *lock, *items, *ignored;
+    Py_ssize_t record_size, size = 0, tracked, n = 0;
+    int failed = 1;
+
+    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != RECORD_LENGTH) {
+        PyErr_SetString(PyExc_TypeError, "a queue record is a tuple of 10");
+        return -1;
+    }
+    record_size = PyLong_AsSsize_t(PyTuple_GET_ITEM(record, RECORD_SIZE));
+    if (record_size == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    lock = dict_field(view->dict, str__lock); /* read each time: a forked child's clear() makes new ones */
+    if (lock == NULL) {
+        return -1;
+    }
+    ignored = PyObject_CallMethodNoArgs(lock, str_acquire);
+    if (ignored == NULL) {
+        Py_DECREF(lock);
+        return -1;
+    }
+    Py_DECREF(ignored);
+    /* try: */
+    items = dict_field(view->dict, str__items);
+    if (items == NULL) {
+        goto release;
+    }
+    ignored = PyObject_CallMethodOneArg(items, str_append, record);
+    if (ignored == NULL) {
+        Py_DECREF(items);
+        goto release;
+    }
+    Py_DECREF(ignored);
+    n = PyObject_Length(items);
+    Py_DECREF(items);
+    if (n < 0 || add_to_field(view->dict, str__bytes, record_size, &size) < 0
+        || add_to_field(view->dict, str_tracked, 1, &tracked) < 0) {
+        goto release;
+    }
+    if (n > view->max_events || size > view->max_bytes) {
+        ignored = PyObject_CallMethodNoArgs(queue, str__shed);
+        if (ignored == NULL) {
+            goto release;
+        }
+        Py_DECREF(ignored);
+    }
+    failed = 0;
+release: /* finally: */
+    if (failed) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        ignored = PyObject_CallMethodNoArgs(lock, str_release);
+        Py_XDECREF(ignored);
+        Py_DECREF(lock);
+        if (ignored == NULL) { /* the release's own exception wins, as in Python */
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(traceback);
+        }
+        else {
+            PyErr_Restore(type, value, traceback);
+        }
+        return -1;
+    }
+    ignored = PyObject_CallMethodNoArgs(lock, str_release);
+    Py_DECREF(lock);
+    if (ignored == NULL) {
+        return -1;
+    }
+    Py_DECREF(ignored);
+    return n == view->wake_count || (size - record_size < view->wake_bytes && view->wake_bytes <= size);
+}
+
+static PyObject *
+queue_put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    QueueView view;
+    int wake;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "queue_put(queue, record)");
+        return NULL;
+    }
+    if (queue_view(args[0], &view) < 0) {
+        return NULL;
+    }
+    wake = put_record(&view, args[0], args[1]);
+    Py_DECREF(view.dict);
+    if (wake < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(wake);
+}
+
+/* --- Tracker: Client._track for the common call -------------------------------------------------------------- */
+
+enum { CTX_CAPTURE, CTX_USER, CTX_BLOCKED, CTX_FIELDS };
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *client;
+    PyObject *client_dict; /* the client's instance dict: _capture, _accepting, _started_pid, enforcer, flusher */
+    PyObject *fallback;    /* the Python Client._track_py, bound: every call this does not handle */
+    PyObject *names;       /* Client._names: the event names already checked */
+    PyObject *known;       /* _schema._KNOWN_KEYS */
+    PyObject *seq;         /* Client._seq */
+    PyObject *queue;       /* Client.queue */
+    QueueView view;        /* its dict and bounds */
+    PyObject *context;     /* _context.current_context */
+    PyObject *ctx_type;    /* _context.RequestContext: its slots are read at their offsets */
+    Py_ssize_t offsets[CTX_FIELDS]; /* of _capture, user, blocked in a RequestContext; -1: read as attributes */
+    PyObject *ip_key;      /* Client._ip_key */
+    PyObject *unreadable;  /* callable(exception): logs a request that could not be read */
+} Tracker;
+
+static int
+tracker_traverse(Tracker *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->client);
+    Py_VISIT(self->client_dict);
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->names);
+    Py_VISIT(self->known);
+    Py_VISIT(self->seq);
+    Py_VISIT(self->queue);
+    Py_VISIT(self->view.dict);
+    Py_VISIT(self->context);
+    Py_VISIT(self->ctx_type);
+    Py_VISIT(self->ip_key);
+    Py_VISIT(self->unreadable);
+    return 0;
+}
+
+static int
+tracker_clear(Tracker *self)
+{
+    Py_CLEAR(self->client);
+    Py_CLEAR(self->client_dict);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->names);
+    Py_CLEAR(self->known);
+    Py_CLEAR(self->seq);
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->view.dict);
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->ctx_type);
+    Py_CLEAR(self->ip_key);
+    Py_CLEAR(self->unreadable);
+    return 0;
+}
+
+static void
+tracker_dealloc(Tracker *self)
+{
+    PyObject_GC_UnTrack(self);
+    tracker_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A RequestContext field: the slot itself for an exact RequestContext, else the attribute. A new reference. */
+static PyObject *
+ctx_field(Tracker *self, PyObject *ctx, int field, PyObject *name)
+{
+    if ((PyObject *)Py_TYPE(ctx) == self->ctx_type && self->offsets[field] >= 0) {
+        PyObject *value = *(PyObject **)((char *)ctx + self->offsets[field]);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(ctx, name); /* an unset slot raises its AttributeError here */
+}
+
+static PyObject *
+wake_flusher(PyObject *client_dict, int hot)
+{
+    PyObject *flusher = dict_field(client_dict, str_flusher), *result;
+    if (flusher == NULL) {
+        return NULL;
+    }
+    if (hot) {
+        PyObject *args[2] = {flusher, Py_True};
+        PyObject *kwnames = PyTuple_Pack(1, str_hot);
+        if (kwnames == NULL) {
+            Py_DECREF(flusher);
+            return NULL;
+        }
+        result = PyObject_VectorcallMethod(str_wake, args, 1, kwnames);
+        Py_DECREF(kwnames);
+    }
+    else {
+        result = PyObject_CallMethodNoArgs(flusher, str_wake);
+    }
+    Py_DECREF(flusher);
+    return result;
+}
+
+/* The event name's hot_events membership: client.enforcer.actions.hot_events. */
+static int
+is_hot(PyObject *client_dict, PyObject *name)
+{
+    PyObject *enforcer, *actions, *hot;
+    int found;
+    enforcer = dict_field(client_dict, str_enforcer);
+    if (enforcer == NULL) {
+        return -1;
+    }
+    actions = PyObject_GetAttr(enforcer, str_actions);
+    Py_DECREF(enforcer);
+    if (actions == NULL) {
+        return -1;
+    }
+    hot = PyObject_GetAttr(actions, str_hot_events);
+    Py_DECREF(actions);
+    if (hot == NULL) {
+        return -1;
+    }
+    found = PySequence_Contains(hot, name);
+    Py_DECREF(hot);
+    return found;
+}
+
+/* _client.Client._track_py's inline path: (event_name, options, properties, user_identifiers, timestamp,
+ * collect_body, request), all positional; anything but a known name with common properties goes to the Python
+ * code. */
+static PyObject *
+tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *name, *properties, *props = NULL, *ctx = NULL, *captured = NULL, *user = NULL, *record = NULL;
+    PyObject *seq = NULL, *attr, *result = NULL;
+    long long size = 0;
+    int same_request = 0, blocked = 0, known, wake;
+    struct timespec now;
+
+    if (nargs != 7 || kwnames != NULL || args[1] != Py_None || args[3] != Py_None || args[4] != Py_None
+        || args[5] != Py_False || args[6] != Py_None || !PyUnicode_CheckExact(args[0])) {
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    name = args[0];
+    properties = args[2];
+    known = PySet_Contains(self->names, name);
+    if (known < 0) {
+        return NULL;
+    }
+    if (!known) {
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    if (properties != Py_None && !(PyDict_CheckExact(properties) && PyDict_GET_SIZE(properties) == 0)) {
+        props = common_properties(properties, self->known, &size);
+        if (props == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+        }
+    }
+    if (PyContextVar_Get(self->context, NULL, &ctx) < 0) {
+        goto done;
+    }
+    if (ctx != NULL && ctx != Py_None) {
+        captured = ctx_field(self, ctx, CTX_CAPTURE, str__capture);
+        if (captured == NULL) {
+            goto done;
+        }
+        same_request = captured != Py_None;
+        if (!same_request) {
+            Py_DECREF(captured);
+            captured = PyObject_CallMethodOneArg(ctx, str_capture, self->ip_key);
+            if (captured == NULL) { /* a request that cannot be read is no app error: logged, the event kept */
+                PyObject *type, *value, *traceback, *logged;
+                if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                    goto done;
+                }
+                PyErr_Fetch(&type, &value, &traceback);
+                PyErr_NormalizeException(&type, &value, &traceback);
+                logged = PyObject_CallOneArg(self->unreadable, value);
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(traceback);
+                if (logged == NULL) {
+                    goto done;
+                }
+                Py_DECREF(logged);
+                captured = Py_NewRef(Py_None);
+            }
+        }
+        user = ctx_field(self, ctx, CTX_USER, str_user);
+        if (user == NULL) {
+            goto done;
+        }
+        attr = ctx_field(self, ctx, CTX_BLOCKED, str_blocked);
+        if (attr == NULL) {
+            goto done;
+        }
+        blocked = attr != Py_None;
+        Py_DECREF(attr);
+    }
+    clock_gettime(CLOCK_REALTIME, &now); /* time.time_ns()'s clock */
+    seq = PyIter_Next(self->seq);
+    if (seq == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "the event sequence ended");
+        }
+        goto done;
+    }
+    record = PyTuple_New(RECORD_LENGTH);
+    if (record == NULL) {
+        goto done;
+    }
+    {
+        PyObject *ns = PyLong_FromLongLong((long long)now.tv_sec * 1000000000LL + now.tv_nsec);
+        PyObject *estimate = PyLong_FromLongLong(size + EXTRA_SIZE);
+        if (ns == NULL || estimate == NULL) {
+            Py_XDECREF(ns);
+            Py_XDECREF(estimate);
+            goto done;
+        }
+        PyTuple_SET_ITEM(record, 0, ns);
+        PyTuple_SET_ITEM(record, 1, seq);
+        seq = NULL;
+        PyTuple_SET_ITEM(record, 2, Py_NewRef(name));
+        PyTuple_SET_ITEM(record, 3, props != NULL ? Py_NewRef(props) : Py_NewRef(Py_None));
+        PyTuple_SET_ITEM(record, 4, user != NULL ? Py_NewRef(user) : Py_NewRef(Py_None));
+        PyTuple_SET_ITEM(record, 5, Py_NewRef(Py_None));
+        PyTuple_SET_ITEM(record, 6, captured != NULL ? Py_NewRef(captured) : Py_NewRef(Py_None));
+        PyTuple_SET_ITEM(record, 7, Py_NewRef(Py_None));
+        PyTuple_SET_ITEM(record, 8, estimate);
+        PyTuple_SET_ITEM(record, 9, PyBool_FromLong(blocked));
+    }
+    /* if self._capture is not None or not self._accepting: return self._enqueue_slow(record) */
+    attr = dict_field(self->client_dict, str__capture);
+    if (attr == NULL) {
+        goto done;
+    }
+    if (attr == Py_None) {
+        int accepting;
+        Py_DECREF(attr);
+        attr = dict_field(self->client_dict, str__accepting);
+        if (attr == NULL) {
+            goto done;
+        }
+        accepting = PyObject_IsTrue(attr);
+        Py_DECREF(attr);
+        if (accepting < 0) {
+            goto done;
+        }
+        if (!accepting) {
+            result = PyObject_CallMethodOneArg(self->client, str__enqueue_slow, record);
+            goto done;
+        }
+    }
+    else {
+        Py_DECREF(attr);
+        result = PyObject_CallMethodOneArg(self->client, str__enqueue_slow, record);
+        goto done;
+    }
+    /* if self._started_pid is None or (not same_request and self._started_pid != os.getpid()): self._start() */
+    attr = dict_field(self->client_dict, str__started_pid);
+    if (attr == NULL) {
+        goto done;
+    }
+    {
+        int start = attr == Py_None;
+        if (!start && !same_request) {
+            long started = PyLong_AsLong(attr);
+            if (started == -1 && PyErr_Occurred()) {
+                Py_DECREF(attr);
+                goto done;
+            }
+            start = started != (long)getpid();
+        }
+        Py_DECREF(attr);
+        if (start) {
+            attr = PyObject_CallMethodNoArgs(self->client, str__start);
+            if (attr == NULL) {
+                goto done;
+            }
+            Py_DECREF(attr);
+        }
+    }
+    wake = put_record(&self->view, self->queue, record);
+    if (wake < 0) {
+        goto done;
+    }
+    if (!wake) { /* an event that feeds a playbook is sent now, not at the heartbeat */
+        wake = is_hot(self->client_dict, name);
+        if (wake < 0) {
+            goto done;
+        }
+        if (wake) {
+            wake = 2;
+        }
+    }
+    if (wake) {
+        attr = wake_flusher(self->client_dict, wake == 2);
+        if (attr == NULL) {
+            goto done;
+        }
+        Py_DECREF(attr);
+    }
+    result = Py_NewRef(Py_True);
+done:
+    Py_XDECREF(props);
+    Py_XDECREF(ctx);
+    Py_XDECREF(captured);
+    Py_XDECREF(user);
+    Py_XDECREF(seq);
+    Py_XDECREF(record);
+    return result;
+}
+
+/* The offset of an object slot (a `__slots__` member) of `type`, or -1 when `name` is something else. */
+static Py_ssize_t
+slot_offset(PyObject *type, PyObject *name)
+{
+    PyObject *descr = PyObject_GetAttr(type, name);
+    Py_ssize_t offset = -1;
+    if (descr == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY)) {
+            offset = member->offset;
+        }
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+static PyObject *
+tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"client", "fallback", "names", "known_keys", "seq", "queue", "context",
+                               "context_type", "ip_key", "unreadable", NULL};
+    PyObject *client, *fallback, *names, *known, *seq, *queue, *context, *ctx_type, *ip_key, *unreadable;
+    Tracker *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!O!OOO!O!OO:Tracker", keywords, &client, &fallback,
+                                     &PySet_Type, &names, &PyDict_Type, &known, &seq, &queue, &PyContextVar_Type,
+                                     &context, &PyType_Type, &ctx_type, &ip_key, &unreadable)) {
+        return NULL;
+    }
+    self = (Tracker *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)tracker_call;
+    self->client_dict = PyObject_GenericGetDict(client, NULL);
+    if (self->client_dict == NULL || queue_view(queue, &self->view) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (!PyDict_CheckExact(self->client_dict)) {
+        PyErr_SetString(PyExc_TypeError, "the client's __dict__ is not a dict");
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->client = Py_NewRef(client);
+    self->fallback = Py_NewRef(fallback);
+    self->names = Py_NewRef(names);
+    self->known = Py_NewRef(known);
+    self->seq = Py_NewRef(seq);
+    self->queue = Py_NewRef(queue);
+    self->context = Py_NewRef(context);
+    self->ctx_type = Py_NewRef(ctx_type);
+    self->offsets[CTX_CAPTURE] = slot_offset(ctx_type, str__capture);
+    self->offsets[CTX_USER] = slot_offset(ctx_type, str_user);
+    self->offsets[CTX_BLOCKED] = slot_offset(ctx_type, str_blocked);
+    self->ip_key = Py_NewRef(ip_key);
+    self->unreadable = Py_NewRef(unreadable);
+    return (PyObject *)self;
+}
+
+static PyMemberDef tracker_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Tracker, vectorcall), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject TrackerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqreen_mw._speedups.Tracker",
+    .tp_doc = "Client._track_py with the common call compiled; every other call goes to the Python fallback.",
+    .tp_basicsize = sizeof(Tracker),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = tracker_new,
+    .tp_dealloc = (destructor)tracker_dealloc,
+    .tp_traverse = (traverseproc)tracker_traverse,
+    .tp_clear = (inquiry)tracker_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Tracker, vectorcall),
+    .tp_members = tracker_members,
+};
+
+/* --- Front: sqreen_mw.track's argument handling ------------------------------------------------------------- */
+
+/* sqreen_mw.track(event_name, options=None, /, *, properties=None, user_identifiers=None, timestamp=None,
+ * collect_body=False, request=None): the arguments put in Client._track's order and handed to the current client's
+ * _track, without the Python frame. A call it does not recognise (wrong arity, an unknown or repeated keyword), or no
+ * client yet, goes to the Python function, which says what is wrong or makes the client. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fallback;  /* the Python sqreen_mw.track */
+    PyObject *globals;   /* _lifecycle's module dict: _current */
+    PyObject *dict;      /* __wrapped__, __doc__, __name__ ... (functools.update_wrapper) */
+} Front;
+
+static PyObject *str__current, *str__track, *keyword_names[5];
+
+static PyObject *
+front_call(Front *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames), i;
+    PyObject *call[7], *client, *track, *result;
+    int seen = 0;
+
+    if (nargs < 1 || nargs > 2) {
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    call[0] = args[0];
+    call[1] = nargs == 2 ? args[1] : Py_None;
+    call[2] = call[3] = call[4] = call[6] = Py_None;
+    call[5] = Py_False;
+    for (i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        int k;
+        for (k = 0; k < 5 && key != keyword_names[k]; k++) {
+        }
+        if (k == 5) { /* not interned the same way: compare the text */
+            for (k = 0; k < 5 && PyUnicode_Compare(key, keyword_names[k]) != 0; k++) {
+            }
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+        }
+        if (k == 5 || seen & (1 << k)) {
+            return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+        }
+        seen |= 1 << k;
+        call[2 + k] = args[nargs + i];
+    }
+    client = PyDict_GetItemWithError(self->globals, str__current);
+    if (client == NULL || client == Py_None) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    Py_INCREF(client);
+    track = PyObject_GetAttr(client, str__track);
+    Py_DECREF(client);
+    if (track == NULL) {
+        return NULL;
+    }
+    result = PyObject_Vectorcall(track, call, 7, NULL);
+    Py_DECREF(track);
+    return result;
+}
+
+static PyObject *
+front_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"fallback", "globals", NULL};
+    PyObject *fallback, *globals;
+    Front *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!:Front", keywords, &fallback, &PyDict_Type, &globals)) {
+        return NULL;
+    }
+    self = (Front *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)front_call;
+    self->fallback = Py_NewRef(fallback);
+    self->globals = Py_NewRef(globals);
+    return (PyObject *)self;
+}
+
+static int
+front_traverse(Front *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->globals);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+front_clear(Front *self)
+{
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->globals);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+front_dealloc(Front *self)
+{
+    PyObject_GC_UnTrack(self);
+    front_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A descriptor that binds to nothing, as a builtin function: help() and inspect then show it as a routine. */
+static PyObject *
+front_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    return Py_NewRef(self);
+}
+
+static PyGetSetDef front_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject FrontType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqreen_mw._speedups.Front",
+    .tp_doc = "A module-level track() function without its Python frame; __wrapped__ is the Python function.",
+    .tp_basicsize = sizeof(Front),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = front_new,
+    .tp_dealloc = (destructor)front_dealloc,
+    .tp_traverse = (traverseproc)front_traverse,
+    .tp_clear = (inquiry)front_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Front, vectorcall),
+    .tp_dictoffset = offsetof(Front, dict),
+    .tp_descr_get = front_get,
+    .tp_getset = front_getset,
+};
+
+static PyMethodDef methods[] = {
+    {"check_common_properties", (PyCFunction)(void (*)(void))check_common_properties, METH_FASTCALL,
+     "check_properties' common case: (copy, size), or None for every other case."},
+    {"queue_put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL, "EventQueue.put(queue, record)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "sqreen_mw._speedups", "Compiled twins of track()'s hottest steps.", -1, methods,
+};
+
+#define INTERN(var, text)                                                                                              \
+    do {                                                                                                               \
+        var = PyUnicode_InternFromString(text);                                                                        \
+        if (var == NULL) {                                                                                             \
+            return NULL;                                                                                               \
+        }                                                                                                              \
+    } while (0)
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *module;
+
+    INTERN(str__lock, "_lock");
+    INTERN(str__items, "_items");
+    INTERN(str__bytes, "_bytes");
+    INTERN(str_tracked, "tracked");
+    INTERN(str_max_events, "max_events");
+    INTERN(str_max_bytes, "max_bytes");
+    INTERN(str_wake_count, "wake_count");
+    INTERN(str_wake_bytes, "wake_bytes");
+    INTERN(str__shed, "_shed");
+    INTERN(str_acquire, "acquire");
+    INTERN(str_release, "release");
+    INTERN(str_append, "append");
+    INTERN(str__capture, "_capture");
+    INTERN(str_capture, "capture");
+    INTERN(str_user, "user");
+    INTERN(str_blocked, "blocked");
+    INTERN(str__accepting, "_accepting");
+    INTERN(str__started_pid, "_started_pid");
+    INTERN(str__enqueue_slow, "_enqueue_slow");
+    INTERN(str__start, "_start");
+    INTERN(str_flusher, "flusher");
+    INTERN(str_wake, "wake");
+    INTERN(str_enforcer, "enforcer");
+    INTERN(str_actions, "actions");
+    INTERN(str_hot_events, "hot_events");
+    INTERN(str_hot, "hot");
+    INTERN(str__current, "_current");
+    INTERN(str__track, "_track");
+    INTERN(keyword_names[0], "properties");
+    INTERN(keyword_names[1], "user_identifiers");
+    INTERN(keyword_names[2], "timestamp");
+    INTERN(keyword_names[3], "collect_body");
+    INTERN(keyword_names[4], "request");
+    if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&FrontType) < 0) {
+        return NULL;
+    }
+    module = PyModule_Create(&module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(module, "Tracker", (PyObject *)&TrackerType) < 0
+        || PyModule_AddObjectRef(module, "Front", (PyObject *)&FrontType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,322 @@
+"""The compiled part (``sqreen_mw/_speedups.c``) against the Python code it stands for: same verdicts, same records.
+
+Each test drives the compiled function and its Python twin with the same input and compares what they leave behind.
+Skipped when sqreen_mw was installed without a C compiler; ``test_speedups_build.py`` says whether it was built.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import pydoc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sqreen_mw
+from sqreen_mw import _lifecycle, _schema
+from sqreen_mw._client import Client
+from sqreen_mw._context import ASGI, RequestContext, current_context
+from sqreen_mw._exceptions import InvalidEvent
+from sqreen_mw._native import speedups
+from sqreen_mw._queue import EventQueue
+from sqreen_mw.testing import capture_events
+
+needs_speedups = pytest.mark.skipif(speedups is None, reason="sqreen_mw was installed without its compiled part")
+pytestmark = needs_speedups
+
+URL = "http://127.0.0.1:9"  # nothing listens: the flusher's sends fail, the queue keeps what is tracked
+
+
+# --- check_properties' common case ------------------------------------------------------------------------------
+
+KEYS = ["item", "quantity", "gift", "price", "note", "k" * 200]
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5000), st.binary(max_size=4),
+    st.lists(st.integers(), max_size=2),
+)
+properties = st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=3), st.integers()), scalars,
+                             max_size=18)
+
+
+def python_check(props: Any) -> tuple[Any, int] | str:
+    saved = _schema._common_properties
+    _schema._common_properties = None
+    try:
+        return _schema.check_properties(props)
+    except InvalidEvent as exc:
+        return f"InvalidEvent: {exc}"
+    finally:
+        _schema._common_properties = saved
+
+
+@settings(max_examples=400, deadline=None)
+@given(properties)
+def test_common_properties_agree_with_python(props: dict[Any, Any]) -> None:
+    for key in KEYS:  # the keys a running app has used before
+        _schema.check_properties({key: 1})
+    reference = python_check(props)
+    compiled = speedups.check_common_properties(props, _schema._KNOWN_KEYS)
+    if compiled is None:  # not the common case: the Python checks decide (and say what is wrong)
+        common = (all(type(k) is str and k in _schema._KNOWN_KEYS for k in props) and len(props) <= 16
+                  and all(v is None or type(v) in (bool, int, float, str) for v in props.values())
+                  and all(-(2**63) <= v < 2**63 for v in props.values() if type(v) is int)
+                  and all(math.isfinite(v) for v in props.values() if type(v) is float)
+                  and all(len(v) <= 4096 for v in props.values() if type(v) is str))
+        assert not common, f"the common case {props!r} was handed back"
+        return
+    assert not isinstance(reference, str), f"compiled accepted what Python refuses: {reference}"
+    copy, size = compiled
+    assert copy == reference[0] and size == reference[1]
+    assert copy is not props  # a copy: the app may change its own dict later
+
+
+def test_common_properties_refuses_what_is_not_a_dict() -> None:
+    with pytest.raises(TypeError, match="known_keys"):
+        speedups.check_common_properties({}, [])  # type: ignore[arg-type]
+    assert speedups.check_common_properties([("a", 1)], {}) is None
+
+
+# --- EventQueue.put ------------------------------------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 8), st.integers(150, 2000), st.integers(1, 6),
+       st.lists(st.integers(0, 900), min_size=1, max_size=40))
+def test_queue_put_agrees_with_python(max_events: int, max_bytes: int, batch: int, sizes: list[int]) -> None:
+    python, compiled = EventQueue(max_events, max_bytes, batch), EventQueue(max_events, max_bytes, batch)
+    for seq, size in enumerate(sizes, 1):
+        record = (seq, seq, "e", None, None, None, None, None, size, False)
+        assert speedups.queue_put(compiled, record) == python.put(record)
+        assert compiled.statistics() == python.statistics()
+        assert compiled.drop_ops == python.drop_ops and list(compiled._items) == list(python._items)
+
+
+def test_queue_put_after_clear_uses_the_new_lock_and_items() -> None:
+    queue = EventQueue(10, 10**6)
+    speedups.queue_put(queue, (1, 1, "e", None, None, None, None, None, 10, False))
+    held = queue._lock
+    held.acquire()  # as a fork can leave it: clear() makes a new one, which put() must use
+    queue.clear()
+    assert speedups.queue_put(queue, (2, 2, "e", None, None, None, None, None, 10, False)) is False
+    assert [r[1] for r in queue.take(5)] == [2]
+
+
+def test_queue_put_refuses_a_malformed_record() -> None:
+    queue = EventQueue(10, 10**6)
+    with pytest.raises(TypeError, match="tuple of 10"):
+        speedups.queue_put(queue, (1, 2, 3))
+    assert queue.statistics()["tracked"] == 0 and not queue._lock.locked()
+
+
+# --- Tracker: Client._track --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def clients() -> Iterator[tuple[Client, Client]]:
+    made = []
+    for _ in range(2):
+        client = Client(token="t", url=URL, heartbeat_interval=3600, install_signal_handler=False)
+        client.start = lambda: None  # type: ignore[method-assign]  # no flusher thread: the queue is compared as is
+        client._started_pid = os.getpid()
+        made.append(client)
+    compiled, python = made
+    python._track = python._track_py  # type: ignore[method-assign]
+    assert type(compiled._track).__name__ == "Tracker"
+    yield compiled, python
+    for client in made:
+        client._closed = True
+        client._accepting = False
+
+
+def queued(client: Client) -> list[tuple[Any, ...]]:
+    return [record[2:] for record in client.queue.take(len(client.queue))]  # less the clock and the sequence
+
+
+def scope(path: str = "/p") -> dict[str, Any]:
+    return {"type": "http", "method": "GET", "path": path, "query_string": b"q=1", "headers": [(b"user-agent", b"x")],
+            "client": ("203.0.113.9", 4000)}
+
+
+CALLS: list[dict[str, Any]] = [
+    {},
+    {"properties": {"item": "book", "quantity": 2, "gift": False}},
+    {"properties": {}},
+    {"properties": {"new key": 1.5, "n": None}},
+    {"properties": {"long": "x" * 5000}},  # cut at 4096 characters: the Python path does it
+    {"user_identifiers": {"email": "a@example.com"}},
+    {"options": {"properties": {"a": 1}}},
+    {"timestamp": None, "collect_body": False},
+]
+
+
+@pytest.mark.parametrize("call", CALLS, ids=[str(i) for i in range(len(CALLS))])
+@pytest.mark.parametrize("in_request", [False, True], ids=["outside", "in-request"])
+def test_tracker_records_what_python_records(clients: tuple[Client, Client], call: dict[str, Any],
+                                             in_request: bool) -> None:
+    compiled, python = clients
+    for client in clients:
+        for name in ("first", "first", "second"):  # a new name, then a known one
+            options = call.get("options")
+            kwargs = {k: v for k, v in call.items() if k != "options"}
+            ctx = RequestContext(ASGI, scope()) if in_request else None
+            if ctx is not None:
+                ctx.user = {"id": 7}
+            token = current_context.set(ctx)
+            try:
+                assert client.track(name, options, **kwargs) is True
+            finally:
+                current_context.reset(token)
+    assert queued(compiled) == queued(python)
+    assert compiled.queue.statistics() == python.queue.statistics()
+
+
+def test_tracker_keeps_the_same_capture_for_a_request(clients: tuple[Client, Client]) -> None:
+    compiled, _ = clients
+    ctx = RequestContext(ASGI, scope())
+    ctx.blocked = object()
+    token = current_context.set(ctx)
+    try:
+        compiled.track("e", properties={"a": 1})
+        compiled.track("e", properties={"a": 2})
+    finally:
+        current_context.reset(token)
+    first, second = queued(compiled)
+    assert first[4] is second[4] is ctx._capture and first[4][3] == "/p"
+    assert first[7] is True  # sent as blocked
+
+
+def test_tracker_bad_input_raises_invalid_event(clients: tuple[Client, Client]) -> None:
+    compiled, _ = clients
+    compiled.track("e")
+    with pytest.raises(InvalidEvent, match="properties"):
+        compiled.track("e", properties={"a": object()})
+    with pytest.raises(InvalidEvent):
+        compiled.track("sq.reserved")
+    with pytest.raises(InvalidEvent):
+        compiled.track(5)  # type: ignore[arg-type]
+    assert len(queued(compiled)) == 1
+
+
+class _Unreadable(RequestContext):
+    __slots__ = ("error",)
+
+    def capture(self, ip_key: str | None = None) -> Any:
+        raise self.error
+
+
+def test_tracker_keeps_the_event_of_an_unreadable_request(clients: tuple[Client, Client],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    compiled, _ = clients
+    compiled.track("e")
+    ctx = _Unreadable(ASGI, scope())
+    ctx.error = OSError("client gone")
+    token = current_context.set(ctx)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sqreen_mw"):
+            assert compiled.track("e", properties={"a": 1}) is True
+        ctx.error = KeyboardInterrupt()  # not an app fault to swallow
+        with pytest.raises(KeyboardInterrupt):
+            compiled.track("e")
+    finally:
+        current_context.reset(token)
+    assert "could not read the request: OSError: client gone" in caplog.text
+    records = queued(compiled)
+    assert len(records) == 2 and records[1][4] is None and records[1][1] == {"a": 1}
+
+
+def test_tracker_hands_captured_and_stopped_clients_to_python(clients: tuple[Client, Client]) -> None:
+    compiled, _ = clients
+    compiled.track("e")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_lifecycle, "_current", compiled)
+        with capture_events() as events:
+            assert sqreen_mw.track("e", properties={"a": 1}) is True
+    assert [(e["name"], e["properties"]) for e in events] == [("e", {"a": 1})]
+    compiled._accepting = False
+    compiled._closed = True
+    assert compiled.track("e") is False
+    assert compiled.queue.statistics()["dropped"] == {"after_shutdown": 1}
+    assert len(queued(compiled)) == 1
+
+
+def test_tracker_starts_the_flusher_once_and_again_after_a_fork(clients: tuple[Client, Client]) -> None:
+    compiled, _ = clients
+    starts: list[int] = []
+    compiled.start = lambda: starts.append(1)  # type: ignore[method-assign]
+    compiled._start = lambda: starts.append(2)  # type: ignore[method-assign]
+    compiled._started_pid = None
+    compiled.track("e")
+    compiled._started_pid = os.getpid()
+    compiled.track("e")
+    compiled._started_pid = os.getpid() + 1  # as in a child forked without the fork hook
+    compiled.track("e")
+    assert starts == [2, 2]
+
+
+def test_tracker_wakes_the_flusher_for_a_hot_event(clients: tuple[Client, Client]) -> None:
+    compiled, _ = clients
+    woken: list[bool] = []
+    compiled.flusher.wake = lambda hot=False: woken.append(hot)  # type: ignore[method-assign]
+    compiled.track("login")
+    compiled.track("other")
+    compiled.enforcer.set_actions({"actions_version": 1, "actions": [], "hot_events": ["login"]})
+    compiled.track("login")
+    compiled.track("other")
+    assert woken == [True]
+
+
+# --- Front: sqreen_mw.track ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((), {}),
+    (("e", None, None), {}),
+    (("e",), {"property": {}}),
+    (("e",), {"event_name": "x"}),
+])
+def test_front_refuses_bad_calls_as_the_python_function_does(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    python = sqreen_mw.track.__wrapped__  # type: ignore[attr-defined]
+    with pytest.raises(TypeError) as expected:
+        python(*args, **kwargs)
+    with pytest.raises(TypeError) as got:
+        sqreen_mw.track(*args, **kwargs)
+    assert str(got.value) == str(expected.value)
+
+
+def test_front_passes_every_argument(clients: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled, _ = clients
+    seen: list[tuple[Any, ...]] = []
+    compiled._track = lambda *a: seen.append(a) or True  # type: ignore[method-assign]
+    monkeypatch.setattr(_lifecycle, "_current", compiled)
+    kwargs = {"properties": {"a": 1}, "user_identifiers": {"u": 1}, "timestamp": 3, "collect_body": True,
+              "request": "r"}
+    for k in range(len(kwargs) + 1):
+        chosen = dict(list(kwargs.items())[:k])
+        sqreen_mw.track("e", **chosen)
+        sqreen_mw.track("e", {"o": 1}, **dict(reversed(list(chosen.items()))))
+    defaults = [None, None, None, False, None]
+    values = list(kwargs.values())
+    expected = []
+    for k in range(len(kwargs) + 1):
+        args = values[:k] + defaults[k:]
+        expected += [("e", None, *args), ("e", {"o": 1}, *args)]
+    assert seen == expected
+
+
+def test_front_without_a_client_makes_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SQREEN_TOKEN", raising=False)
+    monkeypatch.setattr(_lifecycle, "_current", None)
+    assert sqreen_mw.track("e") is False  # no token: validated, not sent
+    assert _lifecycle._current is not None and not _lifecycle._current.enabled
+
+
+def test_front_reads_as_the_documented_function() -> None:
+    signature = inspect.signature(sqreen_mw.track)
+    assert list(signature.parameters)[:3] == ["event_name", "options", "properties"]
+    assert sqreen_mw.track.__name__ == "track"  # type: ignore[attr-defined]
+    text = pydoc.render_doc(sqreen_mw.track, renderer=pydoc.plaintext)
+    assert "track(event_name" in text and "Record a custom event." in text
