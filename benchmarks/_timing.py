@@ -29,6 +29,13 @@ WALL: tuple[Clock, ...] = (time.perf_counter_ns,)
 WALL_AND_CPU: tuple[Clock, ...] = (time.perf_counter_ns, time.thread_time_ns)
 
 
+def build() -> str:
+    """Which track() the figures are of: the compiled one, or the pure Python (no compiler, SQREEN_MW_PURE_PYTHON)."""
+    from sqreen_mw._native import speedups
+
+    return "track() pure Python" if speedups is None else "track() compiled"
+
+
 def interleave(
     loops: Mapping[str, Callable[[int], T]],
     n: int | Mapping[str, int],

@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE))
 
 import _peers  # noqa: E402
 from _peers import EVENT, PEERS, USER, Peer  # noqa: E402
-from _timing import WALL_AND_CPU, asgi_loop, interleave, table, tree_cpu, wsgi_loop  # noqa: E402
+from _timing import WALL_AND_CPU, asgi_loop, build, interleave, table, tree_cpu, wsgi_loop  # noqa: E402
 
 import sqreen_mw  # noqa: E402
 
@@ -740,8 +740,8 @@ def main() -> int:
     load = os.getloadavg()
     started = time.perf_counter()
     versions = ", ".join(f"{p} {_peers.peer_version(p)}" for p in wanted)
-    print(f"sqreen_mw {sqreen_mw.__version__} | Python {platform.python_version()} | {os.cpu_count()} CPUs | "
-          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | {versions} | "
+    print(f"sqreen_mw {sqreen_mw.__version__} ({build()}) | Python {platform.python_version()} | "
+          f"{os.cpu_count()} CPUs | load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | {versions} | "
           f"{'quick' if args.quick else 'full'}{' callgrind' if args.callgrind else ''} run", flush=True)
     notes: list[str] = []
     outputs: list[str] = []

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
-from _timing import asgi_loop, interleave, wsgi_loop
+from _timing import asgi_loop, build, interleave, wsgi_loop
 from _timing import first as first_clock
 
 import sqreen_mw
@@ -1186,7 +1186,7 @@ def bench_callgrind(n: int) -> int:
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"sqreen_mw {sqreen_mw.__version__} | Python {platform.python_version()} | load {load:.2f} | "
+        print(f"sqreen_mw {sqreen_mw.__version__} ({build()}) | Python {platform.python_version()} | load {load:.2f} | "
               f"callgrind, n = {n:,} (main thread, instructions per call = (I(2n) - I(n)) / n)")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=3600)  # noqa: S603
         if proc.returncode:
@@ -1314,7 +1314,7 @@ def main() -> int:
     started = time.perf_counter()
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     print(
-        f"sqreen_mw {sqreen_mw.__version__} | Python {platform.python_version()} "
+        f"sqreen_mw {sqreen_mw.__version__} ({build()}) | Python {platform.python_version()} "
         f"({platform.python_implementation()}) "
         f"| {platform.machine()} | {os.cpu_count()} CPUs | load {load[0]:.2f} | starlette {version('starlette')} "
         f"| flask {version('flask')} | {'quick' if args.quick else 'full'} run, {rounds} rounds, clock {args.clock}"
