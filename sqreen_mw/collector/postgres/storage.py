@@ -79,8 +79,8 @@ _RETRIES = 3  # deadlocks between concurrent batches sharing ids: PostgreSQL abo
 
 class _Array(bytes):
     """A one-dimensional array already in PostgreSQL's binary format (``array_recv``), sent as it is: psycopg's list
-    dumper makes a Python call per element, 3 ms of a 1,000-event batch's 16 arrays against 1.5 ms built here
-    (measured)."""
+    dumper makes a Python call per element: 3.0-3.7 ms for a 1,000-event batch's 17 arrays, about 1.6 ms
+    for 15 of them built here (measured)."""
 
     oid = 0
 
