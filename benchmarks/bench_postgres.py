@@ -63,22 +63,40 @@ def _new_database(base_url: str, name: str) -> str:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def server_cpu(data_dir: Path) -> float:
-    """Seconds of CPU spent so far by a PostgreSQL server: its postmaster and every child, live or reaped."""
+def server_cpu(data_dir: Path) -> dict[str, float]:
+    """Seconds of CPU spent so far by a PostgreSQL server, by kind of process: ``backend`` (the connections),
+    ``walwriter``, ``checkpointer``, ``background writer``, ``autovacuum`` and ``other`` (postmaster, launchers),
+    ``exited`` (the children reaped, autovacuum workers mostly)."""
     postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    total = 0
+    ticks: dict[str, int] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:  # exited meanwhile
             continue
         if int(pid) == postmaster:
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, and those of the reaped children
+            ticks["other"] = ticks.get("other", 0) + int(fields[11]) + int(fields[12])
+            ticks["exited"] = ticks.get("exited", 0) + int(fields[13]) + int(fields[14])
         elif int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / _TICK
+            kind = next((k for k in ("walwriter", "checkpointer", "background writer", "autovacuum worker")
+                         if title.startswith(f"postgres: {k}")), "other" if "launcher" in title else "backend")
+            kind = kind.replace(" worker", "")
+            ticks[kind] = ticks.get(kind, 0) + int(fields[11]) + int(fields[12])
+    return {kind: n / _TICK for kind, n in ticks.items()}
+
+
+def _wal_state(url: str) -> tuple[int, int]:
+    """(WAL position in bytes, checkpoints so far) of the server."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn,"
+                           " checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def bench_storage(url: str, n_batches: int, threads: int, data_dir: Path | None = None) -> float:
@@ -101,7 +119,8 @@ def bench_storage(url: str, n_batches: int, threads: int, data_dir: Path | None 
         for worker in workers:
             worker.start()
         gc.collect()
-        cpu = (time.process_time(), server_cpu(data_dir)) if data_dir else (0.0, 0.0)
+        cpu = (time.process_time(), server_cpu(data_dir)) if data_dir else (0.0, {})
+        wal = _wal_state(url) if data_dir else (0, 0)
         t = time.perf_counter()
         start.wait(timeout=30)
         for worker in workers:
@@ -111,9 +130,15 @@ def bench_storage(url: str, n_batches: int, threads: int, data_dir: Path | None 
         assert sum(stored) == n_batches * BATCH, sum(stored)
         if data_dir:
             n = sum(stored)
-            mine, server = time.process_time() - cpu[0], server_cpu(data_dir) - cpu[1]
-            print(f"   CPU per event: server {server / n * 1e6:.1f} us, replicas {mine / n * 1e6:.1f} us"
+            mine, now = time.process_time() - cpu[0], server_cpu(data_dir)
+            kinds = {kind: now[kind] - cpu[1].get(kind, 0.0) for kind in now}
+            server = sum(kinds.values())
+            parts = ", ".join(f"{kind} {s / n * 1e6:.1f}" for kind, s in sorted(kinds.items(), key=lambda i: -i[1])
+                              if s > 0)
+            wal_now = _wal_state(url)
+            print(f"   CPU per event: server {server / n * 1e6:.1f} us ({parts}), replicas {mine / n * 1e6:.1f} us"
                   f" (load average {os.getloadavg()[0]:.1f})")
+            print(f"   WAL {(wal_now[0] - wal[0]) / n:,.0f} bytes per event, {wal_now[1] - wal[1]} checkpoints")
         return sum(stored) / elapsed
     finally:
         for store in replicas:
