@@ -22,7 +22,11 @@ SIZE = 8  # index of the byte estimate
 
 
 class EventQueue:
-    """A deque bounded by count and by estimated bytes, with drop counters by reason."""
+    """A deque bounded by count and by estimated bytes, with drop counters by reason.
+
+    The bounds (``max_events``, ``max_bytes``, ``wake_count``, ``wake_bytes``) are fixed when the queue is made: the
+    compiled ``track()`` (``_speedups.c``) reads them once, so a queue with other bounds is a new queue.
+    """
 
     def __init__(self, max_events: int, max_bytes: int, batch_size: int | None = None) -> None:
         self.max_events = max_events

@@ -48,7 +48,14 @@ common_properties(PyObject *properties, PyObject *known, long long *size)
         if (estimate == NULL || !PyLong_CheckExact(estimate)) {
             return NULL;
         }
-        total += PyLong_AsLongLong(estimate);
+        {
+            long long part = PyLong_AsLongLong(estimate);
+            if (part == -1 && PyErr_Occurred()) {
+                PyErr_Clear(); /* not the common case: the Python loop adds it */
+                return NULL;
+            }
+            total += part;
+        }
         type = Py_TYPE(value);
         if (type == &PyUnicode_Type) {
             if (PyUnicode_GET_LENGTH(value) > MAX_STRING_LENGTH) {
@@ -101,7 +108,7 @@ check_common_properties(PyObject *module, PyObject *const *args, Py_ssize_t narg
 }
 
 /* An EventQueue seen from C: its instance dict (read and written directly: the attributes put() uses are plain
- * instance attributes) and its bounds, fixed when the queue is made. */
+ * instance attributes) and its bounds, read once: EventQueue's bounds are fixed when it is made (see _queue.py). */
 typedef struct {
     PyObject *dict;
     Py_ssize_t max_events, max_bytes, wake_count, wake_bytes;
@@ -112,12 +119,19 @@ static int
 get_size(PyObject *obj, PyObject *name, Py_ssize_t *out)
 {
     PyObject *value = PyObject_GetAttr(obj, name);
+    long long number;
+    int overflow;
     if (value == NULL) {
         return -1;
     }
-    *out = PyLong_AsSsize_t(value);
+    number = PyLong_AsLongLongAndOverflow(value, &overflow);
     Py_DECREF(value);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    /* a bound beyond what a queue can hold: clamped (n and the byte total never reach it) */
+    *out = overflow > 0 ? PY_SSIZE_T_MAX : overflow < 0 ? PY_SSIZE_T_MIN : (Py_ssize_t)number;
+    return 0;
 }
 
 static int
@@ -181,6 +195,32 @@ add_to_field(PyObject *dict, PyObject *name, Py_ssize_t delta, Py_ssize_t *out)
     return rc;
 }
 
+/* Give the pending exception (type, value, tb) as its __context__, as Python does for an exception raised in an
+ * except or finally block; steals the three references. Public API only (_PyErr_ChainExceptions is gone in 3.13). */
+static void
+chain_context(PyObject *type, PyObject *value, PyObject *tb)
+{
+    PyObject *type2, *value2, *tb2;
+    if (type == NULL) {
+        return;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    PyErr_Fetch(&type2, &value2, &tb2);
+    PyErr_NormalizeException(&type2, &value2, &tb2);
+    if (value2 != value) {
+        PyException_SetContext(value2, value); /* steals value */
+    }
+    else {
+        Py_DECREF(value);
+    }
+    Py_DECREF(type);
+    Py_XDECREF(tb);
+    PyErr_Restore(type2, value2, tb2);
+}
+
 /* EventQueue.put(record): 1 or 0 (wake the flusher or not), -1 with an exception. */
 static int
 put_record(const QueueView *view, PyObject *queue, PyObject *record)
@@ -239,10 +279,8 @@ release: /* finally: */
         ignored = PyObject_CallMethodNoArgs(lock, str_release);
         Py_XDECREF(ignored);
         Py_DECREF(lock);
-        if (ignored == NULL) { /* the release's own exception wins, as in Python */
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(traceback);
+        if (ignored == NULL) { /* the release's own exception wins, the first as its __context__, as in Python */
+            chain_context(type, value, traceback);
         }
         else {
             PyErr_Restore(type, value, traceback);
@@ -458,13 +496,17 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
                 }
                 PyErr_Fetch(&type, &value, &traceback);
                 PyErr_NormalizeException(&type, &value, &traceback);
+                if (traceback != NULL) {
+                    PyException_SetTraceback(value, traceback);
+                }
                 logged = PyObject_CallOneArg(self->unreadable, value);
+                if (logged == NULL) {
+                    chain_context(type, value, traceback); /* __context__, as an except block sets */
+                    goto done;
+                }
                 Py_XDECREF(type);
                 Py_XDECREF(value);
                 Py_XDECREF(traceback);
-                if (logged == NULL) {
-                    goto done;
-                }
                 Py_DECREF(logged);
                 captured = Py_NewRef(Py_None);
             }
@@ -652,11 +694,6 @@ tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-static PyMemberDef tracker_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Tracker, vectorcall), READONLY, NULL},
-    {NULL},
-};
-
 static PyTypeObject TrackerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "sqreen_mw._speedups.Tracker",
@@ -669,7 +706,6 @@ static PyTypeObject TrackerType = {
     .tp_clear = (inquiry)tracker_clear,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(Tracker, vectorcall),
-    .tp_members = tracker_members,
 };
 
 /* --- Front: sqreen_mw.track's argument handling ------------------------------------------------------------- */

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sqreen_mw
-from sqreen_mw import _lifecycle, _schema
+from sqreen_mw import _client, _lifecycle, _schema
 from sqreen_mw._client import Client
 from sqreen_mw._context import ASGI, RequestContext, current_context
 from sqreen_mw._exceptions import InvalidEvent
@@ -77,6 +77,10 @@ def test_common_properties_agree_with_python(props: dict[Any, Any]) -> None:
     assert copy is not props  # a copy: the app may change its own dict later
 
 
+def test_common_properties_hands_back_an_estimate_beyond_64_bits() -> None:
+    assert speedups.check_common_properties({"a": 1}, {"a": 2**70}) is None  # the Python loop adds it
+
+
 def test_common_properties_refuses_what_is_not_a_dict() -> None:
     with pytest.raises(TypeError, match="known_keys"):
         speedups.check_common_properties({}, [])  # type: ignore[arg-type]
@@ -105,6 +109,22 @@ def test_queue_put_after_clear_uses_the_new_lock_and_items() -> None:
     queue.clear()
     assert speedups.queue_put(queue, (2, 2, "e", None, None, None, None, None, 10, False)) is False
     assert [r[1] for r in queue.take(5)] == [2]
+
+
+def test_queue_bounds_beyond_64_bits() -> None:
+    # Accepted by the configuration: the compiled client takes them too, and tracks as the Python one does.
+    made = [Client(token="t", url=URL, max_queue_events=10**20, max_queue_bytes=2**63, install_signal_handler=False)
+            for _ in range(2)]
+    compiled, python = made
+    python._track = python._track_py  # type: ignore[method-assign]
+    assert type(compiled._track).__name__ == "Tracker"
+    for client in made:
+        client._started_pid = os.getpid()
+        for _ in range(3):
+            assert client.track("e") is True
+        client._closed, client._accepting = True, False
+    assert compiled.queue.statistics() == python.queue.statistics()
+    assert compiled.queue.statistics()["queued"] == 3
 
 
 def test_queue_put_refuses_a_malformed_record() -> None:
@@ -227,6 +247,32 @@ def test_tracker_keeps_the_event_of_an_unreadable_request(clients: tuple[Client,
     assert "could not read the request: OSError: client gone" in caplog.text
     records = queued(compiled)
     assert len(records) == 2 and records[1][4] is None and records[1][1] == {"a": 1}
+
+
+def test_tracker_chains_a_logging_fault_to_the_unreadable_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(exc: BaseException) -> None:
+        raise RuntimeError("log handler broke")
+
+    monkeypatch.setattr(_client, "_unreadable", unreadable)
+    raised = []
+    for pure in (False, True):
+        client = Client(token="t", url=URL, install_signal_handler=False)
+        client._started_pid = os.getpid()
+        if pure:
+            client._track = client._track_py  # type: ignore[method-assign]
+        client.track("e")
+        ctx = _Unreadable(ASGI, scope())
+        ctx.error = OSError("client gone")
+        token = current_context.set(ctx)
+        try:
+            with pytest.raises(RuntimeError) as info:
+                client.track("e")
+        finally:
+            current_context.reset(token)
+            client._closed, client._accepting = True, False
+        context = info.value.__context__
+        raised.append((repr(context), context is not None and context.__traceback__ is not None))
+    assert raised[0] == raised[1] == ("OSError('client gone')", True)
 
 
 def test_tracker_hands_captured_and_stopped_clients_to_python(clients: tuple[Client, Client]) -> None:
