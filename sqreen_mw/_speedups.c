@@ -318,7 +318,7 @@ queue_put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* --- Tracker: Client._track for the common call -------------------------------------------------------------- */
 
-enum { CTX_CAPTURE, CTX_USER, CTX_BLOCKED, CTX_FIELDS };
+enum { CTX_CAPTURE, CTX_USER, CTX_BLOCKED, CTX_KIND, CTX_RAW, CTX_TEE, CTX_FIELDS };
 
 typedef struct {
     PyObject_HEAD
@@ -391,6 +391,129 @@ ctx_field(Tracker *self, PyObject *ctx, int field, PyObject *name)
         }
     }
     return PyObject_GetAttr(ctx, name); /* an unset slot raises its AttributeError here */
+}
+
+/* The set slot of an exact RequestContext (borrowed), or NULL (not that type, not a slot, or unset). */
+static PyObject *
+ctx_slot(Tracker *self, PyObject *ctx, int field)
+{
+    if ((PyObject *)Py_TYPE(ctx) != self->ctx_type || self->offsets[field] < 0) {
+        return NULL;
+    }
+    return *(PyObject **)((char *)ctx + self->offsets[field]);
+}
+
+static PyObject *str_client, *str_headers, *str_path, *str_method, *str_type, *str_query_string, *str_path_params,
+    *str_kind, *str_raw, *str_body_tee, *str_ended, *str_read_any, *str_overflow, *empty_str, *empty_bytes,
+    *empty_tuple;
+
+/* tee.ended and tee.read_any and not tee.overflow: 1, 0, or -1 with an exception. */
+static int
+tee_complete(PyObject *tee)
+{
+    PyObject *const names[3] = {str_ended, str_read_any, str_overflow};
+    int i;
+    for (i = 0; i < 3; i++) {
+        PyObject *value = PyObject_GetAttr(tee, names[i]);
+        int truth;
+        if (value == NULL) {
+            return -1;
+        }
+        truth = PyObject_IsTrue(value);
+        Py_DECREF(value);
+        if (truth < 0) {
+            return -1;
+        }
+        if (truth == (i == 2)) { /* not ended, not read, or overflowed */
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* RequestContext.capture() of an ASGI request whose scope is a plain dict:
+ * the same tuple, stored in ctx._capture. A new reference; NULL without an exception for every other request (the
+ * Python method captures it); NULL with one on a fault. */
+static PyObject *
+asgi_capture(Tracker *self, PyObject *ctx)
+{
+    PyObject *kind = ctx_slot(self, ctx, CTX_KIND), *raw = ctx_slot(self, ctx, CTX_RAW);
+    PyObject *tee = ctx_slot(self, ctx, CTX_TEE), *names[6], *defaults[6], *values[6], *headers, *params, *captured;
+    PyObject **slot;
+    int i;
+
+    if (kind == NULL || raw == NULL || tee == NULL || self->offsets[CTX_CAPTURE] < 0 || !PyLong_CheckExact(kind)
+        || PyLong_AsLong(kind) != 0 /* ASGI */ || !PyDict_CheckExact(raw)) {
+        return NULL;
+    }
+    names[0] = str_client, names[1] = str_headers, names[2] = str_path, names[3] = str_method, names[4] = str_type;
+    names[5] = str_query_string;
+    defaults[0] = defaults[1] = defaults[3] = defaults[4] = Py_None, defaults[2] = empty_str;
+    defaults[5] = empty_bytes;
+    for (i = 0; i < 6; i++) { /* raw[key], or the ASGI default of a scope made by hand (borrowed) */
+        values[i] = PyDict_GetItemWithError(raw, names[i]);
+        if (values[i] == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            values[i] = defaults[i];
+        }
+    }
+    headers = values[1];
+    if (PyTuple_CheckExact(headers)) {
+        Py_INCREF(headers);
+    }
+    else if (PyList_CheckExact(headers)) {
+        headers = PyList_AsTuple(headers);
+    }
+    else if (headers == Py_None) {
+        headers = Py_NewRef(empty_tuple);
+    }
+    else {
+        return NULL;
+    }
+    if (headers == NULL) {
+        return NULL;
+    }
+    params = PyDict_GetItemWithError(raw, str_path_params);
+    if (params == NULL || params == Py_None || (PyDict_CheckExact(params) && PyDict_GET_SIZE(params) == 0)) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(headers);
+            return NULL;
+        }
+        params = Py_NewRef(Py_None);
+    }
+    else if (PyDict_CheckExact(params)) {
+        params = PyDict_Copy(params); /* the application may change its own */
+        if (params == NULL) {
+            Py_DECREF(headers);
+            return NULL;
+        }
+    }
+    else {
+        Py_DECREF(headers);
+        return NULL;
+    }
+    if (tee != Py_None) { /* the tee of a body the application read in full, else None (_complete_body) */
+        int complete = tee_complete(tee);
+        if (complete < 0) {
+            Py_DECREF(headers);
+            Py_DECREF(params);
+            return NULL;
+        }
+        if (!complete) {
+            tee = Py_None;
+        }
+    }
+    captured = PyTuple_Pack(9, kind, values[0], headers, values[2], values[3], values[4], values[5], params, tee);
+    Py_DECREF(headers);
+    Py_DECREF(params);
+    if (captured == NULL) {
+        return NULL;
+    }
+    slot = (PyObject **)((char *)ctx + self->offsets[CTX_CAPTURE]); /* self._capture = captured */
+    Py_XSETREF(*slot, Py_NewRef(captured));
+    return captured;
 }
 
 static PyObject *
@@ -488,7 +611,10 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
         same_request = captured != Py_None;
         if (!same_request) {
             Py_DECREF(captured);
-            captured = PyObject_CallMethodOneArg(ctx, str_capture, self->ip_key);
+            captured = asgi_capture(self, ctx);
+            if (captured == NULL && !PyErr_Occurred()) {
+                captured = PyObject_CallMethodOneArg(ctx, str_capture, self->ip_key);
+            }
             if (captured == NULL) { /* a request that cannot be read is no app error: logged, the event kept */
                 PyObject *type, *value, *traceback, *logged;
                 if (!PyErr_ExceptionMatches(PyExc_Exception)) {
@@ -689,6 +815,9 @@ tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->offsets[CTX_CAPTURE] = slot_offset(ctx_type, str__capture);
     self->offsets[CTX_USER] = slot_offset(ctx_type, str_user);
     self->offsets[CTX_BLOCKED] = slot_offset(ctx_type, str_blocked);
+    self->offsets[CTX_KIND] = slot_offset(ctx_type, str_kind);
+    self->offsets[CTX_RAW] = slot_offset(ctx_type, str_raw);
+    self->offsets[CTX_TEE] = slot_offset(ctx_type, str_body_tee);
     self->ip_key = Py_NewRef(ip_key);
     self->unreadable = Py_NewRef(unreadable);
     return (PyObject *)self;
@@ -899,6 +1028,25 @@ PyInit__speedups(void)
     INTERN(str_actions, "actions");
     INTERN(str_hot_events, "hot_events");
     INTERN(str_hot, "hot");
+    INTERN(str_client, "client");
+    INTERN(str_headers, "headers");
+    INTERN(str_path, "path");
+    INTERN(str_method, "method");
+    INTERN(str_type, "type");
+    INTERN(str_query_string, "query_string");
+    INTERN(str_path_params, "path_params");
+    INTERN(str_kind, "kind");
+    INTERN(str_raw, "raw");
+    INTERN(str_body_tee, "body_tee");
+    INTERN(str_ended, "ended");
+    INTERN(str_read_any, "read_any");
+    INTERN(str_overflow, "overflow");
+    INTERN(empty_str, "");
+    empty_bytes = PyBytes_FromStringAndSize("", 0);
+    empty_tuple = PyTuple_New(0);
+    if (empty_bytes == NULL || empty_tuple == NULL) {
+        return NULL;
+    }
     INTERN(str__current, "_current");
     INTERN(str__track, "_track");
     INTERN(keyword_names[0], "properties");

@@ -210,6 +210,56 @@ def test_tracker_keeps_the_same_capture_for_a_request(clients: tuple[Client, Cli
     assert first[7] is True  # sent as blocked
 
 
+class _Headers(list[tuple[bytes, bytes]]):
+    """Not a plain list: the Python code captures it."""
+
+
+scope_values = {
+    "client": st.one_of(st.none(), st.tuples(st.sampled_from(["203.0.113.9", "::1"]), st.integers(0, 65535))),
+    "headers": st.one_of(st.none(), st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=8)), max_size=3),
+                         st.lists(st.tuples(st.binary(max_size=3), st.binary(max_size=3)), max_size=2).map(tuple),
+                         st.lists(st.tuples(st.binary(max_size=3), st.binary(max_size=3)), max_size=2).map(_Headers)),
+    "path": st.text(max_size=5), "method": st.sampled_from(["GET", "POST", None]),
+    "type": st.sampled_from(["http", "websocket"]), "query_string": st.binary(max_size=5),
+    "path_params": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+                             st.just([("id", 1)])),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional=scope_values), st.sampled_from(["none", "unread", "read", "whole", "over"]))
+def test_first_event_captures_the_request_as_python_does(raw: dict[str, Any], tee_state: str) -> None:
+    from sqreen_mw._body import ASGIBodyTee
+
+    def tee() -> ASGIBodyTee | None:
+        if tee_state == "none":
+            return None
+        made = ASGIBodyTee(None, 8)  # type: ignore[arg-type]
+        if tee_state != "unread":
+            made.feed(b"x" * (20 if tee_state == "over" else 4), tee_state != "read")
+        return made
+
+    client = Client(token="t", url=URL, install_signal_handler=False)
+    client._started_pid = os.getpid()
+    try:
+        client.track("e")
+        ctx, reference = RequestContext(ASGI, raw, tee()), RequestContext(ASGI, dict(raw), tee())
+        token = current_context.set(ctx)
+        try:
+            client.track("e")
+        finally:
+            current_context.reset(token)
+        expected = reference.capture()
+        got = queued(client)[-1][4]
+        assert got[:8] == expected[:8] and ctx._capture is got
+        assert (got[8] is None) == (expected[8] is None) and got[8] in (None, ctx.body_tee)
+        assert (expected[8] is None) == (tee_state != "whole")
+        if isinstance(raw.get("path_params"), dict) and raw["path_params"]:
+            assert got[7] is not raw["path_params"]  # a copy: the application may change its own
+    finally:
+        client._closed, client._accepting = True, False
+
+
 def test_tracker_bad_input_raises_invalid_event(clients: tuple[Client, Client]) -> None:
     compiled, _ = clients
     compiled.track("e")
