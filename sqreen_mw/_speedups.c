@@ -438,7 +438,8 @@ static PyObject *
 asgi_capture(Tracker *self, PyObject *ctx)
 {
     PyObject *kind = ctx_slot(self, ctx, CTX_KIND), *raw = ctx_slot(self, ctx, CTX_RAW);
-    PyObject *tee = ctx_slot(self, ctx, CTX_TEE), *names[6], *defaults[6], *values[6], *headers, *params, *captured;
+    PyObject *tee = ctx_slot(self, ctx, CTX_TEE), *names[6], *defaults[6], *values[6], *headers = NULL;
+    PyObject *params = NULL, *captured = NULL;
     PyObject **slot;
     int i;
 
@@ -446,15 +447,27 @@ asgi_capture(Tracker *self, PyObject *ctx)
         || PyLong_AsLong(kind) != 0 /* ASGI */ || !PyDict_CheckExact(raw)) {
         return NULL;
     }
+    Py_INCREF(kind); /* held: reading the tee's fields may run Python code */
+    Py_INCREF(raw);
+    Py_INCREF(tee);
+    if (tee != Py_None) { /* the tee of a body the application read in full, else None (_complete_body) */
+        int complete = tee_complete(tee);
+        if (complete < 0) {
+            goto done;
+        }
+        if (!complete) {
+            Py_SETREF(tee, Py_NewRef(Py_None));
+        }
+    }
     names[0] = str_client, names[1] = str_headers, names[2] = str_path, names[3] = str_method, names[4] = str_type;
     names[5] = str_query_string;
     defaults[0] = defaults[1] = defaults[3] = defaults[4] = Py_None, defaults[2] = empty_str;
     defaults[5] = empty_bytes;
-    for (i = 0; i < 6; i++) { /* raw[key], or the ASGI default of a scope made by hand (borrowed) */
+    for (i = 0; i < 6; i++) { /* raw[key], or the ASGI default of a scope made by hand (borrowed: no code runs) */
         values[i] = PyDict_GetItemWithError(raw, names[i]);
         if (values[i] == NULL) {
             if (PyErr_Occurred()) {
-                return NULL;
+                goto done;
             }
             values[i] = defaults[i];
         }
@@ -470,49 +483,41 @@ asgi_capture(Tracker *self, PyObject *ctx)
         headers = Py_NewRef(empty_tuple);
     }
     else {
-        return NULL;
+        headers = NULL;
+        goto done; /* not handled: the Python method */
     }
     if (headers == NULL) {
-        return NULL;
+        goto done;
     }
     params = PyDict_GetItemWithError(raw, str_path_params);
     if (params == NULL || params == Py_None || (PyDict_CheckExact(params) && PyDict_GET_SIZE(params) == 0)) {
         if (PyErr_Occurred()) {
-            Py_DECREF(headers);
-            return NULL;
+            params = NULL;
+            goto done;
         }
         params = Py_NewRef(Py_None);
     }
     else if (PyDict_CheckExact(params)) {
         params = PyDict_Copy(params); /* the application may change its own */
         if (params == NULL) {
-            Py_DECREF(headers);
-            return NULL;
+            goto done;
         }
     }
     else {
-        Py_DECREF(headers);
-        return NULL;
-    }
-    if (tee != Py_None) { /* the tee of a body the application read in full, else None (_complete_body) */
-        int complete = tee_complete(tee);
-        if (complete < 0) {
-            Py_DECREF(headers);
-            Py_DECREF(params);
-            return NULL;
-        }
-        if (!complete) {
-            tee = Py_None;
-        }
+        params = NULL;
+        goto done; /* not handled: the Python method */
     }
     captured = PyTuple_Pack(9, kind, values[0], headers, values[2], values[3], values[4], values[5], params, tee);
-    Py_DECREF(headers);
-    Py_DECREF(params);
-    if (captured == NULL) {
-        return NULL;
+    if (captured != NULL) {
+        slot = (PyObject **)((char *)ctx + self->offsets[CTX_CAPTURE]); /* self._capture = captured */
+        Py_XSETREF(*slot, Py_NewRef(captured));
     }
-    slot = (PyObject **)((char *)ctx + self->offsets[CTX_CAPTURE]); /* self._capture = captured */
-    Py_XSETREF(*slot, Py_NewRef(captured));
+done:
+    Py_XDECREF(headers);
+    Py_XDECREF(params);
+    Py_DECREF(kind);
+    Py_DECREF(raw);
+    Py_DECREF(tee);
     return captured;
 }
 
