@@ -35,7 +35,7 @@ class EventQueue:
         self.wake_count = max(1, min(batch_size or max_events, max_events // 2))
         self.wake_bytes = max(1, max_bytes // 2)
         self._items: deque[Record] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a logging handler that tracks the drop warning
         self._bytes = 0
         self.tracked = 0
         self.dropped: dict[str, int] = {}
@@ -152,7 +152,7 @@ class EventQueue:
 
     def clear(self) -> None:
         """Forget everything (a forked child starts empty: its parent delivers what it tracked)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a logging handler that tracks the drop warning
         self._items = deque()
         self._bytes = 0
         self.tracked = 0

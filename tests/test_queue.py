@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+
+import pytest
 
 from sqreen_mw._queue import EventQueue
 
@@ -96,3 +101,32 @@ def test_dropped_since_tells_whether_a_drop_took_an_old_enough_record() -> None:
     assert q.dropped_since(mark, 2) and not q.dropped_since(mark, 1)
     q.drop("rejected", 1, first_seq=9)
     assert not q.dropped_since(q.drop_ops - 1, 8)
+
+
+_TRACKING_HANDLER = """
+import logging, os, sys, threading
+import sqreen_mw
+
+class Tracking(logging.Handler):  # an app's handler that records its own warnings as events
+    def emit(self, record):
+        sqreen_mw.track("log.warning", properties={"logger": record.name})
+
+logging.getLogger("sqreen_mw").addHandler(Tracking())
+threading.Timer(20, lambda: (print("deadlock", flush=True), os._exit(3))).start()
+client = sqreen_mw.init(token="t", url="http://127.0.0.1:9", max_queue_events=3, heartbeat_interval=3600,
+                        install_signal_handler=False)
+client._started_pid = os.getpid()  # no flusher: the queue fills and sheds
+for i in range(6):
+    sqreen_mw.track("e")
+print("ok", client.queue.statistics()["dropped"], flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("pure", ["0", "1"], ids=["compiled", "pure-python"])
+def test_a_logging_handler_that_tracks_does_not_deadlock_the_queue(pure: str) -> None:
+    # The drop warning is logged while the queue's lock is held: a handler calling track() re-enters put().
+    env = {**os.environ, "SQREEN_MW_PURE_PYTHON": pure}
+    out = subprocess.run([sys.executable, "-c", _TRACKING_HANDLER], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0 and out.stdout.startswith("ok {'queue_full': "), (out.stdout, out.stderr[-2000:])

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import pydoc
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,11 +105,24 @@ def test_queue_put_agrees_with_python(max_events: int, max_bytes: int, batch: in
 def test_queue_put_after_clear_uses_the_new_lock_and_items() -> None:
     queue = EventQueue(10, 10**6)
     speedups.queue_put(queue, (1, 1, "e", None, None, None, None, None, 10, False))
-    held = queue._lock
-    held.acquire()  # as a fork can leave it: clear() makes a new one, which put() must use
-    queue.clear()
-    assert speedups.queue_put(queue, (2, 2, "e", None, None, None, None, None, 10, False)) is False
-    assert [r[1] for r in queue.take(5)] == [2]
+    held, done = threading.Event(), threading.Event()
+    old = queue._lock
+
+    def hold() -> None:  # another thread holds the old lock, as a fork can leave it
+        with old:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        queue.clear()  # a new lock, which put() must use
+        assert speedups.queue_put(queue, (2, 2, "e", None, None, None, None, None, 10, False)) is False
+        assert [r[1] for r in queue.take(5)] == [2]
+    finally:
+        done.set()
+        holder.join(10)
 
 
 def test_queue_bounds_beyond_64_bits() -> None:
@@ -131,7 +145,11 @@ def test_queue_put_refuses_a_malformed_record() -> None:
     queue = EventQueue(10, 10**6)
     with pytest.raises(TypeError, match="tuple of 10"):
         speedups.queue_put(queue, (1, 2, 3))
-    assert queue.statistics()["tracked"] == 0 and not queue._lock.locked()
+    assert queue.statistics()["tracked"] == 0
+    released = threading.Thread(target=lambda: queue._lock.acquire(timeout=5) and queue._lock.release())
+    released.start()  # another thread can take the lock: put() let it go
+    released.join(10)
+    assert not released.is_alive()
 
 
 # --- Tracker: Client._track --------------------------------------------------------------------------------------
