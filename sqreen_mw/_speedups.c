@@ -521,6 +521,179 @@ done:
     return captured;
 }
 
+/* --- the WSGI capture: _context._wsgi_capture for a plain-dict environ --------------------------------------- */
+
+static PyObject *str_werkzeug_request, *str_view_args, *str___dict__, *str_form, *str__cached_json, *str_script_name,
+    *str_path_info, *str_request_method, *str_get, *environ_keys[7];
+
+/* getattr(obj, name, None): a new reference, NULL with an exception for anything but a missing attribute. */
+static PyObject *
+attr_or_none(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        value = Py_NewRef(Py_None);
+    }
+    return value;
+}
+
+/* What a Werkzeug request (environ["werkzeug.request"]) adds to the capture: its path parameters, when the
+ * application parsed neither a form nor JSON. 1 with *params set (a new reference), 0 for a request the Python code
+ * captures (a form or JSON to copy, an unusual value), -1 with an exception. */
+static int
+werkzeug_params(PyObject *wz, PyObject **params)
+{
+    PyObject *view_args, *dict, *cached;
+    int has_form, parsed;
+
+    view_args = attr_or_none(wz, str_view_args);
+    if (view_args == NULL) {
+        return -1;
+    }
+    if (view_args == Py_None || (PyDict_CheckExact(view_args) && PyDict_GET_SIZE(view_args) == 0)) {
+        Py_SETREF(view_args, Py_NewRef(Py_None));
+    }
+    else if (PyDict_CheckExact(view_args)) {
+        Py_SETREF(view_args, PyDict_Copy(view_args)); /* the application may change its own */
+        if (view_args == NULL) {
+            return -1;
+        }
+    }
+    else {
+        Py_DECREF(view_args);
+        return 0;
+    }
+    dict = PyObject_GetAttr(wz, str___dict__); /* "form" in wz.__dict__: the application parsed a form */
+    if (dict == NULL || !PyDict_Check(dict)) {
+        Py_XDECREF(dict);
+        Py_DECREF(view_args);
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return 0;
+    }
+    has_form = PyDict_Contains(dict, str_form);
+    Py_DECREF(dict);
+    if (has_form != 0) {
+        Py_DECREF(view_args);
+        return has_form < 0 ? -1 : 0;
+    }
+    cached = PyObject_GetAttr(wz, str__cached_json); /* (Ellipsis, Ellipsis) until the application parsed JSON */
+    if (cached == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            Py_DECREF(view_args);
+            return -1;
+        }
+        PyErr_Clear();
+        parsed = 0;
+    }
+    else {
+        parsed = !(PyTuple_CheckExact(cached) && PyTuple_GET_SIZE(cached) >= 1
+                   && PyTuple_GET_ITEM(cached, 0) == Py_Ellipsis);
+        Py_DECREF(cached);
+    }
+    if (parsed) {
+        Py_DECREF(view_args);
+        return 0;
+    }
+    *params = view_args;
+    return 1;
+}
+
+/* RequestContext.capture() of a WSGI request whose environ is a plain dict and whose body was not teed (the
+ * middleware tees only a request with a body): the same tuple, stored in ctx._capture. A new reference; NULL without
+ * an exception for every other request (the Python method captures it); NULL with one on a fault. */
+static PyObject *
+wsgi_capture(Tracker *self, PyObject *ctx)
+{
+    PyObject *kind = ctx_slot(self, ctx, CTX_KIND), *raw = ctx_slot(self, ctx, CTX_RAW);
+    PyObject *tee = ctx_slot(self, ctx, CTX_TEE), *params = NULL, *parts = NULL, *path = NULL, *verb, *value;
+    PyObject *script, *info, *captured = NULL, **slot;
+    int i;
+
+    if (kind == NULL || raw == NULL || tee != Py_None || self->offsets[CTX_CAPTURE] < 0 || !PyLong_CheckExact(kind)
+        || PyLong_AsLong(kind) != 1 /* WSGI */ || !PyDict_CheckExact(raw)) {
+        return NULL;
+    }
+    Py_INCREF(kind); /* held: a Werkzeug request's attributes may run Python code */
+    Py_INCREF(raw);
+    value = PyDict_GetItemWithError(raw, str_werkzeug_request);
+    if (value == NULL || value == Py_None) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        params = Py_NewRef(Py_None);
+    }
+    else {
+        int handled;
+        Py_INCREF(value);
+        handled = werkzeug_params(value, &params);
+        Py_DECREF(value);
+        if (handled <= 0) {
+            params = NULL;
+            goto done;
+        }
+    }
+    parts = PyDict_New(); /* _environ_parts: the entries as they are now */
+    if (parts == NULL) {
+        goto done;
+    }
+    for (i = 0; i < 8; i++) {
+        PyObject *key = i < 7 ? environ_keys[i] : self->ip_key;
+        if (key == Py_None) {
+            continue;
+        }
+        value = PyDict_GetItemWithError(raw, key);
+        if (value == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            continue;
+        }
+        if (PyDict_SetItem(parts, key, value) < 0) {
+            goto done;
+        }
+    }
+    script = PyDict_GetItemWithError(raw, str_script_name); /* _wsgi_path, for ASCII text (the common case) */
+    if (script == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    info = PyDict_GetItemWithError(raw, str_path_info);
+    if (info == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    script = script == NULL ? empty_str : script;
+    info = info == NULL ? empty_str : info;
+    if (!PyUnicode_CheckExact(script) || !PyUnicode_CheckExact(info)) {
+        goto done;
+    }
+    path = PyUnicode_Concat(script, info);
+    if (path == NULL || !PyUnicode_IS_ASCII(path)) {
+        goto done;
+    }
+    verb = PyDict_GetItemWithError(raw, str_request_method);
+    if (verb == NULL) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        verb = str_get;
+    }
+    captured = PyTuple_Pack(8, kind, parts, path, verb, params, Py_None, Py_None, Py_None);
+    if (captured != NULL) {
+        slot = (PyObject **)((char *)ctx + self->offsets[CTX_CAPTURE]); /* self._capture = captured */
+        Py_XSETREF(*slot, Py_NewRef(captured));
+    }
+done:
+    Py_XDECREF(params);
+    Py_XDECREF(parts);
+    Py_XDECREF(path);
+    Py_DECREF(kind);
+    Py_DECREF(raw);
+    return captured;
+}
+
 static PyObject *
 wake_flusher(PyObject *client, int hot)
 {
@@ -617,6 +790,9 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
         if (!same_request) {
             Py_DECREF(captured);
             captured = asgi_capture(self, ctx);
+            if (captured == NULL && !PyErr_Occurred()) {
+                captured = wsgi_capture(self, ctx);
+            }
             if (captured == NULL && !PyErr_Occurred()) {
                 captured = PyObject_CallMethodOneArg(ctx, str_capture, self->ip_key);
             }
@@ -983,6 +1159,487 @@ static PyTypeObject FrontType = {
     .tp_getset = front_getset,
 };
 
+/* --- WSGI: SqreenMiddleware.__call__ for the common request, and the response it binds ------------------------ */
+
+/* wsgi._BoundResponse: the app's response iterable, the request bound again while it is iterated and closed. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *result;   /* the app's response */
+    PyObject *ctx;      /* its RequestContext */
+    PyObject *context;  /* _context.current_context */
+    PyObject *iterator; /* iter(result), once asked for */
+    int plain;          /* a list's or tuple's own iterator: no code of the app runs as it is iterated */
+} Bound;
+
+static int
+bound_traverse(Bound *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->result);
+    Py_VISIT(self->ctx);
+    Py_VISIT(self->context);
+    Py_VISIT(self->iterator);
+    return 0;
+}
+
+static int
+bound_clear(Bound *self)
+{
+    Py_CLEAR(self->result);
+    Py_CLEAR(self->ctx);
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->iterator);
+    return 0;
+}
+
+static void
+bound_dealloc(Bound *self)
+{
+    PyObject_GC_UnTrack(self);
+    bound_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Unbind `token`, keeping the exception being raised (if any) as it was. -1 when the reset itself failed. */
+static int
+unbind(PyObject *context, PyObject *token)
+{
+    PyObject *type, *value, *traceback;
+    int failed;
+    PyErr_Fetch(&type, &value, &traceback);
+    failed = PyContextVar_Reset(context, token) < 0;
+    Py_DECREF(token);
+    if (failed) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        return -1;
+    }
+    PyErr_Restore(type, value, traceback);
+    return 0;
+}
+
+/* fn() with the request bound. */
+static PyObject *
+call_bound(PyObject *context, PyObject *ctx, PyObject *fn)
+{
+    PyObject *token = PyContextVar_Set(context, ctx), *result;
+    if (token == NULL) {
+        return NULL;
+    }
+    result = PyObject_CallNoArgs(fn);
+    if (unbind(context, token) < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+/* iter(result), with the request bound (the app's __iter__ may be its code), once. */
+static int
+bound_start(Bound *self)
+{
+    PyObject *iterator, *token;
+    if (self->iterator != NULL) {
+        return 0;
+    }
+    token = PyContextVar_Set(self->context, self->ctx);
+    if (token == NULL) {
+        return -1;
+    }
+    iterator = PyObject_GetIter(self->result);
+    if (unbind(self->context, token) < 0) {
+        Py_XDECREF(iterator);
+        return -1;
+    }
+    if (iterator == NULL) {
+        return -1;
+    }
+    if (self->iterator != NULL) { /* the app's __iter__ iterated this response: keep the first */
+        Py_DECREF(iterator);
+        return 0;
+    }
+    self->plain = Py_IS_TYPE(iterator, &PyListIter_Type) || Py_IS_TYPE(iterator, &PyTupleIter_Type);
+    self->iterator = iterator;
+    return 0;
+}
+
+static PyObject *
+bound_iter(Bound *self)
+{
+    if (bound_start(self) < 0) {
+        return NULL;
+    }
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyObject *
+bound_next(Bound *self)
+{
+    PyObject *iterator, *token, *chunk;
+    if (bound_start(self) < 0) {
+        return NULL;
+    }
+    iterator = self->iterator;
+    if (self->plain) {
+        return Py_TYPE(iterator)->tp_iternext(iterator);
+    }
+    Py_INCREF(iterator); /* held: the app's code runs */
+    token = PyContextVar_Set(self->context, self->ctx);
+    if (token == NULL) {
+        Py_DECREF(iterator);
+        return NULL;
+    }
+    chunk = Py_TYPE(iterator)->tp_iternext(iterator);
+    Py_DECREF(iterator);
+    if (unbind(self->context, token) < 0) {
+        Py_XDECREF(chunk);
+        return NULL;
+    }
+    return chunk;
+}
+
+static PyObject *str_close;
+
+static PyObject *
+bound_close(Bound *self, PyObject *unused)
+{
+    PyObject *close = attr_or_none(self->result, str_close), *done;
+    if (close == NULL) {
+        return NULL;
+    }
+    if (close == Py_None) {
+        Py_DECREF(close);
+        Py_RETURN_NONE;
+    }
+    done = call_bound(self->context, self->ctx, close);
+    Py_DECREF(close);
+    if (done == NULL) {
+        return NULL;
+    }
+    Py_DECREF(done);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef bound_methods[] = {
+    {"close", (PyCFunction)bound_close, METH_NOARGS, "Close the app's response, the request bound."},
+    {NULL},
+};
+
+static PyMemberDef bound_members[] = {
+    {"_result", T_OBJECT, offsetof(Bound, result), READONLY, "the app's response"},
+    {"_ctx", T_OBJECT, offsetof(Bound, ctx), READONLY, "its request's context"},
+    {NULL},
+};
+
+static PyTypeObject BoundType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqreen_mw._speedups.BoundResponse",
+    .tp_doc = "wsgi._BoundResponse without a guard: the request is bound again while the response is iterated and "
+              "closed.",
+    .tp_basicsize = sizeof(Bound),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)bound_dealloc,
+    .tp_traverse = (traverseproc)bound_traverse,
+    .tp_clear = (inquiry)bound_clear,
+    .tp_iter = (getiterfunc)bound_iter,
+    .tp_iternext = (iternextfunc)bound_next,
+    .tp_methods = bound_methods,
+    .tp_members = bound_members,
+};
+
+/* SqreenMiddleware.__call__(self, environ, start_response), a method descriptor: the request of a started client,
+ * with no block to check and no body to tee, is served here; every other one by the Python method (the fallback). */
+enum { SLOT_CAPTURE, SLOT_BLOCKED, SLOT_TEE, SLOT_KIND, SLOT_RAW, SLOT_TRAITS, SLOT_USER, SLOTS };
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fallback; /* the Python SqreenMiddleware.__call__ */
+    PyObject *globals;  /* _lifecycle's module dict: _current */
+    PyObject *context;  /* _context.current_context */
+    PyObject *ctx_type; /* _context.RequestContext, made with every slot set (as the Python code does) */
+    Py_ssize_t slots[SLOTS];
+    PyObject *dict;     /* functools.update_wrapper's attributes */
+} WSGICall;
+
+static PyObject *str_app, *str__client, *str__started_pid_w, *str_has_ip_blocks, *str_has_user_blocks,
+    *str_content_length, *str_transfer_encoding, *str_file_wrapper, *str_head, *str_options, *wsgi_kind;
+
+/* Whether the request may have a body the Python code would tee: 1, 0, or -1 with an exception. */
+static int
+may_have_body(PyObject *environ)
+{
+    PyObject *method = PyDict_GetItemWithError(environ, str_request_method), *length, *chunked;
+    if (method == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (method != NULL && PyUnicode_CheckExact(method)
+        && (PyUnicode_Compare(method, str_get) == 0 || PyUnicode_Compare(method, str_head) == 0
+            || PyUnicode_Compare(method, str_options) == 0)) {
+        return 0;
+    }
+    length = PyDict_GetItemWithError(environ, str_content_length);
+    if (length == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (length != NULL) {
+        int truth = PyObject_IsTrue(length);
+        if (truth < 0) {
+            return -1;
+        }
+        if (truth) { /* "0" (or "00"): no body; any other value is the Python code's to read */
+            Py_ssize_t i, n;
+            if (!PyUnicode_CheckExact(length) || !PyUnicode_IS_ASCII(length)) {
+                return 1;
+            }
+            n = PyUnicode_GET_LENGTH(length);
+            for (i = 0; i < n; i++) {
+                if (PyUnicode_READ_CHAR(length, i) != '0') {
+                    return 1;
+                }
+            }
+        }
+    }
+    chunked = PyDict_GetItemWithError(environ, str_transfer_encoding);
+    if (chunked == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    return PyObject_IsTrue(chunked);
+}
+
+/* 1 when some block of client.enforcer.actions must be checked (the Python code does), 0, or -1. */
+static int
+blocks_to_check(PyObject *client)
+{
+    PyObject *enforcer = PyObject_GetAttr(client, str_enforcer), *actions, *flag;
+    int i, truth = 0;
+    if (enforcer == NULL) {
+        return -1;
+    }
+    actions = PyObject_GetAttr(enforcer, str_actions);
+    Py_DECREF(enforcer);
+    if (actions == NULL) {
+        return -1;
+    }
+    for (i = 0; i < 2 && truth == 0; i++) {
+        flag = PyObject_GetAttr(actions, i == 0 ? str_has_ip_blocks : str_has_user_blocks);
+        truth = flag == NULL ? -1 : PyObject_IsTrue(flag);
+        Py_XDECREF(flag);
+    }
+    Py_DECREF(actions);
+    return truth;
+}
+
+/* The middleware's client, as `self._client or _lifecycle._current`: a new reference, NULL without an exception
+ * when there is none yet (the Python code makes it), NULL with one on a fault. */
+static PyObject *
+middleware_client(WSGICall *self, PyObject *middleware)
+{
+    PyObject *client = PyObject_GetAttr(middleware, str__client);
+    int truth;
+    if (client == NULL) {
+        return NULL;
+    }
+    truth = PyObject_IsTrue(client);
+    if (truth != 0) {
+        if (truth < 0) {
+            Py_CLEAR(client);
+        }
+        return client;
+    }
+    Py_DECREF(client);
+    client = PyDict_GetItemWithError(self->globals, str__current);
+    if (client == NULL || client == Py_None) {
+        return NULL;
+    }
+    return Py_NewRef(client);
+}
+
+static PyObject *
+wsgi_call(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *middleware, *environ, *client, *started, *app = NULL, *ctx = NULL, *token, *result = NULL, *wrapper;
+    PyObject *call[2];
+    Bound *bound;
+    int i, check;
+
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !PyDict_CheckExact(args[1])) {
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    middleware = args[0];
+    environ = args[1];
+    client = middleware_client(self, middleware);
+    if (client == NULL) {
+        return PyErr_Occurred() ? NULL : PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    started = PyObject_GetAttr(client, str__started_pid_w); /* None: a process's first request starts the client */
+    check = started == NULL ? -1 : started == Py_None;
+    Py_XDECREF(started);
+    if (check == 0) {
+        check = blocks_to_check(client);
+    }
+    Py_DECREF(client);
+    if (check == 0) {
+        check = may_have_body(environ);
+    }
+    if (check != 0) {
+        return check < 0 ? NULL : PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    app = PyObject_GetAttr(middleware, str_app);
+    if (app == NULL) {
+        return NULL;
+    }
+    /* RequestContext(WSGI, environ), every slot set here (no __init__ call) */
+    ctx = ((PyTypeObject *)self->ctx_type)->tp_alloc((PyTypeObject *)self->ctx_type, 0);
+    if (ctx == NULL) {
+        goto done;
+    }
+    for (i = 0; i < SLOTS; i++) {
+        PyObject *value = i == SLOT_KIND ? wsgi_kind : i == SLOT_RAW ? environ : Py_None;
+        *(PyObject **)((char *)ctx + self->slots[i]) = Py_NewRef(value);
+    }
+    token = PyContextVar_Set(self->context, ctx);
+    if (token == NULL) {
+        goto done;
+    }
+    call[0] = environ;
+    call[1] = args[2];
+    result = PyObject_Vectorcall(app, call, 2, NULL);
+    if (unbind(self->context, token) < 0) {
+        Py_CLEAR(result);
+    }
+    if (result == NULL || PyList_CheckExact(result)) { /* a list: nothing of the app runs later */
+        goto done;
+    }
+    wrapper = PyDict_GetItemWithError(environ, str_file_wrapper);
+    if (wrapper == NULL && PyErr_Occurred()) {
+        Py_CLEAR(result);
+        goto done;
+    }
+    if (wrapper != NULL && PyType_Check(wrapper)) { /* the server sends it as is (sendfile) */
+        int is_file = PyObject_IsInstance(result, wrapper);
+        if (is_file != 0) {
+            if (is_file < 0) {
+                Py_CLEAR(result);
+            }
+            goto done;
+        }
+    }
+    bound = PyObject_GC_New(Bound, &BoundType);
+    if (bound == NULL) {
+        Py_CLEAR(result);
+        goto done;
+    }
+    bound->result = result;
+    bound->ctx = Py_NewRef(ctx);
+    bound->context = Py_NewRef(self->context);
+    bound->iterator = NULL;
+    bound->plain = 0;
+    PyObject_GC_Track(bound);
+    result = (PyObject *)bound;
+done:
+    Py_XDECREF(app);
+    Py_XDECREF(ctx);
+    return result;
+}
+
+static PyObject *
+wsgi_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"fallback", "globals", "context", "context_type", NULL};
+    static const char *slot_names[SLOTS] = {"_capture", "blocked", "body_tee", "kind", "raw", "traits", "user"};
+    PyObject *fallback, *globals, *context, *ctx_type;
+    WSGICall *self;
+    int i;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!O!:WSGICall", keywords, &fallback, &PyDict_Type, &globals,
+                                     &PyContextVar_Type, &context, &PyType_Type, &ctx_type)) {
+        return NULL;
+    }
+    self = (WSGICall *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)wsgi_call;
+    self->fallback = Py_NewRef(fallback);
+    self->globals = Py_NewRef(globals);
+    self->context = Py_NewRef(context);
+    self->ctx_type = Py_NewRef(ctx_type);
+    for (i = 0; i < SLOTS; i++) {
+        PyObject *name = PyUnicode_InternFromString(slot_names[i]);
+        if (name == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->slots[i] = slot_offset(ctx_type, name);
+        Py_DECREF(name);
+        if (self->slots[i] < 0) {
+            Py_DECREF(self);
+            PyErr_Format(PyExc_TypeError, "context_type has no writable slot %s", slot_names[i]);
+            return NULL;
+        }
+    }
+    return (PyObject *)self;
+}
+
+static int
+wsgi_call_traverse(WSGICall *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->globals);
+    Py_VISIT(self->context);
+    Py_VISIT(self->ctx_type);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+wsgi_call_clear(WSGICall *self)
+{
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->globals);
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->ctx_type);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+wsgi_call_dealloc(WSGICall *self)
+{
+    PyObject_GC_UnTrack(self);
+    wsgi_call_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* As a function in a class: bound to an instance it is a method (the interpreter calls it unbound, with the
+ * instance first, thanks to Py_TPFLAGS_METHOD_DESCRIPTOR). */
+static PyObject *
+wsgi_call_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyTypeObject WSGICallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqreen_mw._speedups.WSGICall",
+    .tp_doc = "SqreenMiddleware.__call__ with the common request compiled; __wrapped__ is the Python method.",
+    .tp_basicsize = sizeof(WSGICall),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = wsgi_call_new,
+    .tp_dealloc = (destructor)wsgi_call_dealloc,
+    .tp_traverse = (traverseproc)wsgi_call_traverse,
+    .tp_clear = (inquiry)wsgi_call_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(WSGICall, vectorcall),
+    .tp_dictoffset = offsetof(WSGICall, dict),
+    .tp_descr_get = wsgi_call_get,
+    .tp_getset = front_getset,
+};
+
 static PyMethodDef methods[] = {
     {"check_common_properties", (PyCFunction)(void (*)(void))check_common_properties, METH_FASTCALL,
      "check_properties' common case: (copy, size), or None for every other case."},
@@ -1047,19 +1704,51 @@ PyInit__speedups(void)
     INTERN(str_read_any, "read_any");
     INTERN(str_overflow, "overflow");
     INTERN(empty_str, "");
+    INTERN(str_werkzeug_request, "werkzeug.request");
+    INTERN(str_view_args, "view_args");
+    INTERN(str___dict__, "__dict__");
+    INTERN(str_form, "form");
+    INTERN(str__cached_json, "_cached_json");
+    INTERN(str_script_name, "SCRIPT_NAME");
+    INTERN(str_path_info, "PATH_INFO");
+    INTERN(str_request_method, "REQUEST_METHOD");
+    INTERN(str_get, "GET");
+    INTERN(environ_keys[0], "REMOTE_ADDR"); /* _context._ENVIRON_KEYS, in its order */
+    INTERN(environ_keys[1], "HTTP_USER_AGENT");
+    INTERN(environ_keys[2], "QUERY_STRING");
+    INTERN(environ_keys[3], "CONTENT_TYPE");
+    INTERN(environ_keys[4], "HTTP_X_FORWARDED_FOR");
+    INTERN(environ_keys[5], "HTTP_FORWARDED");
+    INTERN(environ_keys[6], "HTTP_X_REAL_IP");
     empty_bytes = PyBytes_FromStringAndSize("", 0);
     empty_tuple = PyTuple_New(0);
     if (empty_bytes == NULL || empty_tuple == NULL) {
         return NULL;
     }
     INTERN(str__current, "_current");
+    INTERN(str_close, "close");
+    INTERN(str_app, "app");
+    INTERN(str__client, "_client");
+    INTERN(str__started_pid_w, "_started_pid");
+    INTERN(str_has_ip_blocks, "has_ip_blocks");
+    INTERN(str_has_user_blocks, "has_user_blocks");
+    INTERN(str_content_length, "CONTENT_LENGTH");
+    INTERN(str_transfer_encoding, "HTTP_TRANSFER_ENCODING");
+    INTERN(str_file_wrapper, "wsgi.file_wrapper");
+    INTERN(str_head, "HEAD");
+    INTERN(str_options, "OPTIONS");
+    wsgi_kind = PyLong_FromLong(1); /* _context.WSGI */
+    if (wsgi_kind == NULL) {
+        return NULL;
+    }
     INTERN(str__track, "_track");
     INTERN(keyword_names[0], "properties");
     INTERN(keyword_names[1], "user_identifiers");
     INTERN(keyword_names[2], "timestamp");
     INTERN(keyword_names[3], "collect_body");
     INTERN(keyword_names[4], "request");
-    if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&FrontType) < 0) {
+    if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&FrontType) < 0 || PyType_Ready(&BoundType) < 0
+        || PyType_Ready(&WSGICallType) < 0) {
         return NULL;
     }
     module = PyModule_Create(&module_def);
@@ -1067,7 +1756,9 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(module, "Tracker", (PyObject *)&TrackerType) < 0
-        || PyModule_AddObjectRef(module, "Front", (PyObject *)&FrontType) < 0) {
+        || PyModule_AddObjectRef(module, "Front", (PyObject *)&FrontType) < 0
+        || PyModule_AddObjectRef(module, "BoundResponse", (PyObject *)&BoundType) < 0
+        || PyModule_AddObjectRef(module, "WSGICall", (PyObject *)&WSGICallType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -23,6 +23,7 @@ streaming is let finish, with a warning on logger ``sqreen_mw``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -35,6 +36,7 @@ from ._context import WSGI, RequestContext, _new, current_context
 from ._enforce import Enforcer
 from ._exceptions import UserBlocked
 from ._lifecycle import get_client
+from ._native import speedups
 
 logger = logging.getLogger("sqreen_mw")
 
@@ -247,3 +249,12 @@ def _close(result: Iterable[bytes]) -> None:
 def _is_file_wrapper(environ: Environ, result: object) -> bool:
     wrapper = environ.get("wsgi.file_wrapper")
     return isinstance(wrapper, type) and isinstance(result, wrapper)
+
+
+if speedups is not None:
+    # The common request (a started client, no block to check, no body to tee) served without a Python frame: the
+    # same context bound around the app, its response wrapped as _BoundResponse does; every other request goes to the
+    # Python method above, which stays the reference.
+    SqreenMiddleware.__call__ = functools.update_wrapper(  # type: ignore[method-assign,assignment]
+        speedups.WSGICall(SqreenMiddleware.__call__, vars(_lifecycle), current_context, RequestContext),
+        SqreenMiddleware.__call__)

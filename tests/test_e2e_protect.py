@@ -32,6 +32,7 @@ window = "1m"
 action = "block_ip"
 duration = "10m"
 """
+ATTACKER = "203.0.113.66"
 ATTACKERS = "203.0.113.{}"  # one address per server (below)
 BYSTANDER = "198.51.100.7"
 

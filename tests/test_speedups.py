@@ -7,6 +7,7 @@ Skipped when sqreen_mw was installed without a C compiler; ``test_speedups_build
 from __future__ import annotations
 
 import inspect
+import io
 import logging
 import math
 import os
@@ -434,3 +435,181 @@ def test_front_reads_as_the_documented_function() -> None:
     assert sqreen_mw.track.__name__ == "track"  # type: ignore[attr-defined]
     text = pydoc.render_doc(sqreen_mw.track, renderer=pydoc.plaintext)
     assert "track(event_name" in text and "Record a custom event." in text
+
+
+# --- the WSGI capture and middleware ---------------------------------------------------------------------------
+
+class _Werkzeug:
+    """A stand-in for environ["werkzeug.request"]: the attributes _wsgi_capture reads, set or not."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+class _Form:
+    def items(self, multi: bool = False) -> list[tuple[str, str]]:
+        return [("a", "1")]
+
+
+werkzeug_states = st.fixed_dictionaries({}, optional={
+    "view_args": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+                           st.just([("id", 1)])),
+    "form": st.just(_Form()),
+    "_cached_json": st.one_of(st.just((Ellipsis, Ellipsis)), st.just(({"k": [1]}, {"k": [1]})), st.just(None)),
+})
+environ_text = st.one_of(st.text(max_size=4), st.text(alphabet="aé/", max_size=3), st.none(), st.integers())
+environ_values = {
+    key: environ_text for key in ("REMOTE_ADDR", "HTTP_USER_AGENT", "QUERY_STRING", "CONTENT_TYPE",
+                                  "HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_CF_CONNECTING_IP",
+                                  "SCRIPT_NAME", "PATH_INFO", "REQUEST_METHOD", "HTTP_COOKIE")
+} | {"werkzeug.request": st.one_of(st.none(), werkzeug_states.map(_Werkzeug))}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional=environ_values), st.sampled_from([None, "cf-connecting-ip", "x-real-ip"]))
+def test_first_event_captures_a_wsgi_request_as_python_does(environ: dict[str, Any], ip_header: str | None) -> None:
+    from sqreen_mw._context import WSGI, _wsgi_capture
+
+    client = Client(token="t", url=URL, install_signal_handler=False, ip_header=ip_header)
+    client._started_pid = os.getpid()
+    try:
+        client.track("e")
+        ctx = RequestContext(WSGI, environ)
+        token = current_context.set(ctx)
+        try:
+            client.track("e")
+        finally:
+            current_context.reset(token)
+        got = queued(client)[-1][4]
+        try:
+            expected = _wsgi_capture(environ, None, client._ip_key)
+        except TypeError:  # _cached_json None: a request that cannot be read (logged, the event kept)
+            assert got is None and environ["werkzeug.request"]._cached_json is None
+            return
+        assert got == expected and ctx._capture is got
+        assert [type(v) for v in got] == [type(v) for v in expected]
+        view_args = getattr(environ.get("werkzeug.request"), "view_args", None)
+        if isinstance(view_args, dict) and view_args and got[4] is not None:
+            assert got[4] is not view_args  # a copy: the application may change its own
+    finally:
+        client._closed, client._accepting = True, False
+
+
+@pytest.fixture
+def started() -> Iterator[Client]:
+    client = _lifecycle.set_client(Client(token="t", url=URL, install_signal_handler=False))
+    client._started_pid = os.getpid()  # the compiled middleware serves a started client's requests
+    yield client
+    _lifecycle._current = None
+    client._closed, client._accepting = True, False
+
+
+def test_compiled_middleware_binds_the_request_as_python_does(started: Client) -> None:
+    from sqreen_mw._context import WSGI
+    from sqreen_mw.wsgi import SqreenMiddleware
+
+    seen: list[tuple[str, Any]] = []
+
+    class Streamed:
+        def __iter__(self) -> Iterator[bytes]:
+            seen.append(("iter", current_context.get()))
+            yield b"a"
+            seen.append(("next", current_context.get()))
+            yield b"b"
+
+        def close(self) -> None:
+            seen.append(("close", current_context.get()))
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.append(("app", current_context.get()))
+        return Streamed()
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/s"}
+    result = SqreenMiddleware(app)(environ, None)
+    assert type(result) is speedups.BoundResponse and current_context.get() is None
+    chunks = []
+    for chunk in result:
+        chunks.append(chunk)
+        assert current_context.get() is None  # not while the server holds a chunk
+    result.close()  # type: ignore[attr-defined]
+    ctx = seen[0][1]
+    assert chunks == [b"a", b"b"] and [where for where, _ in seen] == ["app", "iter", "next", "close"]
+    assert all(bound is ctx for _, bound in seen) and current_context.get() is None
+    expected = RequestContext(WSGI, environ)
+    assert {n: getattr(ctx, n) for n in RequestContext.__slots__} == {
+        n: getattr(expected, n) for n in RequestContext.__slots__}
+    assert result._ctx is ctx and type(result._result) is Streamed  # type: ignore[attr-defined]
+
+
+def test_compiled_middleware_unbinds_on_errors(started: Client) -> None:
+    from sqreen_mw.wsgi import SqreenMiddleware
+
+    class Broken:
+        def __init__(self, where: str) -> None:
+            self.where = where
+
+        def __iter__(self) -> Iterator[bytes]:
+            if self.where == "iter":
+                raise OSError("iter broke")
+            return self.chunks()
+
+        def chunks(self) -> Iterator[bytes]:
+            yield b"x"
+            raise OSError("next broke")
+
+        def close(self) -> None:
+            raise ValueError("close broke")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/call":
+            raise KeyboardInterrupt  # not only Exception: everything is re-raised with the request unbound
+        return Broken(environ["PATH_INFO"][1:])
+
+    middleware = SqreenMiddleware(app)
+    with pytest.raises(KeyboardInterrupt):
+        middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/call"}, None)
+    assert current_context.get() is None
+    with pytest.raises(OSError, match="iter broke"):
+        iter(middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/iter"}, None))
+    assert current_context.get() is None
+    result = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/next"}, None)
+    assert next(result) == b"x"  # type: ignore[call-overload]  # next() without iter(), as some servers do
+    with pytest.raises(OSError, match="next broke"):
+        next(result)  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="close broke"):
+        result.close()  # type: ignore[attr-defined]
+    assert current_context.get() is None
+
+
+def test_compiled_middleware_hands_other_requests_to_python(started: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqreen_mw import wsgi
+    from sqreen_mw._body import WSGIInput
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        return iter([b"ok"])
+
+    middleware = wsgi.SqreenMiddleware(app)
+    compiled = type(middleware({"REQUEST_METHOD": "GET"}, None))
+    assert compiled is speedups.BoundResponse
+    for environ in ({"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "2", "wsgi.input": io.BytesIO(b"{}")},
+                    {"REQUEST_METHOD": "POST", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": io.BytesIO()}):
+        assert type(middleware(environ, None)) is wsgi._BoundResponse  # a body to tee: the Python method
+        assert type(environ["wsgi.input"]) is WSGIInput
+    for length in ("0", "00", "", "x1"):  # no body the Python code would tee (it tees "x1" only when chunked)
+        environ = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": length, "wsgi.input": io.BytesIO()}
+        kind = type(middleware(environ, None))
+        assert kind is (speedups.BoundResponse if length in ("0", "00", "") else wsgi._BoundResponse), length
+        assert type(environ["wsgi.input"]) is io.BytesIO
+    for block in ({"id": "b1", "action": "block_ip", "value": "198.51.100.9", "expires_at": None},
+                  {"id": "b2", "action": "block_user", "value": {"id": 1}, "expires_at": None}):
+        started.set_actions({"actions_version": 2, "actions": [block]})
+        assert started.enforcer.actions.has_ip_blocks or started.enforcer.actions.has_user_blocks
+        # some block to check: the Python method (its answer to the blocked IP, its guard for users)
+        result = middleware({"REQUEST_METHOD": "GET", "REMOTE_ADDR": "198.51.100.9"}, lambda *a: None)
+        assert type(result) is (list if block["action"] == "block_ip" else wsgi._BoundResponse)
+    started.set_actions({"actions_version": 3, "actions": []})
+    started._started_pid = None  # a process's first request: the Python method starts the client
+    monkeypatch.setattr(started, "start", lambda: setattr(started, "_started_pid", os.getpid()))
+    assert type(middleware({"REQUEST_METHOD": "GET"}, None)) is wsgi._BoundResponse
+    assert type(middleware({"REQUEST_METHOD": "GET"}, None)) is speedups.BoundResponse

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 import sqreen_mw
 from sqreen_mw._context import current_context
+from sqreen_mw._native import speedups
 from sqreen_mw.testing import capture_events
 from sqreen_mw.wsgi import SqreenMiddleware
 
@@ -18,6 +20,22 @@ from .support import all_slots
 flask = pytest.importorskip("flask")
 
 MakeClient = Callable[..., sqreen_mw.Client]
+
+
+@pytest.fixture(params=["unstarted", "started"])
+def make_client(request: pytest.FixtureRequest, make_client: MakeClient) -> MakeClient:
+    """Every test twice: with a client not started yet (the middleware's first request of a process, the Python
+    method), and with a started one, whose requests the compiled middleware serves when sqreen_mw was built with it
+    (no flusher runs: the client is only marked started)."""
+    if request.param == "unstarted":
+        return make_client
+
+    def make(*args: Any, **kwargs: Any) -> sqreen_mw.Client:
+        client = make_client(*args, **kwargs)
+        client._started_pid = os.getpid()
+        return client
+
+    return make
 
 
 def make_flask_app() -> Any:
@@ -387,13 +405,18 @@ def test_the_context_and_response_the_middleware_makes_equal_what_their_construc
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO(b"")}
     result = SqreenMiddleware(app, client=client)(environ, lambda *args: None)
     ctx = seen[0]
-    assert type(ctx) is RequestContext and type(result) is _BoundResponse
+    assert type(ctx) is RequestContext
     expected = RequestContext(WSGI, environ)
     assert {n: getattr(ctx, n) for n in RequestContext.__slots__} == {
         n: getattr(expected, n) for n in RequestContext.__slots__}
-    expected_result = _BoundResponse(result._result, ctx)
-    assert {n: getattr(result, n) for n in _BoundResponse.__slots__} == {
-        n: getattr(expected_result, n) for n in _BoundResponse.__slots__}
+    if type(result) is _BoundResponse:
+        expected_result = _BoundResponse(result._result, ctx)
+        assert {n: getattr(result, n) for n in _BoundResponse.__slots__} == {
+            n: getattr(expected_result, n) for n in _BoundResponse.__slots__}
+    else:  # the compiled middleware's (a started client): the same response and request, no guard
+        assert speedups is not None and client._started_pid is not None
+        assert type(result) is speedups.BoundResponse and result._ctx is ctx
+        assert type(result._result) is Closing
     assert list(result) == [b"ok"]
     result.close()
 
