@@ -538,14 +538,112 @@ attr_or_none(PyObject *obj, PyObject *name)
     return value;
 }
 
+/* Whether a str holds a lone surrogate (not UTF-8 encodable: _schema.representable replaces it). */
+static int
+has_surrogate(PyObject *text)
+{
+    Py_ssize_t i, n;
+    int kind;
+    const void *data;
+    if (PyUnicode_IS_ASCII(text) || PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND) {
+        return 0;
+    }
+    kind = PyUnicode_KIND(text);
+    data = PyUnicode_DATA(text);
+    n = PyUnicode_GET_LENGTH(text);
+    for (i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c >= 0xD800 && c <= 0xDFFF) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+#define JSONABLE_MAX_DEPTH 20 /* _body.jsonable's max_depth */
+
+/* _body.jsonable(value) for plain JSON values (dicts with str keys, lists, tuples, str without lone surrogates, int,
+ * bool, None, finite floats, less than 20 levels deep): a new reference; NULL without an exception for anything
+ * else (the Python function copies it), NULL with one on a fault. */
+static PyObject *
+plain_jsonable(PyObject *value, int depth)
+{
+    if (value == Py_None || PyBool_Check(value) || PyLong_CheckExact(value)) {
+        return Py_NewRef(value);
+    }
+    if (PyUnicode_CheckExact(value)) {
+        return has_surrogate(value) ? NULL : Py_NewRef(value); /* representable() replaces a lone surrogate */
+    }
+    if (PyFloat_CheckExact(value)) {
+        return isfinite(PyFloat_AS_DOUBLE(value)) ? Py_NewRef(value) : NULL;
+    }
+    if (depth >= JSONABLE_MAX_DEPTH) {
+        return NULL;
+    }
+    if (PyDict_CheckExact(value)) {
+        PyObject *copy = PyDict_New(), *key, *item;
+        Py_ssize_t pos = 0;
+        if (copy == NULL) {
+            return NULL;
+        }
+        Py_INCREF(value); /* held while copied */
+        while (PyDict_Next(value, &pos, &key, &item)) {
+            PyObject *made;
+            int failed;
+            if (!PyUnicode_CheckExact(key) || has_surrogate(key)) {
+                Py_CLEAR(copy);
+                break;
+            }
+            Py_INCREF(key);
+            Py_INCREF(item);
+            made = plain_jsonable(item, depth + 1);
+            failed = made == NULL || PyDict_SetItem(copy, key, made) < 0;
+            Py_DECREF(key);
+            Py_DECREF(item);
+            Py_XDECREF(made);
+            if (failed) {
+                Py_CLEAR(copy);
+                break;
+            }
+        }
+        Py_DECREF(value);
+        return copy;
+    }
+    if (PyList_CheckExact(value) || PyTuple_CheckExact(value)) {
+        PyObject *items = PySequence_Fast(value, ""), *copy;
+        Py_ssize_t i, n;
+        if (items == NULL) {
+            return NULL;
+        }
+        n = PySequence_Fast_GET_SIZE(items);
+        copy = PyList_New(n);
+        for (i = 0; copy != NULL && i < n; i++) {
+            PyObject *made;
+            if (i >= PySequence_Fast_GET_SIZE(items)) { /* a list the copy of an item shortened */
+                Py_CLEAR(copy);
+                break;
+            }
+            made = plain_jsonable(PySequence_Fast_GET_ITEM(items, i), depth + 1);
+            if (made == NULL) {
+                Py_CLEAR(copy);
+                break;
+            }
+            PyList_SET_ITEM(copy, i, made);
+        }
+        Py_DECREF(items);
+        return copy;
+    }
+    return NULL;
+}
+
 /* What a Werkzeug request (environ["werkzeug.request"]) adds to the capture: its path parameters, when the
  * application parsed neither a form nor JSON. 1 with *params set (a new reference), 0 for a request the Python code
  * captures (a form or JSON to copy, an unusual value), -1 with an exception. */
 static int
-werkzeug_params(PyObject *wz, PyObject **params)
+werkzeug_params(PyObject *wz, PyObject **params, PyObject **json)
 {
     PyObject *view_args, *dict, *cached;
-    int has_form, parsed;
+    int has_form;
 
     view_args = attr_or_none(wz, str_view_args);
     if (view_args == NULL) {
@@ -587,14 +685,19 @@ werkzeug_params(PyObject *wz, PyObject **params)
             return -1;
         }
         PyErr_Clear();
-        parsed = 0;
+        *json = Py_NewRef(Py_None);
+    }
+    else if (PyTuple_CheckExact(cached) && PyTuple_GET_SIZE(cached) >= 1) {
+        PyObject *value = PyTuple_GET_ITEM(cached, 0);
+        *json = value == Py_Ellipsis ? Py_NewRef(Py_None) : plain_jsonable(value, 0); /* a copy: the app may change */
+        Py_DECREF(cached);
+        if (*json == NULL) {
+            Py_DECREF(view_args);
+            return PyErr_Occurred() ? -1 : 0;
+        }
     }
     else {
-        parsed = !(PyTuple_CheckExact(cached) && PyTuple_GET_SIZE(cached) >= 1
-                   && PyTuple_GET_ITEM(cached, 0) == Py_Ellipsis);
         Py_DECREF(cached);
-    }
-    if (parsed) {
         Py_DECREF(view_args);
         return 0;
     }
@@ -609,31 +712,42 @@ static PyObject *
 wsgi_capture(Tracker *self, PyObject *ctx)
 {
     PyObject *kind = ctx_slot(self, ctx, CTX_KIND), *raw = ctx_slot(self, ctx, CTX_RAW);
-    PyObject *tee = ctx_slot(self, ctx, CTX_TEE), *params = NULL, *parts = NULL, *path = NULL, *verb, *value;
-    PyObject *script, *info, *captured = NULL, **slot;
+    PyObject *tee = ctx_slot(self, ctx, CTX_TEE), *params = NULL, *json = NULL, *parts = NULL, *path = NULL, *verb;
+    PyObject *value, *script, *info, *captured = NULL, **slot;
     int i;
 
-    if (kind == NULL || raw == NULL || tee != Py_None || self->offsets[CTX_CAPTURE] < 0 || !PyLong_CheckExact(kind)
+    if (kind == NULL || raw == NULL || tee == NULL || self->offsets[CTX_CAPTURE] < 0 || !PyLong_CheckExact(kind)
         || PyLong_AsLong(kind) != 1 /* WSGI */ || !PyDict_CheckExact(raw)) {
         return NULL;
     }
     Py_INCREF(kind); /* held: a Werkzeug request's attributes may run Python code */
     Py_INCREF(raw);
+    Py_INCREF(tee);
     value = PyDict_GetItemWithError(raw, str_werkzeug_request);
     if (value == NULL || value == Py_None) {
         if (PyErr_Occurred()) {
             goto done;
         }
         params = Py_NewRef(Py_None);
+        json = Py_NewRef(Py_None);
     }
     else {
         int handled;
         Py_INCREF(value);
-        handled = werkzeug_params(value, &params);
+        handled = werkzeug_params(value, &params, &json);
         Py_DECREF(value);
         if (handled <= 0) {
-            params = NULL;
+            params = json = NULL;
             goto done;
+        }
+    }
+    if (tee != Py_None) { /* the body the application read in full, unless its JSON was taken (_complete_body) */
+        int complete = json != Py_None ? 0 : tee_complete(tee);
+        if (complete < 0) {
+            goto done;
+        }
+        if (!complete) {
+            Py_SETREF(tee, Py_NewRef(Py_None));
         }
     }
     parts = PyDict_New(); /* _environ_parts: the entries as they are now */
@@ -680,17 +794,19 @@ wsgi_capture(Tracker *self, PyObject *ctx)
         }
         verb = str_get;
     }
-    captured = PyTuple_Pack(8, kind, parts, path, verb, params, Py_None, Py_None, Py_None);
+    captured = PyTuple_Pack(8, kind, parts, path, verb, params, Py_None, json, tee);
     if (captured != NULL) {
         slot = (PyObject **)((char *)ctx + self->offsets[CTX_CAPTURE]); /* self._capture = captured */
         Py_XSETREF(*slot, Py_NewRef(captured));
     }
 done:
     Py_XDECREF(params);
+    Py_XDECREF(json);
     Py_XDECREF(parts);
     Py_XDECREF(path);
     Py_DECREF(kind);
     Py_DECREF(raw);
+    Py_DECREF(tee);
     return captured;
 }
 
@@ -1351,25 +1467,34 @@ static PyTypeObject BoundType = {
  * with no block to check and no body to tee, is served here; every other one by the Python method (the fallback). */
 enum { SLOT_CAPTURE, SLOT_BLOCKED, SLOT_TEE, SLOT_KIND, SLOT_RAW, SLOT_TRAITS, SLOT_USER, SLOTS };
 
+enum { TEE_LIMIT, TEE_CHUNKS, TEE_SIZE, TEE_ENDED, TEE_OVERFLOW, TEE_READ_ANY, TEE_PREFETCHED, TEE_REWOUND, TEE_PARSED,
+       TEE_STREAM, TEE_REMAINING, TEE_BUFFER, TEE_SLOTS };
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyObject *fallback; /* the Python SqreenMiddleware.__call__ */
-    PyObject *globals;  /* _lifecycle's module dict: _current */
-    PyObject *context;  /* _context.current_context */
-    PyObject *ctx_type; /* _context.RequestContext, made with every slot set (as the Python code does) */
+    PyObject *fallback;   /* the Python SqreenMiddleware.__call__ */
+    PyObject *globals;    /* _lifecycle's module dict: _current */
+    PyObject *context;    /* _context.current_context */
+    PyObject *ctx_type;   /* _context.RequestContext, made with every slot set (as the Python code does) */
+    PyObject *tee_type;   /* _body.WSGIInput, the same */
     Py_ssize_t slots[SLOTS];
-    PyObject *dict;     /* functools.update_wrapper's attributes */
+    Py_ssize_t tee_slots[TEE_SLOTS];
+    PyObject *dict;       /* functools.update_wrapper's attributes */
 } WSGICall;
 
 static PyObject *str_app, *str__client, *str__started_pid_w, *str_has_ip_blocks, *str_has_user_blocks,
-    *str_content_length, *str_transfer_encoding, *str_file_wrapper, *str_head, *str_options, *wsgi_kind;
+    *str_content_length, *str_transfer_encoding, *str_file_wrapper, *str_head, *str_options, *wsgi_kind, *zero;
 
-/* Whether the request may have a body the Python code would tee: 1, 0, or -1 with an exception. */
+/* Whether the request has a body to tee, as the Python method decides: 0 no, 1 yes (*length: its CONTENT_LENGTH as
+ * an int, or None), -1 with an exception. */
 static int
-may_have_body(PyObject *environ)
+body_length(PyObject *environ, PyObject **length)
 {
-    PyObject *method = PyDict_GetItemWithError(environ, str_request_method), *length, *chunked;
+    PyObject *method = PyDict_GetItemWithError(environ, str_request_method), *text, *chunked;
+    Py_ssize_t n = 0, i;
+    int digits = 0, chunked_truth;
+
     if (method == NULL && PyErr_Occurred()) {
         return -1;
     }
@@ -1378,33 +1503,42 @@ may_have_body(PyObject *environ)
             || PyUnicode_Compare(method, str_options) == 0)) {
         return 0;
     }
-    length = PyDict_GetItemWithError(environ, str_content_length);
-    if (length == NULL && PyErr_Occurred()) {
+    /* length = int(text) if text and text.isascii() and text.isdigit() else None */
+    text = PyDict_GetItemWithError(environ, str_content_length);
+    if (text == NULL && PyErr_Occurred()) {
         return -1;
     }
-    if (length != NULL) {
-        int truth = PyObject_IsTrue(length);
-        if (truth < 0) {
-            return -1;
+    if (text != NULL && PyUnicode_CheckExact(text) && PyUnicode_IS_ASCII(text)) {
+        const Py_UCS1 *chars = PyUnicode_1BYTE_DATA(text);
+        n = PyUnicode_GET_LENGTH(text);
+        for (i = 0, digits = n > 0; i < n && digits; i++) {
+            digits = chars[i] >= '0' && chars[i] <= '9';
         }
-        if (truth) { /* "0" (or "00"): no body; any other value is the Python code's to read */
-            Py_ssize_t i, n;
-            if (!PyUnicode_CheckExact(length) || !PyUnicode_IS_ASCII(length)) {
-                return 1;
-            }
-            n = PyUnicode_GET_LENGTH(length);
-            for (i = 0; i < n; i++) {
-                if (PyUnicode_READ_CHAR(length, i) != '0') {
-                    return 1;
-                }
-            }
+        digits = digits && n <= 18; /* a longer one is no length (int() of thousands of digits raises) */
+    }
+    if (digits) {
+        const Py_UCS1 *chars = PyUnicode_1BYTE_DATA(text);
+        long long value = 0;
+        for (i = 0; i < n; i++) {
+            value = value * 10 + (chars[i] - '0');
+        }
+        if (value > 0) {
+            *length = PyLong_FromLongLong(value);
+            return *length == NULL ? -1 : 1;
         }
     }
     chunked = PyDict_GetItemWithError(environ, str_transfer_encoding);
     if (chunked == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
-    return PyObject_IsTrue(chunked);
+    Py_INCREF(chunked);
+    chunked_truth = PyObject_IsTrue(chunked);
+    Py_DECREF(chunked);
+    if (chunked_truth <= 0) {
+        return chunked_truth;
+    }
+    *length = digits ? PyLong_FromLong(0) : Py_NewRef(Py_None);
+    return *length == NULL ? -1 : 1;
 }
 
 /* 1 when some block of client.enforcer.actions must be checked (the Python code does), 0, or -1. */
@@ -1455,13 +1589,67 @@ middleware_client(WSGICall *self, PyObject *middleware)
     return Py_NewRef(client);
 }
 
+/* A new object of `type` with every slot in `offsets` set to the matching value (object.__new__ and assignments). */
+static PyObject *
+made_with(PyObject *type, const Py_ssize_t *offsets, PyObject *const *values, int count)
+{
+    PyObject *made = ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
+    int i;
+    if (made != NULL) {
+        for (i = 0; i < count; i++) {
+            *(PyObject **)((char *)made + offsets[i]) = Py_NewRef(values[i]);
+        }
+    }
+    return made;
+}
+
+static PyObject *str_wsgi_input, *str_max_body_bytes;
+
+/* The WSGIInput teeing environ["wsgi.input"] (= WSGIInput(stream, length, client.max_body_bytes)), put in its place. */
+static PyObject *
+wsgi_tee(WSGICall *self, PyObject *client, PyObject *environ, PyObject *length)
+{
+    PyObject *values[TEE_SLOTS], *stream, *limit, *chunks, *tee = NULL;
+    int i;
+    stream = PyDict_GetItemWithError(environ, str_wsgi_input);
+    if (stream == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetObject(PyExc_KeyError, str_wsgi_input); /* as environ["wsgi.input"] */
+        }
+        return NULL;
+    }
+    Py_INCREF(stream);
+    limit = PyObject_GetAttr(client, str_max_body_bytes);
+    chunks = PyList_New(0);
+    if (limit != NULL && chunks != NULL) {
+        for (i = 0; i < TEE_SLOTS; i++) {
+            values[i] = Py_False;
+        }
+        values[TEE_LIMIT] = limit;
+        values[TEE_CHUNKS] = chunks;
+        values[TEE_SIZE] = zero;
+        values[TEE_PARSED] = Py_None;
+        values[TEE_STREAM] = stream;
+        values[TEE_REMAINING] = length;
+        values[TEE_BUFFER] = empty_bytes;
+        tee = made_with(self->tee_type, self->tee_slots, values, TEE_SLOTS);
+        if (tee != NULL && PyDict_SetItem(environ, str_wsgi_input, tee) < 0) {
+            Py_CLEAR(tee);
+        }
+    }
+    Py_DECREF(stream);
+    Py_XDECREF(limit);
+    Py_XDECREF(chunks);
+    return tee;
+}
+
 static PyObject *
 wsgi_call(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     PyObject *middleware, *environ, *client, *started, *app = NULL, *ctx = NULL, *token, *result = NULL, *wrapper;
-    PyObject *call[2];
+    PyObject *call[2], *values[SLOTS], *length = NULL, *tee = Py_None;
     Bound *bound;
-    int i, check;
+    int i, check, body = 0;
 
     if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !PyDict_CheckExact(args[1])) {
         return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
@@ -1478,25 +1666,33 @@ wsgi_call(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwname
     if (check == 0) {
         check = blocks_to_check(client);
     }
-    Py_DECREF(client);
     if (check == 0) {
-        check = may_have_body(environ);
+        body = body_length(environ, &length);
+        check = body < 0 ? -1 : 0;
     }
     if (check != 0) {
+        Py_DECREF(client);
+        Py_XDECREF(length);
         return check < 0 ? NULL : PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
     }
     app = PyObject_GetAttr(middleware, str_app);
-    if (app == NULL) {
-        return NULL;
+    if (app != NULL && body) {
+        tee = wsgi_tee(self, client, environ, length);
     }
-    /* RequestContext(WSGI, environ), every slot set here (no __init__ call) */
-    ctx = ((PyTypeObject *)self->ctx_type)->tp_alloc((PyTypeObject *)self->ctx_type, 0);
-    if (ctx == NULL) {
+    Py_DECREF(client);
+    Py_XDECREF(length);
+    if (app == NULL || tee == NULL) {
         goto done;
     }
-    for (i = 0; i < SLOTS; i++) {
-        PyObject *value = i == SLOT_KIND ? wsgi_kind : i == SLOT_RAW ? environ : Py_None;
-        *(PyObject **)((char *)ctx + self->slots[i]) = Py_NewRef(value);
+    for (i = 0; i < SLOTS; i++) { /* RequestContext(WSGI, environ, tee), every slot set here (no __init__ call) */
+        values[i] = Py_None;
+    }
+    values[SLOT_KIND] = wsgi_kind;
+    values[SLOT_RAW] = environ;
+    values[SLOT_TEE] = tee;
+    ctx = made_with(self->ctx_type, self->slots, values, SLOTS);
+    if (ctx == NULL) {
+        goto done;
     }
     token = PyContextVar_Set(self->context, ctx);
     if (token == NULL) {
@@ -1540,20 +1736,45 @@ wsgi_call(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwname
 done:
     Py_XDECREF(app);
     Py_XDECREF(ctx);
+    if (tee != Py_None) {
+        Py_XDECREF(tee);
+    }
     return result;
+}
+
+/* The offsets of `count` writable object slots of `type`; -1 with TypeError naming the one missing. */
+static int
+slot_offsets(PyObject *type, const char *const *names, Py_ssize_t *offsets, int count)
+{
+    int i;
+    for (i = 0; i < count; i++) {
+        PyObject *name = PyUnicode_InternFromString(names[i]);
+        if (name == NULL) {
+            return -1;
+        }
+        offsets[i] = slot_offset(type, name);
+        Py_DECREF(name);
+        if (offsets[i] < 0) {
+            PyErr_Format(PyExc_TypeError, "%s has no writable slot %s", ((PyTypeObject *)type)->tp_name, names[i]);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static PyObject *
 wsgi_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"fallback", "globals", "context", "context_type", NULL};
-    static const char *slot_names[SLOTS] = {"_capture", "blocked", "body_tee", "kind", "raw", "traits", "user"};
-    PyObject *fallback, *globals, *context, *ctx_type;
+    static char *keywords[] = {"fallback", "globals", "context", "context_type", "input_type", NULL};
+    static const char *const slot_names[SLOTS] = {"_capture", "blocked", "body_tee", "kind", "raw", "traits", "user"};
+    static const char *const tee_names[TEE_SLOTS] = {"limit", "_chunks", "_size", "ended", "overflow", "read_any",
+                                                     "_prefetched", "_rewound", "_parsed", "_stream", "_remaining",
+                                                     "_buffer"};
+    PyObject *fallback, *globals, *context, *ctx_type, *tee_type;
     WSGICall *self;
-    int i;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!O!:WSGICall", keywords, &fallback, &PyDict_Type, &globals,
-                                     &PyContextVar_Type, &context, &PyType_Type, &ctx_type)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!O!O!:WSGICall", keywords, &fallback, &PyDict_Type, &globals,
+                                     &PyContextVar_Type, &context, &PyType_Type, &ctx_type, &PyType_Type, &tee_type)) {
         return NULL;
     }
     self = (WSGICall *)type->tp_alloc(type, 0);
@@ -1565,19 +1786,11 @@ wsgi_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->globals = Py_NewRef(globals);
     self->context = Py_NewRef(context);
     self->ctx_type = Py_NewRef(ctx_type);
-    for (i = 0; i < SLOTS; i++) {
-        PyObject *name = PyUnicode_InternFromString(slot_names[i]);
-        if (name == NULL) {
-            Py_DECREF(self);
-            return NULL;
-        }
-        self->slots[i] = slot_offset(ctx_type, name);
-        Py_DECREF(name);
-        if (self->slots[i] < 0) {
-            Py_DECREF(self);
-            PyErr_Format(PyExc_TypeError, "context_type has no writable slot %s", slot_names[i]);
-            return NULL;
-        }
+    self->tee_type = Py_NewRef(tee_type);
+    if (slot_offsets(ctx_type, slot_names, self->slots, SLOTS) < 0
+        || slot_offsets(tee_type, tee_names, self->tee_slots, TEE_SLOTS) < 0) {
+        Py_DECREF(self);
+        return NULL;
     }
     return (PyObject *)self;
 }
@@ -1589,6 +1802,7 @@ wsgi_call_traverse(WSGICall *self, visitproc visit, void *arg)
     Py_VISIT(self->globals);
     Py_VISIT(self->context);
     Py_VISIT(self->ctx_type);
+    Py_VISIT(self->tee_type);
     Py_VISIT(self->dict);
     return 0;
 }
@@ -1600,6 +1814,7 @@ wsgi_call_clear(WSGICall *self)
     Py_CLEAR(self->globals);
     Py_CLEAR(self->context);
     Py_CLEAR(self->ctx_type);
+    Py_CLEAR(self->tee_type);
     Py_CLEAR(self->dict);
     return 0;
 }
@@ -1737,8 +1952,11 @@ PyInit__speedups(void)
     INTERN(str_file_wrapper, "wsgi.file_wrapper");
     INTERN(str_head, "HEAD");
     INTERN(str_options, "OPTIONS");
+    INTERN(str_wsgi_input, "wsgi.input");
+    INTERN(str_max_body_bytes, "max_body_bytes");
     wsgi_kind = PyLong_FromLong(1); /* _context.WSGI */
-    if (wsgi_kind == NULL) {
+    zero = PyLong_FromLong(0);
+    if (wsgi_kind == NULL || zero == NULL) {
         return NULL;
     }
     INTERN(str__track, "_track");

@@ -141,8 +141,11 @@ class SqreenMiddleware:
         if actions.has_ip_blocks and enforcer.refuse_ip(ctx) is not None:
             return _answer(start_response, enforcer.response.for_accept(environ.get("HTTP_ACCEPT")))
         if environ.get("REQUEST_METHOD") not in _NO_BODY:
-            length_text = environ.get("CONTENT_LENGTH")
-            length = int(length_text) if length_text and length_text.isascii() and length_text.isdigit() else None
+            text = environ.get("CONTENT_LENGTH")
+            # Up to 18 digits: anything else is no length (not text, or int() of thousands of digits would raise)
+            length = None
+            if type(text) is str and 0 < len(text) <= 18 and text.isascii() and text.isdigit():
+                length = int(text)
             if length or environ.get("HTTP_TRANSFER_ENCODING"):
                 ctx.body_tee = tee = _new(WSGIInput)  # = WSGIInput(environ["wsgi.input"], length, ...), inline
                 tee.limit = client.max_body_bytes
@@ -256,5 +259,5 @@ if speedups is not None:
     # same context bound around the app, its response wrapped as _BoundResponse does; every other request goes to the
     # Python method above, which stays the reference.
     SqreenMiddleware.__call__ = functools.update_wrapper(  # type: ignore[method-assign,assignment]
-        speedups.WSGICall(SqreenMiddleware.__call__, vars(_lifecycle), current_context, RequestContext),
+        speedups.WSGICall(SqreenMiddleware.__call__, vars(_lifecycle), current_context, RequestContext, WSGIInput),
         SqreenMiddleware.__call__)

@@ -29,6 +29,8 @@ from sqreen_mw._native import speedups
 from sqreen_mw._queue import EventQueue
 from sqreen_mw.testing import capture_events
 
+from .support import all_slots
+
 needs_speedups = pytest.mark.skipif(speedups is None, reason="sqreen_mw was installed without its compiled part")
 pytestmark = needs_speedups
 
@@ -452,11 +454,25 @@ class _Form:
         return [("a", "1")]
 
 
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+json_leaves = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+                        st.text(max_size=3), st.sampled_from(["\ud800", "é", "\U0001f600", "a\udfffb"]))
+json_values = st.recursive(json_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.lists(inner, max_size=2).map(tuple),
+    st.dictionaries(st.one_of(st.text(max_size=2), st.just("\udc00")), inner, max_size=3),
+    st.dictionaries(st.integers(), inner, max_size=1)), max_leaves=8)
 werkzeug_states = st.fixed_dictionaries({}, optional={
     "view_args": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
                            st.just([("id", 1)])),
     "form": st.just(_Form()),
-    "_cached_json": st.one_of(st.just((Ellipsis, Ellipsis)), st.just(({"k": [1]}, {"k": [1]})), st.just(None)),
+    "_cached_json": st.one_of(st.just((Ellipsis, Ellipsis)), st.just(None), json_values.map(lambda v: (v, v)),
+                              st.sampled_from([19, 20, 21, 30]).map(lambda d: (_nested(d), None))),
 })
 environ_text = st.one_of(st.text(max_size=4), st.text(alphabet="aé/", max_size=3), st.none(), st.integers())
 environ_values = {
@@ -466,16 +482,26 @@ environ_values = {
 } | {"werkzeug.request": st.one_of(st.none(), werkzeug_states.map(_Werkzeug))}
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.fixed_dictionaries({}, optional=environ_values), st.sampled_from([None, "cf-connecting-ip", "x-real-ip"]))
-def test_first_event_captures_a_wsgi_request_as_python_does(environ: dict[str, Any], ip_header: str | None) -> None:
+@settings(max_examples=400, deadline=None)
+@given(st.fixed_dictionaries({}, optional=environ_values), st.sampled_from([None, "cf-connecting-ip", "x-real-ip"]),
+       st.sampled_from(["none", "unread", "read", "whole", "over"]))
+def test_first_event_captures_a_wsgi_request_as_python_does(environ: dict[str, Any], ip_header: str | None,
+                                                           tee_state: str) -> None:
+    from sqreen_mw._body import WSGIInput
     from sqreen_mw._context import WSGI, _wsgi_capture
+
+    tee = None
+    if tee_state != "none":
+        body = b"x" * (20 if tee_state == "over" else 4)
+        tee = WSGIInput(io.BytesIO(body), len(body), 8)
+        if tee_state != "unread":
+            tee.read(2 if tee_state == "read" else -1)
 
     client = Client(token="t", url=URL, install_signal_handler=False, ip_header=ip_header)
     client._started_pid = os.getpid()
     try:
         client.track("e")
-        ctx = RequestContext(WSGI, environ)
+        ctx = RequestContext(WSGI, environ, tee)
         token = current_context.set(ctx)
         try:
             client.track("e")
@@ -483,12 +509,15 @@ def test_first_event_captures_a_wsgi_request_as_python_does(environ: dict[str, A
             current_context.reset(token)
         got = queued(client)[-1][4]
         try:
-            expected = _wsgi_capture(environ, None, client._ip_key)
+            expected = _wsgi_capture(environ, tee, client._ip_key)
         except TypeError:  # _cached_json None: a request that cannot be read (logged, the event kept)
             assert got is None and environ["werkzeug.request"]._cached_json is None
             return
-        assert got == expected and ctx._capture is got
-        assert [type(v) for v in got] == [type(v) for v in expected]
+        assert repr(got) == repr(expected) and ctx._capture is got  # repr: NaN != NaN, and the types show
+        assert got[7] is expected[7]  # the tee itself, or None
+        cached = getattr(environ.get("werkzeug.request"), "_cached_json", None)
+        if isinstance(got[6], dict | list) and cached is not None:
+            assert got[6] is not cached[0]  # a copy: the application may change its own
         view_args = getattr(environ.get("werkzeug.request"), "view_args", None)
         if isinstance(view_args, dict) and view_args and got[4] is not None:
             assert got[4] is not view_args  # a copy: the application may change its own
@@ -592,15 +621,30 @@ def test_compiled_middleware_hands_other_requests_to_python(started: Client, mon
     middleware = wsgi.SqreenMiddleware(app)
     compiled = type(middleware({"REQUEST_METHOD": "GET"}, None))
     assert compiled is speedups.BoundResponse
-    for environ in ({"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "2", "wsgi.input": io.BytesIO(b"{}")},
-                    {"REQUEST_METHOD": "POST", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": io.BytesIO()}):
-        assert type(middleware(environ, None)) is wsgi._BoundResponse  # a body to tee: the Python method
-        assert type(environ["wsgi.input"]) is WSGIInput
-    for length in ("0", "00", "", "x1"):  # no body the Python code would tee (it tees "x1" only when chunked)
-        environ = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": length, "wsgi.input": io.BytesIO()}
-        kind = type(middleware(environ, None))
-        assert kind is (speedups.BoundResponse if length in ("0", "00", "") else wsgi._BoundResponse), length
-        assert type(environ["wsgi.input"]) is io.BytesIO
+    slots = all_slots(WSGIInput)
+    # (CONTENT_LENGTH, HTTP_TRANSFER_ENCODING) -> the tee's _remaining, or None: no tee (the Python method's rules)
+    bodies: list[tuple[Any, Any, Any]] = [
+        ("2", None, 2), ("002", None, 2), ("0", None, None), ("00", None, None), ("", None, None), ("x1", None, None),
+        (None, None, None), (None, "chunked", None), ("0", "chunked", 0), ("x1", "chunked", None), ("", "", None),
+        ("٣", None, None), ("9" * 18, None, 10**18 - 1), ("9" * 19, None, None), ("9" * 5000, "chunked", None),
+        (5, None, None), (5, "chunked", None)]
+    for length, chunked, remaining in bodies:
+        stream = io.BytesIO(b"{}")
+        environ = {"REQUEST_METHOD": "POST", "wsgi.input": stream}
+        if length is not None:
+            environ["CONTENT_LENGTH"] = length
+        if chunked is not None:
+            environ["HTTP_TRANSFER_ENCODING"] = chunked
+        assert type(middleware(environ, None)) is speedups.BoundResponse, (length, chunked)
+        if remaining is None and not chunked:
+            assert environ["wsgi.input"] is stream, (length, chunked)
+            continue
+        tee, expected = environ["wsgi.input"], WSGIInput(stream, remaining, started.max_body_bytes)
+        assert type(tee) is WSGIInput and {n: getattr(tee, n) for n in slots} == {
+            n: getattr(expected, n) for n in slots}, (length, chunked)
+    with pytest.raises(KeyError, match=r"wsgi\.input"):  # as the Python method (PEP 3333 requires the stream)
+        middleware({"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "2"}, None)
+    assert current_context.get() is None
     for block in ({"id": "b1", "action": "block_ip", "value": "198.51.100.9", "expires_at": None},
                   {"id": "b2", "action": "block_user", "value": {"id": 1}, "expires_at": None}):
         started.set_actions({"actions_version": 2, "actions": [block]})
@@ -613,3 +657,23 @@ def test_compiled_middleware_hands_other_requests_to_python(started: Client, mon
     monkeypatch.setattr(started, "start", lambda: setattr(started, "_started_pid", os.getpid()))
     assert type(middleware({"REQUEST_METHOD": "GET"}, None)) is wsgi._BoundResponse
     assert type(middleware({"REQUEST_METHOD": "GET"}, None)) is speedups.BoundResponse
+
+
+@pytest.mark.parametrize("depth", [18, 19, 20, 21, 22, 40])
+def test_a_deep_json_body_is_cut_where_python_cuts_it(depth: int) -> None:
+    from sqreen_mw._context import WSGI, _wsgi_capture
+
+    parsed = _nested(depth)
+    environ = {"REQUEST_METHOD": "POST", "werkzeug.request": _Werkzeug({"_cached_json": (parsed, parsed)})}
+    client = Client(token="t", url=URL, install_signal_handler=False)
+    client._started_pid = os.getpid()
+    try:
+        client.track("e")
+        token = current_context.set(RequestContext(WSGI, environ))
+        try:
+            client.track("e")
+        finally:
+            current_context.reset(token)
+        assert queued(client)[-1][4] == _wsgi_capture(environ, None, None)
+    finally:
+        client._closed, client._accepting = True, False

@@ -301,14 +301,17 @@ def test_file_wrapper_responses_are_returned_unwrapped() -> None:
     assert current_context.get() is None
 
 
-def test_odd_content_length_does_not_break_the_request(make_client: MakeClient) -> None:
+@pytest.mark.parametrize("length", ["\xb2", "9" * 5000, 5], ids=["superscript", "5000-digits", "int"])
+def test_odd_content_length_does_not_break_the_request(make_client: MakeClient, length: Any) -> None:
+    # A superscript digit is not ASCII, int() of 5,000 digits raises ValueError, an int has no str methods (a
+    # middleware or test that sets one): none is a length, and the request is served.
     make_client()
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         start_response("200 OK", [])
         return [environ["wsgi.input"].read()]
 
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": "\xb2", "wsgi.input": io.BytesIO(b"")}
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": length, "wsgi.input": io.BytesIO(b"")}
     assert SqreenMiddleware(app)(environ, lambda *a: None) == [b""]
 
 
