@@ -92,6 +92,9 @@ class Client:
     :raises ConfigurationError: an option is unknown or has an unusable value.
     """
 
+    # The switches the compiled track() reads on every call are slots (read at their offsets); the rest is __dict__.
+    __slots__ = ("__dict__", "__weakref__", "_accepting", "_capture", "_started_pid", "_track", "enforcer")
+
     def __init__(self, token: str | None = None, url: str | None = None, *, app_name: str | None = None,
                  **options: Any) -> None:
         settings = resolve({"token": token, "url": url, "app_name": app_name, **options})

@@ -11,6 +11,8 @@ import threading
 from collections import deque
 from typing import Any
 
+from ._native import speedups
+
 logger = logging.getLogger("sqreen_mw")
 
 #: Queued record layout (a tuple keeps it small): see ``_client.Client.track``.
@@ -21,12 +23,20 @@ NAME = 2  # index of the event name
 SIZE = 8  # index of the byte estimate
 
 
+#: The queue's lock: the compiled one when built (track()'s compiled put takes it without a method call), else
+#: threading's. Both re-entrant.
+_rlock: Any = threading.RLock if speedups is None else speedups.RLock
+
+
 class EventQueue:
     """A deque bounded by count and by estimated bytes, with drop counters by reason.
 
     The bounds (``max_events``, ``max_bytes``, ``wake_count``, ``wake_bytes``) are fixed when the queue is made: the
     compiled ``track()`` (``_speedups.c``) reads them once, so a queue with other bounds is a new queue.
     """
+
+    # What put() changes are slots, which the compiled put reads and writes at their offsets; the rest is __dict__.
+    __slots__ = ("__dict__", "_bytes", "_items", "_lock", "tracked")
 
     def __init__(self, max_events: int, max_bytes: int, batch_size: int | None = None) -> None:
         self.max_events = max_events
@@ -35,7 +45,7 @@ class EventQueue:
         self.wake_count = max(1, min(batch_size or max_events, max_events // 2))
         self.wake_bytes = max(1, max_bytes // 2)
         self._items: deque[Record] = deque()
-        self._lock = threading.RLock()  # re-entered by a logging handler that tracks the drop warning
+        self._lock = _rlock()  # re-entered by a logging handler that tracks the drop warning
         self._bytes = 0
         self.tracked = 0
         self.dropped: dict[str, int] = {}
@@ -152,7 +162,7 @@ class EventQueue:
 
     def clear(self) -> None:
         """Forget everything (a forked child starts empty: its parent delivers what it tracked)."""
-        self._lock = threading.RLock()  # re-entered by a logging handler that tracks the drop warning
+        self._lock = _rlock()  # re-entered by a logging handler that tracks the drop warning
         self._items = deque()
         self._bytes = 0
         self.tracked = 0

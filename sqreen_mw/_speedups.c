@@ -11,6 +11,8 @@
 #include <math.h>
 #include <time.h>
 #include <unistd.h>
+#include <limits.h>
+#include <pythread.h>
 
 #define MAX_PROPERTIES 16
 #define MAX_STRING_LENGTH 4096
@@ -107,12 +109,207 @@ check_common_properties(PyObject *module, PyObject *const *args, Py_ssize_t narg
     return result;
 }
 
-/* An EventQueue seen from C: its instance dict (read and written directly: the attributes put() uses are plain
- * instance attributes) and its bounds, read once: EventQueue's bounds are fixed when it is made (see _queue.py). */
+/* --- RLock: EventQueue's re-entrant lock, taken by put_record() without a method call ------------------------ */
+
 typedef struct {
-    PyObject *dict;
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    unsigned long owner; /* the holding thread's ident, when count > 0 */
+    unsigned long count;
+} RLock;
+
+static PyTypeObject RLockType;
+
+/* Take it (re-entering when this thread holds it): 0, or -1 with an exception. The GIL is let go while waiting. */
+static int
+rlock_take(RLock *self)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    if (self->count > 0 && self->owner == me) {
+        if (self->count == ULONG_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "internal lock count overflowed");
+            return -1;
+        }
+        self->count++;
+        return 0;
+    }
+    if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+        PyLockStatus status;
+        do { /* as threading's locks: a signal's handler runs while waiting (Ctrl-C raises KeyboardInterrupt) */
+            Py_BEGIN_ALLOW_THREADS
+            status = PyThread_acquire_lock_timed(self->lock, -1, 1);
+            Py_END_ALLOW_THREADS
+            if (status == PY_LOCK_INTR && Py_MakePendingCalls() < 0) {
+                return -1;
+            }
+        } while (status != PY_LOCK_ACQUIRED);
+    }
+    self->owner = me;
+    self->count = 1;
+    return 0;
+}
+
+/* Let it go once: 0, or -1 with RuntimeError when this thread does not hold it (as threading.RLock). */
+static int
+rlock_give(RLock *self)
+{
+    if (self->count == 0 || self->owner != PyThread_get_thread_ident()) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
+        return -1;
+    }
+    if (--self->count == 0) {
+        self->owner = 0;
+        PyThread_release_lock(self->lock);
+    }
+    return 0;
+}
+
+static PyObject *
+rlock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    RLock *self;
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "RLock() takes no arguments");
+        return NULL;
+    }
+    self = (RLock *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->lock = PyThread_allocate_lock();
+    if (self->lock == NULL) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_MemoryError, "cannot allocate a lock");
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void
+rlock_dealloc(RLock *self)
+{
+    if (self->lock != NULL) {
+        if (self->count > 0) { /* held by a thread that is gone (or a forked-away parent's): release it */
+            PyThread_release_lock(self->lock);
+        }
+        PyThread_free_lock(self->lock);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+rlock_enter(RLock *self, PyObject *unused)
+{
+    if (rlock_take(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+/* acquire(blocking=True, timeout=-1), as threading.RLock's: True when taken. */
+static PyObject *
+rlock_acquire(RLock *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"blocking", "timeout", NULL};
+    int blocking = 1;
+    double timeout = -1;
+    PY_TIMEOUT_T wait;
+    PyLockStatus status;
+    unsigned long me = PyThread_get_thread_ident();
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pd:acquire", keywords, &blocking, &timeout)) {
+        return NULL;
+    }
+    if (!blocking && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+        return NULL;
+    }
+    if (timeout < 0 && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "timeout value must be a non-negative number");
+        return NULL;
+    }
+    if (blocking && timeout == -1) {
+        return rlock_enter(self, NULL);
+    }
+    if (self->count > 0 && self->owner == me) {
+        return rlock_enter(self, NULL); /* re-entered: never waits */
+    }
+    wait = !blocking ? 0 : timeout * 1e6 >= (double)PY_TIMEOUT_MAX ? PY_TIMEOUT_MAX : (PY_TIMEOUT_T)(timeout * 1e6);
+    status = PyThread_acquire_lock_timed(self->lock, 0, 0);
+    if (status != PY_LOCK_ACQUIRED && wait > 0) { /* a signal's handler may run, then the wait goes on (shorter
+                                                  * by nothing: an interrupted timed wait is rare and brief) */
+        do {
+            Py_BEGIN_ALLOW_THREADS
+            status = PyThread_acquire_lock_timed(self->lock, wait, 1);
+            Py_END_ALLOW_THREADS
+            if (status == PY_LOCK_INTR && Py_MakePendingCalls() < 0) {
+                return NULL;
+            }
+        } while (status == PY_LOCK_INTR);
+    }
+    if (status != PY_LOCK_ACQUIRED) {
+        Py_RETURN_FALSE;
+    }
+    self->owner = me;
+    self->count = 1;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+rlock_release(RLock *self, PyObject *unused)
+{
+    if (rlock_give(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rlock_exit(RLock *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return rlock_release(self, NULL);
+}
+
+static PyObject *
+rlock_is_owned(RLock *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->count > 0 && self->owner == PyThread_get_thread_ident());
+}
+
+static PyMethodDef rlock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))rlock_acquire, METH_VARARGS | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1): take the lock (re-entrant in its thread); True when taken."},
+    {"release", (PyCFunction)rlock_release, METH_NOARGS, "Let the lock go once."},
+    {"__enter__", (PyCFunction)rlock_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))rlock_exit, METH_FASTCALL, NULL},
+    {"_is_owned", (PyCFunction)rlock_is_owned, METH_NOARGS, "Whether this thread holds it."},
+    {NULL},
+};
+
+static PyTypeObject RLockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqreen_mw._speedups.RLock",
+    .tp_doc = "A re-entrant lock (threading.RLock's acquire/release/with) that compiled code takes without a call.",
+    .tp_basicsize = sizeof(RLock),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = rlock_new,
+    .tp_dealloc = (destructor)rlock_dealloc,
+    .tp_methods = rlock_methods,
+};
+
+/* An EventQueue seen from C: the slots put() uses (_lock, _items, _bytes, tracked, read and written at their
+ * offsets; a queue whose type has other ones is read through its instance dict) and its bounds, read once:
+ * EventQueue's bounds are fixed when it is made (see _queue.py). */
+enum { Q_LOCK, Q_ITEMS, Q_BYTES, Q_TRACKED, Q_FIELDS };
+
+typedef struct {
+    PyObject *dict; /* the instance dict, only when some field is not a slot; else NULL */
+    PyTypeObject *type;
+    Py_ssize_t slots[Q_FIELDS];
     Py_ssize_t max_events, max_bytes, wake_count, wake_bytes;
 } QueueView;
+
+static PyObject *queue_names[Q_FIELDS];
 
 /* A Py_ssize_t attribute of `obj`; -1 with an exception on failure. */
 static int
@@ -134,53 +331,75 @@ get_size(PyObject *obj, PyObject *name, Py_ssize_t *out)
     return 0;
 }
 
+static Py_ssize_t slot_offset(PyObject *type, PyObject *name);
+
 static int
 queue_view(PyObject *queue, QueueView *view)
 {
-    view->dict = PyObject_GenericGetDict(queue, NULL);
-    if (view->dict == NULL) {
-        return -1;
+    int i, all_slots = 1;
+    view->dict = NULL;
+    view->type = (PyTypeObject *)Py_NewRef(Py_TYPE(queue));
+    for (i = 0; i < Q_FIELDS; i++) {
+        view->slots[i] = slot_offset((PyObject *)view->type, queue_names[i]);
+        all_slots = all_slots && view->slots[i] >= 0;
     }
-    if (!PyDict_CheckExact(view->dict) || get_size(queue, str_max_events, &view->max_events) < 0
-        || get_size(queue, str_max_bytes, &view->max_bytes) < 0 || get_size(queue, str_wake_count, &view->wake_count) < 0
-        || get_size(queue, str_wake_bytes, &view->wake_bytes) < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "the queue's __dict__ is not a dict");
+    if (!all_slots) {
+        view->dict = PyObject_GenericGetDict(queue, NULL);
+        if (view->dict == NULL || !PyDict_CheckExact(view->dict)) {
+            if (view->dict != NULL) {
+                PyErr_SetString(PyExc_TypeError, "the queue's __dict__ is not a dict");
+            }
+            Py_CLEAR(view->dict);
+            Py_CLEAR(view->type);
+            return -1;
         }
+    }
+    if (get_size(queue, str_max_events, &view->max_events) < 0 || get_size(queue, str_max_bytes, &view->max_bytes) < 0
+        || get_size(queue, str_wake_count, &view->wake_count) < 0
+        || get_size(queue, str_wake_bytes, &view->wake_bytes) < 0) {
         Py_CLEAR(view->dict);
+        Py_CLEAR(view->type);
         return -1;
     }
     return 0;
 }
 
-/* A new reference to the value of `name` in an instance dict; an AttributeError when it is missing. */
+/* The queue's field: a new reference, or NULL with AttributeError when it is missing (or an unset slot). */
 static PyObject *
-dict_field(PyObject *dict, PyObject *name)
+queue_field(const QueueView *view, PyObject *queue, int field)
 {
-    PyObject *value = PyDict_GetItemWithError(dict, name);
-    if (value == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetObject(PyExc_AttributeError, name);
+    PyObject *value;
+    if (view->slots[field] >= 0 && Py_TYPE(queue) == view->type) {
+        value = *(PyObject **)((char *)queue + view->slots[field]);
+    }
+    else {
+        if (view->dict == NULL) { /* not the type the view was made for */
+            return PyObject_GetAttr(queue, queue_names[field]);
         }
+        value = PyDict_GetItemWithError(view->dict, queue_names[field]);
+        if (value == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, queue_names[field]);
         return NULL;
     }
     return Py_NewRef(value);
 }
 
-/* dict[name] += delta for an int field; the new value in *out. -1 with an exception. */
+/* queue.<field> += delta for an int field; the new value in *out. -1 with an exception. */
 static int
-add_to_field(PyObject *dict, PyObject *name, Py_ssize_t delta, Py_ssize_t *out)
+add_to_field(const QueueView *view, PyObject *queue, int field, Py_ssize_t delta, Py_ssize_t *out)
 {
-    PyObject *value = PyDict_GetItemWithError(dict, name), *number;
+    PyObject *value = queue_field(view, queue, field), *number;
     Py_ssize_t total;
-    int rc;
+    int rc = 0;
     if (value == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetObject(PyExc_AttributeError, name);
-        }
         return -1;
     }
     total = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
     if (total == -1 && PyErr_Occurred()) {
         return -1;
     }
@@ -189,8 +408,17 @@ add_to_field(PyObject *dict, PyObject *name, Py_ssize_t delta, Py_ssize_t *out)
     if (number == NULL) {
         return -1;
     }
-    rc = PyDict_SetItem(dict, name, number);
-    Py_DECREF(number);
+    if (view->slots[field] >= 0 && Py_TYPE(queue) == view->type) {
+        Py_XSETREF(*(PyObject **)((char *)queue + view->slots[field]), number); /* an int goes: no code runs */
+    }
+    else if (view->dict != NULL) {
+        rc = PyDict_SetItem(view->dict, queue_names[field], number);
+        Py_DECREF(number);
+    }
+    else {
+        rc = PyObject_SetAttr(queue, queue_names[field], number);
+        Py_DECREF(number);
+    }
     *out = total;
     return rc;
 }
@@ -221,6 +449,16 @@ chain_context(PyObject *type, PyObject *value, PyObject *tb)
     PyErr_Restore(type2, value2, tb2);
 }
 
+/* lock.release(), without a call for an RLock of this module. */
+static PyObject *
+lock_release(PyObject *lock)
+{
+    if (Py_IS_TYPE(lock, &RLockType)) {
+        return rlock_give((RLock *)lock) < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    return PyObject_CallMethodNoArgs(lock, str_release);
+}
+
 /* EventQueue.put(record): 1 or 0 (wake the flusher or not), -1 with an exception. */
 static int
 put_record(const QueueView *view, PyObject *queue, PyObject *record)
@@ -237,18 +475,19 @@ put_record(const QueueView *view, PyObject *queue, PyObject *record)
     if (record_size == -1 && PyErr_Occurred()) {
         return -1;
     }
-    lock = dict_field(view->dict, str__lock); /* read each time: a forked child's clear() makes new ones */
+    lock = queue_field(view, queue, Q_LOCK); /* read each time: a forked child's clear() makes new ones */
     if (lock == NULL) {
         return -1;
     }
-    ignored = PyObject_CallMethodNoArgs(lock, str_acquire);
+    ignored = Py_IS_TYPE(lock, &RLockType) ? (rlock_take((RLock *)lock) < 0 ? NULL : Py_NewRef(Py_True))
+                                           : PyObject_CallMethodNoArgs(lock, str_acquire);
     if (ignored == NULL) {
         Py_DECREF(lock);
         return -1;
     }
     Py_DECREF(ignored);
     /* try: */
-    items = dict_field(view->dict, str__items);
+    items = queue_field(view, queue, Q_ITEMS);
     if (items == NULL) {
         goto release;
     }
@@ -260,8 +499,8 @@ put_record(const QueueView *view, PyObject *queue, PyObject *record)
     Py_DECREF(ignored);
     n = PyObject_Length(items);
     Py_DECREF(items);
-    if (n < 0 || add_to_field(view->dict, str__bytes, record_size, &size) < 0
-        || add_to_field(view->dict, str_tracked, 1, &tracked) < 0) {
+    if (n < 0 || add_to_field(view, queue, Q_BYTES, record_size, &size) < 0
+        || add_to_field(view, queue, Q_TRACKED, 1, &tracked) < 0) {
         goto release;
     }
     if (n > view->max_events || size > view->max_bytes) {
@@ -276,7 +515,7 @@ release: /* finally: */
     if (failed) {
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
-        ignored = PyObject_CallMethodNoArgs(lock, str_release);
+        ignored = lock_release(lock);
         Py_XDECREF(ignored);
         Py_DECREF(lock);
         if (ignored == NULL) { /* the release's own exception wins, the first as its __context__, as in Python */
@@ -287,7 +526,7 @@ release: /* finally: */
         }
         return -1;
     }
-    ignored = PyObject_CallMethodNoArgs(lock, str_release);
+    ignored = lock_release(lock);
     Py_DECREF(lock);
     if (ignored == NULL) {
         return -1;
@@ -309,7 +548,8 @@ queue_put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     wake = put_record(&view, args[0], args[1]);
-    Py_DECREF(view.dict);
+    Py_XDECREF(view.dict);
+    Py_DECREF(view.type);
     if (wake < 0) {
         return NULL;
     }
@@ -319,6 +559,7 @@ queue_put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* --- Tracker: Client._track for the common call -------------------------------------------------------------- */
 
 enum { CTX_CAPTURE, CTX_USER, CTX_BLOCKED, CTX_KIND, CTX_RAW, CTX_TEE, CTX_FIELDS };
+enum { CLIENT_CAPTURE, CLIENT_ACCEPTING, CLIENT_STARTED, CLIENT_ENFORCER, CLIENT_FIELDS };
 
 typedef struct {
     PyObject_HEAD
@@ -336,6 +577,11 @@ typedef struct {
     Py_ssize_t offsets[CTX_FIELDS]; /* of _capture, user, blocked in a RequestContext; -1: read as attributes */
     PyObject *ip_key;      /* Client._ip_key */
     PyObject *unreadable;  /* callable(exception): logs a request that could not be read */
+    PyTypeObject *client_type; /* the client's type when created, whose slots these are: */
+    Py_ssize_t client_slots[CLIENT_FIELDS]; /* Client._capture, _accepting, _started_pid, enforcer; -1: attributes */
+    PyObject *enforcer_type; /* the client's Enforcer type, and its actions slot */
+    PyObject *actions_type;  /* the type of its actions (_blocking.Actions), and its hot_events slot */
+    Py_ssize_t actions_slot, hot_slot;
 } Tracker;
 
 static int
@@ -348,10 +594,14 @@ tracker_traverse(Tracker *self, visitproc visit, void *arg)
     Py_VISIT(self->seq);
     Py_VISIT(self->queue);
     Py_VISIT(self->view.dict);
+    Py_VISIT(self->view.type);
     Py_VISIT(self->context);
     Py_VISIT(self->ctx_type);
     Py_VISIT(self->ip_key);
     Py_VISIT(self->unreadable);
+    Py_VISIT(self->client_type);
+    Py_VISIT(self->enforcer_type);
+    Py_VISIT(self->actions_type);
     return 0;
 }
 
@@ -365,10 +615,14 @@ tracker_clear(Tracker *self)
     Py_CLEAR(self->seq);
     Py_CLEAR(self->queue);
     Py_CLEAR(self->view.dict);
+    Py_CLEAR(self->view.type);
     Py_CLEAR(self->context);
     Py_CLEAR(self->ctx_type);
     Py_CLEAR(self->ip_key);
     Py_CLEAR(self->unreadable);
+    Py_CLEAR(self->client_type);
+    Py_CLEAR(self->enforcer_type);
+    Py_CLEAR(self->actions_type);
     return 0;
 }
 
@@ -401,6 +655,20 @@ ctx_slot(Tracker *self, PyObject *ctx, int field)
         return NULL;
     }
     return *(PyObject **)((char *)ctx + self->offsets[field]);
+}
+
+/* A client attribute: its slot for the client's type at creation, else the attribute. A new reference. */
+static PyObject *
+client_field(Tracker *self, int field, PyObject *name)
+{
+    PyObject *client = self->client;
+    if (Py_TYPE(client) == self->client_type && self->client_slots[field] >= 0) {
+        PyObject *value = *(PyObject **)((char *)client + self->client_slots[field]);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(client, name); /* an unset slot raises its AttributeError here */
 }
 
 static PyObject *str_client, *str_headers, *str_path, *str_method, *str_type, *str_query_string, *str_path_params,
@@ -834,22 +1102,34 @@ wake_flusher(PyObject *client, int hot)
     return result;
 }
 
-/* The event name's hot_events membership: client.enforcer.actions.hot_events. */
+/* The event name's hot_events membership: client.enforcer.actions.hot_events (slots, read at their offsets). */
 static int
-is_hot(PyObject *client, PyObject *name)
+is_hot(Tracker *self, PyObject *name)
 {
     PyObject *enforcer, *actions, *hot;
     int found;
-    enforcer = PyObject_GetAttr(client, str_enforcer);
+    enforcer = client_field(self, CLIENT_ENFORCER, str_enforcer);
     if (enforcer == NULL) {
         return -1;
     }
-    actions = PyObject_GetAttr(enforcer, str_actions);
+    if ((PyObject *)Py_TYPE(enforcer) == self->enforcer_type && self->actions_slot >= 0
+        && (actions = *(PyObject **)((char *)enforcer + self->actions_slot)) != NULL) {
+        Py_INCREF(actions);
+    }
+    else {
+        actions = PyObject_GetAttr(enforcer, str_actions);
+    }
     Py_DECREF(enforcer);
     if (actions == NULL) {
         return -1;
     }
-    hot = PyObject_GetAttr(actions, str_hot_events);
+    if ((PyObject *)Py_TYPE(actions) == self->actions_type && self->hot_slot >= 0
+        && (hot = *(PyObject **)((char *)actions + self->hot_slot)) != NULL) {
+        Py_INCREF(hot);
+    }
+    else {
+        hot = PyObject_GetAttr(actions, str_hot_events);
+    }
     Py_DECREF(actions);
     if (hot == NULL) {
         return -1;
@@ -978,14 +1258,14 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
         PyTuple_SET_ITEM(record, 9, PyBool_FromLong(blocked));
     }
     /* if self._capture is not None or not self._accepting: return self._enqueue_slow(record) */
-    attr = PyObject_GetAttr(self->client, str__capture);
+    attr = client_field(self, CLIENT_CAPTURE, str__capture);
     if (attr == NULL) {
         goto done;
     }
     if (attr == Py_None) {
         int accepting;
         Py_DECREF(attr);
-        attr = PyObject_GetAttr(self->client, str__accepting);
+        attr = client_field(self, CLIENT_ACCEPTING, str__accepting);
         if (attr == NULL) {
             goto done;
         }
@@ -1005,7 +1285,7 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
         goto done;
     }
     /* if self._started_pid is None or (not same_request and self._started_pid != os.getpid()): self._start() */
-    attr = PyObject_GetAttr(self->client, str__started_pid);
+    attr = client_field(self, CLIENT_STARTED, str__started_pid);
     if (attr == NULL) {
         goto done;
     }
@@ -1033,7 +1313,7 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
         goto done;
     }
     if (!wake) { /* an event that feeds a playbook is sent now, not at the heartbeat */
-        wake = is_hot(self->client, name);
+        wake = is_hot(self, name);
         if (wake < 0) {
             goto done;
         }
@@ -1079,6 +1359,35 @@ slot_offset(PyObject *type, PyObject *name)
     return offset;
 }
 
+/* The slots the common call reads: the client's switches, client.enforcer.actions.hot_events. */
+static int
+tracker_slots(Tracker *self)
+{
+    PyObject *const names[CLIENT_FIELDS] = {str__capture, str__accepting, str__started_pid, str_enforcer};
+    PyObject *enforcer, *actions;
+    int i;
+    self->client_type = (PyTypeObject *)Py_NewRef(Py_TYPE(self->client));
+    for (i = 0; i < CLIENT_FIELDS; i++) {
+        self->client_slots[i] = slot_offset((PyObject *)self->client_type, names[i]);
+    }
+    self->actions_slot = self->hot_slot = -1;
+    enforcer = PyObject_GetAttr(self->client, str_enforcer);
+    if (enforcer == NULL) {
+        return -1;
+    }
+    self->enforcer_type = Py_NewRef(Py_TYPE(enforcer));
+    self->actions_slot = slot_offset(self->enforcer_type, str_actions);
+    actions = PyObject_GetAttr(enforcer, str_actions);
+    Py_DECREF(enforcer);
+    if (actions == NULL) {
+        return -1;
+    }
+    self->actions_type = Py_NewRef(Py_TYPE(actions));
+    self->hot_slot = slot_offset(self->actions_type, str_hot_events);
+    Py_DECREF(actions);
+    return 0;
+}
+
 static PyObject *
 tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -1117,6 +1426,10 @@ tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->offsets[CTX_TEE] = slot_offset(ctx_type, str_body_tee);
     self->ip_key = Py_NewRef(ip_key);
     self->unreadable = Py_NewRef(unreadable);
+    if (tracker_slots(self) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 }
 
@@ -1146,6 +1459,8 @@ typedef struct {
     PyObject *fallback;  /* the Python sqreen_mw.track */
     PyObject *globals;   /* _lifecycle's module dict: _current */
     PyObject *dict;      /* __wrapped__, __doc__, __name__ ... (functools.update_wrapper) */
+    PyObject *client_type; /* the type of the last client seen, and the offset of its _track slot (-1: none) */
+    Py_ssize_t track_slot;
 } Front;
 
 static PyObject *str__current, *str__track, *keyword_names[5];
@@ -1190,7 +1505,17 @@ front_call(Front *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
         return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
     }
     Py_INCREF(client);
-    track = PyObject_GetAttr(client, str__track);
+    if ((PyObject *)Py_TYPE(client) != self->client_type) { /* Client._track is a slot: read at its offset */
+        Py_XSETREF(self->client_type, Py_NewRef(Py_TYPE(client)));
+        self->track_slot = slot_offset(self->client_type, str__track);
+    }
+    track = self->track_slot >= 0 ? *(PyObject **)((char *)client + self->track_slot) : NULL;
+    if (track != NULL) {
+        Py_INCREF(track);
+    }
+    else {
+        track = PyObject_GetAttr(client, str__track); /* not a slot, or unset (its AttributeError) */
+    }
     Py_DECREF(client);
     if (track == NULL) {
         return NULL;
@@ -1215,6 +1540,7 @@ front_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->vectorcall = (vectorcallfunc)front_call;
+    self->track_slot = -1;
     self->fallback = Py_NewRef(fallback);
     self->globals = Py_NewRef(globals);
     return (PyObject *)self;
@@ -1226,6 +1552,7 @@ front_traverse(Front *self, visitproc visit, void *arg)
     Py_VISIT(self->fallback);
     Py_VISIT(self->globals);
     Py_VISIT(self->dict);
+    Py_VISIT(self->client_type);
     return 0;
 }
 
@@ -1235,6 +1562,7 @@ front_clear(Front *self)
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->globals);
     Py_CLEAR(self->dict);
+    Py_CLEAR(self->client_type);
     return 0;
 }
 
@@ -1887,6 +2215,10 @@ PyInit__speedups(void)
     INTERN(str_max_bytes, "max_bytes");
     INTERN(str_wake_count, "wake_count");
     INTERN(str_wake_bytes, "wake_bytes");
+    queue_names[Q_LOCK] = str__lock;
+    queue_names[Q_ITEMS] = str__items;
+    queue_names[Q_BYTES] = str__bytes;
+    queue_names[Q_TRACKED] = str_tracked;
     INTERN(str__shed, "_shed");
     INTERN(str_acquire, "acquire");
     INTERN(str_release, "release");
@@ -1966,7 +2298,7 @@ PyInit__speedups(void)
     INTERN(keyword_names[3], "collect_body");
     INTERN(keyword_names[4], "request");
     if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&FrontType) < 0 || PyType_Ready(&BoundType) < 0
-        || PyType_Ready(&WSGICallType) < 0) {
+        || PyType_Ready(&WSGICallType) < 0 || PyType_Ready(&RLockType) < 0) {
         return NULL;
     }
     module = PyModule_Create(&module_def);
@@ -1976,7 +2308,8 @@ PyInit__speedups(void)
     if (PyModule_AddObjectRef(module, "Tracker", (PyObject *)&TrackerType) < 0
         || PyModule_AddObjectRef(module, "Front", (PyObject *)&FrontType) < 0
         || PyModule_AddObjectRef(module, "BoundResponse", (PyObject *)&BoundType) < 0
-        || PyModule_AddObjectRef(module, "WSGICall", (PyObject *)&WSGICallType) < 0) {
+        || PyModule_AddObjectRef(module, "WSGICall", (PyObject *)&WSGICallType) < 0
+        || PyModule_AddObjectRef(module, "RLock", (PyObject *)&RLockType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

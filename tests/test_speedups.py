@@ -677,3 +677,69 @@ def test_a_deep_json_body_is_cut_where_python_cuts_it(depth: int) -> None:
         assert queued(client)[-1][4] == _wsgi_capture(environ, None, None)
     finally:
         client._closed, client._accepting = True, False
+
+
+# --- RLock: the queue's lock -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [threading.RLock, lambda: speedups.RLock()], ids=["threading", "compiled"])
+def test_the_compiled_lock_behaves_as_threading_rlock(make: Any) -> None:
+    lock = make()
+    with lock:
+        with lock:  # re-entered
+            assert lock._is_owned()
+            results: list[Any] = []
+            other = threading.Thread(target=lambda: results.extend(
+                [lock.acquire(blocking=False), lock.acquire(timeout=0.05)]))
+            other.start()
+            other.join(10)
+            assert results == [False, False]  # held here: another thread cannot take it
+        assert lock._is_owned()
+    assert not lock._is_owned()
+    with pytest.raises(RuntimeError, match="cannot release un-acquired lock"):
+        lock.release()
+    with pytest.raises(ValueError, match="non-blocking"):
+        lock.acquire(False, 1)
+    assert lock.acquire(timeout=1) is True and lock.acquire(True) is True
+    lock.release()
+    lock.release()
+    total = [0]
+
+    def add() -> None:
+        for _ in range(2000):
+            with lock:
+                total[0] += 1
+
+    threads = [threading.Thread(target=add) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert total[0] == 8000
+
+
+def test_a_signal_interrupts_a_wait_for_the_compiled_lock() -> None:
+    import signal
+
+    lock = speedups.RLock()
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    previous = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            lock.acquire()  # waits for the holder: the signal's handler runs meanwhile, as with threading's locks
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        done.set()
+        holder.join(10)
+    assert not lock._is_owned() and lock.acquire(timeout=5)
+    lock.release()
