@@ -35,8 +35,28 @@ class EventQueue:
     compiled ``track()`` (``_speedups.c``) reads them once, so a queue with other bounds is a new queue.
     """
 
-    # What put() changes are slots, which the compiled put reads and writes at their offsets; the rest is __dict__.
-    __slots__ = ("__dict__", "_bytes", "_items", "_lock", "tracked")
+    if speedups is None:
+        __slots__ = ("__dict__", "_bytes", "_items", "_lock", "tracked")
+    else:
+        # The compiled put reads the lock and the deque at their slots' offsets, and keeps its two counters on the
+        # compiled lock (plain C integers: no int object made per event); here they read as attributes.
+        __slots__ = ("__dict__", "_items", "_lock")
+
+        @property
+        def _bytes(self) -> int:
+            return self._lock.bytes  # type: ignore[no-any-return]
+
+        @_bytes.setter
+        def _bytes(self, value: int) -> None:
+            self._lock.bytes = value
+
+        @property
+        def tracked(self) -> int:
+            return self._lock.tracked  # type: ignore[no-any-return]
+
+        @tracked.setter
+        def tracked(self, value: int) -> None:
+            self._lock.tracked = value
 
     def __init__(self, max_events: int, max_bytes: int, batch_size: int | None = None) -> None:
         self.max_events = max_events

@@ -29,34 +29,59 @@ static PyObject *str__lock, *str__items, *str__bytes, *str_tracked, *str_max_eve
  * estimates in `known`) and whose values are plain scalars in range. A new reference to the copy, with *size set;
  * NULL without an exception for every other case (the Python checks then say what is wrong, or copy it their way);
  * NULL with an exception only on a fault (memory). */
-static PyObject *
-common_properties(PyObject *properties, PyObject *known, long long *size)
-{
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
-    long long total = 0;
+/* The keys of the last properties a Tracker checked, in order (held), and the sum of their estimates: the same key
+ * objects again (a dict literal's constants) need no lookup in `known` (a key's estimate never changes). */
+typedef struct {
+    PyObject *keys[MAX_PROPERTIES];
+    Py_ssize_t len;
+    long long estimate;
+} KeyCache;
 
-    if (!PyDict_CheckExact(properties) || PyDict_GET_SIZE(properties) > MAX_PROPERTIES) {
+static void
+key_cache_clear(KeyCache *cache)
+{
+    Py_ssize_t i;
+    for (i = 0; i < cache->len; i++) {
+        Py_CLEAR(cache->keys[i]);
+    }
+    cache->len = 0;
+}
+
+static PyObject *
+common_properties(PyObject *properties, PyObject *known, long long *size, KeyCache *cache)
+{
+    PyObject *key, *value, *keys[MAX_PROPERTIES];
+    Py_ssize_t pos = 0, i = 0, n;
+    long long total = 0, key_total = 0;
+    int same = cache != NULL;
+
+    if (!PyDict_CheckExact(properties) || (n = PyDict_GET_SIZE(properties)) > MAX_PROPERTIES) {
         return NULL;
     }
+    same = same && cache->len == n;
     while (PyDict_Next(properties, &pos, &key, &value)) {
-        PyObject *estimate;
         PyTypeObject *type;
 
         if (!PyUnicode_CheckExact(key)) {
             return NULL;
         }
-        estimate = PyDict_GetItemWithError(known, key); /* exact str keys: no Python code runs */
-        if (estimate == NULL || !PyLong_CheckExact(estimate)) {
-            return NULL;
+        if (i < MAX_PROPERTIES) {
+            keys[i] = key;
         }
-        {
-            long long part = PyLong_AsLongLong(estimate);
+        same = same && i < cache->len && cache->keys[i] == key;
+        i++;
+        if (!same) {
+            PyObject *estimate = PyDict_GetItemWithError(known, key); /* exact str keys: no Python code runs */
+            long long part;
+            if (estimate == NULL || !PyLong_CheckExact(estimate)) {
+                return NULL;
+            }
+            part = PyLong_AsLongLong(estimate);
             if (part == -1 && PyErr_Occurred()) {
                 PyErr_Clear(); /* not the common case: the Python loop adds it */
                 return NULL;
             }
-            total += part;
+            key_total += part;
         }
         type = Py_TYPE(value);
         if (type == &PyUnicode_Type) {
@@ -81,10 +106,21 @@ common_properties(PyObject *properties, PyObject *known, long long *size)
             return NULL;
         }
     }
-    if (PyErr_Occurred()) {
+    if (PyErr_Occurred() || i != n) {
         return NULL;
     }
-    *size = total;
+    if (same) {
+        key_total = cache->estimate;
+    }
+    else if (cache != NULL) { /* every key was looked up: remember them */
+        key_cache_clear(cache);
+        for (i = 0; i < n; i++) {
+            cache->keys[i] = Py_NewRef(keys[i]);
+        }
+        cache->len = n;
+        cache->estimate = key_total;
+    }
+    *size = total + key_total;
     return PyDict_Copy(properties);
 }
 
@@ -98,7 +134,7 @@ check_common_properties(PyObject *module, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "check_common_properties(properties, known_keys: dict)");
         return NULL;
     }
-    copy = common_properties(args[0], args[1], &size);
+    copy = common_properties(args[0], args[1], &size, NULL);
     if (copy == NULL) {
         if (PyErr_Occurred()) {
             return NULL;
@@ -116,6 +152,7 @@ typedef struct {
     PyThread_type_lock lock;
     unsigned long owner; /* the holding thread's ident, when count > 0 */
     unsigned long count;
+    Py_ssize_t tracked, bytes; /* EventQueue's counters that put() changes under the lock (see _queue.py) */
 } RLock;
 
 static PyTypeObject RLockType;
@@ -286,15 +323,23 @@ static PyMethodDef rlock_methods[] = {
     {NULL},
 };
 
+static PyMemberDef rlock_members[] = {
+    {"tracked", T_PYSSIZET, offsetof(RLock, tracked), 0, "EventQueue.tracked, kept here"},
+    {"bytes", T_PYSSIZET, offsetof(RLock, bytes), 0, "EventQueue._bytes, kept here"},
+    {NULL},
+};
+
 static PyTypeObject RLockType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "sqreen_mw._speedups.RLock",
-    .tp_doc = "A re-entrant lock (threading.RLock's acquire/release/with) that compiled code takes without a call.",
+    .tp_doc = "A re-entrant lock (threading.RLock's acquire/release/with) that compiled code takes without a call, "
+              "and the two counters EventQueue.put() changes under it (tracked, bytes).",
     .tp_basicsize = sizeof(RLock),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = rlock_new,
     .tp_dealloc = (destructor)rlock_dealloc,
     .tp_methods = rlock_methods,
+    .tp_members = rlock_members,
 };
 
 /* An EventQueue seen from C: the slots put() uses (_lock, _items, _bytes, tracked, read and written at their
@@ -339,9 +384,9 @@ queue_view(PyObject *queue, QueueView *view)
     int i, all_slots = 1;
     view->dict = NULL;
     view->type = (PyTypeObject *)Py_NewRef(Py_TYPE(queue));
-    for (i = 0; i < Q_FIELDS; i++) {
+    for (i = 0; i < Q_FIELDS; i++) { /* the counters may be properties (kept on the lock): read as attributes */
         view->slots[i] = slot_offset((PyObject *)view->type, queue_names[i]);
-        all_slots = all_slots && view->slots[i] >= 0;
+        all_slots = all_slots && (view->slots[i] >= 0 || i == Q_BYTES || i == Q_TRACKED);
     }
     if (!all_slots) {
         view->dict = PyObject_GenericGetDict(queue, NULL);
@@ -459,6 +504,10 @@ lock_release(PyObject *lock)
     return PyObject_CallMethodNoArgs(lock, str_release);
 }
 
+/* collections.deque and its append (METH_O), called without a method lookup. */
+static PyTypeObject *deque_type;
+static PyCFunction deque_append_fn;
+
 /* EventQueue.put(record): 1 or 0 (wake the flusher or not), -1 with an exception. */
 static int
 put_record(const QueueView *view, PyObject *queue, PyObject *record)
@@ -491,7 +540,9 @@ put_record(const QueueView *view, PyObject *queue, PyObject *record)
     if (items == NULL) {
         goto release;
     }
-    ignored = PyObject_CallMethodOneArg(items, str_append, record);
+    ignored = deque_type != NULL && Py_IS_TYPE(items, deque_type)
+                  ? deque_append_fn(items, record)
+                  : PyObject_CallMethodOneArg(items, str_append, record);
     if (ignored == NULL) {
         Py_DECREF(items);
         goto release;
@@ -499,8 +550,17 @@ put_record(const QueueView *view, PyObject *queue, PyObject *record)
     Py_DECREF(ignored);
     n = PyObject_Length(items);
     Py_DECREF(items);
-    if (n < 0 || add_to_field(view, queue, Q_BYTES, record_size, &size) < 0
-        || add_to_field(view, queue, Q_TRACKED, 1, &tracked) < 0) {
+    if (n < 0) {
+        goto release;
+    }
+    if (Py_IS_TYPE(lock, &RLockType)) { /* the counters kept on the lock: no int made */
+        RLock *held = (RLock *)lock;
+        held->bytes += record_size;
+        held->tracked += 1;
+        size = held->bytes;
+    }
+    else if (add_to_field(view, queue, Q_BYTES, record_size, &size) < 0
+             || add_to_field(view, queue, Q_TRACKED, 1, &tracked) < 0) {
         goto release;
     }
     if (n > view->max_events || size > view->max_bytes) {
@@ -582,6 +642,7 @@ typedef struct {
     PyObject *enforcer_type; /* the client's Enforcer type, and its actions slot */
     PyObject *actions_type;  /* the type of its actions (_blocking.Actions), and its hot_events slot */
     Py_ssize_t actions_slot, hot_slot;
+    KeyCache key_cache;
 } Tracker;
 
 static int
@@ -623,6 +684,7 @@ tracker_clear(Tracker *self)
     Py_CLEAR(self->client_type);
     Py_CLEAR(self->enforcer_type);
     Py_CLEAR(self->actions_type);
+    key_cache_clear(&self->key_cache);
     return 0;
 }
 
@@ -1166,7 +1228,7 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
         return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
     }
     if (properties != Py_None && !(PyDict_CheckExact(properties) && PyDict_GET_SIZE(properties) == 0)) {
-        props = common_properties(properties, self->known, &size);
+        props = common_properties(properties, self->known, &size, &self->key_cache);
         if (props == NULL) {
             if (PyErr_Occurred()) {
                 return NULL;
@@ -2284,6 +2346,29 @@ PyInit__speedups(void)
     INTERN(str_file_wrapper, "wsgi.file_wrapper");
     INTERN(str_head, "HEAD");
     INTERN(str_options, "OPTIONS");
+    {
+        PyObject *collections = PyImport_ImportModule("collections"), *append;
+        if (collections == NULL) {
+            return NULL;
+        }
+        deque_type = (PyTypeObject *)PyObject_GetAttrString(collections, "deque"); /* held for good */
+        Py_DECREF(collections);
+        if (deque_type == NULL || !PyType_Check(deque_type)) {
+            PyErr_SetString(PyExc_ImportError, "collections.deque is not a type");
+            return NULL;
+        }
+        append = PyObject_GetAttrString((PyObject *)deque_type, "append");
+        if (append == NULL) {
+            return NULL;
+        }
+        if (Py_IS_TYPE(append, &PyMethodDescr_Type) && ((PyMethodDescrObject *)append)->d_method->ml_flags == METH_O) {
+            deque_append_fn = ((PyMethodDescrObject *)append)->d_method->ml_meth;
+        }
+        Py_DECREF(append);
+        if (deque_append_fn == NULL) { /* not the C deque: put() calls its append */
+            Py_CLEAR(deque_type);
+        }
+    }
     INTERN(str_wsgi_input, "wsgi.input");
     INTERN(str_max_body_bytes, "max_body_bytes");
     wsgi_kind = PyLong_FromLong(1); /* _context.WSGI */
