@@ -1484,7 +1484,8 @@ typedef struct {
 } WSGICall;
 
 static PyObject *str_app, *str__client, *str__started_pid_w, *str_has_ip_blocks, *str_has_user_blocks,
-    *str_content_length, *str_transfer_encoding, *str_file_wrapper, *str_head, *str_options, *wsgi_kind, *zero;
+    *str_content_length, *str_transfer_encoding, *str_file_wrapper, *str_head, *str_options, *no_body, *wsgi_kind,
+    *zero;
 
 /* Whether the request has a body to tee, as the Python method decides: 0 no, 1 yes (*length: its CONTENT_LENGTH as
  * an int, or None), -1 with an exception. */
@@ -1493,15 +1494,18 @@ body_length(PyObject *environ, PyObject **length)
 {
     PyObject *method = PyDict_GetItemWithError(environ, str_request_method), *text, *chunked;
     Py_ssize_t n = 0, i;
-    int digits = 0, chunked_truth;
+    int digits = 0, chunked_truth, bodiless;
 
     if (method == NULL && PyErr_Occurred()) {
         return -1;
     }
-    if (method != NULL && PyUnicode_CheckExact(method)
-        && (PyUnicode_Compare(method, str_get) == 0 || PyUnicode_Compare(method, str_head) == 0
-            || PyUnicode_Compare(method, str_options) == 0)) {
-        return 0;
+    if (method != NULL) { /* method in _NO_BODY: a frozenset's equality (text of any type), TypeError if unhashable */
+        Py_INCREF(method); /* held: the hash or equality of a str subclass may be Python code */
+        bodiless = PySet_Contains(no_body, method);
+        Py_DECREF(method);
+        if (bodiless != 0) {
+            return bodiless < 0 ? -1 : 0;
+        }
     }
     /* length = int(text) if text and text.isascii() and text.isdigit() else None */
     text = PyDict_GetItemWithError(environ, str_content_length);
@@ -1952,6 +1956,14 @@ PyInit__speedups(void)
     INTERN(str_file_wrapper, "wsgi.file_wrapper");
     INTERN(str_head, "HEAD");
     INTERN(str_options, "OPTIONS");
+    no_body = PyTuple_Pack(3, str_get, str_head, str_options); /* wsgi._NO_BODY */
+    if (no_body == NULL) {
+        return NULL;
+    }
+    Py_SETREF(no_body, PyFrozenSet_New(no_body));
+    if (no_body == NULL) {
+        return NULL;
+    }
     INTERN(str_wsgi_input, "wsgi.input");
     INTERN(str_max_body_bytes, "max_body_bytes");
     wsgi_kind = PyLong_FromLong(1); /* _context.WSGI */

@@ -659,6 +659,29 @@ def test_compiled_middleware_hands_other_requests_to_python(started: Client, mon
     assert type(middleware({"REQUEST_METHOD": "GET"}, None)) is speedups.BoundResponse
 
 
+class _Method(str):
+    """A REQUEST_METHOD that is text of another type (equal to, and hashing as, the plain str)."""
+
+
+def test_compiled_middleware_reads_the_method_as_python_does(started: Client) -> None:
+    from sqreen_mw import wsgi
+
+    middleware = wsgi.SqreenMiddleware(lambda environ, start_response: [b"ok"])
+    python = wsgi.SqreenMiddleware.__call__.__wrapped__  # type: ignore[attr-defined]
+    # A method in _NO_BODY (by equality, as a frozenset sees it) has no body to tee; an unhashable one raises there
+    for method in (_Method("GET"), _Method("HEAD"), _Method("POST"), b"GET", None, 5, ["GET"]):
+        seen = []
+        for call in (python, wsgi.SqreenMiddleware.__call__):
+            environ = {"REQUEST_METHOD": method, "CONTENT_LENGTH": "2", "wsgi.input": io.BytesIO(b"{}")}
+            try:
+                result = call(middleware, environ, None)
+            except TypeError as exc:
+                seen.append(("raised", str(exc)))
+            else:
+                seen.append((result, type(environ["wsgi.input"]).__name__))
+        assert seen[0] == seen[1], method
+
+
 @pytest.mark.parametrize("depth", [18, 19, 20, 21, 22, 40])
 def test_a_deep_json_body_is_cut_where_python_cuts_it(depth: int) -> None:
     from sqreen_mw._context import WSGI, _wsgi_capture
