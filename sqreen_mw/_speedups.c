@@ -794,7 +794,9 @@ wsgi_capture(Tracker *self, PyObject *ctx)
         }
         verb = str_get;
     }
+    Py_INCREF(verb); /* held: making the tuple may run the garbage collector, and a finalizer may change the environ */
     captured = PyTuple_Pack(8, kind, parts, path, verb, params, Py_None, json, tee);
+    Py_DECREF(verb);
     if (captured != NULL) {
         slot = (PyObject **)((char *)ctx + self->offsets[CTX_CAPTURE]); /* self._capture = captured */
         Py_XSETREF(*slot, Py_NewRef(captured));

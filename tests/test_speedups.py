@@ -682,6 +682,49 @@ def test_compiled_middleware_reads_the_method_as_python_does(started: Client) ->
         assert seen[0] == seen[1], method
 
 
+_FINALIZER_CHANGES_THE_ENVIRON = """
+import gc, os, sys
+from sqreen_mw._client import Client
+from sqreen_mw._context import WSGI, RequestContext, current_context
+
+class Dropper:  # garbage in a cycle: its finalizer runs when the collector next runs, within some allocation
+    def __init__(self, environ):
+        self.environ, self.me = environ, self
+
+    def __del__(self):
+        self.environ.pop("REQUEST_METHOD", None)
+
+client = Client(token="t", url="http://127.0.0.1:9", install_signal_handler=False)
+client._started_pid = os.getpid()
+for i in range(300):
+    environ = {"PATH_INFO": "/p", "REQUEST_METHOD": "".join(["POST", str(i)])}  # its only reference
+    ctx = RequestContext(WSGI, environ)
+    token = current_context.set(ctx)
+    gc.collect()
+    gc.set_threshold(1 + i % 5)  # the collector runs at one allocation or another of the capture
+    Dropper(environ)
+    client.track("e")
+    gc.set_threshold(700)
+    current_context.reset(token)
+    verb = ctx._capture[3]
+    assert verb == "GET" or verb == "POST" + str(i), repr(verb)
+    client.queue.take(len(client.queue))
+client._closed, client._accepting = True, False
+print("ok")
+"""
+
+
+def test_the_wsgi_capture_holds_what_it_reads_of_the_environ() -> None:
+    # A finalizer run by the garbage collector while the capture is made may drop environ entries: what the capture
+    # took of them stays alive (with PYTHONMALLOC=debug, -X dev, a freed verb read back crashed the interpreter).
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", _FINALIZER_CHANGES_THE_ENVIRON], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("depth", [18, 19, 20, 21, 22, 40])
 def test_a_deep_json_body_is_cut_where_python_cuts_it(depth: int) -> None:
     from sqreen_mw._context import WSGI, _wsgi_capture
