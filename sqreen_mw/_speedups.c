@@ -618,12 +618,14 @@ plain_jsonable(PyObject *value, int depth)
         n = PySequence_Fast_GET_SIZE(items);
         copy = PyList_New(n);
         for (i = 0; copy != NULL && i < n; i++) {
-            PyObject *made;
+            PyObject *item, *made;
             if (i >= PySequence_Fast_GET_SIZE(items)) { /* a list the copy of an item shortened */
                 Py_CLEAR(copy);
                 break;
             }
-            made = plain_jsonable(PySequence_Fast_GET_ITEM(items, i), depth + 1);
+            item = Py_NewRef(PySequence_Fast_GET_ITEM(items, i)); /* held: a finalizer may empty the list meanwhile */
+            made = plain_jsonable(item, depth + 1);
+            Py_DECREF(item);
             if (made == NULL) {
                 Py_CLEAR(copy);
                 break;

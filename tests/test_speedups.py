@@ -714,14 +714,58 @@ print("ok")
 """
 
 
-def test_the_wsgi_capture_holds_what_it_reads_of_the_environ() -> None:
-    # A finalizer run by the garbage collector while the capture is made may drop environ entries: what the capture
-    # took of them stays alive (with PYTHONMALLOC=debug, -X dev, a freed verb read back crashed the interpreter).
+_FINALIZER_EMPTIES_THE_JSON = """
+import gc, os, sys
+from sqreen_mw._client import Client
+from sqreen_mw._context import WSGI, RequestContext, current_context
+
+class Dropper:
+    def __init__(self, doomed):
+        self.doomed, self.me = doomed, self
+
+    def __del__(self):
+        self.doomed.clear()
+
+class Request:  # environ["werkzeug.request"] of a view that parsed a JSON body
+    view_args = None
+
+client = Client(token="t", url="http://127.0.0.1:9", install_signal_handler=False)
+client._started_pid = os.getpid()
+keep = None
+for i in range(300):
+    item = {"n": 10**6 + i, "s": "x" * 50 + str(i)}
+    parsed = [dict(item) for _ in range(40)]  # each item referenced by the list alone
+    request = Request()
+    request._cached_json = (parsed, parsed)
+    ctx = RequestContext(WSGI, {"PATH_INFO": "/p", "REQUEST_METHOD": "POST", "werkzeug.request": request})
+    token = current_context.set(ctx)
+    gc.collect()
+    keep = None
+    keep = [{} for _ in range(100)], [[] for _ in range(100)]  # the dict and list free lists empty: copies allocate
+    gc.collect(0)
+    Dropper(parsed)
+    gc.set_threshold(1 + i % 11)  # the collector runs at one allocation or another of the copy
+    client.track("e")
+    gc.set_threshold(700)
+    current_context.reset(token)
+    json = ctx._capture[6]
+    assert json == [] or json == [item] * 40, repr(json)
+    client.queue.take(len(client.queue))
+client._closed, client._accepting = True, False
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("script", [_FINALIZER_CHANGES_THE_ENVIRON, _FINALIZER_EMPTIES_THE_JSON],
+                         ids=["environ", "json"])
+def test_the_wsgi_capture_holds_what_it_reads(script: str) -> None:
+    # A finalizer run by the garbage collector while the capture is made may drop environ entries, or empty the JSON
+    # the app parsed: what the capture took of them stays alive (with PYTHONMALLOC=debug, -X dev, a freed verb read
+    # back, or a freed item copied, crashed the interpreter).
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-X", "dev", "-c", _FINALIZER_CHANGES_THE_ENVIRON], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
