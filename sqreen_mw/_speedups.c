@@ -948,12 +948,14 @@ plain_jsonable(PyObject *value, int depth)
         n = PySequence_Fast_GET_SIZE(items);
         copy = PyList_New(n);
         for (i = 0; copy != NULL && i < n; i++) {
-            PyObject *made;
+            PyObject *item, *made;
             if (i >= PySequence_Fast_GET_SIZE(items)) { /* a list the copy of an item shortened */
                 Py_CLEAR(copy);
                 break;
             }
-            made = plain_jsonable(PySequence_Fast_GET_ITEM(items, i), depth + 1);
+            item = Py_NewRef(PySequence_Fast_GET_ITEM(items, i)); /* held: a finalizer may empty the list meanwhile */
+            made = plain_jsonable(item, depth + 1);
+            Py_DECREF(item);
             if (made == NULL) {
                 Py_CLEAR(copy);
                 break;
@@ -1124,7 +1126,9 @@ wsgi_capture(Tracker *self, PyObject *ctx)
         }
         verb = str_get;
     }
+    Py_INCREF(verb); /* held: making the tuple may run the garbage collector, and a finalizer may change the environ */
     captured = PyTuple_Pack(8, kind, parts, path, verb, params, Py_None, json, tee);
+    Py_DECREF(verb);
     if (captured != NULL) {
         slot = (PyObject **)((char *)ctx + self->offsets[CTX_CAPTURE]); /* self._capture = captured */
         Py_XSETREF(*slot, Py_NewRef(captured));
@@ -1874,7 +1878,8 @@ typedef struct {
 } WSGICall;
 
 static PyObject *str_app, *str__client, *str__started_pid_w, *str_has_ip_blocks, *str_has_user_blocks,
-    *str_content_length, *str_transfer_encoding, *str_file_wrapper, *str_head, *str_options, *wsgi_kind, *zero;
+    *str_content_length, *str_transfer_encoding, *str_file_wrapper, *str_head, *str_options, *no_body, *wsgi_kind,
+    *zero;
 
 /* Whether the request has a body to tee, as the Python method decides: 0 no, 1 yes (*length: its CONTENT_LENGTH as
  * an int, or None), -1 with an exception. */
@@ -1883,15 +1888,18 @@ body_length(PyObject *environ, PyObject **length)
 {
     PyObject *method = PyDict_GetItemWithError(environ, str_request_method), *text, *chunked;
     Py_ssize_t n = 0, i;
-    int digits = 0, chunked_truth;
+    int digits = 0, chunked_truth, bodiless;
 
     if (method == NULL && PyErr_Occurred()) {
         return -1;
     }
-    if (method != NULL && PyUnicode_CheckExact(method)
-        && (PyUnicode_Compare(method, str_get) == 0 || PyUnicode_Compare(method, str_head) == 0
-            || PyUnicode_Compare(method, str_options) == 0)) {
-        return 0;
+    if (method != NULL) { /* method in _NO_BODY: a frozenset's equality (text of any type), TypeError if unhashable */
+        Py_INCREF(method); /* held: the hash or equality of a str subclass may be Python code */
+        bodiless = PySet_Contains(no_body, method);
+        Py_DECREF(method);
+        if (bodiless != 0) {
+            return bodiless < 0 ? -1 : 0;
+        }
     }
     /* length = int(text) if text and text.isascii() and text.isdigit() else None */
     text = PyDict_GetItemWithError(environ, str_content_length);
@@ -2368,6 +2376,14 @@ PyInit__speedups(void)
         if (deque_append_fn == NULL) { /* not the C deque: put() calls its append */
             Py_CLEAR(deque_type);
         }
+    }
+    no_body = PyTuple_Pack(3, str_get, str_head, str_options); /* wsgi._NO_BODY */
+    if (no_body == NULL) {
+        return NULL;
+    }
+    Py_SETREF(no_body, PyFrozenSet_New(no_body));
+    if (no_body == NULL) {
+        return NULL;
     }
     INTERN(str_wsgi_input, "wsgi.input");
     INTERN(str_max_body_bytes, "max_body_bytes");

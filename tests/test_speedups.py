@@ -659,6 +659,116 @@ def test_compiled_middleware_hands_other_requests_to_python(started: Client, mon
     assert type(middleware({"REQUEST_METHOD": "GET"}, None)) is speedups.BoundResponse
 
 
+class _Method(str):
+    """A REQUEST_METHOD that is text of another type (equal to, and hashing as, the plain str)."""
+
+
+def test_compiled_middleware_reads_the_method_as_python_does(started: Client) -> None:
+    from sqreen_mw import wsgi
+
+    middleware = wsgi.SqreenMiddleware(lambda environ, start_response: [b"ok"])
+    python = wsgi.SqreenMiddleware.__call__.__wrapped__  # type: ignore[attr-defined]
+    # A method in _NO_BODY (by equality, as a frozenset sees it) has no body to tee; an unhashable one raises there
+    for method in (_Method("GET"), _Method("HEAD"), _Method("POST"), b"GET", None, 5, ["GET"]):
+        seen = []
+        for call in (python, wsgi.SqreenMiddleware.__call__):
+            environ = {"REQUEST_METHOD": method, "CONTENT_LENGTH": "2", "wsgi.input": io.BytesIO(b"{}")}
+            try:
+                result = call(middleware, environ, None)
+            except TypeError as exc:
+                seen.append(("raised", str(exc)))
+            else:
+                seen.append((result, type(environ["wsgi.input"]).__name__))
+        assert seen[0] == seen[1], method
+
+
+_FINALIZER_CHANGES_THE_ENVIRON = """
+import gc, os, sys
+from sqreen_mw._client import Client
+from sqreen_mw._context import WSGI, RequestContext, current_context
+
+class Dropper:  # garbage in a cycle: its finalizer runs when the collector next runs, within some allocation
+    def __init__(self, environ):
+        self.environ, self.me = environ, self
+
+    def __del__(self):
+        self.environ.pop("REQUEST_METHOD", None)
+
+client = Client(token="t", url="http://127.0.0.1:9", install_signal_handler=False)
+client._started_pid = os.getpid()
+for i in range(300):
+    environ = {"PATH_INFO": "/p", "REQUEST_METHOD": "".join(["POST", str(i)])}  # its only reference
+    ctx = RequestContext(WSGI, environ)
+    token = current_context.set(ctx)
+    gc.collect()
+    gc.set_threshold(1 + i % 5)  # the collector runs at one allocation or another of the capture
+    Dropper(environ)
+    client.track("e")
+    gc.set_threshold(700)
+    current_context.reset(token)
+    verb = ctx._capture[3]
+    assert verb == "GET" or verb == "POST" + str(i), repr(verb)
+    client.queue.take(len(client.queue))
+client._closed, client._accepting = True, False
+print("ok")
+"""
+
+
+_FINALIZER_EMPTIES_THE_JSON = """
+import gc, os, sys
+from sqreen_mw._client import Client
+from sqreen_mw._context import WSGI, RequestContext, current_context
+
+class Dropper:
+    def __init__(self, doomed):
+        self.doomed, self.me = doomed, self
+
+    def __del__(self):
+        self.doomed.clear()
+
+class Request:  # environ["werkzeug.request"] of a view that parsed a JSON body
+    view_args = None
+
+client = Client(token="t", url="http://127.0.0.1:9", install_signal_handler=False)
+client._started_pid = os.getpid()
+keep = None
+for i in range(300):
+    item = {"n": 10**6 + i, "s": "x" * 50 + str(i)}
+    parsed = [dict(item) for _ in range(40)]  # each item referenced by the list alone
+    request = Request()
+    request._cached_json = (parsed, parsed)
+    ctx = RequestContext(WSGI, {"PATH_INFO": "/p", "REQUEST_METHOD": "POST", "werkzeug.request": request})
+    token = current_context.set(ctx)
+    gc.collect()
+    keep = None
+    keep = [{} for _ in range(100)], [[] for _ in range(100)]  # the dict and list free lists empty: copies allocate
+    gc.collect(0)
+    Dropper(parsed)
+    gc.set_threshold(1 + i % 11)  # the collector runs at one allocation or another of the copy
+    client.track("e")
+    gc.set_threshold(700)
+    current_context.reset(token)
+    json = ctx._capture[6]
+    assert json == [] or json == [item] * 40, repr(json)
+    client.queue.take(len(client.queue))
+client._closed, client._accepting = True, False
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("script", [_FINALIZER_CHANGES_THE_ENVIRON, _FINALIZER_EMPTIES_THE_JSON],
+                         ids=["environ", "json"])
+def test_the_wsgi_capture_holds_what_it_reads(script: str) -> None:
+    # A finalizer run by the garbage collector while the capture is made may drop environ entries, or empty the JSON
+    # the app parsed: what the capture took of them stays alive (with PYTHONMALLOC=debug, -X dev, a freed verb read
+    # back, or a freed item copied, crashed the interpreter).
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("depth", [18, 19, 20, 21, 22, 40])
 def test_a_deep_json_body_is_cut_where_python_cuts_it(depth: int) -> None:
     from sqreen_mw._context import WSGI, _wsgi_capture
