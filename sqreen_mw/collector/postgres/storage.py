@@ -32,7 +32,7 @@ from .._records import AgentSession, EventQuery, EventRecord, ip_key
 from .._sqlite import _encode, _event_ip_key
 from . import StorageUnavailable, UnstorableText, redact
 from ._automation import AutomationTables
-from ._explorer import COUNT_FRESH, ExplorerQueries, rollup_keys
+from ._explorer import COUNT_FRESH, ExplorerQueries, rollup_keys, user_events
 from ._fold import FOLD_CHECK, FOLD_EVERY, fold_rollups
 from ._hits import HitTables
 from ._schema import prepare_schema
@@ -181,13 +181,14 @@ def _event(row: Sequence[Any]) -> EventRecord:
 
 def _event_sql(query: EventQuery) -> tuple[str, list[Any]]:
     """The SELECT of :meth:`PostgresStorage.query_events`: an index walked backwards in (ts, seq) order, stopping
-    after ``limit`` rows (with a user filter, event_users' (value, ts, seq) key joined to events by seq)."""
+    after ``limit`` rows (with a user filter, event_users' (value, ts, seq) key walked, each row's event looked up by
+    its (ts, seq), :func:`._explorer.user_events`)."""
     where: list[str] = []
     args: list[Any] = []
     if query.user is None:
         t, source, columns = "", "events", _EVENT_COLUMNS
     else:
-        t, source = "u.", "event_users AS u JOIN events AS e ON e.seq = u.seq"
+        t, source = "u.", user_events("e")
         columns = ", ".join(f"e.{column}" for column in _EVENT_COLUMNS.split(", "))
         where.append("u.value = %s")
         args.append(query.user)
@@ -438,7 +439,7 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
         return how many (retention calls it until 0, so no transaction is long)."""
         with self._tx() as conn:
             rows = conn.execute(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts < %s ORDER BY ts LIMIT %s)"
+                "DELETE FROM events WHERE (ts, seq) IN (SELECT ts, seq FROM events WHERE ts < %s ORDER BY ts LIMIT %s)"
                 " RETURNING seq, ts, user_identifiers", (cutoff, limit),
             ).fetchall()
             users = [(str(v), ts, seq) for seq, ts, ids in rows for v in (_load(ids) or {}).values()]
