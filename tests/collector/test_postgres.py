@@ -385,6 +385,22 @@ def test_a_version_5_database_is_migrated_to_events_without_the_primary_key_of_s
         storage.close()
 
 
+def test_retention_finds_the_oldest_events_by_an_index_and_deletes_them_by_address(storage: PostgresStorage) -> None:
+    from sqreen_mw.collector.postgres.storage import _DELETE_OLDEST
+
+    for start in range(0, 20_000, 5000):
+        storage.insert_events([_record(i, user=f"u{i % 50}@example.com") for i in range(start, start + 5000)])
+    with storage._tx() as conn:
+        conn.execute("ANALYZE")
+        plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {_DELETE_OLDEST}", (1_700_000_100.0, 10)).fetchall())
+    assert "Seq Scan" not in plan and "Tid Scan on events" in plan and "events_ts" in plan, plan
+    assert storage.delete_events_before(1_700_000_100.0, 60) == 60
+    assert storage.delete_events_before(1_700_000_100.0, 60) == 40
+    assert min(e.ts for e in storage.query_events(EventQuery(limit=100_000))) == 1_700_000_100.0
+    with storage._tx() as conn:
+        assert conn.execute("SELECT count(*), min(ts) FROM event_users").fetchone() == (19_900, 1_700_000_100.0)
+
+
 def test_a_batch_chosen_as_a_deadlock_victim_is_run_again(storage: PostgresStorage) -> None:
     with storage._tx() as conn:  # the first attempt fails as PostgreSQL's deadlock detector makes it fail
         conn.execute("CREATE SEQUENCE attempts")
