@@ -130,9 +130,9 @@ ALTER TABLE explorer_hour SET (fillfactor = 70);
 # The keyed rows stay as they are; the shards of the last hours written by version 4 are folded as before.
 # Version 6: no primary key on events.seq. Nothing looks an event up by its seq alone: a user's rows are joined to
 # their events by (ts, seq), through events_ts, and retention finds the oldest along events_ts and deletes them by
-# row address; the identity column still
-# numbers the events (unique, the tie-break of every listing's order and cursor). One B-tree insert fewer per
-# stored event (docs/deployment.md, Sizing). Dropping the index takes a moment whatever the table's size.
+# row address; the identity column still numbers the events (unique, the tie-break of every listing's order and
+# cursor). One B-tree insert fewer per stored event (docs/deployment.md, Sizing). Dropping the index takes a
+# moment whatever the table's size.
 _VERSION_6 = """
 ALTER TABLE events DROP CONSTRAINT IF EXISTS events_pkey;
 """
