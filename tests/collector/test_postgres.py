@@ -385,6 +385,15 @@ def test_a_version_5_database_is_migrated_to_events_without_the_primary_key_of_s
         storage.close()
 
 
+def test_an_event_whose_identifiers_share_a_value_has_one_user_row_for_it(storage: PostgresStorage) -> None:
+    same = _record(0)._replace(user_identifiers={"email": "m", "name": "m", "id": 7}, users=("m", "m", "7"))
+    assert storage.insert_events([same, _record(1, user="m"), same]) == (2, 1)
+    with storage._tx() as conn:
+        rows = conn.execute("SELECT value, count(*) FROM event_users GROUP BY 1 ORDER BY 1").fetchall()
+    assert rows == [("7", 1), ("m", 2)]
+    assert [e.ts for e in storage.query_events(EventQuery(user="m"))] == [1_700_000_001.0, 1_700_000_000.0]
+
+
 def test_retention_finds_the_oldest_events_by_an_index_and_deletes_them_by_address(storage: PostgresStorage) -> None:
     from sqreen_mw.collector.postgres.storage import _DELETE_OLDEST
 

@@ -66,9 +66,8 @@ WITH batch AS MATERIALIZED (
     FROM stored AS s JOIN batch AS b ON b.id = s.id COLLATE "C"
 ), users AS (
     INSERT INTO event_users (value, ts, seq, name)
-    SELECT DISTINCT u.value COLLATE "C", f.ts, f.seq, f.name
+    SELECT u.value COLLATE "C", f.ts, f.seq, f.name
     FROM unnest(%b::bigint[], %b::text[]) AS u(i, value) JOIN fresh AS f USING (i)
-    ORDER BY 1, 2, 3
 ){COUNT_FRESH}
 SELECT id, seq FROM stored
 """  # noqa: S608 - constants only
@@ -322,7 +321,9 @@ class PostgresStorage(AutomationTables, HitTables, ExplorerQueries):
         # IPv4 fast path of the address key a fourteenth of ipaddress's parser.
         text, f8, i8 = _TextArray, _Float8Array, _Int8Array
         minutes, hours, user_keys, logins = rollup_keys(ev)
-        users = [(i, value) for i, e in enumerate(ev, 1) for value in e.users]
+        # An event's user values, each once (two identifiers may hold one value): its user rows need no DISTINCT, nor
+        # the sort that came with it.
+        users = [(i, value) for i, e in enumerate(ev, 1) for value in dict.fromkeys(e.users)]
         columns: list[Any] = [
             _varlena_array(text, [e.id for e in ev]), _varlena_array(text, [e.name for e in ev]),
             _fixed_array(f8, "id", [e.ts for e in ev]), _fixed_array(f8, "id", [e.received_at for e in ev]),
