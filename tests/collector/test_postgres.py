@@ -25,6 +25,7 @@ from ._helpers import ADMIN, API_KEY, event, login, send
 pg.require_psycopg()
 import psycopg  # noqa: E402
 
+from sqreen_mw.collector.postgres._schema import SCHEMA_VERSION  # noqa: E402 - needs psycopg
 from sqreen_mw.collector.postgres.storage import PostgresStorage  # noqa: E402 - needs psycopg
 
 
@@ -99,7 +100,7 @@ def test_migrate_command_creates_the_schema(postgres_url: str, capsys: pytest.Ca
     assert main(["migrate", "--db", postgres_url]) == 0
     assert "schema up to date" in capsys.readouterr().out
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
     PostgresStorage(postgres_url, migrate=False).close()  # now usable without migrating
 
 
@@ -116,7 +117,7 @@ def test_a_version_2_database_is_migrated_to_the_narrow_index_of_ip_texts(postgr
     storage = PostgresStorage(postgres_url)
     try:
         with storage._tx() as conn:
-            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
             indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"))
         assert "events_ip_ts" not in indexes and "WHERE (ip_key IS NULL)" in indexes["events_iptext_ts"], indexes
         assert [e.client_ip for e in storage.query_events(EventQuery(ip="unknown"))] == ["unknown"]
@@ -150,7 +151,7 @@ def test_a_version_3_database_with_events_is_migrated_to_rollup_pages_with_room(
     storage = PostgresStorage(postgres_url)
     try:
         with storage._tx() as conn:
-            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
             assert _fillfactors(conn) == {"explorer_minute": ["fillfactor=50"], "explorer_hour": ["fillfactor=70"]}
         assert storage.insert_events(records[150:]) == (100, 50)  # the events of version 3 are still known
         overview = storage.overview(t0, t0 + 3 * 3600, 3600)
@@ -305,7 +306,7 @@ def test_a_version_4_database_with_shards_is_migrated_to_rollup_deltas(postgres_
     storage._next_fold = float("inf")
     try:
         with storage._tx() as conn:
-            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
         views = [(t0, t0 + 3 * 3600, 3600), (t0, t0 + 3 * 3600, 600)]
         assert storage.overview(*views[0]).total == 360  # the shards of version 4, summed
         assert storage.insert_events(records[300:]) == (180, 60)  # the events of version 4 are still known
@@ -321,6 +322,92 @@ def test_a_version_4_database_with_shards_is_migrated_to_rollup_deltas(postgres_
             assert conn.execute("SELECT count(*) FROM explorer_hour WHERE shard <> 0").fetchone() == (0,)
     finally:
         storage.close()
+
+
+def _indexes(conn: Any) -> dict[str, str]:
+    return dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'").fetchall())
+
+
+def _answers(storage: PostgresStorage, t0: float) -> list[Any]:
+    from sqreen_mw.collector._sqlite_explorer import ExplorerFilter
+
+    page = storage.query_events(EventQuery(user="u1@example.com", limit=7))
+    return [
+        storage.query_events(EventQuery(limit=1000)),
+        storage.query_events(EventQuery(user="u1@example.com", limit=1000)),
+        storage.query_events(EventQuery(user="u1@example.com", limit=7, after=(page[-1].ts, page[-1].seq))),
+        storage.query_events(EventQuery(user="u2@example.com", name="n1", limit=1000)),
+        storage.query_events(EventQuery(ip="203.0.113.7", limit=1000)),
+        storage.search_events(ExplorerFilter(user="u3@example.com"), 1000),
+        storage.breakdown(ExplorerFilter(user="u3@example.com"), "name"),
+        storage.actor_summary(ExplorerFilter(user="u0@example.com")),
+        storage.overview(t0, t0 + 3 * 3600, 3600),
+        storage.get_event(page[0].id),
+    ]
+
+
+def test_a_new_database_has_no_primary_key_on_the_events_seq(storage: PostgresStorage) -> None:
+    with storage._tx() as conn:
+        indexes = _indexes(conn)
+    assert "events_pkey" not in indexes and "events_id_key" in indexes and "events_ts" in indexes, indexes
+    storage.insert_events([_record(i, user="a@example.com") for i in range(3)])
+    rows = storage.query_events(EventQuery(user="a@example.com"))
+    assert len({e.seq for e in rows}) == 3 and all(isinstance(e.seq, int) for e in rows)
+
+
+def test_a_version_5_database_is_migrated_to_events_without_the_primary_key_of_seq(postgres_url: str) -> None:
+    t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600
+    records = [_record(i, user=f"u{i % 4}@example.com")._replace(name=f"n{i % 3}", ts=t0 + (i // 2) * 20.0)
+               for i in range(400)]  # two events at each timestamp: seq breaks the ties  # fmt: skip
+    storage = PostgresStorage(postgres_url)
+    storage.insert_events(records[:300])
+    before = _answers(storage, t0)
+    storage.close()
+    with psycopg.connect(postgres_url) as conn:  # as schema version 5 left it: seq is the primary key
+        conn.execute("ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (seq)")
+        conn.execute("UPDATE meta SET value = 5 WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match="schema version 5"):
+        PostgresStorage(postgres_url, migrate=False)
+    storage = PostgresStorage(postgres_url)
+    try:
+        with storage._tx() as conn:
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
+            assert "events_pkey" not in _indexes(conn)
+        assert _answers(storage, t0) == before
+        assert len(before[0]) == 300 and len(before[1]) == 75 and len(before[2]) == 7
+        assert storage.insert_events(records[250:]) == (100, 50)  # the events of version 5 are still known
+        assert len(storage.query_events(EventQuery(user="u1@example.com", limit=1000))) == 100
+        assert storage.delete_events_before(t0 + 50 * 20.0) == 100  # retention: the oldest events, their user rows
+        assert len(storage.query_events(EventQuery(limit=1000))) == 300
+        with storage._tx() as conn:
+            assert conn.execute("SELECT count(*) FROM event_users").fetchone() == (300,)
+    finally:
+        storage.close()
+
+
+def test_an_event_whose_identifiers_share_a_value_has_one_user_row_for_it(storage: PostgresStorage) -> None:
+    same = _record(0)._replace(user_identifiers={"email": "m", "name": "m", "id": 7}, users=("m", "m", "7"))
+    assert storage.insert_events([same, _record(1, user="m"), same]) == (2, 1)
+    with storage._tx() as conn:
+        rows = conn.execute("SELECT value, count(*) FROM event_users GROUP BY 1 ORDER BY 1").fetchall()
+    assert rows == [("7", 1), ("m", 2)]
+    assert [e.ts for e in storage.query_events(EventQuery(user="m"))] == [1_700_000_001.0, 1_700_000_000.0]
+
+
+def test_retention_finds_the_oldest_events_by_an_index_and_deletes_them_by_address(storage: PostgresStorage) -> None:
+    from sqreen_mw.collector.postgres.storage import _DELETE_OLDEST
+
+    for start in range(0, 20_000, 5000):
+        storage.insert_events([_record(i, user=f"u{i % 50}@example.com") for i in range(start, start + 5000)])
+    with storage._tx() as conn:
+        conn.execute("ANALYZE")
+        plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {_DELETE_OLDEST}", (1_700_000_100.0, 10)).fetchall())
+    assert "Seq Scan" not in plan and "Tid Scan on events" in plan and "events_ts" in plan, plan
+    assert storage.delete_events_before(1_700_000_100.0, 60) == 60
+    assert storage.delete_events_before(1_700_000_100.0, 60) == 40
+    assert min(e.ts for e in storage.query_events(EventQuery(limit=100_000))) == 1_700_000_100.0
+    with storage._tx() as conn:
+        assert conn.execute("SELECT count(*), min(ts) FROM event_users").fetchone() == (19_900, 1_700_000_100.0)
 
 
 def test_a_batch_chosen_as_a_deadlock_victim_is_run_again(storage: PostgresStorage) -> None:

@@ -14,7 +14,7 @@ from ._explorer import DELTA_TABLES, ROLLUP_TABLES, backfill_rollups
 
 __all__ = ["SCHEMA_VERSION", "prepare_schema"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _LOCK_KEY = 0x5371_6D77_0001  # pg_advisory_xact_lock key of schema changes ("Sqmw", 1)
 
 # Indexed text columns use the "C" collation: byte order is all their indexes need, and a database's default
@@ -128,11 +128,19 @@ ALTER TABLE explorer_hour SET (fillfactor = 70);
 # which the folds add to the keyed rows every few seconds: a batch no longer counts up rows that every other batch
 # counts up too (the conflict check, the row lock, the new row version: a third of the server's work per event).
 # The keyed rows stay as they are; the shards of the last hours written by version 4 are folded as before.
+# Version 6: no primary key on events.seq. Nothing looks an event up by its seq alone: a user's rows are joined to
+# their events by (ts, seq), through events_ts, and retention finds the oldest along events_ts and deletes them by
+# row address; the identity column still numbers the events (unique, the tie-break of every listing's order and
+# cursor). One B-tree insert fewer per stored event (docs/deployment.md, Sizing). Dropping the index takes a
+# moment whatever the table's size.
+_VERSION_6 = """
+ALTER TABLE events DROP CONSTRAINT IF EXISTS events_pkey;
+"""
 #: Scripts that bring a database of version N-1 to version N, by N (the first creates everything); version 2 adds
 #: the Event Explorer's rollup tables, then counts the events already stored into them (:data:`_AFTER`); version 3
 #: narrows the index of IP texts; version 4 leaves room on the rollup tables' pages for their rows' new counts;
-#: version 5 adds the tables of counts not folded yet.
-_MIGRATIONS = {1: _VERSION_1, 2: ROLLUP_TABLES, 3: _VERSION_3, 4: _VERSION_4, 5: DELTA_TABLES}
+#: version 5 adds the tables of counts not folded yet; version 6 drops the primary key of events.seq.
+_MIGRATIONS = {1: _VERSION_1, 2: ROLLUP_TABLES, 3: _VERSION_3, 4: _VERSION_4, 5: DELTA_TABLES, 6: _VERSION_6}
 
 
 def _statements(script: str) -> list[str]:
