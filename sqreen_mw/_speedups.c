@@ -771,7 +771,7 @@ asgi_capture(Tracker *self, PyObject *ctx)
     PyObject *tee = ctx_slot(self, ctx, CTX_TEE), *names[6], *defaults[6], *values[6], *headers = NULL;
     PyObject *params = NULL, *captured = NULL;
     PyObject **slot;
-    int i;
+    int i, held = 0;
 
     if (kind == NULL || raw == NULL || tee == NULL || self->offsets[CTX_CAPTURE] < 0 || !PyLong_CheckExact(kind)
         || PyLong_AsLong(kind) != 0 /* ASGI */ || !PyDict_CheckExact(raw)) {
@@ -793,7 +793,7 @@ asgi_capture(Tracker *self, PyObject *ctx)
     names[5] = str_query_string;
     defaults[0] = defaults[1] = defaults[3] = defaults[4] = Py_None, defaults[2] = empty_str;
     defaults[5] = empty_bytes;
-    for (i = 0; i < 6; i++) { /* raw[key], or the ASGI default of a scope made by hand (borrowed: no code runs) */
+    for (i = 0; i < 6; i++) { /* raw[key], or the ASGI default of a scope made by hand */
         values[i] = PyDict_GetItemWithError(raw, names[i]);
         if (values[i] == NULL) {
             if (PyErr_Occurred()) {
@@ -802,6 +802,11 @@ asgi_capture(Tracker *self, PyObject *ctx)
             values[i] = defaults[i];
         }
     }
+    for (i = 0; i < 6; i++) { /* held: the allocations below may run the garbage collector, and a finalizer the
+                               * scope's entries */
+        Py_INCREF(values[i]);
+    }
+    held = 1;
     headers = values[1];
     if (PyTuple_CheckExact(headers)) {
         Py_INCREF(headers);
@@ -828,7 +833,9 @@ asgi_capture(Tracker *self, PyObject *ctx)
         params = Py_NewRef(Py_None);
     }
     else if (PyDict_CheckExact(params)) {
-        params = PyDict_Copy(params); /* the application may change its own */
+        PyObject *own = Py_NewRef(params); /* held while copied */
+        params = PyDict_Copy(own); /* the application may change its own */
+        Py_DECREF(own);
         if (params == NULL) {
             goto done;
         }
@@ -843,6 +850,11 @@ asgi_capture(Tracker *self, PyObject *ctx)
         Py_XSETREF(*slot, Py_NewRef(captured));
     }
 done:
+    if (held) {
+        for (i = 0; i < 6; i++) {
+            Py_DECREF(values[i]);
+        }
+    }
     Py_XDECREF(headers);
     Py_XDECREF(params);
     Py_DECREF(kind);

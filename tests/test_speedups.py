@@ -756,9 +756,46 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("script", [_FINALIZER_CHANGES_THE_ENVIRON, _FINALIZER_EMPTIES_THE_JSON],
-                         ids=["environ", "json"])
-def test_the_wsgi_capture_holds_what_it_reads(script: str) -> None:
+_FINALIZER_CHANGES_THE_SCOPE = """
+import gc, os, sys
+from sqreen_mw._client import Client
+from sqreen_mw._context import ASGI, RequestContext, current_context
+
+class Dropper:
+    def __init__(self, scope):
+        self.scope, self.me = scope, self
+
+    def __del__(self):
+        for key in ("method", "path", "client", "query_string", "path_params"):
+            self.scope.pop(key, None)
+
+client = Client(token="t", url="http://127.0.0.1:9", install_signal_handler=False)
+client._started_pid = os.getpid()
+for i in range(300):
+    scope = {"type": "http", "method": "".join(["POST", str(i)]), "path": "".join(["/p", str(i)]),
+             "query_string": bytes([97]) * (i + 1), "client": ("".join(["10.0.0.", str(i % 250)]), i),
+             "headers": [(b"user-agent", b"x")], "path_params": {"id": str(i)}}  # each value's only reference
+    ctx = RequestContext(ASGI, scope)
+    token = current_context.set(ctx)
+    gc.collect()
+    keep = [{} for _ in range(100)], [() for _ in range(100)]
+    gc.collect(0)
+    Dropper(scope)
+    gc.set_threshold(1 + i % 5)  # the collector runs at one allocation or another of the capture
+    client.track("e")
+    gc.set_threshold(700)
+    current_context.reset(token)
+    captured = ctx._capture
+    assert captured[4] in ("POST" + str(i), None) and captured[3] in ("/p" + str(i), ""), repr(captured)
+    client.queue.take(len(client.queue))
+client._closed, client._accepting = True, False
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("script", [_FINALIZER_CHANGES_THE_ENVIRON, _FINALIZER_EMPTIES_THE_JSON,
+                                    _FINALIZER_CHANGES_THE_SCOPE], ids=["environ", "json", "scope"])
+def test_the_capture_holds_what_it_reads(script: str) -> None:
     # A finalizer run by the garbage collector while the capture is made may drop environ entries, or empty the JSON
     # the app parsed: what the capture took of them stays alive (with PYTHONMALLOC=debug, -X dev, a freed verb read
     # back, or a freed item copied, crashed the interpreter).
