@@ -604,3 +604,25 @@ def test_a_change_heard_after_a_newer_own_change_is_still_loaded(postgres_url: s
         there.close()
         mine.close()
         theirs.close()
+
+
+def test_the_explorer_reads_are_planned_for_their_values_on_every_run(postgres_url: str) -> None:
+    # psycopg prepares a statement on its sixth run on a connection, and PostgreSQL may then settle on a generic plan
+    # (the user timeline's counts took ten times longer with one): the explorer's statements are never prepared.
+    from sqreen_mw.collector._sqlite_explorer import ExplorerFilter
+
+    storage = PostgresStorage(postgres_url, pool_size=1)  # one connection: every call below runs on it
+    try:
+        storage.insert_events([_record(i, user="a@example.com") for i in range(5)])
+        t0 = time.time()
+        for _ in range(12):
+            storage.actor_summary(ExplorerFilter(user="a@example.com"))
+            storage.breakdown(ExplorerFilter(user="a@example.com"), "name")
+            storage.overview(t0 - 3600, t0 + 3600, 3600)
+        with storage._tx() as conn:
+            prepared = [text for (text,) in conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()]
+        reads = [text for text in prepared if "INSERT" not in text and ("explorer_" in text or "event_users" in text)]
+        assert reads == [], reads
+        assert storage.actor_summary(ExplorerFilter(user="a@example.com"))[0]  # and they still answer
+    finally:
+        storage.close()
