@@ -176,6 +176,10 @@ def test_unknown_csv_column_is_a_usage_error(collector: Collector, tmp_path: Pat
     result = run_import(collector, str(path))
     assert result.returncode == 2
     assert "the CSV header has no timestamp column" in result.stderr
+    path.write_text("login.failed,2026-12-01T10:00:00Z,203.0.113.5\nlogin.failed,2026-12-01T10:00:01Z,203.0.113.5\n")
+    result = run_import(collector, str(path))  # no header line at all: said so, not "unknown column 'login.failed'"
+    assert result.returncode == 2
+    assert "names none ('login.failed', '2026-12-01T10:00:00Z', '203.0.113.5'): add a header line" in result.stderr
     assert count(collector) == 0
 
 

@@ -222,6 +222,12 @@ class Source:
             raise SourceError(f"{self.name} {'has only blank lines' if blank else 'is empty'}: nothing to import")
         if header and _bad_utf8(header):
             raise SourceError(f"{self.name}: the CSV header is not valid UTF-8 ({_bad_utf8(header)})")
+        if header and not any(_is_column(name) for name in header):  # a data row where the header should be
+            shown = ", ".join(repr(cell) for cell in header[:3]) + (", ..." if len(header) > 3 else "")
+            raise SourceError(
+                f"the first line of a CSV file names its columns (name, timestamp, and any of id, ip, user_agent, "
+                f"path, verb, prop.<key>, user.<key>, param.<key>); this one names none ({shown}): add a header line"
+            )
         self._columns = [_column(name) for name in header or []]
         seen: set[tuple[str, str]] = set()
         for column in self._columns:
@@ -289,6 +295,14 @@ def _bad_utf8(cells: list[str]) -> str:
         if match:
             return f"byte 0x{ord(match.group()) - 0xDC00:02x} in column {column}"
     return ""
+
+
+def _is_column(header: str) -> bool:
+    try:
+        _column(header)
+    except SourceError:
+        return False
+    return True
 
 
 def _column(header: str) -> tuple[str, str, str, str]:
