@@ -890,3 +890,44 @@ def test_a_signal_interrupts_a_wait_for_the_compiled_lock() -> None:
         holder.join(10)
     assert not lock._is_owned() and lock.acquire(timeout=5)
     lock.release()
+
+
+def test_compiled_response_steps_share_their_own_context(started: Client) -> None:
+    # The response's steps run in the context the app call ended with (a copy, the request bound in it): what a step
+    # sets is seen by the next steps, not by the server between them; a step within a step still sees its request.
+    import contextvars
+
+    from sqreen_mw.wsgi import SqreenMiddleware
+
+    other: contextvars.ContextVar[str] = contextvars.ContextVar("other", default="unset")
+    seen: list[Any] = []
+    holder: list[Any] = []
+
+    class Streamed:
+        def __iter__(self) -> Iterator[bytes]:
+            other.set("set by the first step")
+            yield b"a"
+            seen.append((other.get(), current_context.get()))
+            holder[0].close()  # a step within a step: close() from the app's own code
+            seen.append(current_context.get())
+            yield b"b"
+
+        def close(self) -> None:
+            seen.append(("close", current_context.get()))
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        other.set("set by the app")
+        return Streamed()
+
+    result = SqreenMiddleware(app)({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, None)
+    holder.append(result)
+    assert other.get() == "set by the app"  # the app call runs in the server's context, as in Python
+    chunks = []
+    for chunk in result:
+        chunks.append(chunk)
+        assert other.get() == "set by the app" and current_context.get() is None  # between steps: the server's
+    result.close()  # type: ignore[attr-defined]
+    ctx = result._ctx  # type: ignore[attr-defined]
+    assert chunks == [b"a", b"b"]
+    assert seen == [("set by the first step", ctx), ("close", ctx), ctx, ("close", ctx)]
+    assert current_context.get() is None and other.get() == "set by the app"

@@ -464,3 +464,27 @@ def test_a_closing_response_over_a_list_is_iterated_unbound_and_closed_bound(mak
     assert chunks == [b"a", b"b"]
     ctx = seen[0][1]
     assert ctx is not None and seen == [("app", ctx), ("iter", ctx), ("close", ctx)]
+
+
+def test_a_streamed_response_dropped_unclosed_is_finalized_cleanly(make_client: MakeClient,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Werkzeug's test client without `with` never closes a streamed response: the generator (Flask's
+    # stream_with_context pushes its request context inside it) is finalized when the response is dropped, and
+    # what it set in a context variable it must reset in the same context, with no "Exception ignored".
+    import gc
+    import sys
+
+    make_client()
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    http = make_flask_app().test_client()
+    with capture_events() as events:
+        response = http.get("/stream", buffered=False)
+        chunks = iter(response.response)
+        assert next(chunks) == b"a"
+        assert current_context.get() is None
+        del response, chunks
+        gc.collect()
+    assert unraisable == [] and current_context.get() is None
+    assert flask.has_request_context() is False
+    assert events == []  # the generator stopped before its track()
