@@ -7,7 +7,9 @@
     application = SqreenMiddleware(application)     # any WSGI app
 
 The request is bound while the app runs, and again while the server iterates the response (streamed responses
-included) and calls its ``close()``; in between, and after a response that is never closed, nothing is bound.
+included) and calls its ``close()``; in between, and after a response that is never closed, nothing is bound. (With
+the compiled part, the response's steps run in a copy of the context the app call ended with, the request bound in
+it: a context variable a step sets is seen by the next steps, not by the server between them.)
 ``wsgi.input`` is teed so ``collect_body=True`` never takes the body from the app; when the body must be read ahead
 (``collect_body=True`` before the app read it), a seekable server stream is moved back to where it was, so what
 reads it later (a test client re-sending on 307/308, ``request.form`` after the response, an outer middleware)
