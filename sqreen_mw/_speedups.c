@@ -1943,7 +1943,7 @@ typedef struct {
     PyObject *dict;       /* functools.update_wrapper's attributes */
 } WSGICall;
 
-static PyObject *str_app, *str__client, *str__started_pid_w, *str_has_ip_blocks, *str_has_user_blocks,
+static PyObject *str_app, *str__client, *str_has_ip_blocks, *str_has_user_blocks,
     *str_content_length, *str_transfer_encoding, *str_file_wrapper, *str_head, *str_options, *no_body, *wsgi_kind,
     *zero;
 
@@ -2124,7 +2124,7 @@ wsgi_call(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwname
     if (client == NULL) {
         return PyErr_Occurred() ? NULL : PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
     }
-    started = PyObject_GetAttr(client, str__started_pid_w); /* None: a process's first request starts the client */
+    started = PyObject_GetAttr(client, str__started_pid); /* None: a process's first request starts the client */
     check = started == NULL ? -1 : started == Py_None;
     Py_XDECREF(started);
     if (check == 0) {
@@ -2421,7 +2421,6 @@ PyInit__speedups(void)
     INTERN(str_close, "close");
     INTERN(str_app, "app");
     INTERN(str__client, "_client");
-    INTERN(str__started_pid_w, "_started_pid");
     INTERN(str_has_ip_blocks, "has_ip_blocks");
     INTERN(str_has_user_blocks, "has_user_blocks");
     INTERN(str_content_length, "CONTENT_LENGTH");

@@ -257,9 +257,9 @@ def _is_file_wrapper(environ: Environ, result: object) -> bool:
 
 
 if speedups is not None:
-    # The common request (a started client, no block to check, no body to tee) served without a Python frame: the
-    # same context bound around the app, its response wrapped as _BoundResponse does; every other request goes to the
-    # Python method above, which stays the reference.
+    # The common request (a started client, no block to check) served without a Python frame: the same context and
+    # body tee, the request bound around the app, its response wrapped as _BoundResponse does; every other request
+    # goes to the Python method above, which stays the reference.
     SqreenMiddleware.__call__ = functools.update_wrapper(  # type: ignore[method-assign,assignment]
         speedups.WSGICall(SqreenMiddleware.__call__, vars(_lifecycle), current_context, RequestContext, WSGIInput),
         SqreenMiddleware.__call__)

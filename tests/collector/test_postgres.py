@@ -3,6 +3,7 @@ skip-or-fail rule of the PostgreSQL tests. (The whole collector suite also runs 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -34,6 +35,17 @@ def _record(i: int, event_id: str | None = None, user: str | None = None) -> Eve
     return EventRecord(event_id or str(uuid.uuid4()), "login", 1_700_000_000.0 + i, 1_700_000_100.0, "shop",
                        "203.0.113.7", {"i": i, "s": "\u00e9\ud800"}, users, None, {"raw": [1, 2.5]},
                        (user,) if user else ())
+
+
+@contextlib.contextmanager
+def _left_by_version(postgres_url: str, version: int) -> Iterator[Any]:
+    """A connection on which the caller undoes the later migrations; then the database says ``version``, and a
+    storage that may not migrate refuses it by name."""
+    with psycopg.connect(postgres_url) as conn:
+        yield conn
+        conn.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (version,))
+    with pytest.raises(SchemaError, match=f"schema version {version}"):
+        PostgresStorage(postgres_url, migrate=False)
 
 
 @pytest.fixture
@@ -108,12 +120,9 @@ def test_a_version_2_database_is_migrated_to_the_narrow_index_of_ip_texts(postgr
     storage = PostgresStorage(postgres_url)
     storage.insert_events([_record(0), _record(1)._replace(client_ip="unknown"), _record(2)._replace(client_ip=None)])
     storage.close()
-    with psycopg.connect(postgres_url) as conn:  # as schema version 2 left it
+    with _left_by_version(postgres_url, 2) as conn:
         conn.execute("DROP INDEX events_iptext_ts")
         conn.execute("CREATE INDEX events_ip_ts ON events (client_ip, ts, seq)")
-        conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
-    with pytest.raises(SchemaError, match="schema version 2"):
-        PostgresStorage(postgres_url, migrate=False)
     storage = PostgresStorage(postgres_url)
     try:
         with storage._tx() as conn:
@@ -141,13 +150,10 @@ def test_a_version_3_database_with_events_is_migrated_to_rollup_pages_with_room(
     storage = PostgresStorage(postgres_url)
     storage.insert_events(records[:200])
     storage.close()
-    with psycopg.connect(postgres_url) as conn:  # as schema version 3 left it: the tables' default fillfactor
+    with _left_by_version(postgres_url, 3) as conn:  # the tables' default fillfactor
         conn.execute("ALTER TABLE explorer_minute RESET (fillfactor)")
         conn.execute("ALTER TABLE explorer_hour RESET (fillfactor)")
-        conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
         assert _fillfactors(conn) == {"explorer_minute": None, "explorer_hour": None}
-    with pytest.raises(SchemaError, match="schema version 3"):
-        PostgresStorage(postgres_url, migrate=False)
     storage = PostgresStorage(postgres_url)
     try:
         with storage._tx() as conn:
@@ -290,7 +296,7 @@ def test_a_version_4_database_with_shards_is_migrated_to_rollup_deltas(postgres_
     storage.insert_events(records[:360])
     storage.fold_rollups(now=t0)  # the deltas into shard 0 (no hour past yet)
     storage.close()
-    with psycopg.connect(postgres_url) as conn:  # as schema version 4 left it: counts spread over shards, no deltas
+    with _left_by_version(postgres_url, 4) as conn:  # counts spread over shards, no deltas
         for table, key in (("explorer_hour", "kind, hour, value"), ("explorer_minute", "minute, name")):
             conn.execute(f"INSERT INTO {table} ({key}, shard, n) SELECT {key}, 3, n / 2 FROM {table}"  # noqa: S608
                          " WHERE n >= 2")
@@ -298,10 +304,7 @@ def test_a_version_4_database_with_shards_is_migrated_to_rollup_deltas(postgres_
             conn.execute(f"UPDATE {table} SET shard = 5 WHERE shard = 0 AND n = 1")  # noqa: S608
         conn.execute("DROP TABLE explorer_hour_delta, explorer_minute_delta")
         conn.execute("DELETE FROM meta WHERE key = 'rollups_folded_hour'")
-        conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
         assert conn.execute("SELECT count(*) FROM explorer_hour WHERE shard = 3").fetchone()[0] > 0
-    with pytest.raises(SchemaError, match="schema version 4"):
-        PostgresStorage(postgres_url, migrate=False)
     storage = PostgresStorage(postgres_url)
     storage._next_fold = float("inf")
     try:
@@ -363,11 +366,8 @@ def test_a_version_5_database_is_migrated_to_events_without_the_primary_key_of_s
     storage.insert_events(records[:300])
     before = _answers(storage, t0)
     storage.close()
-    with psycopg.connect(postgres_url) as conn:  # as schema version 5 left it: seq is the primary key
+    with _left_by_version(postgres_url, 5) as conn:  # seq is the primary key
         conn.execute("ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (seq)")
-        conn.execute("UPDATE meta SET value = 5 WHERE key = 'schema_version'")
-    with pytest.raises(SchemaError, match="schema version 5"):
-        PostgresStorage(postgres_url, migrate=False)
     storage = PostgresStorage(postgres_url)
     try:
         with storage._tx() as conn:
