@@ -133,6 +133,7 @@ class Client:
         self._id_base = secrets.randbits(74)
         self._capture: list[WireEvent] | None = None
         self._info_cache: dict[tuple[Any, ...], Any] = {}  # request_key -> scrubbed request_info (flusher only)
+        self._wire_cache: dict[tuple[Any, ...], Any] = {}  # the same for the compiled serializer, under its own keys
         self._accepting = self.enabled
         self._started_pid: int | None = None  # the process whose flusher runs; another pid = a fork we missed
         self._start_lock = threading.Lock()
@@ -430,6 +431,22 @@ class Client:
             cast(dict[str, Any], event)["blocked"] = True
         return event
 
+    def _wire_all(self, batch: list[Record], scrubbed: dict[int, Any]) -> list[WireEvent]:
+        # [self._wire(record, scrubbed, True) for record in batch]: compiled for the common records (a request's or
+        # no request, no timestamp or body, properties whose keys and texts the scrubber has seen), which it makes
+        # from the same caches; every other record goes to _wire.
+        caches = None if speedups is None else self.scrubber.caches()
+        if caches is not None:
+            header = self.resolver.ip_header
+            try:
+                extra = None if header is None else header.encode("latin-1")
+            except UnicodeEncodeError:  # request_key cannot use that name either: nothing is keyed
+                caches = None
+        if caches is None:
+            return [self._wire(record, scrubbed, True) for record in batch]
+        return speedups.wire_batch(batch, scrubbed, self._wire, self._request_info, self._id_base, extra,
+                                   self._wire_cache, *caches, _SECOND_TEXT, _tracked_timestamp)
+
     def _request_info(self, captured: Capture, shared: bool = False) -> Any:
         # The default properties of a captured request, scrubbed. Request data is attacker-controlled: whatever it
         # holds, the event is still sent (without its request properties when they cannot be made).
@@ -463,8 +480,7 @@ class Client:
         """
         scrubbed: dict[int, Any] = {}
         try:
-            events = [self._wire(record, scrubbed, True) for record in batch]
-            return encode_batch(events), batch
+            return encode_batch(self._wire_all(batch, scrubbed)), batch
         except Exception as exc:
             logger.debug("sqreen_mw batch encoding failed (%s); making its events representable", exc)
         try:

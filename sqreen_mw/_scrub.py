@@ -324,6 +324,11 @@ class Scrubber:
         """Whether :meth:`scrub` redacts anything."""
         return self._enabled
 
+    def caches(self) -> tuple[dict[str, bool], dict[tuple[str, int], str], str] | None:
+        """What the compiled serializer reads to scrub flat properties as :meth:`scrub` would: the key cache, the
+        text cache and the marker; None when scrubbing is off (``scrub`` then returns its argument itself)."""
+        return (self._key_cache, self._text_cache, REDACTED) if self._enabled else None
+
     def is_sensitive_key(self, key: str) -> bool:
         """Whether values under ``key`` are redacted (the answer is cached per key).
 

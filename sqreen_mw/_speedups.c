@@ -2328,10 +2328,549 @@ static PyTypeObject WSGICallType = {
     .tp_getset = front_getset,
 };
 
+/* --------------------------------------------------------------------------------------------------------------
+ * The flusher's events: _client.Client._wire for the common record, and _context.request_key for the common capture.
+ * A record with anything else (an explicit timestamp, a body, properties or texts the scrubber has not seen yet, an
+ * unusual capture) is made by the Python method, which fills the caches this code reads.
+ */
+
+#define WIRE_MIN_KV_TEXT 5            /* _scrub._MIN_KV_TEXT */
+#define WIRE_CACHED_TEXT 256          /* _scrub._CACHED_TEXT */
+#define WIRE_CARD_INT_MIN 1000000000000LL /* _scrub._CARD_INT_MIN */
+#define WIRE_MAX_KEYED_TEXT 1024      /* _context.MAX_KEYED_TEXT */
+#define WIRE_INFO_CACHE_SIZE 1024     /* _client._INFO_CACHE_SIZE */
+
+static PyObject *str_w_id, *str_w_name, *str_w_timestamp, *str_w_properties, *str_w_user_identifiers, *str_w_request,
+    *str_w_body, *str_w_blocked;
+
+static const char *const wanted_headers[] = {"user-agent", "content-type", "x-forwarded-for", "forwarded", "x-real-ip"};
+static const Py_ssize_t wanted_sizes[] = {10, 12, 15, 9, 9};
+
+/* _context._WANTED (plus the ip_header's bytes, `extra`, or None): whether exact bytes `name` is one of them. */
+static int
+header_wanted(PyObject *name, PyObject *extra)
+{
+    const char *text = PyBytes_AS_STRING(name);
+    Py_ssize_t size = PyBytes_GET_SIZE(name), i;
+    for (i = 0; i < (Py_ssize_t)(sizeof(wanted_sizes) / sizeof(wanted_sizes[0])); i++) {
+        if (size == wanted_sizes[i] && memcmp(text, wanted_headers[i], (size_t)size) == 0) {
+            return 1;
+        }
+    }
+    return extra != Py_None && PyBytes_GET_SIZE(extra) == size && memcmp(PyBytes_AS_STRING(extra), text, (size_t)size) == 0;
+}
+
+/* The (name, value) pairs of a list or tuple of ASGI headers that _context._asgi_headers(pairs, ip_header) reads, as
+ * a tuple of the same pair objects in their order: equal tuples give equal headers. A new reference; NULL without an
+ * exception for any pair that is not a tuple of bytes, name and value; NULL with one on a fault. */
+static PyObject *
+wanted_header_pairs(PyObject *pairs, PyObject *extra)
+{
+    PyObject *kept[16], *out;
+    Py_ssize_t i, n, count = 0;
+    if (pairs == Py_None) {
+        return Py_NewRef(empty_tuple);
+    }
+    if (!PyList_CheckExact(pairs) && !PyTuple_CheckExact(pairs)) {
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(pairs);
+    for (i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(pairs, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
+            return NULL;
+        }
+        if (header_wanted(PyTuple_GET_ITEM(pair, 0), extra)) {
+            if (count == 16 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
+                return NULL; /* a value the Python code decodes its way, or many repeats */
+            }
+            kept[count++] = pair;
+        }
+    }
+    out = PyTuple_New(count);
+    if (out != NULL) {
+        for (i = 0; i < count; i++) {
+            PyTuple_SET_ITEM(out, i, Py_NewRef(kept[i]));
+        }
+    }
+    return out;
+}
+
+/* _context._path_key for None or a dict of str to str: Py_None, or a tuple of pairs (a new reference); NULL without an
+ * exception for anything else; NULL with one on a fault. */
+static PyObject *
+path_key(PyObject *params)
+{
+    PyObject *items, *key, *value;
+    Py_ssize_t pos = 0, i = 0;
+    if (params == Py_None || (PyDict_CheckExact(params) && PyDict_GET_SIZE(params) == 0)) {
+        return Py_NewRef(Py_None);
+    }
+    if (!PyDict_CheckExact(params)) {
+        return NULL;
+    }
+    items = PyTuple_New(PyDict_GET_SIZE(params));
+    if (items == NULL) {
+        return NULL;
+    }
+    while (PyDict_Next(params, &pos, &key, &value)) {
+        PyObject *item;
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(value) || i >= PyTuple_GET_SIZE(items)) {
+            Py_DECREF(items);
+            return NULL;
+        }
+        item = PyTuple_Pack(2, key, value);
+        if (item == NULL) {
+            Py_DECREF(items);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(items, i++, item);
+    }
+    return items;
+}
+
+static int
+is_small_int(PyObject *value, long expected)
+{
+    int overflow;
+    return PyLong_CheckExact(value) && PyLong_AsLongAndOverflow(value, &overflow) == expected && !overflow;
+}
+
+/* A key that equal captures share, as _context.request_key's, for the common captures (`extra`: the ip_header's latin-1
+ * bytes, or None): equal keys give equal request_info. An ASGI capture's headers are the raw pairs request_info reads
+ * (no decoding), so these keys are not request_key's and have a cache of their own. A new reference; Py_None where
+ * request_key gives None or for an unusual capture (the Python code then decides); NULL with an exception on a
+ * fault. */
+static PyObject *
+request_key_c(PyObject *captured, PyObject *extra)
+{
+    PyObject *parts[8], *key;
+    Py_ssize_t n, i;
+    if (!PyTuple_CheckExact(captured) || PyTuple_GET_SIZE(captured) < 8) {
+        return Py_NewRef(Py_None);
+    }
+    n = PyTuple_GET_SIZE(captured);
+    if (n == 9 && is_small_int(PyTuple_GET_ITEM(captured, 0), 0)) { /* ASGI */
+        PyObject *client = PyTuple_GET_ITEM(captured, 1), *path = PyTuple_GET_ITEM(captured, 3);
+        PyObject *query = PyTuple_GET_ITEM(captured, 6);
+        if (PyTuple_GET_ITEM(captured, 8) != Py_None || !PyUnicode_CheckExact(path) || !PyBytes_CheckExact(query)
+            || PyUnicode_GET_LENGTH(path) + PyBytes_GET_SIZE(query) > WIRE_MAX_KEYED_TEXT) {
+            return Py_NewRef(Py_None);
+        }
+        if (client == Py_None) {
+            parts[1] = Py_None;
+        }
+        else if ((PyTuple_CheckExact(client) || PyList_CheckExact(client))) {
+            parts[1] = PySequence_Fast_GET_SIZE(client) ? PySequence_Fast_GET_ITEM(client, 0) : Py_None;
+        }
+        else {
+            return Py_NewRef(Py_None);
+        }
+        parts[2] = wanted_header_pairs(PyTuple_GET_ITEM(captured, 2), extra);
+        if (parts[2] == NULL) {
+            return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        }
+        parts[7] = path_key(PyTuple_GET_ITEM(captured, 7));
+        if (parts[7] == NULL) {
+            Py_DECREF(parts[2]);
+            return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        }
+        parts[0] = PyTuple_GET_ITEM(captured, 0);
+        parts[3] = path;
+        parts[4] = PyTuple_GET_ITEM(captured, 4);
+        parts[5] = PyTuple_GET_ITEM(captured, 5);
+        parts[6] = query;
+        key = PyTuple_New(8);
+        if (key != NULL) {
+            for (i = 0; i < 8; i++) {
+                PyTuple_SET_ITEM(key, i, (i == 2 || i == 7) ? parts[i] : Py_NewRef(parts[i]));
+            }
+            return key;
+        }
+        Py_DECREF(parts[2]);
+        Py_DECREF(parts[7]);
+        return NULL;
+    }
+    if (n == 8 && (is_small_int(PyTuple_GET_ITEM(captured, 0), 1) || is_small_int(PyTuple_GET_ITEM(captured, 0), 2))) {
+        PyObject *meta = PyTuple_GET_ITEM(captured, 1), *path = PyTuple_GET_ITEM(captured, 2), *query, *items, *k, *v;
+        Py_ssize_t pos = 0;
+        if (PyTuple_GET_ITEM(captured, 5) != Py_None || PyTuple_GET_ITEM(captured, 6) != Py_None
+            || PyTuple_GET_ITEM(captured, 7) != Py_None || !PyDict_CheckExact(meta) || !PyUnicode_CheckExact(path)) {
+            return Py_NewRef(Py_None);
+        }
+        query = PyDict_GetItemWithError(meta, environ_keys[2]); /* QUERY_STRING; _environ_parts' keys are str */
+        if (query == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (query != NULL && !PyUnicode_CheckExact(query)) {
+            return Py_NewRef(Py_None);
+        }
+        if (PyUnicode_GET_LENGTH(path) + (query == NULL ? 0 : PyUnicode_GET_LENGTH(query)) > WIRE_MAX_KEYED_TEXT) {
+            return Py_NewRef(Py_None);
+        }
+        parts[4] = path_key(PyTuple_GET_ITEM(captured, 4));
+        if (parts[4] == NULL) {
+            return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        }
+        items = PyTuple_New(PyDict_GET_SIZE(meta));
+        if (items == NULL) {
+            Py_DECREF(parts[4]);
+            return NULL;
+        }
+        i = 0;
+        while (PyDict_Next(meta, &pos, &k, &v)) {
+            PyObject *item = i < PyTuple_GET_SIZE(items) ? PyTuple_Pack(2, k, v) : NULL;
+            if (item == NULL) {
+                Py_DECREF(items);
+                Py_DECREF(parts[4]);
+                return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+            }
+            PyTuple_SET_ITEM(items, i++, item);
+        }
+        key = PyTuple_Pack(5, PyTuple_GET_ITEM(captured, 0), items, path, PyTuple_GET_ITEM(captured, 3), parts[4]);
+        Py_DECREF(items);
+        Py_DECREF(parts[4]);
+        return key;
+    }
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *
+request_key_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || (args[1] != Py_None && !PyBytes_CheckExact(args[1]))) {
+        PyErr_SetString(PyExc_TypeError, "request_key(captured, ip_header_bytes_or_None)");
+        return NULL;
+    }
+    return request_key_c(args[0], args[1]);
+}
+
+typedef struct {
+    PyObject *scrubbed, *wire, *request_info, *extra, *info_cache, *key_cache, *text_cache, *redacted, *second_text,
+        *tracked_timestamp;
+    unsigned long long base_lo, base_hi; /* the client's _id_base: its low 64 bits, and the 10 above them */
+} WireState;
+
+/* Scrubber.scrub(props) for a flat dict whose keys and texts the scrubber has cached: a new dict; NULL without an
+ * exception for anything else; NULL with one on a fault. */
+static PyObject *
+scrub_cached(WireState *st, PyObject *props)
+{
+    PyObject *out = _PyDict_NewPresized(PyDict_GET_SIZE(props)), *key, *value;
+    Py_ssize_t pos = 0;
+    if (out == NULL) {
+        return NULL;
+    }
+    while (PyDict_Next(props, &pos, &key, &value)) {
+        PyObject *hidden, *kept = value;
+        if (!PyUnicode_CheckExact(key)) {
+            goto unhandled;
+        }
+        hidden = PyDict_GetItemWithError(st->key_cache, key);
+        if (hidden == Py_True) {
+            kept = st->redacted;
+        }
+        else if (hidden != Py_False) {
+            goto unhandled; /* not seen yet (or a fault) */
+        }
+        else if (PyUnicode_CheckExact(value)) {
+            Py_ssize_t len = PyUnicode_GET_LENGTH(value);
+            if (len > WIRE_CACHED_TEXT) {
+                goto unhandled;
+            }
+            if (len >= WIRE_MIN_KV_TEXT) {
+                PyObject *probe = PyTuple_Pack(2, value, zero);
+                if (probe == NULL) {
+                    goto unhandled;
+                }
+                kept = PyDict_GetItemWithError(st->text_cache, probe); /* (str, int): no Python code runs */
+                Py_DECREF(probe);
+                if (kept == NULL) {
+                    goto unhandled;
+                }
+            }
+        }
+        else if (PyLong_CheckExact(value)) {
+            int overflow;
+            long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (overflow > 0 || (overflow == 0 && number >= WIRE_CARD_INT_MIN)) {
+                goto unhandled; /* long enough to be a card number: the Python check */
+            }
+            if (number == -1 && PyErr_Occurred()) {
+                goto unhandled;
+            }
+        }
+        else if (value != Py_None && value != Py_True && value != Py_False && !PyFloat_CheckExact(value)) {
+            goto unhandled;
+        }
+        if (PyDict_SetItem(out, key, kept) < 0) {
+            goto unhandled;
+        }
+    }
+    return out;
+unhandled:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static const char hex_digits[] = "0123456789abcdef";
+
+/* _client._uuid7(ns // 1_000_000, (id_base + seq) & _MASK_74) */
+static PyObject *
+uuid7_text(WireState *st, unsigned long long ns, unsigned long long seq)
+{
+    unsigned long long lo = st->base_lo + seq, hi = (st->base_hi + (lo < seq)) & 0x3FF, halves[2];
+    PyObject *out = PyUnicode_New(36, 127);
+    Py_UCS1 *text;
+    int i, at = 0;
+    if (out == NULL) {
+        return NULL;
+    }
+    text = PyUnicode_1BYTE_DATA(out);
+    halves[0] = ((ns / 1000000ULL) & 0xFFFFFFFFFFFFULL) << 16 | 0x7ULL << 12 | ((hi << 2 | lo >> 62) & 0xFFF);
+    halves[1] = 2ULL << 62 | (lo & 0x3FFFFFFFFFFFFFFFULL);
+    for (i = 0; i < 32; i++) { /* 8-4-4-4-12 hex digits */
+        text[at++] = (Py_UCS1)hex_digits[(halves[i >> 4] >> (4 * (15 - (i & 15)))) & 0xF];
+        if (i == 7 || i == 11 || i == 15 || i == 19) {
+            text[at++] = '-';
+        }
+    }
+    return out;
+}
+
+/* _client._tracked_timestamp(ns) from its second's cached text (the Python function on a miss). */
+static PyObject *
+tracked_timestamp(WireState *st, PyObject *ns_obj, unsigned long long ns)
+{
+    PyObject *second = PyLong_FromUnsignedLongLong(ns / 1000000000ULL), *text, *out;
+    unsigned long micros = (unsigned long)(ns % 1000000000ULL / 1000ULL);
+    Py_UCS1 *data;
+    int i;
+    if (second == NULL) {
+        return NULL;
+    }
+    text = PyDict_GetItemWithError(st->second_text, second); /* int keys: no Python code runs */
+    Py_DECREF(second);
+    if (text == NULL || !PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text) || PyUnicode_GET_LENGTH(text) != 19) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return PyObject_CallOneArg(st->tracked_timestamp, ns_obj);
+    }
+    out = PyUnicode_New(27, 127);
+    if (out == NULL) {
+        return NULL;
+    }
+    data = PyUnicode_1BYTE_DATA(out);
+    memcpy(data, PyUnicode_1BYTE_DATA(text), 19);
+    data[19] = '.';
+    for (i = 25; i >= 20; i--) {
+        data[i] = (Py_UCS1)('0' + micros % 10);
+        micros /= 10;
+    }
+    data[26] = 'Z';
+    return out;
+}
+
+/* The wire event of a common record: a new reference; NULL without an exception for every other record. */
+static PyObject *
+wire_common(WireState *st, PyObject *record)
+{
+    PyObject *ns_obj, *props, *captured, *blocked, *event = NULL, *values[7] = {NULL};
+    PyObject *const keys[7] = {str_w_id, str_w_name, str_w_timestamp, str_w_properties, str_w_user_identifiers,
+                               str_w_request, str_w_body};
+    unsigned long long ns, seq;
+    int i;
+    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != RECORD_LENGTH) {
+        return NULL;
+    }
+    ns_obj = PyTuple_GET_ITEM(record, 0);
+    props = PyTuple_GET_ITEM(record, 3);
+    captured = PyTuple_GET_ITEM(record, 6);
+    blocked = PyTuple_GET_ITEM(record, 9);
+    if (!PyLong_CheckExact(ns_obj) || !PyLong_CheckExact(PyTuple_GET_ITEM(record, 1))
+        || PyTuple_GET_ITEM(record, 5) != Py_None || PyTuple_GET_ITEM(record, 7) != Py_None
+        || (props != Py_None && !PyDict_CheckExact(props))
+        || (blocked != Py_True && blocked != Py_False && blocked != Py_None)) {
+        return NULL;
+    }
+    {
+        int over_ns, over_seq;
+        long long ns_value = PyLong_AsLongLongAndOverflow(ns_obj, &over_ns);
+        long long seq_value = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(record, 1), &over_seq);
+        if (over_ns || over_seq || ns_value < 0 || seq_value < 0) {
+            return NULL; /* exact ints: no exception */
+        }
+        ns = (unsigned long long)ns_value;
+        seq = (unsigned long long)seq_value;
+    }
+    if (props == Py_None || PyDict_GET_SIZE(props) == 0) {
+        values[3] = PyDict_New();
+    }
+    else {
+        values[3] = scrub_cached(st, props);
+    }
+    if (values[3] == NULL) {
+        goto unhandled;
+    }
+    if (captured == Py_None) {
+        values[5] = Py_NewRef(Py_None);
+    }
+    else {
+        PyObject *id = PyLong_FromVoidPtr(captured), *known;
+        if (id == NULL) {
+            goto unhandled;
+        }
+        known = PyDict_GetItemWithError(st->scrubbed, id); /* int keys: no Python code runs */
+        if (known != NULL && known != Py_None) {
+            values[5] = Py_NewRef(known);
+        }
+        else if (!PyErr_Occurred()) {
+            PyObject *key = request_key_c(captured, st->extra);
+            int keyed = key != NULL && key != Py_None;
+            if (keyed) {
+                known = PyDict_GetItemWithError(st->info_cache, key); /* a method or type may hash oddly */
+                if (known != NULL) {
+                    values[5] = Py_NewRef(known);
+                }
+                else if (PyErr_Occurred()) {
+                    keyed = 0; /* as _request_info: that capture is not cached */
+                    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+                        PyErr_Clear();
+                    }
+                }
+            }
+            if (values[5] == NULL && !PyErr_Occurred()) {
+                values[5] = PyObject_CallFunctionObjArgs(st->request_info, captured, Py_True, NULL);
+                if (values[5] != NULL && values[5] != Py_None && keyed) { /* bounded: requests come from clients */
+                    if (PyDict_GET_SIZE(st->info_cache) >= WIRE_INFO_CACHE_SIZE) {
+                        PyDict_Clear(st->info_cache);
+                    }
+                    if (PyDict_SetItem(st->info_cache, key, values[5]) < 0) {
+                        Py_CLEAR(values[5]);
+                    }
+                }
+            }
+            Py_XDECREF(key);
+            if (values[5] != NULL && PyDict_SetItem(st->scrubbed, id, values[5]) < 0) {
+                Py_CLEAR(values[5]);
+            }
+        }
+        Py_DECREF(id);
+        if (values[5] == NULL) {
+            goto fault;
+        }
+    }
+    values[0] = uuid7_text(st, ns, seq);
+    if (values[0] == NULL) {
+        goto fault;
+    }
+    values[2] = tracked_timestamp(st, ns_obj, ns);
+    if (values[2] == NULL) {
+        goto fault;
+    }
+    values[1] = Py_NewRef(PyTuple_GET_ITEM(record, 2));
+    values[4] = Py_NewRef(PyTuple_GET_ITEM(record, 4));
+    values[6] = Py_NewRef(Py_None);
+    event = _PyDict_NewPresized(8);
+    if (event == NULL) {
+        goto fault;
+    }
+    for (i = 0; i < 7; i++) {
+        if (PyDict_SetItem(event, keys[i], values[i]) < 0) {
+            Py_CLEAR(event);
+            goto fault;
+        }
+    }
+    if (blocked == Py_True && PyDict_SetItem(event, str_w_blocked, Py_True) < 0) {
+        Py_CLEAR(event);
+    }
+fault:
+unhandled:
+    for (i = 0; i < 7; i++) {
+        Py_XDECREF(values[i]);
+    }
+    return event;
+}
+
+/* wire_batch(batch, scrubbed, wire, request_info, id_base, ip_header_bytes, info_cache, key_cache, text_cache,
+ * redacted, second_text, tracked_timestamp): [wire(record, scrubbed, True) for record in batch], the common records
+ * made here. `info_cache` maps this code's request keys to scrubbed request_info (bounded here). */
+static PyObject *
+wire_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    WireState st;
+    PyObject *records, *events, *high, *shift;
+    Py_ssize_t i, n;
+    if (nargs != 12 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyLong_CheckExact(args[4])
+        || (args[5] != Py_None && !PyBytes_CheckExact(args[5])) || !PyDict_CheckExact(args[6])
+        || !PyDict_CheckExact(args[7]) || !PyDict_CheckExact(args[8]) || !PyDict_CheckExact(args[10])) {
+        PyErr_SetString(PyExc_TypeError, "wire_batch(batch, scrubbed, wire, request_info, id_base, ip_header, "
+                                         "info_cache, key_cache, text_cache, redacted, second_text, tracked_timestamp)");
+        return NULL;
+    }
+    st.scrubbed = args[1];
+    st.wire = args[2];
+    st.request_info = args[3];
+    st.extra = args[5];
+    st.info_cache = args[6];
+    st.key_cache = args[7];
+    st.text_cache = args[8];
+    st.redacted = args[9];
+    st.second_text = args[10];
+    st.tracked_timestamp = args[11];
+    st.base_lo = PyLong_AsUnsignedLongLongMask(args[4]);
+    if (st.base_lo == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    shift = PyLong_FromLong(64);
+    if (shift == NULL) {
+        return NULL;
+    }
+    high = PyNumber_Rshift(args[4], shift);
+    Py_DECREF(shift);
+    if (high == NULL) {
+        return NULL;
+    }
+    st.base_hi = PyLong_AsUnsignedLongLongMask(high) & 0x3FF;
+    Py_DECREF(high);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    records = PyList_AsTuple(args[0]); /* the Python method runs code: the list is not read while it does */
+    if (records == NULL) {
+        return NULL;
+    }
+    n = PyTuple_GET_SIZE(records);
+    events = PyList_New(n);
+    if (events == NULL) {
+        Py_DECREF(records);
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *record = PyTuple_GET_ITEM(records, i), *event = wire_common(&st, record);
+        if (event == NULL && !PyErr_Occurred()) {
+            event = PyObject_CallFunctionObjArgs(st.wire, record, st.scrubbed, Py_True, NULL);
+        }
+        if (event == NULL) {
+            Py_DECREF(records);
+            Py_DECREF(events);
+            return NULL;
+        }
+        PyList_SET_ITEM(events, i, event);
+    }
+    Py_DECREF(records);
+    return events;
+}
+
 static PyMethodDef methods[] = {
     {"check_common_properties", (PyCFunction)(void (*)(void))check_common_properties, METH_FASTCALL,
      "check_properties' common case: (copy, size), or None for every other case."},
     {"queue_put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL, "EventQueue.put(queue, record)."},
+    {"wire_batch", (PyCFunction)(void (*)(void))wire_batch, METH_FASTCALL,
+     "[client._wire(record, scrubbed, True) for record in batch], the common records compiled."},
+    {"request_key", (PyCFunction)(void (*)(void))request_key_fn, METH_FASTCALL,
+     "_context.request_key(captured, ip_header) for the common captures; None for the others."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2350,7 +2889,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    PyObject *module;
+    PyObject *module, *wire_constants;
 
     INTERN(str__lock, "_lock");
     INTERN(str__items, "_items");
@@ -2467,6 +3006,14 @@ PyInit__speedups(void)
         return NULL;
     }
     INTERN(str__track, "_track");
+    INTERN(str_w_id, "id");
+    INTERN(str_w_name, "name");
+    INTERN(str_w_timestamp, "timestamp");
+    INTERN(str_w_properties, "properties");
+    INTERN(str_w_user_identifiers, "user_identifiers");
+    INTERN(str_w_request, "request");
+    INTERN(str_w_body, "body");
+    INTERN(str_w_blocked, "blocked");
     INTERN(keyword_names[0], "properties");
     INTERN(keyword_names[1], "user_identifiers");
     INTERN(keyword_names[2], "timestamp");
@@ -2476,17 +3023,26 @@ PyInit__speedups(void)
         || PyType_Ready(&WSGICallType) < 0 || PyType_Ready(&RLockType) < 0) {
         return NULL;
     }
+    wire_constants = Py_BuildValue("(iiLii)", WIRE_MIN_KV_TEXT, WIRE_CACHED_TEXT, WIRE_CARD_INT_MIN, WIRE_MAX_KEYED_TEXT,
+                                   WIRE_INFO_CACHE_SIZE);
+    if (wire_constants == NULL) {
+        return NULL;
+    }
     module = PyModule_Create(&module_def);
     if (module == NULL) {
+        Py_DECREF(wire_constants);
         return NULL;
     }
     if (PyModule_AddObjectRef(module, "Tracker", (PyObject *)&TrackerType) < 0
         || PyModule_AddObjectRef(module, "Front", (PyObject *)&FrontType) < 0
         || PyModule_AddObjectRef(module, "BoundResponse", (PyObject *)&BoundType) < 0
         || PyModule_AddObjectRef(module, "WSGICall", (PyObject *)&WSGICallType) < 0
-        || PyModule_AddObjectRef(module, "RLock", (PyObject *)&RLockType) < 0) {
+        || PyModule_AddObjectRef(module, "RLock", (PyObject *)&RLockType) < 0
+        || PyModule_AddObjectRef(module, "WIRE_CONSTANTS", wire_constants) < 0) {
+        Py_DECREF(wire_constants);
         Py_DECREF(module);
         return NULL;
     }
+    Py_DECREF(wire_constants);
     return module;
 }

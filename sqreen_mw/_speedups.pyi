@@ -6,6 +6,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def check_common_properties(properties: object, known_keys: dict[str, int], /) -> tuple[dict[str, Any], int] | None: ...
 def queue_put(queue: Any, record: tuple[Any, ...], /) -> bool: ...
+def wire_batch(batch: list[Any], scrubbed: dict[int, Any], wire: Callable[..., Any],
+               request_info: Callable[[Any, bool], Any], id_base: int, ip_header: bytes | None,
+               info_cache: dict[Any, Any], key_cache: dict[str, bool], text_cache: dict[tuple[str, int], str],
+               redacted: str, second_text: dict[int, str], tracked_timestamp: Callable[[int], str], /) -> list[Any]: ...
+def request_key(captured: tuple[Any, ...], ip_header: bytes | None, /) -> tuple[Any, ...] | None: ...
+
+WIRE_CONSTANTS: tuple[int, int, int, int, int]
 
 class Tracker:
     def __init__(self, client: Any, fallback: Callable[..., bool], names: set[str], known_keys: dict[str, int],

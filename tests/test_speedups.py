@@ -14,6 +14,7 @@ import os
 import pydoc
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -931,3 +932,177 @@ def test_compiled_response_steps_share_their_own_context(started: Client) -> Non
     assert chunks == [b"a", b"b"]
     assert seen == [("set by the first step", ctx), ("close", ctx), ctx, ("close", ctx)]
     assert current_context.get() is None and other.get() == "set by the app"
+
+
+# --- wire_batch: the flusher's Client._wire ----------------------------------------------------------------------
+
+def test_wire_constants_are_the_python_ones() -> None:
+    from sqreen_mw import _context, _scrub
+
+    assert speedups.WIRE_CONSTANTS == (_scrub._MIN_KV_TEXT, _scrub._CACHED_TEXT, _scrub._CARD_INT_MIN,
+                                       _context.MAX_KEYED_TEXT, _client._INFO_CACHE_SIZE)
+
+
+WHEN = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+wire_texts = st.one_of(
+    st.sampled_from(["book", "a b", "hello world", "password=hunter2", "4111 1111 1111 1111", "x" * 300, "é" * 6,
+                     "Bearer abc.def.ghi", '{"password": "x"}', "pin=1", "1234"]),
+    st.text(max_size=8))
+wire_values = st.one_of(st.none(), st.booleans(), st.integers(-(10**15), 10**17),
+                        st.sampled_from([4111111111111111, 10**12, 10**12 - 1, 2**63 - 1, -(2**63)]),
+                        st.floats(allow_nan=False, allow_infinity=False), wire_texts)
+wire_props = st.one_of(st.none(), st.dictionaries(
+    st.sampled_from(["item", "password", "card", "note", "apiKey", "q", "user_token"]), wire_values, max_size=4))
+header_pairs = st.lists(st.tuples(
+    st.sampled_from([b"user-agent", b"x-forwarded-for", b"cookie", b"content-type", b"cf-connecting-ip", b"forwarded"]),
+    st.sampled_from([b"x", b"curl/8", b"203.0.113.7, 10.0.0.1", b"198.51.100.4", b"\xff\xfe", b"a=b; password=c"])),
+    max_size=4)
+wire_scopes = st.fixed_dictionaries({"type": st.just("http")}, optional={
+    "client": st.one_of(st.none(), st.sampled_from([("10.0.0.2", 1), ("203.0.113.9", 2), ()]),
+                        st.just(["192.0.2.1", 3])),
+    "headers": st.one_of(header_pairs, header_pairs.map(tuple), st.just([[b"user-agent", b"list pair"]])),
+    "path": st.sampled_from(["/", "/login", "/é", "/" + "p" * 1100]),
+    "method": st.sampled_from(["GET", "POST", None]),
+    "query_string": st.sampled_from([b"", b"q=1", b"user=42&q=select+name", b"a=%41&password=x"]),
+    "path_params": st.one_of(st.none(), st.just({}), st.just({"id": "7"}), st.just({"id": 7})),
+})
+wire_environs = st.fixed_dictionaries({"REQUEST_METHOD": st.sampled_from(["GET", "POST"])}, optional={
+    "PATH_INFO": st.sampled_from(["/", "/login"]), "QUERY_STRING": st.sampled_from(["", "q=1", "password=x"]),
+    "REMOTE_ADDR": st.sampled_from(["10.0.0.2", "203.0.113.9"]),
+    "HTTP_USER_AGENT": st.sampled_from(["curl/8", "Mozilla/5.0 (X11; Linux x86_64)"]),
+    "HTTP_X_FORWARDED_FOR": st.just("198.51.100.4"), "HTTP_COOKIE": st.just("session=1"),
+})
+wire_requests = st.one_of(st.none(), wire_scopes.map(lambda s: ("asgi", s)), wire_environs.map(lambda e: ("wsgi", e)))
+
+
+def _slow_record(client: Client, record: tuple[Any, ...]) -> bool:
+    """What the compiled code hands to Client._wire even with warm caches (a redacted key's value is not read)."""
+    props = record[3] or {}
+    return record[5] is not None or record[7] is not None or any(
+        ((type(v) is str and len(v) > 256) or (type(v) is int and v >= 10**12))
+        and not client.scrubber.is_sensitive_key(k) for k, v in props.items())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(wire_requests, min_size=1, max_size=3),
+       st.lists(st.tuples(wire_props, st.integers(0, 3), st.sampled_from(["plain", "timestamp", "body", "blocked",
+                                                                          "user"])), min_size=1, max_size=10),
+       st.sampled_from([None, "cf-connecting-ip"]))
+def test_wire_batch_sends_what_python_sends(pool: list[Any], events: list[Any], ip_header: str | None) -> None:
+    import json
+
+    from sqreen_mw._context import WSGI
+    from sqreen_mw._transport import encode_batch
+
+    client = Client(token="t", url=URL, install_signal_handler=False, ip_header=ip_header,
+                    trusted_proxies="10.0.0.0/8")
+    client._started_pid = os.getpid()
+    try:
+        for props, which, kind in events:
+            request = pool[which % len(pool)]
+            ctx = None
+            if request is not None:  # a request of its own, equal to others of the pool
+                ctx = RequestContext(ASGI if request[0] == "asgi" else WSGI, dict(request[1]))
+                ctx.blocked = kind == "blocked"
+                ctx.user = {"id": 7} if kind == "user" else None
+            token = current_context.set(ctx)
+            try:
+                client.track("e", properties=props, timestamp=WHEN if kind == "timestamp" else None)
+            finally:
+                current_context.reset(token)
+        batch = [(*record[:7], {"password": "x", "n": "4111 1111 1111 1111"}, *record[8:]) if kind == "body"
+                 else record for record, (_, _, kind) in zip(client.queue.take(100), events, strict=True)]
+        python = json.loads(encode_batch([client._wire(record, {}) for record in batch]))  # no cache at all
+        cold = json.loads(client._serialize(batch)[0] or b"")
+        handed: list[tuple[Any, ...]] = []
+        wire = client._wire
+        client._wire = lambda record, *rest: handed.append(record) or wire(record, *rest)  # type: ignore[method-assign]
+        warm = json.loads(client._serialize(batch)[0] or b"")
+        assert cold == python and warm == python
+        assert handed == [r for r in batch if _slow_record(client, r)]  # the caches are warm: the rest compiled
+        assert len({event["id"] for event in warm["events"]}) == len(batch)
+    finally:
+        client._closed, client._accepting = True, False
+
+
+def test_wire_batch_keeps_its_request_cache_bounded() -> None:
+    client = Client(token="t", url=URL, install_signal_handler=False)
+    client._started_pid = os.getpid()
+    try:
+        for round_ in range(3):
+            for i in range(700):
+                token = current_context.set(RequestContext(ASGI, scope(f"/p/{round_}/{i}")))
+                try:
+                    client.track("e")
+                finally:
+                    current_context.reset(token)
+            batch = client.queue.take(1000)
+            client._serialize(batch)
+            assert 0 < len(client._wire_cache) <= _client._INFO_CACHE_SIZE
+        assert any(key[3] == "/p/2/699" for key in client._wire_cache)
+    finally:
+        client._closed, client._accepting = True, False
+
+
+class _OddMethod:
+    """A scope value that does not hash: the request is sent, never cached."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __str__(self) -> str:
+        return "GET"
+
+
+def test_wire_batch_sends_a_request_whose_key_does_not_hash() -> None:
+    import json
+
+    client = Client(token="t", url=URL, install_signal_handler=False)
+    client._started_pid = os.getpid()
+    try:
+        raw = scope() | {"method": _OddMethod()}
+        for _ in range(2):
+            token = current_context.set(RequestContext(ASGI, dict(raw)))
+            try:
+                client.track("e")
+            finally:
+                current_context.reset(token)
+        batch = client.queue.take(10)
+        assert speedups.request_key(batch[0][6], None) is not None  # keyed, but the key cannot be looked up
+        with pytest.raises(TypeError):
+            _ = {speedups.request_key(batch[0][6], None): 1}
+        for _ in range(2):
+            sent = json.loads(client._serialize(batch)[0] or b"")["events"]
+            assert [event["request"]["verb"] for event in sent] == ["GET", "GET"]
+        assert not client._wire_cache and not client._info_cache
+    finally:
+        client._closed, client._accepting = True, False
+
+
+small_scopes = st.fixed_dictionaries({"type": st.just("http")}, optional={
+    "client": st.sampled_from([None, ("10.0.0.2", 1), ("10.0.0.2", 9), ("203.0.113.9", 2)]),
+    "headers": st.lists(st.tuples(st.sampled_from([b"user-agent", b"x-forwarded-for", b"cookie", b"accept"]),
+                                  st.sampled_from([b"a", b"198.51.100.4"])), max_size=3),
+    "path": st.sampled_from(["/", "/a"]), "method": st.sampled_from(["GET", None]),
+    "query_string": st.sampled_from([b"", b"q=1"]), "path_params": st.sampled_from([None, {}, {"id": "1"}]),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(small_scopes, min_size=2, max_size=6), st.sampled_from([None, "cf-connecting-ip", "accept"]))
+def test_compiled_request_keys_are_equal_only_for_equal_request_properties(scopes: list[dict[str, Any]],
+                                                                          ip_header: str | None) -> None:
+    from sqreen_mw._context import request_info
+
+    client = Client(token="t", url=URL, install_signal_handler=False, ip_header=ip_header,
+                    trusted_proxies="10.0.0.0/8")
+    extra = None if ip_header is None else ip_header.encode()
+    captures = [RequestContext(ASGI, raw).capture() for raw in scopes]
+    keys = [speedups.request_key(captured, extra) for captured in captures]
+    assert all(key is not None for key in keys)  # plain scopes are all keyed
+    for a, key_a in zip(captures, keys, strict=True):
+        for b, key_b in zip(captures, keys, strict=True):
+            if key_a == key_b:
+                assert request_info(a, client.resolver) == request_info(b, client.resolver)
