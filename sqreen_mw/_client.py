@@ -20,9 +20,11 @@ from ._config import resolve
 from ._context import (
     Capture,
     RequestContext,
+    _EnvironHeaders,
     context_for,
     current_context,
     environ_key,
+    parse_query,
     request_info,
     request_key,
 )
@@ -432,20 +434,21 @@ class Client:
         return event
 
     def _wire_all(self, batch: list[Record], scrubbed: dict[int, Any]) -> list[WireEvent]:
-        # [self._wire(record, scrubbed, True) for record in batch]: compiled for the common records (a request's or
-        # no request, no timestamp or body, properties whose keys and texts the scrubber has seen), which it makes
-        # from the same caches; every other record goes to _wire.
-        caches = None if speedups is None else self.scrubber.caches()
-        if caches is not None:
+        # [self._wire(record, scrubbed, True) for record in batch], compiled: the same events from the same caches
+        # (the scrubber's, and the request's scrubbed properties under a key of the capture's raw parts); what the
+        # caches cannot answer is asked of the Python methods, and a record of another shape is made by _wire.
+        parts = None if speedups is None else self.scrubber.compiled_parts()
+        if parts is not None:
             header = self.resolver.ip_header
             try:
                 extra = None if header is None else header.encode("latin-1")
             except UnicodeEncodeError:  # request_key cannot use that name either: nothing is keyed
-                caches = None
-        if caches is None:
+                parts = None
+        if parts is None:
             return [self._wire(record, scrubbed, True) for record in batch]
-        return speedups.wire_batch(batch, scrubbed, self._wire, self._request_info, self._id_base, extra,
-                                   self._wire_cache, *caches, _SECOND_TEXT, _tracked_timestamp)
+        return speedups.wire_batch(batch, scrubbed, self._id_base, extra, (
+            self._wire, self._request_info, request_info, self.resolver, self._wire_cache, _SECOND_TEXT,
+            _tracked_timestamp, format_timestamp, parse_query, self.resolver.resolve_cached, _EnvironHeaders), parts)
 
     def _request_info(self, captured: Capture, shared: bool = False) -> Any:
         # The default properties of a captured request, scrubbed. Request data is attacker-controlled: whatever it

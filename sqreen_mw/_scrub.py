@@ -324,10 +324,14 @@ class Scrubber:
         """Whether :meth:`scrub` redacts anything."""
         return self._enabled
 
-    def caches(self) -> tuple[dict[str, bool], dict[tuple[str, int], str], str] | None:
-        """What the compiled serializer reads to scrub flat properties as :meth:`scrub` would: the key cache, the
-        text cache and the marker; None when scrubbing is off (``scrub`` then returns its argument itself)."""
-        return (self._key_cache, self._text_cache, REDACTED) if self._enabled else None
+    def compiled_parts(self) -> tuple[Any, ...] | None:
+        """What the compiled twin of :meth:`scrub` (``_speedups.scrub``) reads: the key and text caches, the marker,
+        and the methods it asks what the caches cannot answer; None when scrubbing is off (``scrub`` then returns
+        its argument itself)."""
+        if not self._enabled:
+            return None
+        return (self._key_cache, self._text_cache, REDACTED, self._scrub_str, self.is_sensitive_key, self._scrub,
+                self._card_int)
 
     def is_sensitive_key(self, key: str) -> bool:
         """Whether values under ``key`` are redacted (the answer is cached per key).

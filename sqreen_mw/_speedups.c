@@ -2339,9 +2339,11 @@ static PyTypeObject WSGICallType = {
 #define WIRE_CARD_INT_MIN 1000000000000LL /* _scrub._CARD_INT_MIN */
 #define WIRE_MAX_KEYED_TEXT 1024      /* _context.MAX_KEYED_TEXT */
 #define WIRE_INFO_CACHE_SIZE 1024     /* _client._INFO_CACHE_SIZE */
+#define SCRUB_MAX_DEPTH 20            /* _scrub.MAX_DEPTH */
 
 static PyObject *str_w_id, *str_w_name, *str_w_timestamp, *str_w_properties, *str_w_user_identifiers, *str_w_request,
-    *str_w_body, *str_w_blocked;
+    *str_w_body, *str_w_blocked, *str_plus, *str_space, *str_amp, *str_w_query, *str_w_json, *str_w_client_ip,
+    *str_w_user_agent, *str_w_verb, *str_w_params, *str_w_user_agent_header;
 
 static const char *const wanted_headers[] = {"user-agent", "content-type", "x-forwarded-for", "forwarded", "x-real-ip"};
 static const Py_ssize_t wanted_sizes[] = {10, 12, 15, 9, 9};
@@ -2382,18 +2384,23 @@ wanted_header_pairs(PyObject *pairs, PyObject *extra)
         }
         if (header_wanted(PyTuple_GET_ITEM(pair, 0), extra)) {
             if (count == 16 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
-                return NULL; /* a value the Python code decodes its way, or many repeats */
+                goto unhandled; /* a value the Python code decodes its way, or many repeats */
             }
-            kept[count++] = pair;
+            kept[count++] = Py_NewRef(pair); /* held: an allocation below may run a finalizer that edits the list */
         }
     }
     out = PyTuple_New(count);
     if (out != NULL) {
         for (i = 0; i < count; i++) {
-            PyTuple_SET_ITEM(out, i, Py_NewRef(kept[i]));
+            PyTuple_SET_ITEM(out, i, kept[i]);
         }
+        return out;
     }
-    return out;
+unhandled:
+    for (i = 0; i < count; i++) {
+        Py_DECREF(kept[i]);
+    }
+    return NULL;
 }
 
 /* _context._path_key for None or a dict of str to str: Py_None, or a tuple of pairs (a new reference); NULL without an
@@ -2545,73 +2552,222 @@ request_key_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return request_key_c(args[0], args[1]);
 }
 
+/* The Scrubber's parts its compiled twin reads (Scrubber.compiled_parts()). */
 typedef struct {
-    PyObject *scrubbed, *wire, *request_info, *extra, *info_cache, *key_cache, *text_cache, *redacted, *second_text,
-        *tracked_timestamp;
-    unsigned long long base_lo, base_hi; /* the client's _id_base: its low 64 bits, and the 10 above them */
-} WireState;
+    PyObject *key_cache, *text_cache, *redacted, *scrub_str, *is_sensitive_key, *scrub, *card_int;
+} ScrubParts;
 
-/* Scrubber.scrub(props) for a flat dict whose keys and texts the scrubber has cached: a new dict; NULL without an
- * exception for anything else; NULL with one on a fault. */
-static PyObject *
-scrub_cached(WireState *st, PyObject *props)
+static int
+scrub_parts(PyObject *tuple, ScrubParts *out)
 {
-    PyObject *out = _PyDict_NewPresized(PyDict_GET_SIZE(props)), *key, *value;
-    Py_ssize_t pos = 0;
-    if (out == NULL) {
+    if (!PyTuple_CheckExact(tuple) || PyTuple_GET_SIZE(tuple) != 7 || !PyDict_CheckExact(PyTuple_GET_ITEM(tuple, 0))
+        || !PyDict_CheckExact(PyTuple_GET_ITEM(tuple, 1)) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(tuple, 2))) {
+        PyErr_SetString(PyExc_TypeError, "scrubber parts: (key_cache, text_cache, marker, _scrub_str, "
+                                         "is_sensitive_key, _scrub, _card_int)");
+        return -1;
+    }
+    out->key_cache = PyTuple_GET_ITEM(tuple, 0);
+    out->text_cache = PyTuple_GET_ITEM(tuple, 1);
+    out->redacted = PyTuple_GET_ITEM(tuple, 2);
+    out->scrub_str = PyTuple_GET_ITEM(tuple, 3);
+    out->is_sensitive_key = PyTuple_GET_ITEM(tuple, 4);
+    out->scrub = PyTuple_GET_ITEM(tuple, 5);
+    out->card_int = PyTuple_GET_ITEM(tuple, 6);
+    return 0;
+}
+
+static PyObject *
+call_with_depth(PyObject *fn, PyObject *value, Py_ssize_t depth)
+{
+    PyObject *level = PyLong_FromSsize_t(depth), *out;
+    if (level == NULL) {
         return NULL;
     }
-    while (PyDict_Next(props, &pos, &key, &value)) {
-        PyObject *hidden, *kept = value;
-        if (!PyUnicode_CheckExact(key)) {
-            goto unhandled;
+    out = PyObject_CallFunctionObjArgs(fn, value, level, NULL);
+    Py_DECREF(level);
+    return out;
+}
+
+/* Scrubber._scrub's str case: _scrub_str(text, depth) for a text of 5 characters or more, from the text cache when
+ * it holds the answer. */
+static PyObject *
+scrub_text_c(ScrubParts *p, PyObject *text, Py_ssize_t depth)
+{
+    Py_ssize_t len = PyUnicode_GET_LENGTH(text);
+    if (len < WIRE_MIN_KV_TEXT) {
+        return Py_NewRef(text);
+    }
+    if (len <= WIRE_CACHED_TEXT) {
+        PyObject *level = PyLong_FromSsize_t(depth), *probe, *hit;
+        if (level == NULL) {
+            return NULL;
         }
-        hidden = PyDict_GetItemWithError(st->key_cache, key);
-        if (hidden == Py_True) {
-            kept = st->redacted;
+        probe = PyTuple_Pack(2, text, level);
+        Py_DECREF(level);
+        if (probe == NULL) {
+            return NULL;
         }
-        else if (hidden != Py_False) {
-            goto unhandled; /* not seen yet (or a fault) */
+        hit = PyDict_GetItemWithError(p->text_cache, probe); /* (str, int): no Python code runs */
+        Py_DECREF(probe);
+        if (hit != NULL) {
+            return Py_NewRef(hit);
         }
-        else if (PyUnicode_CheckExact(value)) {
-            Py_ssize_t len = PyUnicode_GET_LENGTH(value);
-            if (len > WIRE_CACHED_TEXT) {
-                goto unhandled;
-            }
-            if (len >= WIRE_MIN_KV_TEXT) {
-                PyObject *probe = PyTuple_Pack(2, value, zero);
-                if (probe == NULL) {
-                    goto unhandled;
-                }
-                kept = PyDict_GetItemWithError(st->text_cache, probe); /* (str, int): no Python code runs */
-                Py_DECREF(probe);
-                if (kept == NULL) {
-                    goto unhandled;
-                }
-            }
-        }
-        else if (PyLong_CheckExact(value)) {
-            int overflow;
-            long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
-            if (overflow > 0 || (overflow == 0 && number >= WIRE_CARD_INT_MIN)) {
-                goto unhandled; /* long enough to be a card number: the Python check */
-            }
-            if (number == -1 && PyErr_Occurred()) {
-                goto unhandled;
-            }
-        }
-        else if (value != Py_None && value != Py_True && value != Py_False && !PyFloat_CheckExact(value)) {
-            goto unhandled;
-        }
-        if (PyDict_SetItem(out, key, kept) < 0) {
-            goto unhandled;
+        if (PyErr_Occurred()) {
+            return NULL;
         }
     }
-    return out;
-unhandled:
-    Py_DECREF(out);
-    return NULL;
+    return call_with_depth(p->scrub_str, text, depth);
 }
+
+/* Whether `key` (exact str) is sensitive: the key cache's answer, else Scrubber.is_sensitive_key's. 1, 0, or -1. */
+static int
+key_hidden(ScrubParts *p, PyObject *key)
+{
+    PyObject *hit = PyDict_GetItemWithError(p->key_cache, key), *answer;
+    int truth;
+    if (hit == Py_True || hit == Py_False) {
+        return hit == Py_True;
+    }
+    if (hit == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    answer = hit != NULL ? Py_NewRef(hit) : PyObject_CallOneArg(p->is_sensitive_key, key);
+    if (answer == NULL) {
+        return -1;
+    }
+    truth = PyObject_IsTrue(answer);
+    Py_DECREF(answer);
+    return truth;
+}
+
+/* An exact int below _CARD_INT_MIN (too short for a card number): 1; else 0. */
+static int
+short_int(PyObject *value)
+{
+    int overflow;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    return overflow < 0 || (overflow == 0 && number < WIRE_CARD_INT_MIN);
+}
+
+/* Scrubber._scrub(value, depth), compiled: the same walk over dicts, lists and tuples, with the caches' answers for
+ * keys and texts; a text, key or int the caches cannot answer, and any other type, is asked of the Python methods.
+ * A new reference; NULL with an exception on a fault (and whatever the Python methods raise). */
+static PyObject *
+scrub_c(ScrubParts *p, PyObject *value, Py_ssize_t depth)
+{
+    if (PyUnicode_CheckExact(value)) {
+        return scrub_text_c(p, value, depth);
+    }
+    if (value == Py_None || value == Py_True || value == Py_False || PyFloat_CheckExact(value)) {
+        return Py_NewRef(value);
+    }
+    if (PyLong_CheckExact(value)) {
+        return short_int(value) ? Py_NewRef(value) : call_with_depth(p->scrub, value, depth);
+    }
+    if (PyDict_CheckExact(value)) {
+        PyObject *out, *key, *item;
+        Py_ssize_t pos = 0;
+        if (depth >= SCRUB_MAX_DEPTH) {
+            return Py_NewRef(p->redacted);
+        }
+        while (PyDict_Next(value, &pos, &key, &item)) {
+            if (!PyUnicode_CheckExact(key)) { /* the Python code's own way for the whole dict */
+                return call_with_depth(p->scrub, value, depth);
+            }
+        }
+        out = _PyDict_NewPresized(PyDict_GET_SIZE(value));
+        if (out == NULL) {
+            return NULL;
+        }
+        pos = 0;
+        while (PyDict_Next(value, &pos, &key, &item)) {
+            PyObject *kept;
+            int hidden, failed;
+            Py_INCREF(key); /* held: the Python methods below may run any code */
+            Py_INCREF(item);
+            hidden = PyUnicode_CheckExact(key) ? key_hidden(p, key) : -2;
+            if (hidden == 1) {
+                kept = Py_NewRef(p->redacted);
+            }
+            else if (hidden == 0) {
+                if (PyUnicode_CheckExact(item)) {
+                    kept = scrub_text_c(p, item, depth); /* a dict's texts are scrubbed at its own depth */
+                }
+                else if (item == Py_None || item == Py_True || item == Py_False) {
+                    kept = Py_NewRef(item);
+                }
+                else if (PyLong_CheckExact(item) && !short_int(item)) {
+                    PyObject *card = PyObject_CallOneArg(p->card_int, item);
+                    int truth = card == NULL ? -1 : PyObject_IsTrue(card);
+                    Py_XDECREF(card);
+                    kept = truth < 0 ? NULL : Py_NewRef(truth ? p->redacted : item);
+                }
+                else {
+                    kept = scrub_c(p, item, depth + 1);
+                }
+            }
+            else {
+                if (hidden == -2) {
+                    PyErr_SetString(PyExc_RuntimeError, "dictionary keys changed during scrubbing");
+                }
+                kept = NULL;
+            }
+            failed = kept == NULL || PyDict_SetItem(out, key, kept) < 0;
+            Py_DECREF(key);
+            Py_DECREF(item);
+            Py_XDECREF(kept);
+            if (failed) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
+        return out;
+    }
+    if (PyList_CheckExact(value) || PyTuple_CheckExact(value)) {
+        PyObject *out;
+        Py_ssize_t i;
+        if (depth >= SCRUB_MAX_DEPTH) {
+            return Py_NewRef(p->redacted);
+        }
+        out = PyList_New(0);
+        if (out == NULL) {
+            return NULL;
+        }
+        for (i = 0; i < PySequence_Fast_GET_SIZE(value); i++) { /* the size again each time: code may run */
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(value, i)), *kept = scrub_c(p, item, depth + 1);
+            int failed = kept == NULL || PyList_Append(out, kept) < 0;
+            Py_DECREF(item);
+            Py_XDECREF(kept);
+            if (failed) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
+        return out;
+    }
+    return call_with_depth(p->scrub, value, depth);
+}
+
+static PyObject *
+scrub_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ScrubParts parts;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "scrub(value, scrubber_parts)");
+        return NULL;
+    }
+    if (scrub_parts(args[1], &parts) < 0) {
+        return NULL;
+    }
+    return scrub_c(&parts, args[0], 0);
+}
+
+typedef struct {
+    ScrubParts scrub;
+    PyObject *scrubbed, *extra, *wire, *request_info, *make_request_info, *resolver, *info_cache, *second_text,
+        *tracked_timestamp, *format_timestamp, *parse_query, *resolve_cached, *environ_headers;
+    unsigned long long base_lo, base_hi; /* the client's _id_base: its low 64 bits, and the 10 above them */
+} WireState;
 
 static const char hex_digits[] = "0123456789abcdef";
 
@@ -2657,12 +2813,15 @@ tracked_timestamp(WireState *st, PyObject *ns_obj, unsigned long long ns)
         }
         return PyObject_CallOneArg(st->tracked_timestamp, ns_obj);
     }
+    Py_INCREF(text); /* held across the allocation (a finalizer may run there) */
     out = PyUnicode_New(27, 127);
     if (out == NULL) {
+        Py_DECREF(text);
         return NULL;
     }
     data = PyUnicode_1BYTE_DATA(out);
     memcpy(data, PyUnicode_1BYTE_DATA(text), 19);
+    Py_DECREF(text);
     data[19] = '.';
     for (i = 25; i >= 20; i--) {
         data[i] = (Py_UCS1)('0' + micros % 10);
@@ -2672,26 +2831,359 @@ tracked_timestamp(WireState *st, PyObject *ns_obj, unsigned long long ns)
     return out;
 }
 
-/* The wire event of a common record: a new reference; NULL without an exception for every other record. */
+/* _context.parse_query(query) for exact str `query`: its split of a query without "%" (the Python function for the
+ * others). A new reference; NULL with an exception on a fault. */
+static PyObject *
+parse_query_c(WireState *st, PyObject *query)
+{
+    PyObject *text, *parts, *out;
+    Py_ssize_t i, n;
+    if (PyUnicode_FindChar(query, '%', 0, PyUnicode_GET_LENGTH(query), 1) != -1) {
+        return PyObject_CallOneArg(st->parse_query, query);
+    }
+    text = PyUnicode_FindChar(query, '+', 0, PyUnicode_GET_LENGTH(query), 1) != -1
+               ? PyUnicode_Replace(query, str_plus, str_space, -1)
+               : Py_NewRef(query);
+    if (text == NULL) {
+        return NULL;
+    }
+    parts = PyUnicode_Split(text, str_amp, -1);
+    Py_DECREF(text);
+    if (parts == NULL) {
+        return NULL;
+    }
+    out = PyDict_New();
+    n = PyList_GET_SIZE(parts);
+    for (i = 0; out != NULL && i < n; i++) {
+        PyObject *part = PyList_GET_ITEM(parts, i), *key, *value, *prev;
+        Py_ssize_t len = PyUnicode_GET_LENGTH(part), at;
+        int failed;
+        if (len == 0) {
+            continue;
+        }
+        at = PyUnicode_FindChar(part, '=', 0, len, 1);
+        key = at < 0 ? Py_NewRef(part) : PyUnicode_Substring(part, 0, at);
+        value = at < 0 ? Py_NewRef(empty_str) : PyUnicode_Substring(part, at + 1, len);
+        failed = key == NULL || value == NULL;
+        if (!failed) {
+            prev = PyDict_GetItemWithError(out, key); /* exact str keys: no Python code runs */
+            if (prev != NULL) { /* repeated: a list of the values in order */
+                PyObject *list = PyList_CheckExact(prev) ? PyList_GetSlice(prev, 0, PyList_GET_SIZE(prev))
+                                                         : PyList_New(0);
+                failed = list == NULL || (!PyList_CheckExact(prev) && PyList_Append(list, prev) < 0)
+                         || PyList_Append(list, value) < 0 || PyDict_SetItem(out, key, list) < 0;
+                Py_XDECREF(list);
+            }
+            else {
+                failed = PyErr_Occurred() != NULL || PyDict_SetItem(out, key, value) < 0;
+            }
+        }
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (failed) {
+            Py_CLEAR(out);
+        }
+    }
+    Py_DECREF(parts);
+    return out;
+}
+
+/* _context._params(query, path_params, form, json_body), or NULL without an exception for path parameters that are
+ * not a plain dict of str keys to str or int values (the Python code then makes the whole request_info). */
+static PyObject *
+params_c(WireState *st, PyObject *query, PyObject *path_params, PyObject *form, PyObject *json_body)
+{
+    PyObject *params = PyDict_New(), *value;
+    int truth;
+    if (params == NULL) {
+        return NULL;
+    }
+    if (PyUnicode_GET_LENGTH(query) > 0) {
+        value = parse_query_c(st, query);
+        if (value == NULL || PyDict_SetItem(params, str_w_query, value) < 0) {
+            goto fault;
+        }
+        Py_DECREF(value);
+    }
+    if (path_params != Py_None) {
+        PyObject *key, *item;
+        Py_ssize_t pos = 0;
+        if (!PyDict_CheckExact(path_params)) {
+            goto unhandled;
+        }
+        if (PyDict_GET_SIZE(path_params) > 0) {
+            value = PyDict_New();
+            if (value == NULL) {
+                goto unhandled;
+            }
+            while (PyDict_Next(path_params, &pos, &key, &item)) {
+                PyObject *text;
+                if (!PyUnicode_CheckExact(key) || (!PyUnicode_CheckExact(item) && !PyLong_CheckExact(item))) {
+                    Py_DECREF(value);
+                    goto unhandled;
+                }
+                text = PyUnicode_CheckExact(item) ? Py_NewRef(item) : PyObject_Str(item); /* always text */
+                if (text == NULL || PyDict_SetItem(value, key, text) < 0) {
+                    Py_XDECREF(text);
+                    Py_DECREF(value);
+                    goto fault;
+                }
+                Py_DECREF(text);
+            }
+            if (PyDict_SetItem(params, str_path, value) < 0) {
+                goto fault;
+            }
+            Py_DECREF(value);
+        }
+    }
+    truth = PyObject_IsTrue(form);
+    if (truth < 0 || (truth && PyDict_SetItem(params, str_form, form) < 0)
+        || (json_body != Py_None && PyDict_SetItem(params, str_w_json, json_body) < 0)) {
+        goto unhandled;
+    }
+    return params;
+fault:
+    Py_XDECREF(value);
+unhandled:
+    Py_DECREF(params);
+    return NULL;
+}
+
+/* _context.request_info(captured, resolver) for the captures without a body tee: a new reference; NULL without an
+ * exception for the others (the Python function makes them); NULL with one on a fault. */
+static PyObject *
+request_info_c(WireState *st, PyObject *captured)
+{
+    PyObject *values[5] = {NULL}, *headers = NULL, *peer, *info = NULL;
+    PyObject *const keys[5] = {str_w_client_ip, str_w_user_agent, str_path, str_w_verb, str_w_params};
+    int i;
+    if (!PyTuple_CheckExact(captured)) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(captured) == 9 && is_small_int(PyTuple_GET_ITEM(captured, 0), 0)) { /* ASGI */
+        PyObject *client = PyTuple_GET_ITEM(captured, 1), *pairs = PyTuple_GET_ITEM(captured, 2);
+        PyObject *method = PyTuple_GET_ITEM(captured, 4), *scope_type = PyTuple_GET_ITEM(captured, 5);
+        PyObject *query = PyTuple_GET_ITEM(captured, 6), *text, *key, *raw;
+        Py_ssize_t j;
+        if (PyTuple_GET_ITEM(captured, 8) != Py_None || !PyBytes_CheckExact(query)
+            || (!PyList_CheckExact(pairs) && !PyTuple_CheckExact(pairs) && pairs != Py_None)
+            || (method == Py_None && !PyUnicode_CheckExact(scope_type))) {
+            return NULL;
+        }
+        if (client == Py_None) {
+            peer = Py_None;
+        }
+        else if (PyTuple_CheckExact(client) || PyList_CheckExact(client)) {
+            peer = PySequence_Fast_GET_SIZE(client) ? PySequence_Fast_GET_ITEM(client, 0) : Py_None;
+        }
+        else {
+            return NULL;
+        }
+        headers = PyDict_New(); /* _asgi_headers(pairs, ip_header) */
+        if (headers == NULL) {
+            return NULL;
+        }
+        for (j = 0; pairs != Py_None && j < PySequence_Fast_GET_SIZE(pairs); j++) { /* the scope's own list */
+            PyObject *pair = PySequence_Fast_GET_ITEM(pairs, j), *prev;
+            int failed;
+            if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2
+                || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
+                goto unhandled;
+            }
+            if (!header_wanted(PyTuple_GET_ITEM(pair, 0), st->extra)) {
+                continue;
+            }
+            raw = PyTuple_GET_ITEM(pair, 1);
+            if (!PyBytes_CheckExact(raw)) {
+                goto unhandled;
+            }
+            Py_INCREF(pair); /* held: a finalizer run by an allocation below may edit the list */
+            key = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(PyTuple_GET_ITEM(pair, 0)),
+                                         PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 0)), NULL);
+            text = key == NULL ? NULL : PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), NULL);
+            prev = text == NULL ? NULL : PyDict_GetItemWithError(headers, key);
+            if (prev != NULL) { /* repeated: joined in order */
+                Py_SETREF(text, PyUnicode_FromFormat("%U, %U", prev, text));
+            }
+            failed = text == NULL || PyDict_SetItem(headers, key, text) < 0;
+            Py_DECREF(pair);
+            Py_XDECREF(key);
+            Py_XDECREF(text);
+            if (failed) {
+                goto fault;
+            }
+        }
+        values[1] = PyDict_GetItemWithError(headers, str_w_user_agent_header);
+        values[1] = Py_NewRef(values[1] != NULL ? values[1] : Py_None);
+        values[2] = Py_NewRef(PyTuple_GET_ITEM(captured, 3));
+        if (method != Py_None) {
+            values[3] = Py_NewRef(method);
+        }
+        else {
+            int http = PyUnicode_CompareWithASCIIString(scope_type, "http") == 0;
+            values[3] = PyUnicode_FromString(http ? "GET" : "WEBSOCKET");
+            if (values[3] == NULL) {
+                goto fault;
+            }
+        }
+        text = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(query), PyBytes_GET_SIZE(query), NULL);
+        if (text == NULL) {
+            goto fault;
+        }
+        values[4] = params_c(st, text, PyTuple_GET_ITEM(captured, 7), Py_None, Py_None);
+        Py_DECREF(text);
+        if (values[4] == NULL) {
+            goto unhandled;
+        }
+        Py_INCREF(peer);
+        values[0] = PyObject_CallFunctionObjArgs(st->resolve_cached, peer, headers, NULL);
+        Py_DECREF(peer);
+    }
+    else if (PyTuple_GET_SIZE(captured) == 8
+             && (is_small_int(PyTuple_GET_ITEM(captured, 0), 1) || is_small_int(PyTuple_GET_ITEM(captured, 0), 2))) {
+        PyObject *meta = PyTuple_GET_ITEM(captured, 1), *query;
+        if (PyTuple_GET_ITEM(captured, 7) != Py_None || !PyDict_CheckExact(meta)) {
+            return NULL;
+        }
+        query = PyDict_GetItemWithError(meta, environ_keys[2]); /* QUERY_STRING */
+        if ((query == NULL && PyErr_Occurred()) || (query != NULL && !PyUnicode_CheckExact(query))) {
+            return NULL;
+        }
+        values[4] = params_c(st, query == NULL ? empty_str : query, PyTuple_GET_ITEM(captured, 4),
+                             PyTuple_GET_ITEM(captured, 5), PyTuple_GET_ITEM(captured, 6));
+        if (values[4] == NULL) {
+            goto unhandled;
+        }
+        values[1] = PyDict_GetItemWithError(meta, environ_keys[1]); /* HTTP_USER_AGENT */
+        values[1] = Py_NewRef(values[1] != NULL ? values[1] : Py_None);
+        values[2] = Py_NewRef(PyTuple_GET_ITEM(captured, 2));
+        values[3] = Py_NewRef(PyTuple_GET_ITEM(captured, 3));
+        headers = PyObject_CallOneArg(st->environ_headers, meta);
+        if (headers == NULL) {
+            goto fault;
+        }
+        peer = PyDict_GetItemWithError(meta, environ_keys[0]); /* REMOTE_ADDR */
+        peer = Py_NewRef(peer != NULL ? peer : Py_None);
+        values[0] = PyObject_CallFunctionObjArgs(st->resolve_cached, peer, headers, NULL);
+        Py_DECREF(peer);
+    }
+    else {
+        return NULL;
+    }
+    if (values[0] == NULL) {
+        goto fault;
+    }
+    info = _PyDict_NewPresized(5);
+    for (i = 0; info != NULL && i < 5; i++) {
+        if (PyDict_SetItem(info, keys[i], values[i]) < 0) {
+            Py_CLEAR(info);
+        }
+    }
+fault:
+unhandled:
+    Py_XDECREF(headers);
+    for (i = 0; i < 5; i++) {
+        Py_XDECREF(values[i]);
+    }
+    return info;
+}
+
+/* The scrubbed default properties of a captured request (Client._request_info): from this batch's events of the same
+ * request, else from the cache under this code's key, else made (request_info, then scrubbed) and cached. Whatever
+ * goes wrong making them is left to Client._request_info, which logs it and sends the event without them. */
+static PyObject *
+wire_request(WireState *st, PyObject *captured)
+{
+    PyObject *id = PyLong_FromVoidPtr(captured), *known, *key, *info = NULL;
+    int keyed;
+    if (id == NULL) {
+        return NULL;
+    }
+    known = PyDict_GetItemWithError(st->scrubbed, id); /* int keys: no Python code runs */
+    if (known != NULL && known != Py_None) {
+        Py_DECREF(id);
+        return Py_NewRef(known);
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(id);
+        return NULL;
+    }
+    key = request_key_c(captured, st->extra);
+    if (key == NULL) {
+        Py_DECREF(id);
+        return NULL;
+    }
+    keyed = key != Py_None;
+    if (keyed) {
+        known = PyDict_GetItemWithError(st->info_cache, key); /* a method or type may hash oddly */
+        if (known != NULL) {
+            info = Py_NewRef(known);
+        }
+        else if (PyErr_Occurred()) {
+            keyed = 0; /* as _request_info: that capture is not cached */
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                goto done;
+            }
+            PyErr_Clear();
+        }
+    }
+    if (info == NULL) {
+        PyObject *raw = request_info_c(st, captured);
+        if (raw == NULL && !PyErr_Occurred()) {
+            raw = PyObject_CallFunctionObjArgs(st->make_request_info, captured, st->resolver, NULL);
+        }
+        if (raw != NULL) {
+            info = scrub_c(&st->scrub, raw, 0);
+            Py_DECREF(raw);
+        }
+        if (info == NULL) { /* an unreadable request: the Python method says so in the log */
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                goto done;
+            }
+            PyErr_Clear();
+            keyed = 0;
+            info = PyObject_CallFunctionObjArgs(st->request_info, captured, Py_False, NULL);
+        }
+        if (info != NULL && info != Py_None && keyed) { /* bounded: requests come from clients */
+            if (PyDict_GET_SIZE(st->info_cache) >= WIRE_INFO_CACHE_SIZE) {
+                PyDict_Clear(st->info_cache);
+            }
+            if (PyDict_SetItem(st->info_cache, key, info) < 0) {
+                Py_CLEAR(info);
+            }
+        }
+    }
+    if (info != NULL && PyDict_SetItem(st->scrubbed, id, info) < 0) {
+        Py_CLEAR(info);
+    }
+done:
+    Py_DECREF(key);
+    Py_DECREF(id);
+    return info;
+}
+
+/* The wire event of a record (Client._wire): a new reference; NULL without an exception for a record of another
+ * shape (Client._wire makes it); NULL with one on a fault. */
 static PyObject *
 wire_common(WireState *st, PyObject *record)
 {
-    PyObject *ns_obj, *props, *captured, *blocked, *event = NULL, *values[7] = {NULL};
+    PyObject *ns_obj, *props, *captured, *blocked, *when, *body, *event = NULL, *values[7] = {NULL};
     PyObject *const keys[7] = {str_w_id, str_w_name, str_w_timestamp, str_w_properties, str_w_user_identifiers,
                                str_w_request, str_w_body};
     unsigned long long ns, seq;
-    int i;
+    int i, truth;
     if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != RECORD_LENGTH) {
         return NULL;
     }
     ns_obj = PyTuple_GET_ITEM(record, 0);
     props = PyTuple_GET_ITEM(record, 3);
+    when = PyTuple_GET_ITEM(record, 5);
     captured = PyTuple_GET_ITEM(record, 6);
+    body = PyTuple_GET_ITEM(record, 7);
     blocked = PyTuple_GET_ITEM(record, 9);
     if (!PyLong_CheckExact(ns_obj) || !PyLong_CheckExact(PyTuple_GET_ITEM(record, 1))
-        || PyTuple_GET_ITEM(record, 5) != Py_None || PyTuple_GET_ITEM(record, 7) != Py_None
-        || (props != Py_None && !PyDict_CheckExact(props))
-        || (blocked != Py_True && blocked != Py_False && blocked != Py_None)) {
+        || (blocked != Py_True && blocked != Py_False && blocked != Py_None)
+        || (props != Py_None && !PyDict_CheckExact(props))) {
         return NULL;
     }
     {
@@ -2704,122 +3196,83 @@ wire_common(WireState *st, PyObject *record)
         ns = (unsigned long long)ns_value;
         seq = (unsigned long long)seq_value;
     }
-    if (props == Py_None || PyDict_GET_SIZE(props) == 0) {
-        values[3] = PyDict_New();
-    }
-    else {
-        values[3] = scrub_cached(st, props);
-    }
-    if (values[3] == NULL) {
-        goto unhandled;
-    }
-    if (captured == Py_None) {
-        values[5] = Py_NewRef(Py_None);
-    }
-    else {
-        PyObject *id = PyLong_FromVoidPtr(captured), *known;
-        if (id == NULL) {
-            goto unhandled;
-        }
-        known = PyDict_GetItemWithError(st->scrubbed, id); /* int keys: no Python code runs */
-        if (known != NULL && known != Py_None) {
-            values[5] = Py_NewRef(known);
-        }
-        else if (!PyErr_Occurred()) {
-            PyObject *key = request_key_c(captured, st->extra);
-            int keyed = key != NULL && key != Py_None;
-            if (keyed) {
-                known = PyDict_GetItemWithError(st->info_cache, key); /* a method or type may hash oddly */
-                if (known != NULL) {
-                    values[5] = Py_NewRef(known);
-                }
-                else if (PyErr_Occurred()) {
-                    keyed = 0; /* as _request_info: that capture is not cached */
-                    if (PyErr_ExceptionMatches(PyExc_Exception)) {
-                        PyErr_Clear();
-                    }
-                }
-            }
-            if (values[5] == NULL && !PyErr_Occurred()) {
-                values[5] = PyObject_CallFunctionObjArgs(st->request_info, captured, Py_True, NULL);
-                if (values[5] != NULL && values[5] != Py_None && keyed) { /* bounded: requests come from clients */
-                    if (PyDict_GET_SIZE(st->info_cache) >= WIRE_INFO_CACHE_SIZE) {
-                        PyDict_Clear(st->info_cache);
-                    }
-                    if (PyDict_SetItem(st->info_cache, key, values[5]) < 0) {
-                        Py_CLEAR(values[5]);
-                    }
-                }
-            }
-            Py_XDECREF(key);
-            if (values[5] != NULL && PyDict_SetItem(st->scrubbed, id, values[5]) < 0) {
-                Py_CLEAR(values[5]);
-            }
-        }
-        Py_DECREF(id);
-        if (values[5] == NULL) {
-            goto fault;
-        }
-    }
     values[0] = uuid7_text(st, ns, seq);
-    if (values[0] == NULL) {
-        goto fault;
-    }
-    values[2] = tracked_timestamp(st, ns_obj, ns);
-    if (values[2] == NULL) {
-        goto fault;
-    }
     values[1] = Py_NewRef(PyTuple_GET_ITEM(record, 2));
+    values[2] = when == Py_None ? tracked_timestamp(st, ns_obj, ns) : PyObject_CallOneArg(st->format_timestamp, when);
+    if (values[0] == NULL || values[2] == NULL) {
+        goto done;
+    }
+    truth = props != Py_None && PyDict_GET_SIZE(props) > 0; /* "properties": scrub(props) if props else {} */
+    values[3] = truth ? scrub_c(&st->scrub, props, 0) : PyDict_New();
+    if (values[3] == NULL) {
+        goto done;
+    }
     values[4] = Py_NewRef(PyTuple_GET_ITEM(record, 4));
-    values[6] = Py_NewRef(Py_None);
+    values[5] = captured == Py_None ? Py_NewRef(Py_None) : wire_request(st, captured);
+    if (values[5] == NULL) {
+        goto done;
+    }
+    values[6] = body == Py_None ? Py_NewRef(Py_None) : scrub_c(&st->scrub, body, 0);
+    if (values[6] == NULL) {
+        goto done;
+    }
     event = _PyDict_NewPresized(8);
     if (event == NULL) {
-        goto fault;
+        goto done;
     }
     for (i = 0; i < 7; i++) {
         if (PyDict_SetItem(event, keys[i], values[i]) < 0) {
             Py_CLEAR(event);
-            goto fault;
+            goto done;
         }
     }
     if (blocked == Py_True && PyDict_SetItem(event, str_w_blocked, Py_True) < 0) {
         Py_CLEAR(event);
     }
-fault:
-unhandled:
+done:
     for (i = 0; i < 7; i++) {
         Py_XDECREF(values[i]);
     }
     return event;
 }
 
-/* wire_batch(batch, scrubbed, wire, request_info, id_base, ip_header_bytes, info_cache, key_cache, text_cache,
- * redacted, second_text, tracked_timestamp): [wire(record, scrubbed, True) for record in batch], the common records
- * made here. `info_cache` maps this code's request keys to scrubbed request_info (bounded here). */
+/* wire_batch(batch, scrubbed, id_base, ip_header_bytes, client_parts, scrubber_parts):
+ * [client._wire(record, scrubbed, True) for record in batch], compiled. client_parts: (client._wire,
+ * client._request_info, _context.request_info, client.resolver, a dict of this code's request keys to scrubbed
+ * request_info (bounded here), _client._SECOND_TEXT, _client._tracked_timestamp, format_timestamp,
+ * _context.parse_query, client.resolver.resolve_cached, _context._EnvironHeaders). */
 static PyObject *
 wire_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     WireState st;
-    PyObject *records, *events, *high, *shift;
+    PyObject *records, *events, *high, *shift, *parts;
     Py_ssize_t i, n;
-    if (nargs != 12 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyLong_CheckExact(args[4])
-        || (args[5] != Py_None && !PyBytes_CheckExact(args[5])) || !PyDict_CheckExact(args[6])
-        || !PyDict_CheckExact(args[7]) || !PyDict_CheckExact(args[8]) || !PyDict_CheckExact(args[10])) {
-        PyErr_SetString(PyExc_TypeError, "wire_batch(batch, scrubbed, wire, request_info, id_base, ip_header, "
-                                         "info_cache, key_cache, text_cache, redacted, second_text, tracked_timestamp)");
+    if (nargs != 6 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyLong_CheckExact(args[2])
+        || (args[3] != Py_None && !PyBytes_CheckExact(args[3])) || !PyTuple_CheckExact(args[4])
+        || PyTuple_GET_SIZE(args[4]) != 11 || !PyDict_CheckExact(PyTuple_GET_ITEM(args[4], 4))
+        || !PyDict_CheckExact(PyTuple_GET_ITEM(args[4], 5))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "wire_batch(batch, scrubbed, id_base, ip_header, client_parts, scrubber_parts)");
         return NULL;
     }
+    if (scrub_parts(args[5], &st.scrub) < 0) {
+        return NULL;
+    }
+    parts = args[4];
     st.scrubbed = args[1];
-    st.wire = args[2];
-    st.request_info = args[3];
-    st.extra = args[5];
-    st.info_cache = args[6];
-    st.key_cache = args[7];
-    st.text_cache = args[8];
-    st.redacted = args[9];
-    st.second_text = args[10];
-    st.tracked_timestamp = args[11];
-    st.base_lo = PyLong_AsUnsignedLongLongMask(args[4]);
+    st.extra = args[3];
+    st.wire = PyTuple_GET_ITEM(parts, 0);
+    st.request_info = PyTuple_GET_ITEM(parts, 1);
+    st.make_request_info = PyTuple_GET_ITEM(parts, 2);
+    st.resolver = PyTuple_GET_ITEM(parts, 3);
+    st.info_cache = PyTuple_GET_ITEM(parts, 4);
+    st.second_text = PyTuple_GET_ITEM(parts, 5);
+    st.tracked_timestamp = PyTuple_GET_ITEM(parts, 6);
+    st.format_timestamp = PyTuple_GET_ITEM(parts, 7);
+    st.parse_query = PyTuple_GET_ITEM(parts, 8);
+    st.resolve_cached = PyTuple_GET_ITEM(parts, 9);
+    st.environ_headers = PyTuple_GET_ITEM(parts, 10);
+    st.base_lo = PyLong_AsUnsignedLongLongMask(args[2]);
     if (st.base_lo == (unsigned long long)-1 && PyErr_Occurred()) {
         return NULL;
     }
@@ -2827,7 +3280,7 @@ wire_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (shift == NULL) {
         return NULL;
     }
-    high = PyNumber_Rshift(args[4], shift);
+    high = PyNumber_Rshift(args[2], shift);
     Py_DECREF(shift);
     if (high == NULL) {
         return NULL;
@@ -2837,7 +3290,7 @@ wire_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    records = PyList_AsTuple(args[0]); /* the Python method runs code: the list is not read while it does */
+    records = PyList_AsTuple(args[0]); /* Python code runs below: the list is not read while it does */
     if (records == NULL) {
         return NULL;
     }
@@ -2869,6 +3322,8 @@ static PyMethodDef methods[] = {
     {"queue_put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL, "EventQueue.put(queue, record)."},
     {"wire_batch", (PyCFunction)(void (*)(void))wire_batch, METH_FASTCALL,
      "[client._wire(record, scrubbed, True) for record in batch], the common records compiled."},
+    {"scrub", (PyCFunction)(void (*)(void))scrub_fn, METH_FASTCALL,
+     "Scrubber.scrub(value) for an enabled scrubber, from its compiled_parts()."},
     {"request_key", (PyCFunction)(void (*)(void))request_key_fn, METH_FASTCALL,
      "_context.request_key(captured, ip_header) for the common captures; None for the others."},
     {NULL, NULL, 0, NULL},
@@ -3014,6 +3469,16 @@ PyInit__speedups(void)
     INTERN(str_w_request, "request");
     INTERN(str_w_body, "body");
     INTERN(str_w_blocked, "blocked");
+    INTERN(str_plus, "+");
+    INTERN(str_space, " ");
+    INTERN(str_amp, "&");
+    INTERN(str_w_query, "query");
+    INTERN(str_w_json, "json");
+    INTERN(str_w_client_ip, "client_ip");
+    INTERN(str_w_user_agent, "user_agent");
+    INTERN(str_w_verb, "verb");
+    INTERN(str_w_params, "params");
+    INTERN(str_w_user_agent_header, "user-agent");
     INTERN(keyword_names[0], "properties");
     INTERN(keyword_names[1], "user_identifiers");
     INTERN(keyword_names[2], "timestamp");
@@ -3023,8 +3488,8 @@ PyInit__speedups(void)
         || PyType_Ready(&WSGICallType) < 0 || PyType_Ready(&RLockType) < 0) {
         return NULL;
     }
-    wire_constants = Py_BuildValue("(iiLii)", WIRE_MIN_KV_TEXT, WIRE_CACHED_TEXT, WIRE_CARD_INT_MIN, WIRE_MAX_KEYED_TEXT,
-                                   WIRE_INFO_CACHE_SIZE);
+    wire_constants = Py_BuildValue("(iiLiii)", WIRE_MIN_KV_TEXT, WIRE_CACHED_TEXT, WIRE_CARD_INT_MIN, WIRE_MAX_KEYED_TEXT,
+                                   WIRE_INFO_CACHE_SIZE, SCRUB_MAX_DEPTH);
     if (wire_constants == NULL) {
         return NULL;
     }

@@ -38,18 +38,21 @@ def scope(query: bytes = b"user=42&q=select+name+from+users&page=3") -> dict[str
 
 
 def test_track_parses_nothing_the_flusher_does(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    real = context_module.parse_query
-    monkeypatch.setattr(context_module, "parse_query", lambda q: calls.append(q) or real(q))
+    # The default properties are made on the flusher thread (the client IP resolved, the query parsed), once for a
+    # request's events, by the compiled serializer or the Python one alike.
+    calls: list[Any] = []
+    real = ClientIPResolver.resolve_cached
+    monkeypatch.setattr(ClientIPResolver, "resolve_cached",
+                        lambda self, peer, headers: calls.append((peer, dict(headers))) or real(self, peer, headers))
     token = current_context.set(RequestContext(ASGI, scope()))
     try:
         client.track("search", properties={"n": 1})
         client.track("search", properties={"n": 2})
     finally:
         current_context.reset(token)
-    assert calls == []  # nothing parsed on the request's thread
+    assert calls == []  # nothing made on the request's thread
     events = sent(client)
-    assert calls == ["user=42&q=select+name+from+users&page=3"]  # once for the request's two events
+    assert calls == [("127.0.0.1", {"user-agent": "curl/8", "x-forwarded-for": "198.51.100.23, 10.0.0.3"})]  # once
     assert [e["request"] for e in events] == [{
         "client_ip": "10.0.0.3", "user_agent": "curl/8", "path": "/search", "verb": "GET",
         "params": {"query": {"user": "42", "q": "select name from users", "page": "3"}},

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import sqreen_mw
@@ -940,7 +940,7 @@ def test_wire_constants_are_the_python_ones() -> None:
     from sqreen_mw import _context, _scrub
 
     assert speedups.WIRE_CONSTANTS == (_scrub._MIN_KV_TEXT, _scrub._CACHED_TEXT, _scrub._CARD_INT_MIN,
-                                       _context.MAX_KEYED_TEXT, _client._INFO_CACHE_SIZE)
+                                       _context.MAX_KEYED_TEXT, _client._INFO_CACHE_SIZE, _scrub.MAX_DEPTH)
 
 
 WHEN = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -957,17 +957,22 @@ header_pairs = st.lists(st.tuples(
     st.sampled_from([b"user-agent", b"x-forwarded-for", b"cookie", b"content-type", b"cf-connecting-ip", b"forwarded"]),
     st.sampled_from([b"x", b"curl/8", b"203.0.113.7, 10.0.0.1", b"198.51.100.4", b"\xff\xfe", b"a=b; password=c"])),
     max_size=4)
-wire_scopes = st.fixed_dictionaries({"type": st.just("http")}, optional={
+wire_scopes = st.fixed_dictionaries({"type": st.sampled_from(["http", "http", "websocket"])}, optional={
     "client": st.one_of(st.none(), st.sampled_from([("10.0.0.2", 1), ("203.0.113.9", 2), ()]),
                         st.just(["192.0.2.1", 3])),
     "headers": st.one_of(header_pairs, header_pairs.map(tuple), st.just([[b"user-agent", b"list pair"]])),
     "path": st.sampled_from(["/", "/login", "/é", "/" + "p" * 1100]),
     "method": st.sampled_from(["GET", "POST", None]),
-    "query_string": st.sampled_from([b"", b"q=1", b"user=42&q=select+name", b"a=%41&password=x"]),
-    "path_params": st.one_of(st.none(), st.just({}), st.just({"id": "7"}), st.just({"id": 7})),
+    "query_string": st.sampled_from([b"", b"q=1", b"user=42&q=select+name", b"a=%41&password=x", b"a=1&a=2&a=3&b",
+                                     b"&&x=&=y&card=4111+1111+1111+1111", b"q=\xe9"]),
+    "path_params": st.one_of(st.none(), st.just({}), st.just({"id": "7"}), st.just({"id": 7}),
+                             st.just({"ok": True})),
 })
 wire_environs = st.fixed_dictionaries({"REQUEST_METHOD": st.sampled_from(["GET", "POST"])}, optional={
-    "PATH_INFO": st.sampled_from(["/", "/login"]), "QUERY_STRING": st.sampled_from(["", "q=1", "password=x"]),
+    "PATH_INFO": st.sampled_from(["/", "/login"]),
+    "QUERY_STRING": st.sampled_from(["", "q=1", "password=x", "a=1&a=2&a=3", "q=a+b%20c", "x=\xe9"]),
+    "werkzeug.request": st.sampled_from([{"view_args": {"id": 3}}, {"form": _Form()},
+                                         {"_cached_json": ({"a": [1, "password=x"]}, None)}]).map(_Werkzeug),
     "REMOTE_ADDR": st.sampled_from(["10.0.0.2", "203.0.113.9"]),
     "HTTP_USER_AGENT": st.sampled_from(["curl/8", "Mozilla/5.0 (X11; Linux x86_64)"]),
     "HTTP_X_FORWARDED_FOR": st.just("198.51.100.4"), "HTTP_COOKIE": st.just("session=1"),
@@ -975,15 +980,9 @@ wire_environs = st.fixed_dictionaries({"REQUEST_METHOD": st.sampled_from(["GET",
 wire_requests = st.one_of(st.none(), wire_scopes.map(lambda s: ("asgi", s)), wire_environs.map(lambda e: ("wsgi", e)))
 
 
-def _slow_record(client: Client, record: tuple[Any, ...]) -> bool:
-    """What the compiled code hands to Client._wire even with warm caches (a redacted key's value is not read)."""
-    props = record[3] or {}
-    return record[5] is not None or record[7] is not None or any(
-        ((type(v) is str and len(v) > 256) or (type(v) is int and v >= 10**12))
-        and not client.scrubber.is_sensitive_key(k) for k, v in props.items())
-
-
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
+@example([("wsgi", {"REQUEST_METHOD": "POST", "werkzeug.request": _Werkzeug({"form": _Form()})})],
+         [(None, 0, "plain")], None)
 @given(st.lists(wire_requests, min_size=1, max_size=3),
        st.lists(st.tuples(wire_props, st.integers(0, 3), st.sampled_from(["plain", "timestamp", "body", "blocked",
                                                                           "user"])), min_size=1, max_size=10),
@@ -1013,13 +1012,13 @@ def test_wire_batch_sends_what_python_sends(pool: list[Any], events: list[Any], 
         batch = [(*record[:7], {"password": "x", "n": "4111 1111 1111 1111"}, *record[8:]) if kind == "body"
                  else record for record, (_, _, kind) in zip(client.queue.take(100), events, strict=True)]
         python = json.loads(encode_batch([client._wire(record, {}) for record in batch]))  # no cache at all
-        cold = json.loads(client._serialize(batch)[0] or b"")
         handed: list[tuple[Any, ...]] = []
         wire = client._wire
         client._wire = lambda record, *rest: handed.append(record) or wire(record, *rest)  # type: ignore[method-assign]
-        warm = json.loads(client._serialize(batch)[0] or b"")
+        cold = json.loads(client._serialize(batch)[0] or b"")  # the caches are filled by the Python methods
+        warm = json.loads(client._serialize(batch)[0] or b"")  # and answer
         assert cold == python and warm == python
-        assert handed == [r for r in batch if _slow_record(client, r)]  # the caches are warm: the rest compiled
+        assert not handed  # every record compiled
         assert len({event["id"] for event in warm["events"]}) == len(batch)
     finally:
         client._closed, client._accepting = True, False
@@ -1106,3 +1105,65 @@ def test_compiled_request_keys_are_equal_only_for_equal_request_properties(scope
         for b, key_b in zip(captures, keys, strict=True):
             if key_a == key_b:
                 assert request_info(a, client.resolver) == request_info(b, client.resolver)
+
+
+class _Mapping(dict[str, Any]):
+    """Not a plain dict: the Python method scrubs it."""
+
+
+scrub_leaves = st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20),
+                         st.sampled_from([4111111111111111, 10**12 - 1, 10**19]), st.floats(allow_nan=False),
+                         wire_texts, st.binary(max_size=4))
+scrub_keys = st.one_of(st.sampled_from(["item", "password", "card", "note", "apiKey", "q", "user_token", "Auth"]),
+                       st.text(max_size=3))
+scrub_trees = st.recursive(scrub_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.lists(inner, max_size=2).map(tuple), st.dictionaries(scrub_keys, inner, max_size=3),
+    st.dictionaries(scrub_keys, inner, max_size=2).map(_Mapping), st.dictionaries(st.integers(), inner, max_size=1)),
+    max_leaves=10)
+
+
+@settings(max_examples=400, deadline=None)
+@given(scrub_trees, st.integers(0, 24))
+def test_compiled_scrub_is_the_scrubbers(value: Any, depth: int) -> None:
+    from sqreen_mw._scrub import Scrubber
+
+    for _ in range(depth):
+        value = [value]  # deep trees: the depth limit
+    scrubber, reference = Scrubber(), Scrubber()
+    parts = scrubber.compiled_parts()
+    assert parts is not None
+    expected = reference.scrub(value)
+    assert repr(speedups.scrub(value, parts)) == repr(expected)  # cold caches: the methods are asked
+    assert repr(speedups.scrub(value, parts)) == repr(expected)  # warm
+    assert Scrubber(enabled=False).compiled_parts() is None
+
+
+def test_compiled_scrub_redacts_what_the_rules_say() -> None:
+    from sqreen_mw._scrub import REDACTED, Scrubber
+
+    parts = Scrubber(sensitive_keys=["order_ref"]).compiled_parts()
+    assert parts is not None
+    value = {"password": "x", "order_ref": 5, "note": "card 4111 1111 1111 1111", "n": 4111111111111111,
+             "deep": [{"token": "t"}, "Bearer abcdef.ghijkl.mnopqr"], "ok": "fine text"}
+    for _ in range(2):
+        got = speedups.scrub(value, parts)
+        assert got["password"] == got["order_ref"] == got["n"] == REDACTED
+        assert got["note"] == f"card {REDACTED}" and got["deep"][0]["token"] == REDACTED and got["ok"] == "fine text"
+        assert REDACTED in got["deep"][1]
+    assert value["password"] == "x"  # a copy
+
+
+def test_compiled_scrub_keeps_the_depth_of_each_text() -> None:
+    from sqreen_mw._scrub import MAX_DEPTH, Scrubber
+
+    parts = Scrubber().compiled_parts()
+    assert parts is not None
+    seen = set()
+    for depth in range(MAX_DEPTH - 3, MAX_DEPTH + 2):  # a JSON text is parsed above the limit, read as text at it
+        value: Any = {"note": '{"password": "x"}', "list": ['{"secret": "y"}']}
+        for _ in range(depth):
+            value = [value]
+        expected = Scrubber().scrub(value)
+        assert speedups.scrub(value, parts) == expected == speedups.scrub(value, parts)
+        seen.add(repr(expected).replace("[", "").replace("]", ""))
+    assert len(seen) > 2  # the depths do give different answers
