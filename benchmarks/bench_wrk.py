@@ -10,6 +10,9 @@ after the app has stopped (SIGTERM: it flushes) the events stored are counted ag
 
 Reported per variant: req/s, p99 latency (wrk ``--latency``), ratio to bare req/s, and the app's all-in CPU per request:
 "wrk" = utime + stime of the server's whole process tree from ``/proc/<pid>/stat`` over the wrk run (senders included);
+"collector CPU" = the same for the collector over the wrk run, as a share of one CPU (it runs on the same 2 CPUs as
+the server and wrk, and takes that much from them: with the collector on another host, as in production, it would
+not);
 "to exit" = from the start of the wrk run to the server's exit (SIGTERM, reaped with ``os.wait4``: its own and its
 workers' CPU, every thread), so the events still queued when wrk stops, flushed at exit, are counted too; "Δ vs bare"
 is that minus bare's, i.e. for ``sqreen_mw`` the all-in CPU of one tracked and delivered event (middleware, track,
@@ -110,6 +113,8 @@ def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Pat
                     if r.status_code != 200:
                         raise RuntimeError(f"{server} {variant}: GET /orders/1 answered {r.status_code}: {r.text}")
                     warm += 1
+            collector_pid = None if collector_ctx is None or collector.process is None else collector.process.pid
+            collector_cpu0 = 0.0 if collector_pid is None else tree_cpu(collector_pid)
             cpu0, t0 = tree_cpu(proc.pid), time.perf_counter()
             wrk = subprocess.run(  # noqa: S603 - wrk, fixed arguments
                 [shutil.which("wrk") or "wrk", "-t1", "-c16", f"-d{seconds}s", "--latency",
@@ -118,6 +123,8 @@ def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Pat
             )
             cpu = tree_cpu(proc.pid) - cpu0
             wall = time.perf_counter() - t0
+            if collector_pid is not None:  # on the same 2 CPUs: what it takes from the server under test
+                result["collector_cpu"] = tree_cpu(collector_pid) - collector_cpu0
             result.update(parse_wrk(wrk.stdout))
             result.update(cpu=cpu, wall=wall, warm=warm)
             lifetime = stop_and_measure(proc, timeout=30)
@@ -195,12 +202,13 @@ def main() -> int:
                 delivered = ""
                 if "stored" in r:
                     delivered = f"{r['stored']:,} stored / {r['tracked']:,} tracked"
+                collector_share = f"{r['collector_cpu'] / r['wall'] * 100:.0f} %" if "collector_cpu" in r else ""
                 rows.append((server, variant, f"{r['rps']:,.0f}", f"{r['p99_ms']:.1f}", ratio, f"{per_req:.0f}",
-                             f"{to_exit:.0f}", over_bare, f"{r['cpu'] / r['wall'] * 100:.0f} %", str(r["non2xx"]),
-                             delivered))
+                             f"{to_exit:.0f}", over_bare, f"{r['cpu'] / r['wall'] * 100:.0f} %", collector_share,
+                             str(r["non2xx"]), delivered))
                 print(f"  {rows[-1]}", flush=True)
     headers = ("server", "variant", "req/s", "p99 ms", "÷ bare", "CPU µs/req (wrk)", "CPU µs/req (to exit)",
-               "Δ vs bare", "app CPU", "non-2xx", "events")
+               "Δ vs bare", "app CPU", "collector CPU", "non-2xx", "events")
     print(table(headers, rows))
     load = os.getloadavg()
     print(f"load at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

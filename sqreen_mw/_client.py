@@ -20,6 +20,7 @@ from ._config import resolve
 from ._context import (
     Capture,
     RequestContext,
+    _body_params,
     _EnvironHeaders,
     context_for,
     current_context,
@@ -448,7 +449,8 @@ class Client:
             return [self._wire(record, scrubbed, True) for record in batch]
         return speedups.wire_batch(batch, scrubbed, self._id_base, extra, (
             self._wire, self._request_info, request_info, self.resolver, self._wire_cache, _SECOND_TEXT,
-            _tracked_timestamp, format_timestamp, parse_query, self.resolver.resolve_cached, _EnvironHeaders), parts)
+            _tracked_timestamp, format_timestamp, parse_query, self.resolver.resolve_cached, _EnvironHeaders,
+            _body_params), parts)
 
     def _request_info(self, captured: Capture, shared: bool = False) -> Any:
         # The default properties of a captured request, scrubbed. Request data is attacker-controlled: whatever it

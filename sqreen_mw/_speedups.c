@@ -2343,7 +2343,7 @@ static PyTypeObject WSGICallType = {
 
 static PyObject *str_w_id, *str_w_name, *str_w_timestamp, *str_w_properties, *str_w_user_identifiers, *str_w_request,
     *str_w_body, *str_w_blocked, *str_plus, *str_space, *str_amp, *str_w_query, *str_w_json, *str_w_client_ip,
-    *str_w_user_agent, *str_w_verb, *str_w_params, *str_w_user_agent_header;
+    *str_w_user_agent, *str_w_verb, *str_w_params, *str_w_user_agent_header, *str_w_content_type;
 
 static const char *const wanted_headers[] = {"user-agent", "content-type", "x-forwarded-for", "forwarded", "x-real-ip"};
 static const Py_ssize_t wanted_sizes[] = {10, 12, 15, 9, 9};
@@ -2765,7 +2765,7 @@ scrub_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 typedef struct {
     ScrubParts scrub;
     PyObject *scrubbed, *extra, *wire, *request_info, *make_request_info, *resolver, *info_cache, *second_text,
-        *tracked_timestamp, *format_timestamp, *parse_query, *resolve_cached, *environ_headers;
+        *tracked_timestamp, *format_timestamp, *parse_query, *resolve_cached, *environ_headers, *body_params;
     unsigned long long base_lo, base_hi; /* the client's _id_base: its low 64 bits, and the 10 above them */
 } WireState;
 
@@ -2949,12 +2949,33 @@ unhandled:
     return NULL;
 }
 
-/* _context.request_info(captured, resolver) for the captures without a body tee: a new reference; NULL without an
- * exception for the others (the Python function makes them); NULL with one on a fault. */
+/* _context._body_params(content_type, tee): the (form, json) pair, as two new references; -1 with an exception when
+ * the Python function raised or gave something else. */
+static int
+body_params_c(WireState *st, PyObject *content_type, PyObject *tee, PyObject **form, PyObject **json)
+{
+    PyObject *pair = PyObject_CallFunctionObjArgs(st->body_params, content_type, tee, NULL);
+    if (pair == NULL) {
+        return -1;
+    }
+    if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        Py_DECREF(pair);
+        PyErr_SetString(PyExc_TypeError, "_body_params gave no (form, json) pair");
+        return -1;
+    }
+    *form = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+    *json = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+    Py_DECREF(pair);
+    return 0;
+}
+
+/* _context.request_info(captured, resolver) for the common captures: a new reference; NULL without an exception for
+ * the others (the Python function makes them); NULL with one on a fault. A body the tee recorded is parsed by the
+ * Python code (_body_params). */
 static PyObject *
 request_info_c(WireState *st, PyObject *captured)
 {
-    PyObject *values[5] = {NULL}, *headers = NULL, *peer, *info = NULL;
+    PyObject *values[5] = {NULL}, *headers = NULL, *peer, *info = NULL, *form = NULL, *json = NULL;
     PyObject *const keys[5] = {str_w_client_ip, str_w_user_agent, str_path, str_w_verb, str_w_params};
     int i;
     if (!PyTuple_CheckExact(captured)) {
@@ -2965,7 +2986,7 @@ request_info_c(WireState *st, PyObject *captured)
         PyObject *method = PyTuple_GET_ITEM(captured, 4), *scope_type = PyTuple_GET_ITEM(captured, 5);
         PyObject *query = PyTuple_GET_ITEM(captured, 6), *text, *key, *raw;
         Py_ssize_t j;
-        if (PyTuple_GET_ITEM(captured, 8) != Py_None || !PyBytes_CheckExact(query)
+        if (!PyBytes_CheckExact(query)
             || (!PyList_CheckExact(pairs) && !PyTuple_CheckExact(pairs) && pairs != Py_None)
             || (method == Py_None && !PyUnicode_CheckExact(scope_type))) {
             return NULL;
@@ -3026,11 +3047,21 @@ request_info_c(WireState *st, PyObject *captured)
                 goto fault;
             }
         }
+        if (PyTuple_GET_ITEM(captured, 8) == Py_None) {
+            form = Py_NewRef(Py_None);
+            json = Py_NewRef(Py_None);
+        }
+        else {
+            PyObject *ctype = PyDict_GetItemWithError(headers, str_w_content_type); /* exact str keys */
+            if (body_params_c(st, ctype != NULL ? ctype : empty_str, PyTuple_GET_ITEM(captured, 8), &form, &json)) {
+                goto fault;
+            }
+        }
         text = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(query), PyBytes_GET_SIZE(query), NULL);
         if (text == NULL) {
             goto fault;
         }
-        values[4] = params_c(st, text, PyTuple_GET_ITEM(captured, 7), Py_None, Py_None);
+        values[4] = params_c(st, text, PyTuple_GET_ITEM(captured, 7), form, json);
         Py_DECREF(text);
         if (values[4] == NULL) {
             goto unhandled;
@@ -3042,15 +3073,24 @@ request_info_c(WireState *st, PyObject *captured)
     else if (PyTuple_GET_SIZE(captured) == 8
              && (is_small_int(PyTuple_GET_ITEM(captured, 0), 1) || is_small_int(PyTuple_GET_ITEM(captured, 0), 2))) {
         PyObject *meta = PyTuple_GET_ITEM(captured, 1), *query;
-        if (PyTuple_GET_ITEM(captured, 7) != Py_None || !PyDict_CheckExact(meta)) {
+        if (!PyDict_CheckExact(meta)) {
             return NULL;
         }
         query = PyDict_GetItemWithError(meta, environ_keys[2]); /* QUERY_STRING */
         if ((query == NULL && PyErr_Occurred()) || (query != NULL && !PyUnicode_CheckExact(query))) {
             return NULL;
         }
-        values[4] = params_c(st, query == NULL ? empty_str : query, PyTuple_GET_ITEM(captured, 4),
-                             PyTuple_GET_ITEM(captured, 5), PyTuple_GET_ITEM(captured, 6));
+        if (PyTuple_GET_ITEM(captured, 7) == Py_None) {
+            form = Py_NewRef(PyTuple_GET_ITEM(captured, 5));
+            json = Py_NewRef(PyTuple_GET_ITEM(captured, 6));
+        }
+        else { /* a body read through the tee (not by Werkzeug) */
+            PyObject *ctype = PyDict_GetItemWithError(meta, environ_keys[3]); /* CONTENT_TYPE */
+            if (body_params_c(st, ctype != NULL ? ctype : empty_str, PyTuple_GET_ITEM(captured, 7), &form, &json)) {
+                goto fault;
+            }
+        }
+        values[4] = params_c(st, query == NULL ? empty_str : query, PyTuple_GET_ITEM(captured, 4), form, json);
         if (values[4] == NULL) {
             goto unhandled;
         }
@@ -3082,6 +3122,8 @@ request_info_c(WireState *st, PyObject *captured)
 fault:
 unhandled:
     Py_XDECREF(headers);
+    Py_XDECREF(form);
+    Py_XDECREF(json);
     for (i = 0; i < 5; i++) {
         Py_XDECREF(values[i]);
     }
@@ -3240,7 +3282,7 @@ done:
  * [client._wire(record, scrubbed, True) for record in batch], compiled. client_parts: (client._wire,
  * client._request_info, _context.request_info, client.resolver, a dict of this code's request keys to scrubbed
  * request_info (bounded here), _client._SECOND_TEXT, _client._tracked_timestamp, format_timestamp,
- * _context.parse_query, client.resolver.resolve_cached, _context._EnvironHeaders). */
+ * _context.parse_query, client.resolver.resolve_cached, _context._EnvironHeaders, _context._body_params). */
 static PyObject *
 wire_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -3249,7 +3291,7 @@ wire_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t i, n;
     if (nargs != 6 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyLong_CheckExact(args[2])
         || (args[3] != Py_None && !PyBytes_CheckExact(args[3])) || !PyTuple_CheckExact(args[4])
-        || PyTuple_GET_SIZE(args[4]) != 11 || !PyDict_CheckExact(PyTuple_GET_ITEM(args[4], 4))
+        || PyTuple_GET_SIZE(args[4]) != 12 || !PyDict_CheckExact(PyTuple_GET_ITEM(args[4], 4))
         || !PyDict_CheckExact(PyTuple_GET_ITEM(args[4], 5))) {
         PyErr_SetString(PyExc_TypeError,
                         "wire_batch(batch, scrubbed, id_base, ip_header, client_parts, scrubber_parts)");
@@ -3272,6 +3314,7 @@ wire_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     st.parse_query = PyTuple_GET_ITEM(parts, 8);
     st.resolve_cached = PyTuple_GET_ITEM(parts, 9);
     st.environ_headers = PyTuple_GET_ITEM(parts, 10);
+    st.body_params = PyTuple_GET_ITEM(parts, 11);
     st.base_lo = PyLong_AsUnsignedLongLongMask(args[2]);
     if (st.base_lo == (unsigned long long)-1 && PyErr_Occurred()) {
         return NULL;
@@ -3479,6 +3522,7 @@ PyInit__speedups(void)
     INTERN(str_w_verb, "verb");
     INTERN(str_w_params, "params");
     INTERN(str_w_user_agent_header, "user-agent");
+    INTERN(str_w_content_type, "content-type");
     INTERN(keyword_names[0], "properties");
     INTERN(keyword_names[1], "user_identifiers");
     INTERN(keyword_names[2], "timestamp");

@@ -977,11 +977,32 @@ wire_environs = st.fixed_dictionaries({"REQUEST_METHOD": st.sampled_from(["GET",
     "HTTP_USER_AGENT": st.sampled_from(["curl/8", "Mozilla/5.0 (X11; Linux x86_64)"]),
     "HTTP_X_FORWARDED_FOR": st.just("198.51.100.4"), "HTTP_COOKIE": st.just("session=1"),
 })
-wire_requests = st.one_of(st.none(), wire_scopes.map(lambda s: ("asgi", s)), wire_environs.map(lambda e: ("wsgi", e)))
+wire_bodies = st.one_of(st.none(), st.tuples(
+    st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data"]),
+    st.sampled_from([b'{"password": "x", "n": [1, "4111 1111 1111 1111"]}', b"a=1&password=2", b"\xff{", b"[1, 2"]),
+    st.booleans()))
+wire_requests = st.one_of(st.none(), st.tuples(st.just("asgi"), wire_scopes, wire_bodies),
+                          st.tuples(st.just("wsgi"), wire_environs, wire_bodies))
+
+
+def _tee(kind: str, body: tuple[str, bytes, bool] | None) -> Any:
+    """The body tee of a request that read ``body`` (all of it, or a part)."""
+    from sqreen_mw._body import ASGIBodyTee, WSGIInput
+
+    if body is None:
+        return None
+    _, data, complete = body
+    if kind == "asgi":
+        tee = ASGIBodyTee(None, 1024)  # type: ignore[arg-type]
+        tee.feed(data, complete)
+        return tee
+    wsgi = WSGIInput(io.BytesIO(data), len(data) if complete else len(data) + 10, 1024)
+    wsgi.read(-1)
+    return wsgi
 
 
 @settings(max_examples=300, deadline=None)
-@example([("wsgi", {"REQUEST_METHOD": "POST", "werkzeug.request": _Werkzeug({"form": _Form()})})],
+@example([("wsgi", {"REQUEST_METHOD": "POST", "werkzeug.request": _Werkzeug({"form": _Form()})}, None)],
          [(None, 0, "plain")], None)
 @given(st.lists(wire_requests, min_size=1, max_size=3),
        st.lists(st.tuples(wire_props, st.integers(0, 3), st.sampled_from(["plain", "timestamp", "body", "blocked",
@@ -1001,7 +1022,13 @@ def test_wire_batch_sends_what_python_sends(pool: list[Any], events: list[Any], 
             request = pool[which % len(pool)]
             ctx = None
             if request is not None:  # a request of its own, equal to others of the pool
-                ctx = RequestContext(ASGI if request[0] == "asgi" else WSGI, dict(request[1]))
+                kind_, raw, body = request
+                raw = dict(raw)
+                if body is not None and kind_ == "asgi":
+                    raw["headers"] = [*raw.get("headers", ()), (b"content-type", body[0].encode())]
+                elif body is not None:
+                    raw["CONTENT_TYPE"] = body[0]
+                ctx = RequestContext(ASGI if kind_ == "asgi" else WSGI, raw, _tee(kind_, body))
                 ctx.blocked = kind == "blocked"
                 ctx.user = {"id": 7} if kind == "user" else None
             token = current_context.set(ctx)
