@@ -3,7 +3,8 @@
 ``python benchmarks/_sink.py [--port 0]`` prints ``listening on http://127.0.0.1:PORT`` and serves until SIGTERM.
 ``GET /__sink/stats`` answers ``{"requests": N, "bytes": B, "paths": {...}}``. The answers are what each peer's client
 accepts as a success: ``{}`` JSON for PostHog, Segment and Sentry, an empty protobuf message for OTLP
-(``application/x-protobuf``), ``{"rate_by_service": {}}`` for the Datadog agent's trace endpoints. It runs in its own
+(``application/x-protobuf``), ``{"rate_by_service": {}}`` for the Datadog agent's trace endpoints, a session for
+sqreen_mw's login (and 404 for its push channel: actions come with the answers, which have none). It runs in its own
 process, so its CPU is not counted in the process under test.
 """
 
@@ -45,7 +46,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         PATHS[path] += 1
         content_type = b"application/json"
         body = b"{}"
-        if path.startswith("/v1/"):  # OTLP/HTTP: an empty Export*ServiceResponse
+        if path == "/api/v1/agent/login":  # sqreen_mw's agent protocol: a session, and no push channel (404)
+            body = b'{"session_id": "sink", "actions": [], "actions_version": 0}'
+        elif path == "/api/v1/agent/actions":
+            await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        elif path.startswith("/v1/"):  # OTLP/HTTP: an empty Export*ServiceResponse
             content_type, body = b"application/x-protobuf", b""
         elif path.startswith("/v0."):  # Datadog agent traces
             body = b'{"rate_by_service": {}}'

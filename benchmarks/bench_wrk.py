@@ -7,6 +7,8 @@ the peer's middleware with ``track`` replaced by the peer's event call, sending 
 ``GET /orders/1`` with alice's bearer token: it identifies the user and tracks one event (``order.viewed``). For
 ``sqreen_mw`` a real ``sqreen-mw serve`` collector (fresh SQLite database) receives the events at default SDK settings;
 after the app has stopped (SIGTERM: it flushes) the events stored are counted against the events tracked.
+``sqreen_mw-sink`` is the same app and SDK delivering to the sink the peers send to (``--variants
+bare,sqreen_mw,sqreen_mw-sink``): the SDK's cost on the server alone, as the peers' is measured.
 
 Reported per variant: req/s, p99 latency (wrk ``--latency``), ratio to bare req/s, and the app's all-in CPU per request:
 "wrk" = utime + stime of the server's whole process tree from ``/proc/<pid>/stat`` over the wrk run (senders included);
@@ -45,6 +47,9 @@ from _timing import table, tree_cpu  # noqa: E402
 from tests.support import API_KEY, free_port, spawn, start_collector, stop_process, wait_http  # noqa: E402
 
 SECRET = "bench-wrk-secret"  # noqa: S105 - the example's token signing key for this run
+#: sqreen_mw delivering to the sink the peers send to (which answers at once and stores nothing): the SDK's own cost
+#: on the server, without a collector's CPU taken from the same 2 CPUs.
+SINK_VARIANT = "sqreen_mw-sink"
 SERVERS = {
     "fastapi/uvicorn": ["uvicorn", "benchmarks._wrk_app:app", "--no-access-log", "--log-level", "warning"],
     "flask/gunicorn -w 2": ["gunicorn", "-w", "2", "--log-level", "warning", "benchmarks._wrk_app:app"],
@@ -82,7 +87,7 @@ def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Pat
     env = {
         "PYTHONPATH": str(ROOT),
         "EXAMPLE_SECRET_KEY": SECRET,
-        "BENCH_VARIANT": variant,
+        "BENCH_VARIANT": "sqreen_mw" if variant == SINK_VARIANT else variant,
         "BENCH_FRAMEWORK": "fastapi" if server.startswith("fastapi") else "flask",
         "BENCH_SINK_URL": sink_url,
         **_peers.peer_env(sink_url),
@@ -95,6 +100,9 @@ def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Pat
         collector_ctx = start_collector(db)
         collector = collector_ctx.__enter__()
         env.update(SQREEN_TOKEN=API_KEY, SQREEN_URL=collector.url)
+    if variant == SINK_VARIANT:  # the SDK as shipped, delivering to the peers' sink instead of a collector
+        env.update(SQREEN_TOKEN=API_KEY, SQREEN_URL=sink_url)
+        batches_before = _sink_batches(sink_url)
     result: dict[str, Any] = {"server": server, "variant": variant}
     try:
         proc = spawn([sys.executable, "-m", *command, *bind], env=env, cwd=ROOT)
@@ -135,11 +143,20 @@ def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Pat
     finally:
         if collector_ctx is not None:
             collector_ctx.__exit__(None, None, None)
+    if variant == SINK_VARIANT:
+        result["batches"] = _sink_batches(sink_url) - batches_before
     if variant == "sqreen_mw":
         with sqlite3.connect(db) as conn:
             result["stored"] = conn.execute("SELECT count(*) FROM events WHERE name = 'order.viewed'").fetchone()[0]
         result["tracked"] = result["warm"] + result["requests"] - result["non2xx"]
     return result
+
+
+def _sink_batches(sink_url: str) -> int:
+    import httpx
+
+    paths = httpx.get(f"{sink_url}/__sink/stats", timeout=10).json()["paths"]
+    return int(paths.get("/api/v1/agent/batch", 0))
 
 
 def stop_and_measure(proc: subprocess.Popen[str], timeout: float) -> float | None:
@@ -202,6 +219,8 @@ def main() -> int:
                 delivered = ""
                 if "stored" in r:
                     delivered = f"{r['stored']:,} stored / {r['tracked']:,} tracked"
+                elif "batches" in r:
+                    delivered = f"{r['batches']:,} batches to the sink"
                 collector_share = f"{r['collector_cpu'] / r['wall'] * 100:.0f} %" if "collector_cpu" in r else ""
                 rows.append((server, variant, f"{r['rps']:,.0f}", f"{r['p99_ms']:.1f}", ratio, f"{per_req:.0f}",
                              f"{to_exit:.0f}", over_bare, f"{r['cpu'] / r['wall'] * 100:.0f} %", collector_share,

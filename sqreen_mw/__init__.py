@@ -105,7 +105,7 @@ def identify(user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any
         middleware answers it with the block response even if the app catches the exception, unless the response
         has already started (then it is let finish, with a warning). Its events are sent marked ``blocked``.
     """
-    get_client().identify(user_identifiers, traits)
+    (_lifecycle._current or get_client()).identify(user_identifiers, traits)
 
 
 def auth_track(success: bool, **user_identifiers: str | int) -> None:

@@ -39,6 +39,7 @@ from ._schema import (
     _KNOWN_KEYS,
     UserIdentifiers,
     WireEvent,
+    _common_user,
     _show,
     check_name,
     check_properties,
@@ -311,9 +312,19 @@ class Client:
 
         :raises UserBlocked: the user is blocked (see :func:`sqreen_mw.identify`).
         """
-        user = check_user_identifiers(user_identifiers, repair=True)
+        user = None if traits is not None else _common_user(user_identifiers)  # the common call, its checks compiled
+        if user is None:
+            user = check_user_identifiers(user_identifiers, repair=True)
         trait_map = None if traits is None else check_properties(traits, "traits")[0]
-        self._identify_checked(user, trait_map)
+        ctx = current_context.get()  # _identify_checked, inline
+        if ctx is not None:
+            ctx.user = user
+            ctx.traits = trait_map
+        if self.enforcer.actions.has_user_blocks:
+            block = self.enforcer.user_block(user)
+            if block is not None:
+                self.enforcer.refuse_user(block, user, ctx)
+                raise UserBlocked(user, block.id)
 
     def _identify_checked(self, user: UserIdentifiers, traits: dict[str, Any] | None = None) -> None:
         ctx = current_context.get()

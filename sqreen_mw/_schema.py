@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
@@ -202,6 +202,26 @@ def check_properties(properties: object, arg: str = "properties") -> tuple[Prope
     return out, size
 
 
+def _common_user_py(user_identifiers: object) -> UserIdentifiers | None:
+    # The common case of check_user_identifiers: a dict of ASCII str keys and values (nothing to repair, no NUL,
+    # within bounds) or 64-bit ints, which the checks would copy unchanged whatever the flags; None for the others.
+    if type(user_identifiers) is not dict or not 0 < len(user_identifiers) <= MAX_PROPERTIES:
+        return None
+    for key, value in user_identifiers.items():
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii():
+            return None
+        if type(value) is str:
+            if len(value) > MAX_STRING_LENGTH or not value.isascii() or "\x00" in value:
+                return None
+        elif type(value) is not int or not MIN_INT <= value <= MAX_INT:
+            return None
+    return dict(user_identifiers)
+
+
+_common_user: Callable[[object], UserIdentifiers | None] = (
+    _common_user_py if speedups is None else speedups.check_common_user)  # the loop above, compiled
+
+
 def check_user_identifiers(
     user_identifiers: object, arg: str = "user_identifiers", *, repair: bool = False, truncate: bool = False
 ) -> UserIdentifiers:
@@ -213,6 +233,9 @@ def check_user_identifiers(
     ``MAX_STRING_LENGTH`` raises, unless ``truncate`` (the calls fed with request data: ``auth_track``,
     ``signup_track``), which cuts it to that length, ending with ``TRUNCATION_MARKER``. Wrong types always raise.
     """
+    common = _common_user(user_identifiers)
+    if common is not None:
+        return common
     if not isinstance(user_identifiers, Mapping):
         raise InvalidEvent(f"{arg} must be a mapping, got {type(user_identifiers).__name__} {_show(user_identifiers)}")
     if not user_identifiers:

@@ -29,6 +29,45 @@ static PyObject *str__lock, *str__items, *str__bytes, *str_tracked, *str_max_eve
  * estimates in `known`) and whose values are plain scalars in range. A new reference to the copy, with *size set;
  * NULL without an exception for every other case (the Python checks then say what is wrong, or copy it their way);
  * NULL with an exception only on a fault (memory). */
+#define MAX_KEY_LENGTH 255 /* _schema.MAX_KEY_LENGTH */
+
+/* check_user_identifiers' common case: a dict of 1 to 16 entries, ASCII str keys of 1 to 255 characters, values ASCII
+ * str without NUL of at most 4096 characters or ints in 64 bits. A new reference to the copy; NULL without an
+ * exception for every other case (the Python checks decide); NULL with one on a fault (memory). */
+static PyObject *
+check_common_user(PyObject *module, PyObject *value)
+{
+    PyObject *key, *item;
+    Py_ssize_t pos = 0, size;
+    if (!PyDict_CheckExact(value) || PyDict_GET_SIZE(value) == 0 || PyDict_GET_SIZE(value) > MAX_PROPERTIES) {
+        Py_RETURN_NONE;
+    }
+    while (PyDict_Next(value, &pos, &key, &item)) {
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_IS_ASCII(key) || PyUnicode_GET_LENGTH(key) == 0
+            || PyUnicode_GET_LENGTH(key) > MAX_KEY_LENGTH) {
+            Py_RETURN_NONE;
+        }
+        if (PyUnicode_CheckExact(item)) {
+            size = PyUnicode_GET_LENGTH(item);
+            if (!PyUnicode_IS_ASCII(item) || size > MAX_STRING_LENGTH
+                || memchr(PyUnicode_1BYTE_DATA(item), 0, (size_t)size) != NULL) {
+                Py_RETURN_NONE;
+            }
+        }
+        else {
+            int overflow;
+            if (!PyLong_CheckExact(item)) {
+                Py_RETURN_NONE;
+            }
+            (void)PyLong_AsLongLongAndOverflow(item, &overflow);
+            if (overflow) {
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    return PyDict_Copy(value);
+}
+
 /* The keys of the last properties a Tracker checked, in order (held), and the sum of their estimates: the same key
  * objects again (a dict literal's constants) need no lookup in `known` (a key's estimate never changes). */
 typedef struct {
@@ -3363,6 +3402,8 @@ static PyMethodDef methods[] = {
     {"check_common_properties", (PyCFunction)(void (*)(void))check_common_properties, METH_FASTCALL,
      "check_properties' common case: (copy, size), or None for every other case."},
     {"queue_put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL, "EventQueue.put(queue, record)."},
+    {"check_common_user", (PyCFunction)check_common_user, METH_O,
+     "check_user_identifiers' common case: the copy, or None for every other case."},
     {"wire_batch", (PyCFunction)(void (*)(void))wire_batch, METH_FASTCALL,
      "[client._wire(record, scrubbed, True) for record in batch], the common records compiled."},
     {"scrub", (PyCFunction)(void (*)(void))scrub_fn, METH_FASTCALL,

@@ -1194,3 +1194,35 @@ def test_compiled_scrub_keeps_the_depth_of_each_text() -> None:
         assert speedups.scrub(value, parts) == expected == speedups.scrub(value, parts)
         seen.add(repr(expected).replace("[", "").replace("]", ""))
     assert len(seen) > 2  # the depths do give different answers
+
+
+# --- check_user_identifiers' common case (identify) --------------------------------------------------------------
+
+user_values = st.one_of(st.text(max_size=6), st.sampled_from(["a\x00b", "\ud800", "é", "x" * 4097, "x" * 4096]),
+                        st.integers(-(2**64), 2**64), st.booleans(), st.none(), st.floats())
+user_keys = st.one_of(st.text(max_size=4), st.sampled_from(["", "k" * 255, "k" * 256, "é", "\udc00"]), st.integers())
+user_maps = st.one_of(st.dictionaries(user_keys, user_values, max_size=18), st.just([("email", "a")]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(user_maps, st.booleans(), st.booleans())
+def test_common_user_identifiers_agree_with_python(value: Any, repair: bool, truncate: bool) -> None:
+    from sqreen_mw._schema import _common_user_py
+
+    compiled, python = speedups.check_common_user(value), _common_user_py(value)
+    assert compiled == python and (compiled is None or type(compiled) is dict)
+    if compiled is not None:  # the common case: what the full checks give, whatever the flags
+        assert compiled is not value
+        saved = _schema._common_user
+        _schema._common_user = lambda _: None
+        try:
+            assert _schema.check_user_identifiers(value, repair=repair, truncate=truncate) == compiled
+        finally:
+            _schema._common_user = saved
+
+
+def test_common_user_identifiers_take_the_usual_call() -> None:
+    user = {"email": "alice@example.com", "id": 42}
+    assert speedups.check_common_user(user) == user and speedups.check_common_user(user) is not user
+    assert speedups.check_common_user({"email": "é"}) is None  # repaired or not, the Python checks decide
+    assert speedups.check_common_user({"id": True}) is None and speedups.check_common_user({}) is None
