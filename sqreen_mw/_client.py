@@ -56,6 +56,7 @@ _OPTION_KEYS = frozenset({"properties", "user_identifiers", "timestamp", "collec
 _MASK_74 = (1 << 74) - 1
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _INFO_CACHE_SIZE = 1024
+_WIRE_CHUNK = 100  # records made in one compiled call (a few hundred µs at most while the GIL is held)
 _time_ns = time.time_ns
 _getpid = os.getpid
 
@@ -458,10 +459,18 @@ class Client:
                 parts = None
         if parts is None:
             return [self._wire(record, scrubbed, True) for record in batch]
-        return speedups.wire_batch(batch, scrubbed, self._id_base, extra, (
-            self._wire, self._request_info, request_info, self.resolver, self._wire_cache, _SECOND_TEXT,
-            _tracked_timestamp, format_timestamp, parse_query, self.resolver.resolve_cached, _EnvironHeaders,
-            _body_params), parts)
+        client_parts = (self._wire, self._request_info, request_info, self.resolver, self._wire_cache, _SECOND_TEXT,
+                        _tracked_timestamp, format_timestamp, parse_query, self.resolver.resolve_cached,
+                        _EnvironHeaders, _body_params)
+        if len(batch) <= _WIRE_CHUNK:
+            return speedups.wire_batch(batch, scrubbed, self._id_base, extra, client_parts, parts)
+        # In chunks: one compiled call holds the GIL throughout, and the app's threads wait for it (a request
+        # arriving meanwhile would wait for a whole batch); between calls the interpreter can hand it over.
+        events: list[WireEvent] = []
+        for start in range(0, len(batch), _WIRE_CHUNK):
+            events += speedups.wire_batch(batch[start:start + _WIRE_CHUNK], scrubbed, self._id_base, extra,
+                                          client_parts, parts)
+        return events
 
     def _request_info(self, captured: Capture, shared: bool = False) -> Any:
         # The default properties of a captured request, scrubbed. Request data is attacker-controlled: whatever it

@@ -1226,3 +1226,33 @@ def test_common_user_identifiers_take_the_usual_call() -> None:
     assert speedups.check_common_user(user) == user and speedups.check_common_user(user) is not user
     assert speedups.check_common_user({"email": "é"}) is None  # repaired or not, the Python checks decide
     assert speedups.check_common_user({"id": True}) is None and speedups.check_common_user({}) is None
+
+
+def test_wire_batch_in_chunks_sends_what_python_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from sqreen_mw._transport import encode_batch
+
+    client = Client(token="t", url=URL, install_signal_handler=False)
+    client._started_pid = os.getpid()
+    calls: list[int] = []
+    real = speedups.wire_batch
+    monkeypatch.setattr(speedups, "wire_batch", lambda batch, *rest: calls.append(len(batch)) or real(batch, *rest))
+    try:
+        for i in range(25):  # 25 requests of 7 events: one request's events straddle the chunks
+            token = current_context.set(RequestContext(ASGI, scope(f"/p/{i}")))
+            try:
+                for j in range(7):
+                    client.track("e", properties={"n": j})
+            finally:
+                current_context.reset(token)
+        batch = client.queue.take(1000)
+        python = json.loads(encode_batch([client._wire(record, {}) for record in batch]))
+        scrubbed: dict[int, Any] = {}
+        events = client._wire_all(batch, scrubbed)
+        assert calls == [100, 75]
+        assert json.loads(encode_batch(events)) == python
+        assert events[99]["request"] is events[100]["request"]  # one request's properties, made once for the batch
+        assert len(scrubbed) == 25
+    finally:
+        client._closed, client._accepting = True, False
