@@ -1969,6 +1969,31 @@ enum { SLOT_CAPTURE, SLOT_BLOCKED, SLOT_TEE, SLOT_KIND, SLOT_RAW, SLOT_TRAITS, S
 enum { TEE_LIMIT, TEE_CHUNKS, TEE_SIZE, TEE_ENDED, TEE_OVERFLOW, TEE_READ_ANY, TEE_PREFETCHED, TEE_REWOUND, TEE_PARSED,
        TEE_STREAM, TEE_REMAINING, TEE_BUFFER, TEE_SLOTS };
 
+/* Where the last type read had an attribute: its slot's offset, or -1 (read as an attribute). The type is held. */
+typedef struct {
+    PyObject *type;
+    Py_ssize_t offset;
+} SlotCache;
+
+enum { READ_STARTED, READ_ENFORCER, READ_ACTIONS, READ_IP_BLOCKS, READ_USER_BLOCKS, READS };
+
+/* obj.<name>, from its slot when obj's type has one there (the offset found once per type). A new reference. */
+static PyObject *
+slot_read(SlotCache *cache, PyObject *obj, PyObject *name)
+{
+    if ((PyObject *)Py_TYPE(obj) != cache->type) {
+        Py_XSETREF(cache->type, Py_NewRef((PyObject *)Py_TYPE(obj)));
+        cache->offset = slot_offset(cache->type, name);
+    }
+    if (cache->offset >= 0) {
+        PyObject *value = *(PyObject **)((char *)obj + cache->offset);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(obj, name); /* an unset slot raises its AttributeError here */
+}
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -1980,6 +2005,7 @@ typedef struct {
     Py_ssize_t slots[SLOTS];
     Py_ssize_t tee_slots[TEE_SLOTS];
     PyObject *dict;       /* functools.update_wrapper's attributes */
+    SlotCache reads[READS]; /* client._started_pid, client.enforcer, enforcer.actions, actions.has_*_blocks */
 } WSGICall;
 
 static PyObject *str_app, *str__client, *str_has_ip_blocks, *str_has_user_blocks,
@@ -2046,20 +2072,21 @@ body_length(PyObject *environ, PyObject **length)
 
 /* 1 when some block of client.enforcer.actions must be checked (the Python code does), 0, or -1. */
 static int
-blocks_to_check(PyObject *client)
+blocks_to_check(SlotCache *reads, PyObject *client)
 {
-    PyObject *enforcer = PyObject_GetAttr(client, str_enforcer), *actions, *flag;
+    PyObject *enforcer = slot_read(&reads[READ_ENFORCER], client, str_enforcer), *actions, *flag;
     int i, truth = 0;
     if (enforcer == NULL) {
         return -1;
     }
-    actions = PyObject_GetAttr(enforcer, str_actions);
+    actions = slot_read(&reads[READ_ACTIONS], enforcer, str_actions);
     Py_DECREF(enforcer);
     if (actions == NULL) {
         return -1;
     }
     for (i = 0; i < 2 && truth == 0; i++) {
-        flag = PyObject_GetAttr(actions, i == 0 ? str_has_ip_blocks : str_has_user_blocks);
+        flag = i == 0 ? slot_read(&reads[READ_IP_BLOCKS], actions, str_has_ip_blocks)
+                      : slot_read(&reads[READ_USER_BLOCKS], actions, str_has_user_blocks);
         truth = flag == NULL ? -1 : PyObject_IsTrue(flag);
         Py_XDECREF(flag);
     }
@@ -2163,11 +2190,11 @@ wsgi_call(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwname
     if (client == NULL) {
         return PyErr_Occurred() ? NULL : PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
     }
-    started = PyObject_GetAttr(client, str__started_pid); /* None: a process's first request starts the client */
+    started = slot_read(&self->reads[READ_STARTED], client, str__started_pid); /* None: a first request */
     check = started == NULL ? -1 : started == Py_None;
     Py_XDECREF(started);
     if (check == 0) {
-        check = blocks_to_check(client);
+        check = blocks_to_check(self->reads, client);
     }
     if (check == 0) {
         body = body_length(environ, &length);
@@ -2310,24 +2337,32 @@ wsgi_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static int
 wsgi_call_traverse(WSGICall *self, visitproc visit, void *arg)
 {
+    int i;
     Py_VISIT(self->fallback);
     Py_VISIT(self->globals);
     Py_VISIT(self->context);
     Py_VISIT(self->ctx_type);
     Py_VISIT(self->tee_type);
     Py_VISIT(self->dict);
+    for (i = 0; i < READS; i++) {
+        Py_VISIT(self->reads[i].type);
+    }
     return 0;
 }
 
 static int
 wsgi_call_clear(WSGICall *self)
 {
+    int i;
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->globals);
     Py_CLEAR(self->context);
     Py_CLEAR(self->ctx_type);
     Py_CLEAR(self->tee_type);
     Py_CLEAR(self->dict);
+    for (i = 0; i < READS; i++) {
+        Py_CLEAR(self->reads[i].type);
+    }
     return 0;
 }
 

@@ -660,6 +660,54 @@ def test_compiled_middleware_hands_other_requests_to_python(started: Client, mon
     assert type(middleware({"REQUEST_METHOD": "GET"}, None)) is speedups.BoundResponse
 
 
+class _OtherLayout:
+    """Stands in for Actions with its switches at other slot offsets (every other slot truthy)."""
+
+    __slots__ = (*(f"pad{i}" for i in range(12)), "has_ip_blocks", "has_user_blocks")
+
+    def __init__(self, user_blocks: bool) -> None:
+        for i in range(12):
+            setattr(self, f"pad{i}", True)
+        self.has_ip_blocks, self.has_user_blocks = False, user_blocks
+
+
+def test_compiled_middleware_reads_each_switch_where_its_objects_type_keeps_it(started: Client) -> None:
+    from sqreen_mw import wsgi
+    from sqreen_mw._blocking import Actions
+
+    middleware = wsgi.SqreenMiddleware(lambda environ, start_response: iter([b"ok"]))
+
+    def served_by() -> type:
+        return type(middleware({"REQUEST_METHOD": "GET"}, None))
+
+    class Switched(Actions):  # the same layout, the user switch a property
+        __slots__ = ()
+
+        @property  # type: ignore[misc]
+        def has_user_blocks(self) -> bool:
+            return flip[0]
+
+    enforcer, real = started.enforcer, started.enforcer.actions
+    assert served_by() is speedups.BoundResponse  # the offsets of Actions' slots are known from here on
+    try:
+        enforcer.actions = _OtherLayout(user_blocks=False)  # type: ignore[assignment]
+        assert served_by() is speedups.BoundResponse  # read where _OtherLayout keeps them: no block to check
+        enforcer.actions = _OtherLayout(user_blocks=True)  # type: ignore[assignment]
+        assert served_by() is wsgi._BoundResponse  # some user block: the Python method guards the response
+        flip = [False]
+        switched = object.__new__(Switched)
+        for name in Actions.__slots__:
+            if name != "has_user_blocks":
+                setattr(switched, name, getattr(real, name))
+        enforcer.actions = switched
+        assert served_by() is speedups.BoundResponse
+        flip[0] = True  # read through the property every request
+        assert served_by() is wsgi._BoundResponse
+    finally:
+        enforcer.actions = real
+    assert served_by() is speedups.BoundResponse
+
+
 class _Method(str):
     """A REQUEST_METHOD that is text of another type (equal to, and hashing as, the plain str)."""
 
