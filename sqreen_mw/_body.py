@@ -161,6 +161,11 @@ class ASGIBodyTee(BodyTee):
 
     async def receive(self) -> Message:
         message = await self._receive()
+        self.record(message)
+        return message
+
+    def record(self, message: Message) -> None:
+        """Record what a message the server gave ``receive()`` holds of the body (the compiled tee's reference)."""
         if message["type"] == "http.request":
             self.read_any = True
             body = message.get("body")
@@ -173,7 +178,6 @@ class ASGIBodyTee(BodyTee):
                     self.feed(body, False)
             if not message.get("more_body"):
                 self.ended = True
-        return message
 
 
 class WSGIInput(BodyTee):

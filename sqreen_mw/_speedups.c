@@ -2403,6 +2403,637 @@ static PyTypeObject WSGICallType = {
 };
 
 /* --------------------------------------------------------------------------------------------------------------
+ * asgi.SqreenMiddleware.__call__ for the common HTTP request (a started client, no block to check): the request's
+ * context and body tee made here, and one awaitable (Forward) that binds the request, runs the app and unbinds it,
+ * in place of the Python coroutine; the body tee's receive() is a Forward too. Every other call is the Python
+ * method's. A Forward forwards send(), throw() and close() to what it awaits, as `await` in a coroutine does.
+ */
+
+enum { ATEE_LIMIT, ATEE_CHUNKS, ATEE_SIZE, ATEE_ENDED, ATEE_OVERFLOW, ATEE_READ_ANY, ATEE_PARSED, ATEE_RECEIVE,
+       ATEE_SLOTS };
+enum { FORWARD_RUN, FORWARD_TEE };
+enum { FORWARD_NEW, FORWARD_RUNNING, FORWARD_DONE };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *inner;      /* what is awaited: the app's awaitable's iterator (NULL before the first step of a RUN) */
+    PyObject *owner;      /* the ASGICall: its context variable, its tee's slot offsets */
+    PyObject *tee;        /* the ASGIBodyTee (TEE) */
+    PyObject *middleware; /* RUN: self.app is read once the request is bound, as the Python method does */
+    PyObject *scope, *receive, *send, *ctx, *token;
+    int kind, state;
+} Forward;
+
+/* The receive() handed to the app when the body is teed: each call a Forward over the server's receive(). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *owner, *tee;
+} TeeReceive;
+
+static PyTypeObject ForwardType, TeeReceiveType;
+static PyObject *str_http, *str_http_request, *str_body, *str_more_body, *str_record, *str_throw, *str__receive, *asgi_kind;
+
+/* The iterator `await awaitable` drives (a coroutine itself, or what its __await__ returns). A new reference. */
+static PyObject *
+awaited_iterator(PyObject *awaitable)
+{
+    PyTypeObject *type = Py_TYPE(awaitable);
+    PyObject *iterator;
+    if (PyCoro_CheckExact(awaitable)) {
+        return Py_NewRef(awaitable);
+    }
+    if (type->tp_as_async == NULL || type->tp_as_async->am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression", type->tp_name);
+        return NULL;
+    }
+    iterator = type->tp_as_async->am_await(awaitable);
+    if (iterator != NULL && (PyCoro_CheckExact(iterator) || !PyIter_Check(iterator))) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned %s", PyCoro_CheckExact(iterator) ? "a coroutine"
+                     : "non-iterator of type '%.100s'", Py_TYPE(iterator)->tp_name);
+        Py_CLEAR(iterator);
+    }
+    return iterator;
+}
+
+/* ASGIBodyTee.record(message) for the usual message (an exact dict, its type text, its body bytes, the tee's fields
+ * of their own types); the Python method for anything else. 0, or -1 with an exception. */
+static int
+tee_record(Forward *self, PyObject *message)
+{
+    const Py_ssize_t *offsets = ((WSGICall *)self->owner)->tee_slots;
+    PyObject **slot[ATEE_SLOTS], *kind, *body, *more, *result, *size;
+    Py_ssize_t i, limit, have, more_truth;
+    for (i = 0; i < ATEE_SLOTS; i++) {
+        slot[i] = (PyObject **)((char *)self->tee + offsets[i]);
+    }
+    if (!PyDict_CheckExact(message) || *slot[ATEE_LIMIT] == NULL || !PyLong_CheckExact(*slot[ATEE_LIMIT])
+        || *slot[ATEE_SIZE] == NULL || !PyLong_CheckExact(*slot[ATEE_SIZE]) || *slot[ATEE_CHUNKS] == NULL
+        || !PyList_CheckExact(*slot[ATEE_CHUNKS]) || *slot[ATEE_OVERFLOW] != Py_False) {
+        goto python;
+    }
+    kind = PyDict_GetItemWithError(message, str_type);
+    if (kind == NULL || !PyUnicode_CheckExact(kind)) {
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+        goto python; /* the Python method raises KeyError for a message without a type, as before */
+    }
+    if (PyUnicode_Compare(kind, str_http_request) != 0) {
+        return 0;
+    }
+    body = PyDict_GetItemWithError(message, str_body);
+    if ((body == NULL && PyErr_Occurred()) || (body != NULL && body != Py_None && !PyBytes_CheckExact(body))) {
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+        goto python;
+    }
+    more = PyDict_GetItemWithError(message, str_more_body);
+    if (more == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (more != NULL && more != Py_True && more != Py_False && more != Py_None && !PyLong_CheckExact(more)) {
+        goto python; /* more_body's truth might be Python code */
+    }
+    limit = PyLong_AsSsize_t(*slot[ATEE_LIMIT]);
+    have = PyLong_AsSsize_t(*slot[ATEE_SIZE]);
+    if ((limit == -1 || have == -1) && PyErr_Occurred()) {
+        PyErr_Clear();
+        goto python;
+    }
+    more_truth = more == NULL ? 0 : PyObject_IsTrue(more);
+    Py_XSETREF(*slot[ATEE_READ_ANY], Py_NewRef(Py_True));
+    if (body != NULL && body != Py_None && PyBytes_GET_SIZE(body) > 0) {
+        if (PyBytes_GET_SIZE(body) <= PY_SSIZE_T_MAX - have && have + PyBytes_GET_SIZE(body) <= limit) {
+            size = PyLong_FromSsize_t(have + PyBytes_GET_SIZE(body));
+            if (size == NULL || PyList_Append(*slot[ATEE_CHUNKS], body) < 0) {
+                Py_XDECREF(size);
+                return -1;
+            }
+            Py_SETREF(*slot[ATEE_SIZE], size);
+        }
+        else { /* past the limit: self.feed(body, False), the Python method's */
+            result = PyObject_CallMethod(self->tee, "feed", "OO", body, Py_False);
+            if (result == NULL) {
+                return -1;
+            }
+            Py_DECREF(result);
+        }
+    }
+    if (!more_truth) {
+        Py_XSETREF(*slot[ATEE_ENDED], Py_NewRef(Py_True));
+    }
+    return 0;
+python:
+    result = PyObject_CallMethodOneArg(self->tee, str_record, message);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+/* raise StopIteration(value), a tuple or an exception as the value itself */
+static void
+stop_with(PyObject *value)
+{
+    PyObject *stop;
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return;
+    }
+    stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+}
+
+/* The awaited iterator ended: a RUN unbinds the request, a TEE records the message. *result is what await gives. */
+static PySendResult
+forward_finish(Forward *self, PySendResult status, PyObject **result)
+{
+    PyObject *token = self->token;
+    self->state = FORWARD_DONE;
+    Py_CLEAR(self->inner);
+    if (self->kind == FORWARD_TEE) {
+        if (status == PYGEN_RETURN && tee_record(self, *result) < 0) {
+            Py_CLEAR(*result);
+            return PYGEN_ERROR;
+        }
+        return status;
+    }
+    self->token = NULL;
+    if (status == PYGEN_RETURN) { /* the Python method returns None, whatever the app returned */
+        Py_SETREF(*result, Py_NewRef(Py_None));
+    }
+    if (token != NULL && unbind(((WSGICall *)self->owner)->context, token) < 0) {
+        if (status == PYGEN_RETURN) {
+            Py_CLEAR(*result);
+        }
+        return PYGEN_ERROR; /* (the reset's error, as a finally clause's would be) */
+    }
+    return status;
+}
+
+/* The first step: a RUN binds the request and calls self.app(scope, receive, send), a TEE calls the server's
+ * receive() (tee._receive, read as the Python method does). 0, or -1 (unbound) with an exception. */
+static int
+forward_start(Forward *self)
+{
+    PyObject *app, *awaitable, *args[3] = {self->scope, self->receive, self->send};
+    if (self->kind == FORWARD_TEE) {
+        PyObject *receive = *(PyObject **)((char *)self->tee + ((WSGICall *)self->owner)->tee_slots[ATEE_RECEIVE]);
+        /* held: the call may replace it; an unset slot raises its AttributeError */
+        receive = receive == NULL ? PyObject_GetAttr(self->tee, str__receive) : Py_NewRef(receive);
+        awaitable = receive == NULL ? NULL : PyObject_CallNoArgs(receive);
+        Py_XDECREF(receive);
+    }
+    else {
+        self->token = PyContextVar_Set(((WSGICall *)self->owner)->context, self->ctx);
+        if (self->token == NULL) {
+            return -1;
+        }
+        app = PyObject_GetAttr(self->middleware, str_app);
+        awaitable = app == NULL ? NULL : PyObject_Vectorcall(app, args, 3, NULL);
+        Py_XDECREF(app);
+    }
+    self->inner = awaitable == NULL ? NULL : awaited_iterator(awaitable);
+    Py_XDECREF(awaitable);
+    return self->inner == NULL ? -1 : 0;
+}
+
+static PySendResult
+forward_send(Forward *self, PyObject *arg, PyObject **result)
+{
+    PySendResult status;
+    *result = NULL;
+    if (self->state == FORWARD_DONE) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+    if (self->state == FORWARD_NEW) {
+        if (arg != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+            return PYGEN_ERROR;
+        }
+        self->state = FORWARD_RUNNING;
+        if (forward_start(self) < 0) {
+            return forward_finish(self, PYGEN_ERROR, result);
+        }
+    }
+    status = PyIter_Send(self->inner, arg, result);
+    return status == PYGEN_NEXT ? PYGEN_NEXT : forward_finish(self, status, result);
+}
+
+static PyObject *
+forward_iternext(Forward *self)
+{
+    PyObject *result;
+    PySendResult status = forward_send(self, Py_None, &result);
+    if (status == PYGEN_RETURN) {
+        stop_with(result);
+        Py_DECREF(result);
+        return NULL;
+    }
+    return status == PYGEN_NEXT ? result : NULL;
+}
+
+static PyObject *
+forward_send_method(Forward *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult status = forward_send(self, arg, &result);
+    if (status == PYGEN_RETURN) {
+        stop_with(result);
+        Py_DECREF(result);
+        return NULL;
+    }
+    return status == PYGEN_NEXT ? result : NULL;
+}
+
+/* throw(...) into what is awaited, as `await` forwards it; before the first step or after the last, raised here. */
+static PyObject *
+forward_throw(Forward *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *result, *type, *value, *traceback;
+    PySendResult status;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    if (self->state != FORWARD_RUNNING) { /* raised as a coroutine raises it before its first step or after its end */
+        self->state = FORWARD_DONE;
+        if (PyExceptionInstance_Check(args[0])) {
+            PyErr_SetObject((PyObject *)Py_TYPE(args[0]), args[0]);
+        }
+        else {
+            PyErr_SetObject(args[0], nargs > 1 ? args[1] : Py_None);
+        }
+        return NULL;
+    }
+    result = PyObject_VectorcallMethod(str_throw, (PyObject *const[]){self->inner, args[0], nargs > 1 ? args[1] : NULL,
+                                       nargs > 2 ? args[2] : NULL}, 1 + nargs, NULL);
+    if (result != NULL) {
+        return result; /* what it yields next */
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) { /* it returned: its value is what await gives */
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        result = value == NULL ? Py_NewRef(Py_None) : PyObject_GetAttrString(value, "value");
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        if (result == NULL) {
+            return NULL;
+        }
+        status = forward_finish(self, PYGEN_RETURN, &result);
+        if (status == PYGEN_RETURN) {
+            stop_with(result);
+            Py_DECREF(result);
+        }
+        return NULL;
+    }
+    (void)forward_finish(self, PYGEN_ERROR, &result);
+    return NULL;
+}
+
+static PyObject *
+forward_close(Forward *self, PyObject *unused)
+{
+    PyObject *close, *done, *token;
+    int failed = 0;
+    if (self->state != FORWARD_RUNNING) {
+        self->state = FORWARD_DONE;
+        Py_RETURN_NONE;
+    }
+    self->state = FORWARD_DONE;
+    close = PyObject_GetAttrString(self->inner, "close"); /* as `await` closes what it awaits, when it has close() */
+    if (close == NULL) {
+        failed = !PyErr_ExceptionMatches(PyExc_AttributeError);
+        if (!failed) {
+            PyErr_Clear();
+        }
+    }
+    else {
+        done = PyObject_CallNoArgs(close);
+        Py_DECREF(close);
+        failed = done == NULL;
+        Py_XDECREF(done);
+    }
+    Py_CLEAR(self->inner);
+    token = self->token;
+    self->token = NULL;
+    if (token != NULL && unbind(((WSGICall *)self->owner)->context, token) < 0) {
+        failed = 1;
+    }
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+forward_traverse(Forward *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->inner);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->tee);
+    Py_VISIT(self->middleware);
+    Py_VISIT(self->scope);
+    Py_VISIT(self->receive);
+    Py_VISIT(self->send);
+    Py_VISIT(self->ctx);
+    Py_VISIT(self->token);
+    return 0;
+}
+
+static int
+forward_clear(Forward *self)
+{
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->tee);
+    Py_CLEAR(self->middleware);
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->receive);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->ctx);
+    Py_CLEAR(self->token); /* dropped unfinished: the request stays bound in the context it ran in, as it was */
+    return 0;
+}
+
+static void
+forward_dealloc(Forward *self)
+{
+    PyObject_GC_UnTrack(self);
+    forward_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+forward_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyAsyncMethods forward_async = {
+    .am_await = forward_await,
+    .am_send = (sendfunc)forward_send,
+};
+
+static PyMethodDef forward_methods[] = {
+    {"send", (PyCFunction)forward_send_method, METH_O, "send(value): as a coroutine's, forwarded to what it awaits"},
+    {"throw", (PyCFunction)(void (*)(void))forward_throw, METH_FASTCALL, "throw(exception): as a coroutine's"},
+    {"close", (PyCFunction)forward_close, METH_NOARGS, "close(): as a coroutine's"},
+    {NULL},
+};
+
+static PyTypeObject ForwardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqreen_mw._speedups.Forward",
+    .tp_doc = "What the ASGI middleware (or its body tee's receive()) gives to await: forwards to the app's (or the "
+              "server's) awaitable.",
+    .tp_basicsize = sizeof(Forward),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)forward_dealloc,
+    .tp_traverse = (traverseproc)forward_traverse,
+    .tp_clear = (inquiry)forward_clear,
+    .tp_as_async = &forward_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)forward_iternext,
+    .tp_methods = forward_methods,
+};
+
+/* A new Forward of `kind`, not started; its references are taken (new ones made). */
+static Forward *
+forward_new(int kind, PyObject *owner, PyObject *tee)
+{
+    Forward *self = PyObject_GC_New(Forward, &ForwardType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->inner = self->middleware = self->scope = self->receive = self->send = self->ctx = self->token = NULL;
+    self->owner = Py_NewRef(owner);
+    self->tee = Py_XNewRef(tee);
+    self->kind = kind;
+    self->state = FORWARD_NEW;
+    PyObject_GC_Track(self);
+    return self;
+}
+
+static PyObject *
+tee_receive_call(TeeReceive *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "receive() takes no arguments");
+        return NULL;
+    }
+    return (PyObject *)forward_new(FORWARD_TEE, self->owner, self->tee);
+}
+
+static int
+tee_receive_traverse(TeeReceive *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    Py_VISIT(self->tee);
+    return 0;
+}
+
+static int
+tee_receive_clear(TeeReceive *self)
+{
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->tee);
+    return 0;
+}
+
+static void
+tee_receive_dealloc(TeeReceive *self)
+{
+    PyObject_GC_UnTrack(self);
+    tee_receive_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+tee_receive_self(TeeReceive *self, void *closure)
+{
+    return Py_NewRef(self->tee);
+}
+
+static PyGetSetDef tee_receive_getset[] = {
+    {"__self__", (getter)tee_receive_self, NULL, "the ASGIBodyTee recording what this receive() returns", NULL},
+    {NULL},
+};
+
+static PyTypeObject TeeReceiveType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqreen_mw._speedups.TeeReceive",
+    .tp_doc = "ASGIBodyTee.receive, compiled: the server's receive(), each message recorded by the tee.",
+    .tp_basicsize = sizeof(TeeReceive),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_dealloc = (destructor)tee_receive_dealloc,
+    .tp_traverse = (traverseproc)tee_receive_traverse,
+    .tp_clear = (inquiry)tee_receive_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(TeeReceive, vectorcall),
+    .tp_getset = tee_receive_getset,
+};
+
+/* The Python method's call (its coroutine), after a fault the compiled checks met: an Exception is cleared, the
+ * Python method meets it again and raises it when awaited, as it always did; anything else is raised here. */
+static PyObject *
+asgi_fallback(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+static PyObject *
+asgi_call(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *scope, *client, *started, *kind, *method, *limit, *chunks, *values[SLOTS], *tee_values[ATEE_SLOTS];
+    PyObject *tee = NULL, *receive = NULL, *ctx = NULL;
+    Forward *run = NULL;
+    int i, check, bodiless;
+
+    if (PyVectorcall_NARGS(nargsf) != 4 || kwnames != NULL || !PyDict_CheckExact(args[1])) {
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    scope = args[1];
+    kind = PyDict_GetItemWithError(scope, str_type); /* (exact str keys of an exact dict: no Python code runs) */
+    method = kind == NULL ? NULL : PyDict_GetItemWithError(scope, str_method);
+    if (method == NULL || !PyUnicode_CheckExact(kind) || !PyUnicode_CheckExact(method)
+        || PyUnicode_Compare(kind, str_http) != 0) {
+        return asgi_fallback(self, args, nargsf, kwnames); /* a lifespan, a websocket, an odd scope */
+    }
+    client = middleware_client(self, args[0]);
+    if (client == NULL) {
+        return asgi_fallback(self, args, nargsf, kwnames);
+    }
+    started = slot_read(&self->reads[READ_STARTED], client, str__started_pid); /* None: a first request */
+    check = started == NULL ? -1 : started == Py_None;
+    Py_XDECREF(started);
+    if (check == 0) {
+        check = blocks_to_check(self->reads, client);
+    }
+    bodiless = check == 0 ? PySet_Contains(no_body, method) : 0;
+    if (check != 0 || bodiless < 0) {
+        Py_DECREF(client);
+        return asgi_fallback(self, args, nargsf, kwnames);
+    }
+    if (!bodiless) { /* tee = ASGIBodyTee(receive, client.max_body_bytes); receive = tee.receive */
+        limit = PyObject_GetAttr(client, str_max_body_bytes);
+        chunks = limit == NULL ? NULL : PyList_New(0);
+        if (chunks != NULL) {
+            for (i = 0; i < ATEE_SLOTS; i++) {
+                tee_values[i] = Py_False;
+            }
+            tee_values[ATEE_LIMIT] = limit;
+            tee_values[ATEE_CHUNKS] = chunks;
+            tee_values[ATEE_SIZE] = zero;
+            tee_values[ATEE_PARSED] = Py_None;
+            tee_values[ATEE_RECEIVE] = args[2];
+            tee = made_with(self->tee_type, self->tee_slots, tee_values, ATEE_SLOTS);
+        }
+        Py_XDECREF(limit);
+        Py_XDECREF(chunks);
+        if (tee == NULL) {
+            Py_DECREF(client);
+            return asgi_fallback(self, args, nargsf, kwnames);
+        }
+        receive = PyObject_GC_New(PyObject, &TeeReceiveType);
+        if (receive == NULL) {
+            goto done;
+        }
+        ((TeeReceive *)receive)->vectorcall = (vectorcallfunc)tee_receive_call;
+        ((TeeReceive *)receive)->owner = Py_NewRef((PyObject *)self);
+        ((TeeReceive *)receive)->tee = Py_NewRef(tee);
+        PyObject_GC_Track(receive);
+    }
+    for (i = 0; i < SLOTS; i++) { /* RequestContext(ASGI, scope), every slot set here (no __init__ call) */
+        values[i] = Py_None;
+    }
+    values[SLOT_KIND] = asgi_kind;
+    values[SLOT_RAW] = scope;
+    values[SLOT_TEE] = tee == NULL ? Py_None : tee;
+    ctx = made_with(self->ctx_type, self->slots, values, SLOTS);
+    if (ctx == NULL) {
+        goto done;
+    }
+    run = forward_new(FORWARD_RUN, (PyObject *)self, NULL);
+    if (run != NULL) {
+        run->middleware = Py_NewRef(args[0]);
+        run->scope = Py_NewRef(scope);
+        run->receive = Py_NewRef(receive == NULL ? args[2] : receive);
+        run->send = Py_NewRef(args[3]);
+        run->ctx = Py_NewRef(ctx);
+    }
+done:
+    Py_DECREF(client);
+    Py_XDECREF(tee);
+    Py_XDECREF(receive);
+    Py_XDECREF(ctx);
+    return (PyObject *)run;
+}
+
+static PyObject *
+asgi_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"fallback", "globals", "context", "context_type", "tee_type", NULL};
+    static const char *const slot_names[SLOTS] = {"_capture", "blocked", "body_tee", "kind", "raw", "traits", "user"};
+    static const char *const tee_names[ATEE_SLOTS] = {"limit", "_chunks", "_size", "ended", "overflow", "read_any",
+                                                      "_parsed", "_receive"};
+    PyObject *fallback, *globals, *context, *ctx_type, *tee_type;
+    WSGICall *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!O!O!:ASGICall", keywords, &fallback, &PyDict_Type, &globals,
+                                     &PyContextVar_Type, &context, &PyType_Type, &ctx_type, &PyType_Type, &tee_type)) {
+        return NULL;
+    }
+    self = (WSGICall *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)asgi_call;
+    self->fallback = Py_NewRef(fallback);
+    self->globals = Py_NewRef(globals);
+    self->context = Py_NewRef(context);
+    self->ctx_type = Py_NewRef(ctx_type);
+    self->tee_type = Py_NewRef(tee_type);
+    if (slot_offsets(ctx_type, slot_names, self->slots, SLOTS) < 0
+        || slot_offsets(tee_type, tee_names, self->tee_slots, ATEE_SLOTS) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyTypeObject ASGICallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqreen_mw._speedups.ASGICall",
+    .tp_doc = "asgi.SqreenMiddleware.__call__ with the common HTTP request compiled; __wrapped__ is the Python method.",
+    .tp_basicsize = sizeof(WSGICall),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = asgi_call_new,
+    .tp_dealloc = (destructor)wsgi_call_dealloc,
+    .tp_traverse = (traverseproc)wsgi_call_traverse,
+    .tp_clear = (inquiry)wsgi_call_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(WSGICall, vectorcall),
+    .tp_dictoffset = offsetof(WSGICall, dict),
+    .tp_descr_get = wsgi_call_get,
+    .tp_getset = front_getset,
+};
+
+/* --------------------------------------------------------------------------------------------------------------
  * The flusher's events: _client.Client._wire for the common record, and _context.request_key for the common capture.
  * A record with anything else (an explicit timestamp, a body, properties or texts the scrubber has not seen yet, an
  * unusual capture) is made by the Python method, which fills the caches this code reads.
@@ -3575,10 +4206,18 @@ PyInit__speedups(void)
     INTERN(str_wsgi_input, "wsgi.input");
     INTERN(str_max_body_bytes, "max_body_bytes");
     wsgi_kind = PyLong_FromLong(1); /* _context.WSGI */
+    asgi_kind = PyLong_FromLong(0); /* _context.ASGI */
     zero = PyLong_FromLong(0);
-    if (wsgi_kind == NULL || zero == NULL) {
+    if (wsgi_kind == NULL || asgi_kind == NULL || zero == NULL) {
         return NULL;
     }
+    INTERN(str_http, "http");
+    INTERN(str_http_request, "http.request");
+    INTERN(str_body, "body");
+    INTERN(str_more_body, "more_body");
+    INTERN(str_record, "record");
+    INTERN(str_throw, "throw");
+    INTERN(str__receive, "_receive");
     INTERN(str__track, "_track");
     INTERN(str_w_id, "id");
     INTERN(str_w_name, "name");
@@ -3605,7 +4244,8 @@ PyInit__speedups(void)
     INTERN(keyword_names[3], "collect_body");
     INTERN(keyword_names[4], "request");
     if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&FrontType) < 0 || PyType_Ready(&BoundType) < 0
-        || PyType_Ready(&WSGICallType) < 0 || PyType_Ready(&RLockType) < 0) {
+        || PyType_Ready(&WSGICallType) < 0 || PyType_Ready(&RLockType) < 0 || PyType_Ready(&ASGICallType) < 0
+        || PyType_Ready(&ForwardType) < 0 || PyType_Ready(&TeeReceiveType) < 0) {
         return NULL;
     }
     wire_constants = Py_BuildValue("(iiLiii)", WIRE_MIN_KV_TEXT, WIRE_CACHED_TEXT, WIRE_CARD_INT_MIN, WIRE_MAX_KEYED_TEXT,
@@ -3622,6 +4262,9 @@ PyInit__speedups(void)
         || PyModule_AddObjectRef(module, "Front", (PyObject *)&FrontType) < 0
         || PyModule_AddObjectRef(module, "BoundResponse", (PyObject *)&BoundType) < 0
         || PyModule_AddObjectRef(module, "WSGICall", (PyObject *)&WSGICallType) < 0
+        || PyModule_AddObjectRef(module, "ASGICall", (PyObject *)&ASGICallType) < 0
+        || PyModule_AddObjectRef(module, "Forward", (PyObject *)&ForwardType) < 0
+        || PyModule_AddObjectRef(module, "TeeReceive", (PyObject *)&TeeReceiveType) < 0
         || PyModule_AddObjectRef(module, "RLock", (PyObject *)&RLockType) < 0
         || PyModule_AddObjectRef(module, "WIRE_CONSTANTS", wire_constants) < 0) {
         Py_DECREF(wire_constants);

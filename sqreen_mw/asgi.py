@@ -29,6 +29,9 @@ Blocking (the collector's ``block_ip`` / ``block_user`` actions):
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -42,6 +45,7 @@ from ._context import ASGI, RequestContext, _new, current_context
 from ._enforce import Enforcer
 from ._exceptions import UserBlocked
 from ._lifecycle import get_client
+from ._native import speedups
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -172,3 +176,18 @@ def _accept(scope: Scope) -> str | None:
 async def _answer(send: Send, rendered: Rendered) -> None:
     await send({"type": "http.response.start", "status": rendered.status, "headers": list(rendered.asgi_headers)})
     await send({"type": "http.response.body", "body": rendered.body})
+
+
+if speedups is not None:
+    # The common HTTP request (a started client, no block to check) served without a Python frame: the same context
+    # and body tee, the request bound while the app runs (from the first step of the awaitable to its end, in the
+    # running task's context, as the coroutine did); every other call goes to the Python method above, which stays
+    # the reference. It is still a coroutine function to servers and frameworks that ask (uvicorn picks ASGI 3 so).
+    _compiled = functools.update_wrapper(
+        speedups.ASGICall(SqreenMiddleware.__call__, vars(_lifecycle), current_context, RequestContext, ASGIBodyTee),
+        SqreenMiddleware.__call__)
+    if hasattr(asyncio.coroutines, "_is_coroutine"):  # asyncio.iscoroutinefunction before Python 3.12
+        _compiled._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+    if hasattr(inspect, "markcoroutinefunction"):  # inspect.iscoroutinefunction from Python 3.12
+        inspect.markcoroutinefunction(_compiled)
+    SqreenMiddleware.__call__ = _compiled  # type: ignore[method-assign,assignment]
