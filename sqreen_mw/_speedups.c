@@ -800,6 +800,38 @@ tee_complete(PyObject *tee)
     return 1;
 }
 
+/* Whether the garbage collector can find no tracked object through `value`, so that it cannot be part of a
+ * reference cycle: an object of no GC type, an untracked one (an untracked dict holds only such objects), or a
+ * tuple of those, `depth` tuples deep (a capture's tuple of header pairs: 3). */
+static int
+reaches_nothing_tracked(PyObject *value, int depth)
+{
+    Py_ssize_t i;
+    if (!PyObject_IS_GC(value) || !PyObject_GC_IsTracked(value)) {
+        return 1;
+    }
+    if (!PyTuple_CheckExact(value) || depth == 0) {
+        return 0;
+    }
+    for (i = 0; i < PyTuple_GET_SIZE(value); i++) {
+        if (!reaches_nothing_tracked(PyTuple_GET_ITEM(value, i), depth - 1)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A request's capture is kept by its events until they are sent: when it holds nothing tracked (its dicts are
+ * this code's own copies, never changed), the collector need not walk it (nor count it towards a full collection).
+ * A capture holding a body tee, or path parameters that are objects, stays tracked. */
+static void
+untrack_plain_capture(PyObject *captured)
+{
+    if (reaches_nothing_tracked(captured, 3)) {
+        PyObject_GC_UnTrack(captured);
+    }
+}
+
 /* RequestContext.capture() of an ASGI request whose scope is a plain dict:
  * the same tuple, stored in ctx._capture. A new reference; NULL without an exception for every other request (the
  * Python method captures it); NULL with one on a fault. */
@@ -885,6 +917,7 @@ asgi_capture(Tracker *self, PyObject *ctx)
     }
     captured = PyTuple_Pack(9, kind, values[0], headers, values[2], values[3], values[4], values[5], params, tee);
     if (captured != NULL) {
+        untrack_plain_capture(captured);
         slot = (PyObject **)((char *)ctx + self->offsets[CTX_CAPTURE]); /* self._capture = captured */
         Py_XSETREF(*slot, Py_NewRef(captured));
     }
@@ -1181,6 +1214,7 @@ wsgi_capture(Tracker *self, PyObject *ctx)
     captured = PyTuple_Pack(8, kind, parts, path, verb, params, Py_None, json, tee);
     Py_DECREF(verb);
     if (captured != NULL) {
+        untrack_plain_capture(captured);
         slot = (PyObject **)((char *)ctx + self->offsets[CTX_CAPTURE]); /* self._capture = captured */
         Py_XSETREF(*slot, Py_NewRef(captured));
     }
@@ -1373,6 +1407,9 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
         PyTuple_SET_ITEM(record, 7, Py_NewRef(Py_None));
         PyTuple_SET_ITEM(record, 8, estimate);
         PyTuple_SET_ITEM(record, 9, PyBool_FromLong(blocked));
+        /* Only the queue (then the flusher) ever holds a record, so no cycle can pass through it: untracked, the
+         * queued events are not walked by every collection, nor counted towards a full one. */
+        PyObject_GC_UnTrack(record);
     }
     /* if self._capture is not None or not self._accepting: return self._enqueue_slow(record) */
     attr = client_field(self, CLIENT_CAPTURE, str__capture);

@@ -232,6 +232,59 @@ def test_tracker_keeps_the_same_capture_for_a_request(clients: tuple[Client, Cli
     assert first[7] is True  # sent as blocked
 
 
+class _Holder:
+    """A path parameter that is an object: it may reach back to the request."""
+
+    ref: Any = None
+
+
+def test_queued_events_are_left_to_the_garbage_collector_only_where_a_cycle_may_pass(
+        clients: tuple[Client, Client]) -> None:
+    import gc
+    import weakref
+
+    from sqreen_mw._body import ASGIBodyTee
+    from sqreen_mw._context import WSGI
+
+    compiled, _ = clients
+    compiled.track("e", properties={"a": 0})  # the key seen once: the compiled call makes the next records
+    compiled.queue.take(1)
+    compiled.queue.done()
+
+    def one_event(ctx: RequestContext) -> tuple[Any, ...]:
+        token = current_context.set(ctx)
+        try:
+            compiled.track("e", properties={"a": 1})
+        finally:
+            current_context.reset(token)
+        (record,) = compiled.queue.take(1)
+        compiled.queue.done()
+        return record
+
+    plain_wsgi = {"REQUEST_METHOD": "GET", "PATH_INFO": "/w", "REMOTE_ADDR": "203.0.113.9", "QUERY_STRING": "q=1"}
+    pair = tuple([b"user-agent", b"x"])  # made as a server makes it: tracked until a collection looks at it
+    assert gc.is_tracked(pair)
+    served = RequestContext(ASGI, {**scope(), "headers": [pair]})
+    for ctx in (RequestContext(ASGI, scope()), RequestContext(WSGI, plain_wsgi), served):
+        record = one_event(ctx)
+        assert record[6] is ctx._capture and not gc.is_tracked(record) and not gc.is_tracked(record[6])
+    assert not gc.is_tracked(one_event(RequestContext(ASGI, {})))  # outside the common capture, the record still
+    tee = ASGIBodyTee(None, 10)  # type: ignore[arg-type]
+    tee.feed(b"{}", True)  # a body read in full: the capture holds its tee
+    teed = RequestContext(ASGI, {**scope(), "method": "POST"}, tee)
+    listed = RequestContext(ASGI, {**scope(), "headers": [[b"user-agent", b"x"]]})  # pairs as lists
+    holder = _Holder()
+    cyclic = RequestContext(ASGI, {**scope(), "path_params": {"id": holder}})
+    for ctx in (teed, listed, cyclic):
+        record = one_event(ctx)
+        assert record[6] is ctx._capture and gc.is_tracked(record[6]) and not gc.is_tracked(record)
+    # the capture reaches the holder, which reaches the request: a cycle the collector must still find
+    holder.ref, alive = cyclic, weakref.ref(holder)
+    del holder, cyclic, record, ctx
+    gc.collect()
+    assert alive() is None
+
+
 class _Headers(list[tuple[bytes, bytes]]):
     """Not a plain list: the Python code captures it."""
 
