@@ -2459,6 +2459,7 @@ typedef struct {
     PyObject *middleware; /* RUN: self.app is read once the request is bound, as the Python method does */
     PyObject *scope, *receive, *send, *ctx, *token;
     int kind, state;
+    int executing;        /* in a step (send, throw or close): a call back into it raises, as a running coroutine's */
 } Forward;
 
 /* The receive() handed to the app when the body is teed: each call a Forward over the server's receive(). */
@@ -2641,11 +2642,26 @@ forward_start(Forward *self)
     return self->inner == NULL ? -1 : 0;
 }
 
+/* A call into the Forward from within its own step (the app or the server's awaitable sending, throwing or closing
+ * it): refused as a running coroutine refuses it; going on would free what is awaited while it runs. */
+static int
+forward_executing(Forward *self)
+{
+    if (self->executing) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return 1;
+    }
+    return 0;
+}
+
 static PySendResult
 forward_send(Forward *self, PyObject *arg, PyObject **result)
 {
     PySendResult status;
     *result = NULL;
+    if (forward_executing(self)) {
+        return PYGEN_ERROR;
+    }
     if (self->state == FORWARD_DONE) {
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
         return PYGEN_ERROR;
@@ -2656,11 +2672,16 @@ forward_send(Forward *self, PyObject *arg, PyObject **result)
             return PYGEN_ERROR;
         }
         self->state = FORWARD_RUNNING;
-        if (forward_start(self) < 0) {
+        self->executing = 1;
+        status = forward_start(self) < 0 ? PYGEN_ERROR : PYGEN_NEXT;
+        self->executing = 0;
+        if (status == PYGEN_ERROR) {
             return forward_finish(self, PYGEN_ERROR, result);
         }
     }
+    self->executing = 1;
     status = PyIter_Send(self->inner, arg, result);
+    self->executing = 0;
     return status == PYGEN_NEXT ? PYGEN_NEXT : forward_finish(self, status, result);
 }
 
@@ -2700,6 +2721,9 @@ forward_throw(Forward *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
         return NULL;
     }
+    if (forward_executing(self)) {
+        return NULL;
+    }
     if (self->state != FORWARD_RUNNING) { /* raised as a coroutine raises it before its first step or after its end */
         self->state = FORWARD_DONE;
         if (PyExceptionInstance_Check(args[0])) {
@@ -2710,8 +2734,10 @@ forward_throw(Forward *self, PyObject *const *args, Py_ssize_t nargs)
         }
         return NULL;
     }
+    self->executing = 1;
     result = PyObject_VectorcallMethod(str_throw, (PyObject *const[]){self->inner, args[0], nargs > 1 ? args[1] : NULL,
                                        nargs > 2 ? args[2] : NULL}, 1 + nargs, NULL);
+    self->executing = 0;
     if (result != NULL) {
         return result; /* what it yields next */
     }
@@ -2741,11 +2767,15 @@ forward_close(Forward *self, PyObject *unused)
 {
     PyObject *close, *done, *token;
     int failed = 0;
+    if (forward_executing(self)) {
+        return NULL;
+    }
     if (self->state != FORWARD_RUNNING) {
         self->state = FORWARD_DONE;
         Py_RETURN_NONE;
     }
     self->state = FORWARD_DONE;
+    self->executing = 1;
     close = PyObject_GetAttrString(self->inner, "close"); /* as `await` closes what it awaits, when it has close() */
     if (close == NULL) {
         failed = !PyErr_ExceptionMatches(PyExc_AttributeError);
@@ -2759,6 +2789,7 @@ forward_close(Forward *self, PyObject *unused)
         failed = done == NULL;
         Py_XDECREF(done);
     }
+    self->executing = 0;
     Py_CLEAR(self->inner);
     token = self->token;
     self->token = NULL;
@@ -2789,6 +2820,7 @@ forward_traverse(Forward *self, visitproc visit, void *arg)
 static int
 forward_clear(Forward *self)
 {
+    self->state = FORWARD_DONE; /* (cleared by the collector: nothing left to forward to) */
     Py_CLEAR(self->inner);
     Py_CLEAR(self->owner);
     Py_CLEAR(self->tee);
@@ -2856,6 +2888,7 @@ forward_new(int kind, PyObject *owner, PyObject *tee)
     self->tee = Py_XNewRef(tee);
     self->kind = kind;
     self->state = FORWARD_NEW;
+    self->executing = 0;
     PyObject_GC_Track(self);
     return self;
 }

@@ -253,6 +253,44 @@ def test_forward_throw_and_close_reach_the_app_and_unbind(started: Client) -> No
     forward.close()  # harmless once done
 
 
+@pytest.mark.parametrize("step", ["send", "throw", "close"])
+def test_a_step_called_from_within_its_own_step_is_refused_as_a_coroutine_refuses_it(started: Client,
+                                                                                     step: str) -> None:
+    # The app (or the server's receive) reaching the awaitable it runs in and stepping it: a running coroutine raises
+    # ValueError and goes on; the compiled awaitable must not end (and free) the app's coroutine while it runs.
+    def reenter(awaitable: Any) -> str:
+        args: tuple[Any, ...] = {"send": (None,), "throw": (KeyError("k"),), "close": ()}[step]
+        try:
+            getattr(awaitable, step)(*args)
+        except ValueError as error:
+            return str(error)
+        return "not refused"
+
+    class Server:
+        def __await__(self) -> Any:
+            seen.append(reenter(holder[1]))  # the tee's receive(), stepped from the server's awaitable
+            yield  # (a bare yield: the task steps it again)
+            return {"type": "http.request", "body": b"abc", "more_body": False}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(reenter(holder[0]))
+        await asyncio.sleep(0)
+        seen.append(reenter(holder[0]))
+        holder.append(receive())
+        message = await holder[1]
+        seen.append((message["body"], current_context.get().body_tee._chunks, current_context.get() is not None))
+
+    holder: list[Any] = []
+    seen: list[Any] = []
+    for call in (PYTHON_CALL, asgi.SqreenMiddleware.__call__):
+        holder.clear()
+        holder.append(call(asgi.SqreenMiddleware(app), http_scope(), Server, None))
+        run(holder[0])
+        assert current_context.get() is None
+    refused = "coroutine already executing"
+    assert seen == [refused, refused, refused, (b"abc", [b"abc"], True)] * 2
+
+
 def test_a_cancelled_request_is_unbound_and_the_app_sees_the_cancellation(started: Client) -> None:
     seen: list[Any] = []
 
