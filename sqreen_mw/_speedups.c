@@ -2711,11 +2711,50 @@ forward_send_method(Forward *self, PyObject *arg)
     return status == PYGEN_NEXT ? result : NULL;
 }
 
-/* throw(...) into what is awaited, as `await` forwards it; before the first step or after the last, raised here. */
+/* Raise what throw(exception[, value[, traceback]]) was given, as a coroutine raises it in its own frame: an instance
+ * (without a separate value) or a class and its value, with the traceback given, 0; -1 with a TypeError for anything
+ * else (the coroutine left as it was). */
+static int
+throw_here(PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *value = nargs > 1 ? args[1] : Py_None, *traceback = nargs > 2 ? args[2] : Py_None, *type, *tb;
+    if (traceback != Py_None && !PyTraceBack_Check(traceback)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return -1;
+    }
+    if (PyExceptionInstance_Check(args[0])) {
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return -1;
+        }
+        PyErr_SetObject((PyObject *)Py_TYPE(args[0]), args[0]);
+    }
+    else if (PyExceptionClass_Check(args[0])) {
+        PyErr_SetObject(args[0], value);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException, not %s",
+                     Py_TYPE(args[0])->tp_name);
+        return -1;
+    }
+    if (traceback != Py_None) {
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (value != NULL) {
+            PyException_SetTraceback(value, traceback);
+        }
+        Py_XDECREF(tb);
+        PyErr_Restore(type, value, Py_NewRef(traceback));
+    }
+    return 0;
+}
+
+/* throw(...) into what is awaited, as `await` forwards it; before the first step or after the last, raised here, and
+ * raised here too (what is awaited left as it is) when what is awaited has no throw(), as `await` does. */
 static PyObject *
 forward_throw(Forward *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *result, *type, *value, *traceback;
+    PyObject *result = NULL, *type, *value, *traceback, *throw;
     PySendResult status;
     if (nargs < 1 || nargs > 3) {
         PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
@@ -2725,18 +2764,23 @@ forward_throw(Forward *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (self->state != FORWARD_RUNNING) { /* raised as a coroutine raises it before its first step or after its end */
-        self->state = FORWARD_DONE;
-        if (PyExceptionInstance_Check(args[0])) {
-            PyErr_SetObject((PyObject *)Py_TYPE(args[0]), args[0]);
-        }
-        else {
-            PyErr_SetObject(args[0], nargs > 1 ? args[1] : Py_None);
+        if (throw_here(args, nargs) == 0) {
+            self->state = FORWARD_DONE;
         }
         return NULL;
     }
     self->executing = 1;
-    result = PyObject_VectorcallMethod(str_throw, (PyObject *const[]){self->inner, args[0], nargs > 1 ? args[1] : NULL,
-                                       nargs > 2 ? args[2] : NULL}, 1 + nargs, NULL);
+    throw = PyObject_GetAttr(self->inner, str_throw);
+    if (throw == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        self->executing = 0;
+        PyErr_Clear();
+        if (throw_here(args, nargs) == 0) {
+            (void)forward_finish(self, PYGEN_ERROR, &result);
+        }
+        return NULL;
+    }
+    result = throw == NULL ? NULL : PyObject_Vectorcall(throw, args, nargs, NULL);
+    Py_XDECREF(throw);
     self->executing = 0;
     if (result != NULL) {
         return result; /* what it yields next */

@@ -291,6 +291,62 @@ def test_a_step_called_from_within_its_own_step_is_refused_as_a_coroutine_refuse
     assert seen == [refused, refused, refused, (b"abc", [b"abc"], True)] * 2
 
 
+def test_throw_raises_what_a_coroutine_raises_when_there_is_no_throw_to_forward_to(started: Client) -> None:
+    class Plain:  # an iterator without throw(): `await` raises what is thrown in the awaiting frame
+        def __iter__(self) -> Plain:
+            return self
+
+        def __next__(self) -> None:
+            return None
+
+    class Awaitable:
+        def __await__(self) -> Plain:
+            return Plain()
+
+    def app(scope: Any, receive: Any, send: Any) -> Awaitable:  # an app giving an awaitable other than a coroutine
+        return Awaitable()
+
+    try:
+        raise OSError("with its traceback")
+    except OSError as error:
+        traceback = error.__traceback__
+    outcomes: list[list[Any]] = []
+    for call in (PYTHON_CALL, asgi.SqreenMiddleware.__call__):
+        outcome: list[Any] = []
+        for started_first, args in [(True, (KeyError("k"),)), (True, (KeyError, "v")), (False, (42,)),
+                                    (False, (KeyError("k"), "v")), (False, (KeyError, None, 5)),
+                                    (False, (OSError, OSError("x"), traceback))]:
+            awaitable = call(asgi.SqreenMiddleware(app), http_scope("GET"), None, None)
+            if started_first:
+                awaitable.send(None)
+            with pytest.raises(BaseException) as raised:
+                awaitable.throw(*args)
+            outcome.append((type(raised.value), str(raised.value), raised.value.__traceback__ is not None
+                            and raised.value.__traceback__.tb_frame is traceback.tb_frame))  # type: ignore[union-attr]
+            assert current_context.get() is None
+            try:  # what could not be thrown leaves the coroutine as it was; what was thrown ended it
+                outcome.append(awaitable.send(None))
+                awaitable.close()
+            except RuntimeError as error:
+                outcome.append(str(error))
+            assert current_context.get() is None
+
+        async def cancelled(call: Any) -> None:
+            task = asyncio.ensure_future(call(asgi.SqreenMiddleware(app), http_scope("GET"), None, None))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):  # cancelled, not an AttributeError
+                await task
+
+        asyncio.run(cancelled(call))
+        outcomes.append(outcome)
+    assert outcomes[1] == outcomes[0]
+    assert [kind for kind, _, _ in outcomes[0][::2]] == [KeyError, KeyError, TypeError, TypeError, TypeError, OSError]
+    assert outcomes[0][1::2] == ["cannot reuse already awaited coroutine"] * 2 + [None] * 3 + [
+        "cannot reuse already awaited coroutine"]
+    assert outcomes[0][-2][2]  # raised with the traceback given
+
+
 def test_a_cancelled_request_is_unbound_and_the_app_sees_the_cancellation(started: Client) -> None:
     seen: list[Any] = []
 
