@@ -2477,9 +2477,21 @@ static PyObject *
 awaited_iterator(PyObject *awaitable)
 {
     PyTypeObject *type = Py_TYPE(awaitable);
-    PyObject *iterator;
+    PyObject *iterator, *code;
+    int flags;
     if (PyCoro_CheckExact(awaitable)) {
         return Py_NewRef(awaitable);
+    }
+    if (PyGen_CheckExact(awaitable)) { /* a generator-based coroutine (types.coroutine) is awaited as it is */
+        code = PyObject_GetAttrString(awaitable, "gi_code");
+        if (code == NULL) {
+            return NULL;
+        }
+        flags = PyCode_Check(code) ? ((PyCodeObject *)code)->co_flags : 0;
+        Py_DECREF(code);
+        if (flags & CO_ITERABLE_COROUTINE) {
+            return Py_NewRef(awaitable);
+        }
     }
     if (type->tp_as_async == NULL || type->tp_as_async->am_await == NULL) {
         PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression", type->tp_name);
@@ -2487,8 +2499,13 @@ awaited_iterator(PyObject *awaitable)
     }
     iterator = type->tp_as_async->am_await(awaitable);
     if (iterator != NULL && (PyCoro_CheckExact(iterator) || !PyIter_Check(iterator))) {
-        PyErr_Format(PyExc_TypeError, "__await__() returned %s", PyCoro_CheckExact(iterator) ? "a coroutine"
-                     : "non-iterator of type '%.100s'", Py_TYPE(iterator)->tp_name);
+        if (PyCoro_CheckExact(iterator)) {
+            PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
+        }
+        else {
+            PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
+                         Py_TYPE(iterator)->tp_name);
+        }
         Py_CLEAR(iterator);
     }
     return iterator;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import types
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -345,6 +346,32 @@ def test_throw_raises_what_a_coroutine_raises_when_there_is_no_throw_to_forward_
     assert outcomes[0][1::2] == ["cannot reuse already awaited coroutine"] * 2 + [None] * 3 + [
         "cannot reuse already awaited coroutine"]
     assert outcomes[0][-2][2]  # raised with the traceback given
+
+
+def test_what_the_app_gives_is_awaited_as_await_takes_it(started: Client) -> None:
+    @types.coroutine
+    def generator_based(scope: Any, receive: Any, send: Any) -> Any:  # a generator-based coroutine: awaitable
+        yield "step"
+        return current_context.get()
+
+    class NotAnIterator:
+        def __await__(self) -> Any:
+            return 5
+
+    def not_iterator(scope: Any, receive: Any, send: Any) -> NotAnIterator:
+        return NotAnIterator()
+
+    outcomes = []
+    for call in (PYTHON_CALL, asgi.SqreenMiddleware.__call__):
+        awaitable = call(asgi.SqreenMiddleware(generator_based), http_scope("GET"), None, None)
+        outcomes.append(awaitable.send(None))
+        with pytest.raises(StopIteration):
+            awaitable.send(None)
+        with pytest.raises(TypeError) as raised:
+            run(call(asgi.SqreenMiddleware(not_iterator), http_scope("GET"), None, None))
+        outcomes.append(str(raised.value))
+    assert outcomes[2:] == outcomes[:2] == ["step", "__await__() returned non-iterator of type 'int'"]
+    assert current_context.get() is None
 
 
 def test_a_cancelled_request_is_unbound_and_the_app_sees_the_cancellation(started: Client) -> None:
