@@ -1830,6 +1830,17 @@ unbind(PyObject *context, PyObject *token)
     failed = PyContextVar_Reset(context, token) < 0;
     Py_DECREF(token);
     if (failed) {
+        if (type != NULL) { /* the reset's error, the one being raised as its __context__ (as a finally clause's) */
+            PyObject *new_type, *new_value, *new_traceback;
+            PyErr_NormalizeException(&type, &value, &traceback);
+            if (traceback != NULL) {
+                PyException_SetTraceback(value, traceback);
+            }
+            PyErr_Fetch(&new_type, &new_value, &new_traceback);
+            PyErr_NormalizeException(&new_type, &new_value, &new_traceback);
+            PyException_SetContext(new_value, Py_NewRef(value));
+            PyErr_Restore(new_type, new_value, new_traceback);
+        }
         Py_XDECREF(type);
         Py_XDECREF(value);
         Py_XDECREF(traceback);
@@ -3045,8 +3056,10 @@ asgi_call(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwname
         || PyUnicode_Compare(kind, str_http) != 0) {
         return asgi_fallback(self, args, nargsf, kwnames); /* a lifespan, a websocket, an odd scope */
     }
+    Py_INCREF(method); /* held: what runs next may be Python code, which may change the scope */
     client = middleware_client(self, args[0]);
     if (client == NULL) {
+        Py_DECREF(method);
         return asgi_fallback(self, args, nargsf, kwnames);
     }
     started = slot_read(&self->reads[READ_STARTED], client, str__started_pid); /* None: a first request */
@@ -3055,7 +3068,8 @@ asgi_call(WSGICall *self, PyObject *const *args, size_t nargsf, PyObject *kwname
     if (check == 0) {
         check = blocks_to_check(self->reads, client);
     }
-    bodiless = check == 0 ? PySet_Contains(no_body, method) : 0;
+    bodiless = check == 0 ? PySet_Contains(no_body, method) : 0; /* (an exact str: no Python code runs) */
+    Py_DECREF(method);
     if (check != 0 || bodiless < 0) {
         Py_DECREF(client);
         return asgi_fallback(self, args, nargsf, kwnames);

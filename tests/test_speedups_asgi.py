@@ -484,3 +484,22 @@ def test_servers_and_frameworks_still_see_a_coroutine_function() -> None:
     config.load()
     assert config.loaded_app is middleware  # ASGI 3, not wrapped in uvicorn's ASGI 2 adapter
     assert asgi.SqreenMiddleware.__call__.__wrapped__ is PYTHON_CALL  # type: ignore[attr-defined]
+
+
+def test_a_request_resumed_in_another_context_raises_the_reset_error_chained_to_the_apps(started: Client) -> None:
+    import contextvars
+
+    class Pending:
+        def __await__(self) -> Any:
+            yield "waiting"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await Pending()
+        raise LookupError("app broke")
+
+    forward = asgi.SqreenMiddleware(app)(http_scope("GET"), None, None)
+    assert contextvars.copy_context().run(forward.send, None) == "waiting"  # bound in that copy
+    with pytest.raises(ValueError, match="different Context") as raised:  # resumed here: the reset cannot be made
+        forward.send(None)
+    assert isinstance(raised.value.__context__, LookupError)  # as a finally clause's error would be
+    assert current_context.get() is None
