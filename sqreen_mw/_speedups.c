@@ -806,19 +806,28 @@ tee_complete(PyObject *tee)
 static int
 reaches_nothing_tracked(PyObject *value, int depth)
 {
+    PyTypeObject *type = Py_TYPE(value);
     Py_ssize_t i;
-    if (!PyObject_IS_GC(value) || !PyObject_GC_IsTracked(value)) {
+    if (!PyType_IS_GC(type)) { /* text, bytes, numbers, None: read off the type's flags */
         return 1;
     }
-    if (!PyTuple_CheckExact(value) || depth == 0) {
-        return 0;
-    }
-    for (i = 0; i < PyTuple_GET_SIZE(value); i++) {
-        if (!reaches_nothing_tracked(PyTuple_GET_ITEM(value, i), depth - 1)) {
-            return 0;
+    if (type == &PyTuple_Type && depth > 0) {
+        for (i = PyTuple_GET_SIZE(value) - 1; i >= 0; i--) { /* from the end: a capture's tee, path parameters */
+            PyObject *item = PyTuple_GET_ITEM(value, i);
+            if (!PyType_IS_GC(Py_TYPE(item))) {
+                continue;
+            }
+            if (Py_IS_TYPE(item, &PyTuple_Type) && PyTuple_GET_SIZE(item) == 2 /* a header pair, inline */
+                && !PyType_IS_GC(Py_TYPE(PyTuple_GET_ITEM(item, 0))) && !PyType_IS_GC(Py_TYPE(PyTuple_GET_ITEM(item, 1)))) {
+                continue;
+            }
+            if (!reaches_nothing_tracked(item, depth - 1)) {
+                return 0;
+            }
         }
+        return 1;
     }
-    return 1;
+    return !PyObject_GC_IsTracked(value);
 }
 
 /* A request's capture is kept by its events until they are sent: when it holds nothing tracked (its dicts are
