@@ -48,6 +48,7 @@ SUITE = (
     Script("sdk", "bench_sdk.py"),
     Script("peers", "bench_peers.py"),
     Script("wrk", "bench_wrk.py"),
+    Script("gc", "bench_gc.py"),
     Script("blocking", "bench_blocking.py"),
     Script("protect", "bench_protect.py", quick=("--attacks", "10")),
     Script("collector", "bench_collector.py"),

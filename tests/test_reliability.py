@@ -274,3 +274,38 @@ def test_track_either_queues_an_event_that_leaves_the_process_or_raises_invalid_
             text.encode()  # no lone surrogate: the collector would refuse it
     finally:
         client.shutdown(0.1)
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "stdlib"])
+def test_a_batch_is_encoded_a_chunk_at_a_time_into_the_body_it_would_be_in_one_piece(
+        encoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqreen_mw import _client, _transport
+    from sqreen_mw._context import ASGI, RequestContext, current_context
+
+    if encoder == "stdlib":
+        monkeypatch.setattr(_transport, "_orjson_dumps", None)
+    client = sqreen_mw.Client(API_KEY, f"http://127.0.0.1:{free_port()}", install_signal_handler=False,
+                              heartbeat_interval=60)
+    sizes: list[int] = []
+    real = _transport.encode_batch
+    monkeypatch.setattr(_client, "encode_batch", lambda events: sizes.append(len(events)) or real(events))
+    try:
+        for i in range(250):  # in and out of requests, some of them sharing one
+            if i % 3:
+                client.track("e", properties={"n": i, "text": "é\u2028"})
+                continue
+            scope = {"type": "http", "method": "GET", "path": f"/p/{i % 7}", "query_string": b"q=1", "headers": [],
+                     "client": ("203.0.113.9", 4000)}
+            token = current_context.set(RequestContext(ASGI, scope))
+            try:
+                client.track("e", properties={"n": i})
+            finally:
+                current_context.reset(token)
+        batch = client.queue.take(1000)
+        payload, kept = client._serialize(batch)
+        assert kept == batch and sizes == [100, 100, 50]  # no more than a chunk's wire events alive at once
+        whole = real([client._wire(record, {}) for record in batch])
+        assert payload == whole  # byte for byte
+        assert [event["properties"]["n"] for event in json.loads(payload)["events"]] == list(range(250))
+    finally:
+        client.shutdown(0.1)
