@@ -508,7 +508,7 @@ class Client:
         parts = [encode_batch(self._wire_all(batch[start:start + _WIRE_CHUNK], scrubbed))
                  for start in range(0, len(batch), _WIRE_CHUNK)]
         # each part is b'{"events":[...]}' (orjson's or the standard library's compact JSON): their arrays joined
-        return b'{"events":[' + b",".join(part[_EVENTS_HEAD:-2] for part in parts) + b"]}"
+        return b"".join((b'{"events":[', b",".join([memoryview(part)[_EVENTS_HEAD:-2] for part in parts]), b"]}"))
 
     def _serialize(self, batch: list[Record]) -> tuple[bytes | None, list[Record]]:
         """The batch body and the records in it; a record that cannot be encoded is left out (the caller counts).
