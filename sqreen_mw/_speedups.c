@@ -2358,18 +2358,17 @@ slot_offsets(PyObject *type, const char *const *names, Py_ssize_t *offsets, int 
     return 0;
 }
 
+/* A WSGICall or ASGICall (`call` its vectorcall): the arguments held, the slots' offsets of the context type and of
+ * the body tee's type (`tee_names`, `tee_count`) found once. */
 static PyObject *
-wsgi_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+method_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs, const char *format, char **keywords,
+                vectorcallfunc call, const char *const *tee_names, int tee_count)
 {
-    static char *keywords[] = {"fallback", "globals", "context", "context_type", "input_type", NULL};
     static const char *const slot_names[SLOTS] = {"_capture", "blocked", "body_tee", "kind", "raw", "traits", "user"};
-    static const char *const tee_names[TEE_SLOTS] = {"limit", "_chunks", "_size", "ended", "overflow", "read_any",
-                                                     "_prefetched", "_rewound", "_parsed", "_stream", "_remaining",
-                                                     "_buffer"};
     PyObject *fallback, *globals, *context, *ctx_type, *tee_type;
     WSGICall *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!O!O!:WSGICall", keywords, &fallback, &PyDict_Type, &globals,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, format, keywords, &fallback, &PyDict_Type, &globals,
                                      &PyContextVar_Type, &context, &PyType_Type, &ctx_type, &PyType_Type, &tee_type)) {
         return NULL;
     }
@@ -2377,18 +2376,29 @@ wsgi_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         return NULL;
     }
-    self->vectorcall = (vectorcallfunc)wsgi_call;
+    self->vectorcall = call;
     self->fallback = Py_NewRef(fallback);
     self->globals = Py_NewRef(globals);
     self->context = Py_NewRef(context);
     self->ctx_type = Py_NewRef(ctx_type);
     self->tee_type = Py_NewRef(tee_type);
     if (slot_offsets(ctx_type, slot_names, self->slots, SLOTS) < 0
-        || slot_offsets(tee_type, tee_names, self->tee_slots, TEE_SLOTS) < 0) {
+        || slot_offsets(tee_type, tee_names, self->tee_slots, tee_count) < 0) {
         Py_DECREF(self);
         return NULL;
     }
     return (PyObject *)self;
+}
+
+static PyObject *
+wsgi_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"fallback", "globals", "context", "context_type", "input_type", NULL};
+    static const char *const tee_names[TEE_SLOTS] = {"limit", "_chunks", "_size", "ended", "overflow", "read_any",
+                                                     "_prefetched", "_rewound", "_parsed", "_stream", "_remaining",
+                                                     "_buffer"};
+    return method_call_new(type, args, kwargs, "OO!O!O!O!:WSGICall", keywords, (vectorcallfunc)wsgi_call, tee_names,
+                           TEE_SLOTS);
 }
 
 static int
@@ -3142,32 +3152,10 @@ static PyObject *
 asgi_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"fallback", "globals", "context", "context_type", "tee_type", NULL};
-    static const char *const slot_names[SLOTS] = {"_capture", "blocked", "body_tee", "kind", "raw", "traits", "user"};
     static const char *const tee_names[ATEE_SLOTS] = {"limit", "_chunks", "_size", "ended", "overflow", "read_any",
                                                       "_parsed", "_receive"};
-    PyObject *fallback, *globals, *context, *ctx_type, *tee_type;
-    WSGICall *self;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!O!O!:ASGICall", keywords, &fallback, &PyDict_Type, &globals,
-                                     &PyContextVar_Type, &context, &PyType_Type, &ctx_type, &PyType_Type, &tee_type)) {
-        return NULL;
-    }
-    self = (WSGICall *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->vectorcall = (vectorcallfunc)asgi_call;
-    self->fallback = Py_NewRef(fallback);
-    self->globals = Py_NewRef(globals);
-    self->context = Py_NewRef(context);
-    self->ctx_type = Py_NewRef(ctx_type);
-    self->tee_type = Py_NewRef(tee_type);
-    if (slot_offsets(ctx_type, slot_names, self->slots, SLOTS) < 0
-        || slot_offsets(tee_type, tee_names, self->tee_slots, ATEE_SLOTS) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
+    return method_call_new(type, args, kwargs, "OO!O!O!O!:ASGICall", keywords, (vectorcallfunc)asgi_call, tee_names,
+                           ATEE_SLOTS);
 }
 
 static PyTypeObject ASGICallType = {

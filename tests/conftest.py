@@ -59,6 +59,17 @@ def _sdk_errors_fail_tests(request: pytest.FixtureRequest, caplog: pytest.LogCap
 
 
 @pytest.fixture
+def started() -> Iterator[sqreen_mw.Client]:
+    """The global client, marked started (no flusher thread, nothing listening at its URL): the compiled
+    middlewares serve a started client's requests, the Python methods a first request's."""
+    client = _lifecycle.set_client(sqreen_mw.Client(token="t", url="http://127.0.0.1:9", install_signal_handler=False))
+    client._started_pid = os.getpid()
+    yield client
+    _lifecycle._current = None
+    client._closed, client._accepting = True, False
+
+
+@pytest.fixture
 def make_client() -> Iterator[Callable[..., sqreen_mw.Client]]:
     """Build clients (installed as the global one) and shut them all down at the end of the test."""
     made: list[sqreen_mw.Client] = []

@@ -579,15 +579,6 @@ def test_first_event_captures_a_wsgi_request_as_python_does(environ: dict[str, A
         client._closed, client._accepting = True, False
 
 
-@pytest.fixture
-def started() -> Iterator[Client]:
-    client = _lifecycle.set_client(Client(token="t", url=URL, install_signal_handler=False))
-    client._started_pid = os.getpid()  # the compiled middleware serves a started client's requests
-    yield client
-    _lifecycle._current = None
-    client._closed, client._accepting = True, False
-
-
 def test_compiled_middleware_binds_the_request_as_python_does(started: Client) -> None:
     from sqreen_mw._context import WSGI
     from sqreen_mw.wsgi import SqreenMiddleware

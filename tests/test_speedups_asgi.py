@@ -8,7 +8,6 @@ close) the compiled awaitable forwards as ``await`` in a coroutine does.
 from __future__ import annotations
 
 import asyncio
-import os
 import types
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sqreen_mw import _lifecycle, asgi
+from sqreen_mw import asgi
 from sqreen_mw._body import ASGIBodyTee
 from sqreen_mw._client import Client
 from sqreen_mw._context import ASGI, RequestContext, current_context
@@ -27,18 +26,8 @@ from .support import all_slots
 
 pytestmark = pytest.mark.skipif(speedups is None, reason="sqreen_mw was installed without its compiled part")
 
-URL = "http://127.0.0.1:9"  # nothing listens: nothing tracked here is sent
 PYTHON_CALL = asgi.SqreenMiddleware.__call__.__wrapped__  # type: ignore[attr-defined]
 TEE_SLOTS = all_slots(ASGIBodyTee)
-
-
-@pytest.fixture
-def started() -> Iterator[Client]:
-    client = _lifecycle.set_client(Client(token="t", url=URL, install_signal_handler=False))
-    client._started_pid = os.getpid()  # the compiled call serves a started client's requests
-    yield client
-    _lifecycle._current = None
-    client._closed, client._accepting = True, False
 
 
 def http_scope(method: str = "POST", **extra: Any) -> dict[str, Any]:
