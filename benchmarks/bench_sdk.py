@@ -669,6 +669,18 @@ def bench_memory(report: Report, events: int, requests: int, sites: bool) -> lis
                 track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
             current_context.reset(token)
 
+    def browser() -> None:
+        for i in range(events):
+            # one event a request, each request as a browser sends it: a dozen headers, a 1 KB cookie, made per request
+            scope = scope_for(i)
+            scope["headers"] = [*scope["headers"], (b"accept", b"text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"),
+                                (b"accept-language", b"en-US,en;q=0.9"), (b"referer", b"https://shop.example.com/"),
+                                (b"cookie", b"session=%08d; prefs=" % i + b"p" * 1000),
+                                (b"sec-fetch-mode", b"navigate"), (b"connection", b"keep-alive")]
+            token = current_context.set(RequestContext(ASGI, scope, None))
+            track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
+            current_context.reset(token)
+
     try:
         floor_total, _ = _traced_bytes(floor, False)
         fb = floor_total / events
@@ -677,6 +689,7 @@ def bench_memory(report: Report, events: int, requests: int, sites: bool) -> lis
         for label, fn, detail in (
             ("queued event, outside a request", outside, "outside a request"),
             (f"queued event, {requests:,} requests x {per_request}", inside, "in requests"),
+            ("queued event, a browser's request each", browser, "a browser's requests"),
         ):
             drain()
             estimate_before = client.queue.statistics()["queued_bytes"]

@@ -22,6 +22,7 @@ from ._context import (
     RequestContext,
     _body_params,
     _EnvironHeaders,
+    asgi_wanted,
     context_for,
     current_context,
     environ_key,
@@ -108,6 +109,7 @@ class Client:
         self.enabled = settings["token"] is not None
         self.resolver = ClientIPResolver(settings["trusted_proxies"], settings["ip_header"])
         self._ip_key = environ_key(self.resolver.ip_header)
+        self._asgi_wanted = asgi_wanted(self.resolver.ip_header)
         self.scrubber = Scrubber(
             enabled=settings["strip_sensitive_data"],
             sensitive_keys=settings["sensitive_keys"],
@@ -148,7 +150,7 @@ class Client:
         # The common track() call compiled (_speedups.Tracker), handing every other call to _track_py.
         self._track: Callable[..., bool] = self._track_py if speedups is None else speedups.Tracker(
             self, self._track_py, self._names, _KNOWN_KEYS, self._seq, self.queue, current_context, RequestContext,
-            self._ip_key, _unreadable)
+            self._ip_key, self._asgi_wanted, _unreadable)
         if not self.enabled:
             logger.warning("sqreen_mw has no token (SQREEN_TOKEN): calls are validated but no event is sent")
         _live_clients.add(self)
@@ -204,7 +206,7 @@ class Client:
             same_request = captured is not None
             if captured is None:
                 try:
-                    captured = ctx.capture(self._ip_key)
+                    captured = ctx.capture(self._ip_key, self._asgi_wanted)
                 except Exception as exc:
                     _unreadable(exc)
             record = (_time_ns(), next(self._seq), event_name, props, ctx.user, None, captured, None, size + 200,
@@ -268,7 +270,7 @@ class Client:
             if captured is None or collect_body:
                 try:
                     if captured is None:  # the request's first event: its raw parts, by reference
-                        captured = ctx.capture(self._ip_key)
+                        captured = ctx.capture(self._ip_key, self._asgi_wanted)
                     if collect_body:
                         body = ctx.body(self.max_body_bytes)
                         size += len(repr(body))

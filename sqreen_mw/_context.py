@@ -34,6 +34,10 @@ DJANGO = 2
 Capture = tuple[Any, ...]
 
 
+#: The ASGI header names the default properties read (with the configured ``ip_header``: :func:`asgi_wanted`).
+_WANTED = frozenset({b"user-agent", b"content-type", b"x-forwarded-for", b"forwarded", b"x-real-ip"})
+
+
 class RequestContext:
     """What sqreen_mw knows about the request being served: the raw request, the identified user, the block flag."""
 
@@ -63,13 +67,16 @@ class RequestContext:
         meta = raw if self.kind == WSGI else raw.META
         return resolver.resolve(meta.get("REMOTE_ADDR"), _EnvironHeaders(meta))
 
-    def capture(self, ip_key: str | None = None) -> Capture:
+    def capture(self, ip_key: str | None = None, wanted: frozenset[bytes] = _WANTED) -> Capture:
         """The request's raw parts for its events, taken once (the first event's view of the request).
 
         Only references and small copies: the header pairs, strings and bytes of the request do not change; what
-        the application may change later (path parameters, a parsed JSON body, a form) is copied.
+        the application may change later (path parameters, a parsed JSON body, a form) is copied. Of the headers,
+        only those the default properties read are kept (an event waits in the queue until its batch is sent: a
+        browser's cookies would wait with it).
 
         :param ip_key: the environ key of the configured ``ip_header`` (:func:`environ_key`), WSGI and Django only.
+        :param wanted: the ASGI header names kept (:func:`asgi_wanted` of the configured ``ip_header``).
         """
         captured = self._capture
         if captured is None:
@@ -85,7 +92,7 @@ class RequestContext:
                 path_params = raw.get("path_params")
                 tee = self.body_tee
                 captured = (
-                    ASGI, client, headers if type(headers) is tuple else tuple(headers or ()), path, method, kind,
+                    ASGI, client, _wanted_pairs(headers, wanted), path, method, kind,
                     query, dict(path_params) if path_params else None,
                     # _complete_body(tee), inline: the tee of a body the application read in full, else None
                     tee if tee is not None and tee.ended and tee.read_any and not tee.overflow else None,
@@ -99,7 +106,7 @@ class RequestContext:
 
     def info(self, resolver: ClientIPResolver) -> RequestInfo:
         """The request's default properties (unscrubbed: scrubbing happens before the event leaves the process)."""
-        return request_info(self.capture(environ_key(resolver.ip_header)), resolver)
+        return request_info(self.capture(environ_key(resolver.ip_header), asgi_wanted(resolver.ip_header)), resolver)
 
     def body(self, max_bytes: int) -> Any:
         """The request body, at most ``max_bytes`` of it, parsed as JSON or form data when its content type says so."""
@@ -161,7 +168,27 @@ def _classify(request: object) -> tuple[int, Any]:
     return kind, raw
 
 
-_WANTED = frozenset({b"user-agent", b"content-type", b"x-forwarded-for", b"forwarded", b"x-real-ip"})
+
+
+def asgi_wanted(ip_header: str | None) -> frozenset[bytes]:
+    """The ASGI header names the default properties read: :data:`_WANTED` and the configured ``ip_header``."""
+    if ip_header is None:
+        return _WANTED
+    try:
+        return _WANTED | {ip_header.encode("latin-1")}
+    except UnicodeEncodeError:  # no ASGI header has that name: only the usual ones are read
+        return _WANTED
+
+
+def _wanted_pairs(headers: Any, wanted: frozenset[bytes]) -> tuple[Any, ...]:
+    # The scope's header pairs whose name is wanted, in order (the pairs themselves: bytes do not change). Headers
+    # that are not pairs are kept as they were: request_info() then says what it cannot read, as it always did.
+    pairs = headers if type(headers) is tuple else tuple(headers or ())
+    try:
+        kept = tuple([pair for pair in pairs if pair[0] in wanted])
+    except Exception:
+        return pairs
+    return pairs if len(kept) == len(pairs) else kept
 
 
 def _asgi_headers(pairs: Any, extra: str | None = None) -> dict[str, str]:

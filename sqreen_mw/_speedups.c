@@ -675,6 +675,7 @@ typedef struct {
     PyObject *ctx_type;    /* _context.RequestContext: its slots are read at their offsets */
     Py_ssize_t offsets[CTX_FIELDS]; /* of _capture, user, blocked in a RequestContext; -1: read as attributes */
     PyObject *ip_key;      /* Client._ip_key */
+    PyObject *wanted;      /* Client._asgi_wanted: the ASGI header names a capture keeps */
     PyObject *unreadable;  /* callable(exception): logs a request that could not be read */
     PyTypeObject *client_type; /* the client's type when created, whose slots these are: */
     Py_ssize_t client_slots[CLIENT_FIELDS]; /* Client._capture, _accepting, _started_pid, enforcer; -1: attributes */
@@ -698,6 +699,7 @@ tracker_traverse(Tracker *self, visitproc visit, void *arg)
     Py_VISIT(self->context);
     Py_VISIT(self->ctx_type);
     Py_VISIT(self->ip_key);
+    Py_VISIT(self->wanted);
     Py_VISIT(self->unreadable);
     Py_VISIT(self->client_type);
     Py_VISIT(self->enforcer_type);
@@ -719,6 +721,7 @@ tracker_clear(Tracker *self)
     Py_CLEAR(self->context);
     Py_CLEAR(self->ctx_type);
     Py_CLEAR(self->ip_key);
+    Py_CLEAR(self->wanted);
     Py_CLEAR(self->unreadable);
     Py_CLEAR(self->client_type);
     Py_CLEAR(self->enforcer_type);
@@ -841,6 +844,49 @@ untrack_plain_capture(PyObject *captured)
     }
 }
 
+/* _context._wanted_pairs() of a scope's headers (an exact list or tuple) whose every item is a pair of an exact
+ * bytes name and a value: the pairs whose name is in `wanted`, in order (a tuple of the headers themselves when all
+ * are). A new reference; NULL without an exception for any other shape (the Python method captures it). */
+static PyObject *
+wanted_pairs(PyObject *headers, PyObject *wanted)
+{
+    Py_ssize_t n, i, kept = 0, at = 0;
+    PyObject **items, *out;
+    if (PyList_CheckExact(headers)) { /* a snapshot: making the result may run a finalizer, which may change a list */
+        PyObject *snapshot = PyList_AsTuple(headers);
+        if (snapshot == NULL) {
+            return NULL;
+        }
+        out = wanted_pairs(snapshot, wanted);
+        Py_DECREF(snapshot);
+        return out;
+    }
+    n = PyTuple_GET_SIZE(headers);
+    items = &PyTuple_GET_ITEM(headers, 0);
+    for (i = 0; i < n; i++) { /* exact bytes in a frozenset of bytes: no Python code runs */
+        PyObject *pair = items[i];
+        int in;
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
+            return NULL;
+        }
+        in = PySet_Contains(wanted, PyTuple_GET_ITEM(pair, 0));
+        if (in < 0) {
+            return NULL;
+        }
+        kept += in;
+    }
+    if (kept == n && PyTuple_CheckExact(headers)) {
+        return Py_NewRef(headers);
+    }
+    out = PyTuple_New(kept);
+    for (i = 0; out != NULL && at < kept; i++) {
+        if (PySet_Contains(wanted, PyTuple_GET_ITEM(items[i], 0)) == 1) {
+            PyTuple_SET_ITEM(out, at++, Py_NewRef(items[i]));
+        }
+    }
+    return out;
+}
+
 /* RequestContext.capture() of an ASGI request whose scope is a plain dict:
  * the same tuple, stored in ctx._capture. A new reference; NULL without an exception for every other request (the
  * Python method captures it); NULL with one on a fault. */
@@ -888,21 +934,17 @@ asgi_capture(Tracker *self, PyObject *ctx)
     }
     held = 1;
     headers = values[1];
-    if (PyTuple_CheckExact(headers)) {
-        Py_INCREF(headers);
-    }
-    else if (PyList_CheckExact(headers)) {
-        headers = PyList_AsTuple(headers);
-    }
-    else if (headers == Py_None) {
+    if (headers == Py_None) {
         headers = Py_NewRef(empty_tuple);
+    }
+    else if (PyTuple_CheckExact(headers) || PyList_CheckExact(headers)) {
+        headers = wanted_pairs(headers, self->wanted);
     }
     else {
         headers = NULL;
-        goto done; /* not handled: the Python method */
     }
     if (headers == NULL) {
-        goto done;
+        goto done; /* with an exception, a fault; without, not handled: the Python method */
     }
     params = PyDict_GetItemWithError(raw, str_path_params);
     if (params == NULL || params == Py_None || (PyDict_CheckExact(params) && PyDict_GET_SIZE(params) == 0)) {
@@ -1350,7 +1392,7 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
                 captured = wsgi_capture(self, ctx);
             }
             if (captured == NULL && !PyErr_Occurred()) {
-                captured = PyObject_CallMethodOneArg(ctx, str_capture, self->ip_key);
+                captured = PyObject_CallMethodObjArgs(ctx, str_capture, self->ip_key, self->wanted, NULL);
             }
             if (captured == NULL) { /* a request that cannot be read is no app error: logged, the event kept */
                 PyObject *type, *value, *traceback, *logged;
@@ -1555,13 +1597,14 @@ static PyObject *
 tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"client", "fallback", "names", "known_keys", "seq", "queue", "context",
-                               "context_type", "ip_key", "unreadable", NULL};
-    PyObject *client, *fallback, *names, *known, *seq, *queue, *context, *ctx_type, *ip_key, *unreadable;
+                               "context_type", "ip_key", "wanted", "unreadable", NULL};
+    PyObject *client, *fallback, *names, *known, *seq, *queue, *context, *ctx_type, *ip_key, *wanted, *unreadable;
     Tracker *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!O!OOO!O!OO:Tracker", keywords, &client, &fallback,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!O!OOO!O!OO!O:Tracker", keywords, &client, &fallback,
                                      &PySet_Type, &names, &PyDict_Type, &known, &seq, &queue, &PyContextVar_Type,
-                                     &context, &PyType_Type, &ctx_type, &ip_key, &unreadable)) {
+                                     &context, &PyType_Type, &ctx_type, &ip_key, &PyFrozenSet_Type, &wanted,
+                                     &unreadable)) {
         return NULL;
     }
     self = (Tracker *)type->tp_alloc(type, 0);
@@ -1588,6 +1631,7 @@ tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->offsets[CTX_RAW] = slot_offset(ctx_type, str_raw);
     self->offsets[CTX_TEE] = slot_offset(ctx_type, str_body_tee);
     self->ip_key = Py_NewRef(ip_key);
+    self->wanted = Py_NewRef(wanted);
     self->unreadable = Py_NewRef(unreadable);
     if (tracker_slots(self) < 0) {
         Py_DECREF(self);

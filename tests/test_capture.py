@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sqreen_mw._context as context_module
 from sqreen_mw import Client
@@ -178,3 +180,64 @@ def test_a_capture_that_cannot_be_keyed_still_gets_its_properties(client: Client
     info = client._request_info(odd, shared=True)
     assert info is not None and info["path"] is None and info["user_agent"] == "curl/8"
     assert not client._info_cache
+
+
+HEADER_NAMES = [b"user-agent", b"content-type", b"x-forwarded-for", b"forwarded", b"x-real-ip", b"cf-connecting-ip",
+                b"cookie", b"accept", b"authorization", b"host"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(HEADER_NAMES), st.binary(max_size=12)), max_size=12),
+       st.sampled_from([None, "cf-connecting-ip", "x-real-ip"]), st.booleans())
+def test_a_capture_keeps_only_the_headers_its_properties_read(headers: list[tuple[bytes, bytes]],
+                                                               ip_header: str | None, as_tuple: bool) -> None:
+    client = Client(token="t", url="http://127.0.0.1:9", heartbeat_interval=3600, batch_size=10_000,
+                    ip_header=ip_header, trusted_proxies=["10.0.0.0/8", "127.0.0.1/32"], install_signal_handler=False)
+    try:
+        client.track("e", properties={"n": 0})  # the key seen: the next call is the common one (compiled if built)
+        client.queue.take(1)
+        client.queue.done()
+        raw = {**scope(), "headers": tuple(headers) if as_tuple else list(headers)}
+        ctx = RequestContext(ASGI, raw)
+        token = current_context.set(ctx)
+        try:
+            client.track("e", properties={"n": 1})
+        finally:
+            current_context.reset(token)
+        wanted = {b"user-agent", b"content-type", b"x-forwarded-for", b"forwarded", b"x-real-ip"}
+        if ip_header is not None:
+            wanted.add(ip_header.encode())
+        kept = ctx._capture[2]
+        assert list(kept) == [pair for pair in headers if pair[0] in wanted]  # in order, repeated names too
+        assert all(a is b for a, b in zip(kept, (p for p in headers if p[0] in wanted), strict=True))  # the pairs
+        whole = (*ctx._capture[:2], tuple(headers), *ctx._capture[3:])
+        assert context_module.request_info(ctx._capture, client.resolver) == context_module.request_info(
+            whole, client.resolver)  # the same default properties as from every header
+        (event,) = sent(client)
+        assert event["request"] == client.scrubber.scrub(context_module.request_info(whole, client.resolver))
+    finally:
+        client.shutdown(timeout=0.1)
+
+
+def test_a_queued_event_does_not_hold_the_requests_other_headers(client: Client) -> None:
+    import gc
+
+    cookie = b"session=" + b"x" * 4096
+    raw = {**scope(), "headers": [(b"user-agent", b"curl/8"), (b"cookie", cookie), (b"accept", b"*/*")]}
+    client.track("e", properties={"n": 0})
+    client.queue.take(1)
+    client.queue.done()
+    token = current_context.set(RequestContext(ASGI, raw))
+    try:
+        client.track("e", properties={"n": 1})
+    finally:
+        current_context.reset(token)
+    (record,) = client.queue.take(1)
+    client.queue.done()
+    seen, stack = set(), [record]
+    while stack:  # everything the record keeps alive
+        value = stack.pop()
+        if id(value) not in seen:
+            seen.add(id(value))
+            stack.extend(gc.get_referents(value))
+    assert id(raw["headers"][0]) in seen and id(cookie) not in seen and id(raw["headers"][2]) not in seen

@@ -350,7 +350,7 @@ def test_tracker_bad_input_raises_invalid_event(clients: tuple[Client, Client]) 
 class _Unreadable(RequestContext):
     __slots__ = ("error",)
 
-    def capture(self, ip_key: str | None = None) -> Any:
+    def capture(self, ip_key: str | None = None, wanted: frozenset[bytes] = frozenset()) -> Any:
         raise self.error
 
 
