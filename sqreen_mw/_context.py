@@ -60,6 +60,8 @@ class RequestContext:
     def client_ip(self, resolver: ClientIPResolver) -> str | None:
         """The client IP alone, as :meth:`info` would give it (the block check needs nothing else)."""
         raw = self.raw
+        if raw is None:  # released: served
+            return None
         if self.kind == ASGI:
             client = raw.get("client")
             return resolver.resolve(client[0] if client else None, _asgi_headers(raw.get("headers"),
@@ -67,7 +69,7 @@ class RequestContext:
         meta = raw if self.kind == WSGI else raw.META
         return resolver.resolve(meta.get("REMOTE_ADDR"), _EnvironHeaders(meta))
 
-    def capture(self, ip_key: str | None = None, wanted: frozenset[bytes] = _WANTED) -> Capture:
+    def capture(self, ip_key: str | None = None, wanted: frozenset[bytes] = _WANTED) -> Capture | None:
         """The request's raw parts for its events, taken once (the first event's view of the request).
 
         Only references and small copies: the header pairs, strings and bytes of the request do not change; what
@@ -77,10 +79,13 @@ class RequestContext:
 
         :param ip_key: the environ key of the configured ``ip_header`` (:func:`environ_key`), WSGI and Django only.
         :param wanted: the ASGI header names kept (:func:`asgi_wanted` of the configured ``ip_header``).
+        :returns: ``None`` once the request has been served (:meth:`release`) without having been captured.
         """
         captured = self._capture
         if captured is None:
             raw = self.raw
+            if raw is None:
+                return None
             if self.kind == ASGI:
                 try:  # the keys a server sets (subscripts are cheaper than get() calls)
                     client, headers, path, method, kind, query = (
@@ -104,9 +109,21 @@ class RequestContext:
             self._capture = captured
         return captured
 
-    def info(self, resolver: ClientIPResolver) -> RequestInfo:
+    def info(self, resolver: ClientIPResolver) -> RequestInfo | None:
         """The request's default properties (unscrubbed: scrubbing happens before the event leaves the process)."""
-        return request_info(self.capture(environ_key(resolver.ip_header), asgi_wanted(resolver.ip_header)), resolver)
+        captured = self.capture(environ_key(resolver.ip_header), asgi_wanted(resolver.ip_header))
+        return None if captured is None else request_info(captured, resolver)
+
+    def release(self) -> None:
+        """The request has been served: drop the scope (and the body tee), keep the capture, user and block flag.
+
+        An ASGI server may keep copies of the request's ``contextvars`` context after the response (uvicorn's
+        keep-alive timer holds one for 5 s), and through them this context: without the scope, that costs a few
+        dozen bytes instead of the whole request (a FastAPI scope holds its exit stacks). An event tracked later from
+        such a copy (a task the request spawned) gets the capture taken while the request was served, else no
+        request properties.
+        """
+        self.raw = self.body_tee = None
 
     def body(self, max_bytes: int) -> Any:
         """The request body, at most ``max_bytes`` of it, parsed as JSON or form data when its content type says so."""

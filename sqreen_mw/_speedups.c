@@ -2679,6 +2679,22 @@ stop_with(PyObject *value)
     }
 }
 
+/* RequestContext.release() of a RUN's request, as the Python method's `finally` does: copies of its contextvars
+ * context may outlive the request (uvicorn's keep-alive timer holds one), and they keep the context, not the scope. */
+static void
+forward_release(Forward *self)
+{
+    const Py_ssize_t *offsets = ((WSGICall *)self->owner)->slots;
+    PyObject **raw, **tee;
+    if (self->ctx == NULL) {
+        return;
+    }
+    raw = (PyObject **)((char *)self->ctx + offsets[SLOT_RAW]);
+    tee = (PyObject **)((char *)self->ctx + offsets[SLOT_TEE]);
+    Py_XSETREF(*raw, Py_NewRef(Py_None)); /* (the scope may go here: its entries' finalizers run, none of ours) */
+    Py_XSETREF(*tee, Py_NewRef(Py_None));
+}
+
 /* The awaited iterator ended: a RUN unbinds the request, a TEE records the message. *result is what await gives. */
 static PySendResult
 forward_finish(Forward *self, PySendResult status, PyObject **result)
@@ -2701,8 +2717,9 @@ forward_finish(Forward *self, PySendResult status, PyObject **result)
         if (status == PYGEN_RETURN) {
             Py_CLEAR(*result);
         }
-        return PYGEN_ERROR; /* (the reset's error, as a finally clause's would be) */
+        status = PYGEN_ERROR; /* (the reset's error, as a finally clause's would be) */
     }
+    forward_release(self);
     return status;
 }
 
@@ -2930,6 +2947,9 @@ forward_close(Forward *self, PyObject *unused)
     self->token = NULL;
     if (token != NULL && unbind(((WSGICall *)self->owner)->context, token) < 0) {
         failed = 1;
+    }
+    if (self->kind == FORWARD_RUN) {
+        forward_release(self);
     }
     if (failed) {
         return NULL;

@@ -317,7 +317,8 @@ async def test_the_context_and_tee_the_middleware_makes_equal_what_their_constru
     seen: list[Any] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(current_context.get())
+        ctx = current_context.get()
+        seen.append((ctx, {n: getattr(ctx, n) for n in RequestContext.__slots__}))  # as the app sees it
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -330,16 +331,71 @@ async def test_the_context_and_tee_the_middleware_makes_equal_what_their_constru
     for method in ("GET", "POST"):
         scope = {"type": "http", "method": method, "path": "/", "headers": []}
         await SqreenMiddleware(app, client=client)(scope, receive, send)
-        ctx = seen[-1]
+        ctx, fields = seen[-1]
+        assert ctx.raw is ctx.body_tee is None  # released once served: copies of its context may outlive it
         expected = RequestContext(ASGI, scope)
         assert type(ctx) is RequestContext
-        tee = ctx.body_tee
+        tee = fields["body_tee"]
         if method == "POST":
             assert type(tee) is ASGIBodyTee
             expected_tee = ASGIBodyTee(receive, client.max_body_bytes)
             assert {n: getattr(tee, n) for n in all_slots(ASGIBodyTee)} == {
                 n: getattr(expected_tee, n) for n in all_slots(ASGIBodyTee)}
             expected.body_tee = tee
-        assert {n: getattr(ctx, n) for n in RequestContext.__slots__} == {
-            n: getattr(expected, n) for n in RequestContext.__slots__}
+        assert fields == {n: getattr(expected, n) for n in RequestContext.__slots__}
 
+
+
+class _Marker:
+    """Something a scope holds (as FastAPI's exit stacks): dead once nothing holds the scope."""
+
+
+async def test_a_copy_of_the_requests_context_does_not_keep_its_scope(make_client: MakeClient) -> None:
+    # uvicorn's keep-alive timer copies the context while the response's last message is sent, and keeps the copy
+    # for seconds: the request's context it holds must not hold the scope with it.
+    import asyncio
+    import contextvars
+    import gc
+    import weakref
+
+    client = make_client()
+    copies: list[contextvars.Context] = []
+    later: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/tracked":
+            sqreen_mw.track("seen.during", properties={"n": 1})
+        copies.append(contextvars.copy_context())
+        later.append(asyncio.ensure_future(track_later()))  # a task of the request's that outlives it
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    served = asyncio.Event()
+
+    async def track_later() -> None:
+        await served.wait()
+        sqreen_mw.track("seen.after", properties={"n": 2})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    markers = []
+    with capture_events() as events:
+        for path in ("/tracked", "/untracked"):
+            marker = _Marker()
+            markers.append(weakref.ref(marker))
+            scope = {"type": "http", "method": "GET", "path": path, "headers": [(b"user-agent", b"ua/1")],
+                     "client": ("203.0.113.9", 5000), "state": {"marker": marker}}
+            await SqreenMiddleware(app, client=client)(scope, receive, send)
+            del marker, scope
+        served.set()
+        await asyncio.gather(*later)
+    gc.collect()
+    assert [ref() for ref in markers] == [None, None] and len(copies) == 2  # the copies live, the scopes are gone
+    assert all(copy[current_context] is not None for copy in copies)
+    after = {(e["name"], e["request"]["path"] if e["request"] else None) for e in events}
+    # tracked after the request: with the capture taken while it was served, else without request properties
+    assert after == {("seen.during", "/tracked"), ("seen.after", "/tracked"), ("seen.after", None)}

@@ -54,7 +54,7 @@ def test_the_compiled_call_binds_what_the_python_method_binds(started: Client) -
         assert current_context.get() is ctx
         message = await receive()
         seen.append((ctx, receive, message, {n: getattr(ctx.body_tee, n) for n in TEE_SLOTS}
-                     if ctx.body_tee is not None else None))
+                     if ctx.body_tee is not None else None, ctx.raw, ctx.body_tee))
         return "ignored"  # the middleware returns None, as the Python method does
 
     server_messages = [{"type": "http.request", "body": b'{"a": 1}', "more_body": False}]
@@ -72,17 +72,20 @@ def test_the_compiled_call_binds_what_the_python_method_binds(started: Client) -
         assert type(awaitable) is speedups.Forward and current_context.get() is None
         assert run(awaitable) is None and current_context.get() is None
         assert run(PYTHON_CALL(middleware, python, server_receive, send)) is None
-        (c_ctx, c_receive, c_message, c_tee), (p_ctx, p_receive, p_message, p_tee) = seen[-2:]
+        (c_ctx, c_receive, c_message, c_tee, c_raw, c_body_tee), (p_ctx, p_receive, p_message, p_tee, p_raw,
+                                                                 p_body_tee) = seen[-2:]
         assert c_message is p_message is server_messages[0]
-        assert c_ctx.raw is compiled and p_ctx.raw is python
+        assert c_raw is compiled and p_raw is python
         for name in RequestContext.__slots__:
             if name not in ("raw", "body_tee"):
                 assert getattr(c_ctx, name) == getattr(p_ctx, name), name
+        # served: both released the scope and the tee (copies of the request's context may outlive it)
+        assert c_ctx.raw is p_ctx.raw is c_ctx.body_tee is p_ctx.body_tee is None
         if method == "GET":
-            assert c_ctx.body_tee is p_ctx.body_tee is None and c_receive is p_receive is server_receive
+            assert c_body_tee is p_body_tee is None and c_receive is p_receive is server_receive
             continue
-        assert type(c_ctx.body_tee) is ASGIBodyTee and type(c_receive) is speedups.TeeReceive
-        assert c_receive.__self__ is c_ctx.body_tee
+        assert type(c_body_tee) is ASGIBodyTee and type(c_receive) is speedups.TeeReceive
+        assert c_receive.__self__ is c_body_tee
         assert c_tee == p_tee and c_tee["_size"] == 8 and c_tee["ended"] and c_tee["_receive"] is server_receive
         assert c_ctx.kind == ASGI
 
