@@ -6,11 +6,16 @@
     app.add_middleware(SqreenMiddleware)      # Starlette / FastAPI
     app = SqreenMiddleware(app)               # any ASGI app
 
-It binds the request to the context ``track()`` reads (sync endpoints run in a thread pool see it too), tees the
-request body so ``collect_body=True`` works without taking the body from the app, and flushes queued events when the
-server sends ``lifespan.shutdown.complete`` (within ``shutdown_timeout``; not waiting at all when the collector is
-known to be down, or once an attempt fails: the exit hooks try again, and a test suite entering
-``with TestClient(app):`` many times is not slowed down).
+It binds the request to the context ``track()`` reads (sync endpoints run in a thread pool see it too, and so do
+tasks the request starts), tees the request body so ``collect_body=True`` works without taking the body from the
+app, and flushes queued events when the server sends ``lifespan.shutdown.complete`` (within ``shutdown_timeout``;
+not waiting at all when the collector is known to be down, or once an attempt fails: the exit hooks try again, and a
+test suite entering ``with TestClient(app):`` many times is not slowed down).
+
+Once a request is served, its context lets the scope go: servers keep copies of a request's ``contextvars``
+context after the response (uvicorn's keep-alive timer, for 5 s), and with it the whole scope would stay in memory.
+An event tracked afterwards by a task the request started carries the request's properties if the request tracked
+an event itself while it was served, and none otherwise.
 
 Blocking (the collector's ``block_ip`` / ``block_user`` actions):
 
