@@ -79,6 +79,27 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout
     return int(proc.returncode)
 
 
+def record_in_request(client: Any, ctx: Any, properties: dict[str, Any]) -> tuple[Any, ...]:
+    """The record one ``client.track("e", properties=...)`` queues while ``ctx`` is the bound request.
+
+    A first call outside the request makes the properties' keys known, so that this one is the common call (the
+    compiled one, when it is built); the queue is left empty.
+    """
+    from sqreen_mw._context import current_context
+
+    client.track("e", properties=dict.fromkeys(properties, 0))
+    client.queue.take(1)
+    client.queue.done()
+    token = current_context.set(ctx)
+    try:
+        client.track("e", properties=properties)
+    finally:
+        current_context.reset(token)
+    (record,) = client.queue.take(1)
+    client.queue.done()
+    return record  # type: ignore[no-any-return]
+
+
 def all_slots(cls: type) -> list[str]:
     """Every ``__slots__`` name of ``cls`` and its bases (to compare two instances field by field)."""
     return [name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())]

@@ -15,6 +15,8 @@ from sqreen_mw import Client
 from sqreen_mw._context import ASGI, WSGI, RequestContext, current_context
 from sqreen_mw._ip import ClientIPResolver
 
+from .support import record_in_request
+
 
 @pytest.fixture
 def client() -> Any:
@@ -194,16 +196,9 @@ def test_a_capture_keeps_only_the_headers_its_properties_read(headers: list[tupl
     client = Client(token="t", url="http://127.0.0.1:9", heartbeat_interval=3600, batch_size=10_000,
                     ip_header=ip_header, trusted_proxies=["10.0.0.0/8", "127.0.0.1/32"], install_signal_handler=False)
     try:
-        client.track("e", properties={"n": 0})  # the key seen: the next call is the common one (compiled if built)
-        client.queue.take(1)
-        client.queue.done()
         raw = {**scope(), "headers": tuple(headers) if as_tuple else list(headers)}
         ctx = RequestContext(ASGI, raw)
-        token = current_context.set(ctx)
-        try:
-            client.track("e", properties={"n": 1})
-        finally:
-            current_context.reset(token)
+        record = record_in_request(client, ctx, {"n": 1})
         wanted = {b"user-agent", b"content-type", b"x-forwarded-for", b"forwarded", b"x-real-ip"}
         if ip_header is not None:
             wanted.add(ip_header.encode())
@@ -213,7 +208,9 @@ def test_a_capture_keeps_only_the_headers_its_properties_read(headers: list[tupl
         whole = (*ctx._capture[:2], tuple(headers), *ctx._capture[3:])
         assert context_module.request_info(ctx._capture, client.resolver) == context_module.request_info(
             whole, client.resolver)  # the same default properties as from every header
-        (event,) = sent(client)
+        payload, _ = client._serialize([record])
+        assert payload is not None
+        (event,) = json.loads(payload)["events"]
         assert event["request"] == client.scrubber.scrub(context_module.request_info(whole, client.resolver))
     finally:
         client.shutdown(timeout=0.1)
@@ -224,16 +221,7 @@ def test_a_queued_event_does_not_hold_the_requests_other_headers(client: Client)
 
     cookie = b"session=" + b"x" * 4096
     raw = {**scope(), "headers": [(b"user-agent", b"curl/8"), (b"cookie", cookie), (b"accept", b"*/*")]}
-    client.track("e", properties={"n": 0})
-    client.queue.take(1)
-    client.queue.done()
-    token = current_context.set(RequestContext(ASGI, raw))
-    try:
-        client.track("e", properties={"n": 1})
-    finally:
-        current_context.reset(token)
-    (record,) = client.queue.take(1)
-    client.queue.done()
+    record = record_in_request(client, RequestContext(ASGI, raw), {"n": 1})
     seen, stack = set(), [record]
     while stack:  # everything the record keeps alive
         value = stack.pop()

@@ -30,7 +30,7 @@ from sqreen_mw._native import speedups
 from sqreen_mw._queue import EventQueue
 from sqreen_mw.testing import capture_events
 
-from .support import all_slots
+from .support import all_slots, record_in_request
 
 needs_speedups = pytest.mark.skipif(speedups is None, reason="sqreen_mw was installed without its compiled part")
 pytestmark = needs_speedups
@@ -247,19 +247,9 @@ def test_queued_events_are_left_to_the_garbage_collector_only_where_a_cycle_may_
     from sqreen_mw._context import WSGI
 
     compiled, _ = clients
-    compiled.track("e", properties={"a": 0})  # the key seen once: the compiled call makes the next records
-    compiled.queue.take(1)
-    compiled.queue.done()
 
     def one_event(ctx: RequestContext) -> tuple[Any, ...]:
-        token = current_context.set(ctx)
-        try:
-            compiled.track("e", properties={"a": 1})
-        finally:
-            current_context.reset(token)
-        (record,) = compiled.queue.take(1)
-        compiled.queue.done()
-        return record
+        return record_in_request(compiled, ctx, {"a": 1})
 
     plain_wsgi = {"REQUEST_METHOD": "GET", "PATH_INFO": "/w", "REMOTE_ADDR": "203.0.113.9", "QUERY_STRING": "q=1"}
     pair = tuple([b"user-agent", b"x"])  # made as a server makes it: tracked until a collection looks at it
