@@ -660,6 +660,8 @@ queue_put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 enum { CTX_CAPTURE, CTX_USER, CTX_BLOCKED, CTX_KIND, CTX_RAW, CTX_TEE, CTX_FIELDS };
 enum { CLIENT_CAPTURE, CLIENT_ACCEPTING, CLIENT_STARTED, CLIENT_ENFORCER, CLIENT_FIELDS };
 
+#define WANTED_MAX 8 /* the ASGI header names a capture keeps, compared by length and bytes */
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -676,6 +678,9 @@ typedef struct {
     Py_ssize_t offsets[CTX_FIELDS]; /* of _capture, user, blocked in a RequestContext; -1: read as attributes */
     PyObject *ip_key;      /* Client._ip_key */
     PyObject *wanted;      /* Client._asgi_wanted: the ASGI header names a capture keeps */
+    const char *wanted_names[WANTED_MAX]; /* their bytes (held by the frozenset), compared without a set lookup */
+    Py_ssize_t wanted_lens[WANTED_MAX];
+    int wanted_count;      /* -1: more than WANTED_MAX, or not all bytes (looked up in the frozenset) */
     PyObject *unreadable;  /* callable(exception): logs a request that could not be read */
     PyTypeObject *client_type; /* the client's type when created, whose slots these are: */
     Py_ssize_t client_slots[CLIENT_FIELDS]; /* Client._capture, _accepting, _started_pid, enforcer; -1: attributes */
@@ -845,46 +850,64 @@ untrack_plain_capture(PyObject *captured)
 }
 
 /* _context._wanted_pairs() of a scope's headers (an exact list or tuple) whose every item is a pair of an exact
- * bytes name and a value: the pairs whose name is in `wanted`, in order (a tuple of the headers themselves when all
- * are). A new reference; NULL without an exception for any other shape (the Python method captures it). */
-static PyObject *
-wanted_pairs(PyObject *headers, PyObject *wanted)
+ * bytes name and a value: the pairs whose name is wanted, in order (the headers themselves when a tuple of only
+ * those). A new reference; NULL without an exception for any other shape (the Python method captures it). */
+/* Whether a header name (exact bytes) is one the capture keeps: 1, 0, or -1 with an exception. */
+static int
+name_wanted(Tracker *self, PyObject *name)
 {
-    Py_ssize_t n, i, kept = 0, at = 0;
-    PyObject **items, *out;
-    if (PyList_CheckExact(headers)) { /* a snapshot: making the result may run a finalizer, which may change a list */
-        PyObject *snapshot = PyList_AsTuple(headers);
-        if (snapshot == NULL) {
-            return NULL;
-        }
-        out = wanted_pairs(snapshot, wanted);
-        Py_DECREF(snapshot);
-        return out;
+    const char *text = PyBytes_AS_STRING(name);
+    Py_ssize_t length = PyBytes_GET_SIZE(name);
+    int i;
+    if (self->wanted_count < 0) {
+        return PySet_Contains(self->wanted, name);
     }
-    n = PyTuple_GET_SIZE(headers);
-    items = &PyTuple_GET_ITEM(headers, 0);
-    for (i = 0; i < n; i++) { /* exact bytes in a frozenset of bytes: no Python code runs */
+    for (i = 0; i < self->wanted_count; i++) {
+        if (self->wanted_lens[i] == length && memcmp(self->wanted_names[i], text, (size_t)length) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+#define WANTED_KEPT 16 /* pairs kept in one pass; a request with more wanted headers is captured by Python */
+
+static PyObject *
+wanted_pairs(Tracker *self, PyObject *headers)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers), i, kept = 0;
+    PyObject **items = PySequence_Fast_ITEMS(headers), *out, *pairs[WANTED_KEPT];
+    int in = 0;
+    for (i = 0; i < n && in >= 0; i++) { /* comparing bytes runs no Python code: the list stays as it is */
         PyObject *pair = items[i];
-        int in;
         if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
-            return NULL;
+            in = -1; /* another shape: the Python method's */
         }
-        in = PySet_Contains(wanted, PyTuple_GET_ITEM(pair, 0));
-        if (in < 0) {
-            return NULL;
-        }
-        kept += in;
-    }
-    if (kept == n && PyTuple_CheckExact(headers)) {
-        return Py_NewRef(headers);
-    }
-    out = PyTuple_New(kept);
-    for (i = 0; out != NULL && at < kept; i++) {
-        if (PySet_Contains(wanted, PyTuple_GET_ITEM(items[i], 0)) == 1) {
-            PyTuple_SET_ITEM(out, at++, Py_NewRef(items[i]));
+        else if ((in = name_wanted(self, PyTuple_GET_ITEM(pair, 0))) > 0) {
+            if (kept == WANTED_KEPT) {
+                in = -1;
+            }
+            else {
+                pairs[kept++] = Py_NewRef(pair); /* held: making the tuple may run a finalizer that changes a list */
+            }
         }
     }
-    return out;
+    out = NULL;
+    if (in >= 0) {
+        if (kept == n && PyTuple_CheckExact(headers)) {
+            out = Py_NewRef(headers);
+        }
+        else if ((out = PyTuple_New(kept)) != NULL) {
+            for (i = 0; i < kept; i++) {
+                PyTuple_SET_ITEM(out, i, pairs[i]);
+            }
+            return out;
+        }
+    }
+    for (i = 0; i < kept; i++) {
+        Py_DECREF(pairs[i]);
+    }
+    return out; /* NULL: with an exception, a fault; without, the Python method captures the request */
 }
 
 /* RequestContext.capture() of an ASGI request whose scope is a plain dict:
@@ -938,7 +961,7 @@ asgi_capture(Tracker *self, PyObject *ctx)
         headers = Py_NewRef(empty_tuple);
     }
     else if (PyTuple_CheckExact(headers) || PyList_CheckExact(headers)) {
-        headers = wanted_pairs(headers, self->wanted);
+        headers = wanted_pairs(self, headers);
     }
     else {
         headers = NULL;
@@ -1632,6 +1655,29 @@ tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->offsets[CTX_TEE] = slot_offset(ctx_type, str_body_tee);
     self->ip_key = Py_NewRef(ip_key);
     self->wanted = Py_NewRef(wanted);
+    self->wanted_count = 0;
+    {
+        PyObject *names_iter = PyObject_GetIter(wanted), *name;
+        if (names_iter == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        while ((name = PyIter_Next(names_iter)) != NULL) { /* borrowed buffers: the frozenset holds them */
+            if (!PyBytes_CheckExact(name) || self->wanted_count == WANTED_MAX) {
+                self->wanted_count = -1;
+            }
+            else if (self->wanted_count >= 0) {
+                self->wanted_names[self->wanted_count] = PyBytes_AS_STRING(name);
+                self->wanted_lens[self->wanted_count++] = PyBytes_GET_SIZE(name);
+            }
+            Py_DECREF(name);
+        }
+        Py_DECREF(names_iter);
+        if (PyErr_Occurred()) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
     self->unreadable = Py_NewRef(unreadable);
     if (tracker_slots(self) < 0) {
         Py_DECREF(self);

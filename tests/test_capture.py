@@ -229,3 +229,10 @@ def test_a_queued_event_does_not_hold_the_requests_other_headers(client: Client)
             seen.add(id(value))
             stack.extend(gc.get_referents(value))
     assert id(raw["headers"][0]) in seen and id(cookie) not in seen and id(raw["headers"][2]) not in seen
+
+
+def test_a_request_with_many_wanted_headers_keeps_them_all(client: Client) -> None:
+    headers = [(b"x-forwarded-for", b"10.0.0.%d" % i) for i in range(40)] + [(b"cookie", b"c")]
+    ctx = RequestContext(ASGI, {**scope(), "headers": headers})
+    record_in_request(client, ctx, {"n": 1})
+    assert list(ctx._capture[2]) == headers[:40]
