@@ -185,8 +185,6 @@ def _classify(request: object) -> tuple[int, Any]:
     return kind, raw
 
 
-
-
 def asgi_wanted(ip_header: str | None) -> frozenset[bytes]:
     """The ASGI header names the default properties read: :data:`_WANTED` and the configured ``ip_header``."""
     if ip_header is None:
