@@ -61,3 +61,54 @@ if VARIANT in _peers.MIDDLEWARE_PEERS:
         app = _peers.wrap_asgi(VARIANT, app, SINK)
     else:
         app.wsgi_app = _peers.wrap_wsgi(VARIANT, app.wsgi_app, SINK)
+
+if os.environ.get("BENCH_GC_DIR"):  # bench_wrk.py --gc: this process's garbage collections, written at exit
+    import atexit
+    import gc
+    import json
+    import signal
+    import time
+
+    _runs = {0: 0, 1: 0, 2: 0}
+    _paused = {0: 0.0, 1: 0.0, 2: 0.0}
+    _longest = [0.0]
+    _started = [0.0]
+    _served = [0]
+
+    def _watch(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            _started[0] = time.perf_counter()
+            return
+        elapsed = time.perf_counter() - _started[0]
+        _runs[info["generation"]] += 1
+        _paused[info["generation"]] += elapsed
+        _longest[0] = max(_longest[0], elapsed)
+
+    def _write() -> None:
+        path = Path(os.environ["BENCH_GC_DIR"]) / f"{os.getpid()}.json"
+        path.write_text(json.dumps({"runs": _runs, "paused_ms": {g: v * 1000 for g, v in _paused.items()},
+                                    "longest_ms": _longest[0] * 1000, "requests": _served[0]}))
+
+    gc.callbacks.append(_watch)
+    atexit.register(_write)  # a normal exit (gunicorn's workers)
+    _previous = signal.getsignal(signal.SIGTERM)
+
+    def _on_term(signum: int, frame: Any) -> None:  # uvicorn re-raises SIGTERM once it has shut down
+        _write()
+        if callable(_previous):
+            _previous(signum, frame)
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, _on_term)
+    _served_app = app
+    if FRAMEWORK == "fastapi":
+        async def app(scope: Any, receive: Any, send: Any) -> None:  # counts the requests served
+            if scope["type"] == "http":
+                _served[0] += 1
+            await _served_app(scope, receive, send)
+    else:
+        def app(environ: Any, start_response: Any) -> Any:
+            _served[0] += 1
+            return _served_app(environ, start_response)

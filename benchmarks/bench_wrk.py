@@ -19,6 +19,10 @@ not);
 workers' CPU, every thread), so the events still queued when wrk stops, flushed at exit, are counted too; "Δ vs bare"
 is that minus bare's, i.e. for ``sqreen_mw`` the all-in CPU of one tracked and delivered event (middleware, track,
 the flusher's serialization, gzip and HTTP). wrk runs on the same 2 CPUs as the server: compare within one run.
+
+``--gc`` also counts the served app's garbage collections per generation (``gc.callbacks`` in each of its processes,
+written at exit), per 10,000 requests, with their total and longest pause: a full collection walks the whole heap
+while no request is served, which is what a p99 several times bare's is made of.
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ def parse_wrk(text: str) -> dict[str, Any]:
     }
 
 
-def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Path) -> dict[str, Any]:
+def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Path, gc_probe: bool = False
+                ) -> dict[str, Any]:
     from examples.fastapi_app.store import issue_token
 
     port = free_port()
@@ -92,6 +97,10 @@ def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Pat
         "BENCH_SINK_URL": sink_url,
         **_peers.peer_env(sink_url),
     }
+    gc_dir = tmp / f"gc-{server.split('/')[0]}-{variant}"
+    if gc_probe:
+        gc_dir.mkdir()
+        env["BENCH_GC_DIR"] = str(gc_dir)
     for key in ("SQREEN_TOKEN", "SQREEN_URL", "SQREEN_HEARTBEAT_INTERVAL"):
         os.environ.pop(key, None)
     collector_ctx = None
@@ -145,11 +154,28 @@ def run_variant(server: str, variant: str, seconds: int, sink_url: str, tmp: Pat
             collector_ctx.__exit__(None, None, None)
     if variant == SINK_VARIANT:
         result["batches"] = _sink_batches(sink_url) - batches_before
+    if gc_probe:
+        result["gc"] = _gc_totals(gc_dir)
     if variant == "sqreen_mw":
         with sqlite3.connect(db) as conn:
             result["stored"] = conn.execute("SELECT count(*) FROM events WHERE name = 'order.viewed'").fetchone()[0]
         result["tracked"] = result["warm"] + result["requests"] - result["non2xx"]
     return result
+
+
+def _gc_totals(gc_dir: Path) -> dict[str, Any]:
+    """The served app's garbage collections (its processes', summed), as its ``BENCH_GC_DIR`` probe wrote them."""
+    import json
+
+    totals: dict[str, Any] = {"runs": [0, 0, 0], "paused_ms": 0.0, "longest_ms": 0.0, "requests": 0}
+    for path in gc_dir.glob("*.json"):
+        one = json.loads(path.read_text())
+        for g in range(3):
+            totals["runs"][g] += one["runs"][str(g)]
+        totals["paused_ms"] += sum(one["paused_ms"].values())
+        totals["longest_ms"] = max(totals["longest_ms"], one["longest_ms"])
+        totals["requests"] += one["requests"]
+    return totals
 
 
 def _sink_batches(sink_url: str) -> int:
@@ -188,6 +214,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, help="wrk duration per variant (default 10, quick 3)")
     parser.add_argument("--variants", default="bare,sqreen_mw," + ",".join(_peers.MIDDLEWARE_PEERS))
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"subset of {','.join(SERVERS)}")
+    parser.add_argument("--gc", action="store_true",
+                        help="also count the served app's garbage collections (gc.callbacks in its processes; the "
+                             "probe's own CPU is in the figures)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (apt-get install wrk)")
@@ -197,12 +226,13 @@ def main() -> int:
     print(f"wrk -t1 -c16 -d{seconds}s, GET /orders/1 (1 event per request) | {os.cpu_count()} CPUs | "
           f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     rows = []
+    gc_rows = []
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp_name, _peers.sink() as sink_url:
         for server in args.servers.split(","):
             bare: dict[str, Any] | None = None
             for variant in args.variants.split(","):
                 try:
-                    r = run_variant(server, variant, seconds, sink_url, Path(tmp_name))
+                    r = run_variant(server, variant, seconds, sink_url, Path(tmp_name), args.gc)
                 except Exception as exc:  # one variant failing must not hide the others
                     print(f"  {server} {variant}: failed: {exc}", flush=True)
                     continue
@@ -226,9 +256,19 @@ def main() -> int:
                              f"{to_exit:.0f}", over_bare, f"{r['cpu'] / r['wall'] * 100:.0f} %", collector_share,
                              str(r["non2xx"]), delivered))
                 print(f"  {rows[-1]}", flush=True)
+                if "gc" in r:
+                    g = r["gc"]
+                    served = max(g["requests"], 1)
+                    gc_rows.append((server, variant, f"{g['requests']:,}",
+                                    *(f"{g['runs'][i] * 10000 / served:.1f}" for i in range(3)),
+                                    str(g["runs"][2]), f"{g['paused_ms']:.0f}", f"{g['longest_ms']:.1f}"))
     headers = ("server", "variant", "req/s", "p99 ms", "÷ bare", "CPU µs/req (wrk)", "CPU µs/req (to exit)",
                "Δ vs bare", "app CPU", "collector CPU", "non-2xx", "events")
     print(table(headers, rows))
+    if gc_rows:
+        print("garbage collections in the served app, from its start to its exit (warm-up and final flush included):")
+        print(table(("server", "variant", "requests", "gen0 /10k req", "gen1 /10k req", "gen2 /10k req", "gen2",
+                     "GC ms", "longest ms"), gc_rows))
     load = os.getloadavg()
     print(f"load at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0
