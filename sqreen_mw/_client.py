@@ -23,6 +23,7 @@ from ._context import (
     _body_params,
     _EnvironHeaders,
     asgi_wanted,
+    capture_size,
     context_for,
     current_context,
     environ_key,
@@ -209,6 +210,7 @@ class Client:
                     captured = ctx.capture(self._ip_key, self._asgi_wanted)
                 except Exception as exc:
                     _unreadable(exc)
+                size += capture_size(captured)  # counted once, with the request's first event
             record = (_time_ns(), next(self._seq), event_name, props, ctx.user, None, captured, None, size + 200,
                       ctx.blocked is not None)
         if self._capture is not None or not self._accepting:
@@ -271,6 +273,7 @@ class Client:
                 try:
                     if captured is None:  # the request's first event: its raw parts, by reference
                         captured = ctx.capture(self._ip_key, self._asgi_wanted)
+                        size += capture_size(captured)
                     if collect_body:
                         body = ctx.body(self.max_body_bytes)
                         size += len(repr(body))

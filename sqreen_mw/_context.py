@@ -195,6 +195,30 @@ def asgi_wanted(ip_header: str | None) -> frozenset[bytes]:
         return _WANTED
 
 
+def capture_size(captured: Capture | None) -> int:
+    """The text a capture keeps of its request (path, query, the kept headers; a WSGI environ's entries), in
+    characters and bytes: the request's first event adds it to the queue's estimate, which bounds the queue's memory.
+    Only exact ``str`` and ``bytes`` are counted (a recorded body is bounded by ``max_body_bytes``)."""
+    if type(captured) is not tuple or len(captured) < 8 or type(captured[0]) is not int:
+        return 0
+    if captured[0] == ASGI and len(captured) == 9:
+        size = _text_size(captured[3]) + _text_size(captured[6])
+        pairs = captured[2]
+        if type(pairs) is tuple:
+            for pair in pairs:
+                if type(pair) is tuple and len(pair) == 2:
+                    size += _text_size(pair[0]) + _text_size(pair[1])
+        return size
+    if len(captured) != 8:
+        return 0
+    parts = captured[1]
+    return _text_size(captured[2]) + (sum(_text_size(v) for v in parts.values()) if type(parts) is dict else 0)
+
+
+def _text_size(value: object) -> int:
+    return len(value) if isinstance(value, str | bytes) and type(value) in (str, bytes) else 0
+
+
 def _wanted_pairs(headers: Any, wanted: frozenset[bytes]) -> tuple[Any, ...]:
     # The scope's header pairs whose name is wanted, in order (the pairs themselves: bytes do not change). Headers
     # that are not pairs are kept as they were: request_info() then says what it cannot read, as it always did.

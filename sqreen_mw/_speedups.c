@@ -910,6 +910,58 @@ wanted_pairs(Tracker *self, PyObject *headers)
     return out; /* NULL: with an exception, a fault; without, the Python method captures the request */
 }
 
+/* _context._text_size(): the length of exact text or bytes, else 0. */
+static Py_ssize_t
+text_size(PyObject *value)
+{
+    if (PyUnicode_CheckExact(value)) {
+        return PyUnicode_GET_LENGTH(value);
+    }
+    return PyBytes_CheckExact(value) ? PyBytes_GET_SIZE(value) : 0;
+}
+
+/* _context.capture_size(): the text a request's capture keeps (path, query, the kept headers; a WSGI environ's
+ * entries), which its first event adds to the queue's estimate. Reads only exact types: no Python code runs. */
+static long long
+capture_size(PyObject *captured)
+{
+    PyObject *item;
+    Py_ssize_t i, pos = 0;
+    long long size = 0;
+    if (!PyTuple_CheckExact(captured) || PyTuple_GET_SIZE(captured) < 8 || !PyLong_CheckExact(PyTuple_GET_ITEM(captured, 0))) {
+        return 0;
+    }
+    i = PyLong_AsLong(PyTuple_GET_ITEM(captured, 0));
+    if (i == -1 && PyErr_Occurred()) { /* (no kind of ours) */
+        PyErr_Clear();
+    }
+    if (i == 0 && PyTuple_GET_SIZE(captured) == 9) { /* ASGI */
+        size = text_size(PyTuple_GET_ITEM(captured, 3)) + text_size(PyTuple_GET_ITEM(captured, 6));
+        item = PyTuple_GET_ITEM(captured, 2);
+        if (PyTuple_CheckExact(item)) {
+            for (i = 0; i < PyTuple_GET_SIZE(item); i++) {
+                PyObject *pair = PyTuple_GET_ITEM(item, i);
+                if (PyTuple_CheckExact(pair) && PyTuple_GET_SIZE(pair) == 2) {
+                    size += text_size(PyTuple_GET_ITEM(pair, 0)) + text_size(PyTuple_GET_ITEM(pair, 1));
+                }
+            }
+        }
+        return size;
+    }
+    if (PyTuple_GET_SIZE(captured) != 8) {
+        return 0;
+    }
+    size = text_size(PyTuple_GET_ITEM(captured, 2)); /* WSGI, Django: the path, the environ's entries */
+    item = PyTuple_GET_ITEM(captured, 1);
+    if (PyDict_CheckExact(item)) {
+        PyObject *key, *value;
+        while (PyDict_Next(item, &pos, &key, &value)) {
+            size += text_size(value);
+        }
+    }
+    return size;
+}
+
 /* RequestContext.capture() of an ASGI request whose scope is a plain dict:
  * the same tuple, stored in ctx._capture. A new reference; NULL without an exception for every other request (the
  * Python method captures it); NULL with one on a fault. */
@@ -1438,6 +1490,7 @@ tracker_call(Tracker *self, PyObject *const *args, size_t nargsf, PyObject *kwna
                 Py_DECREF(logged);
                 captured = Py_NewRef(Py_None);
             }
+            size += capture_size(captured); /* counted once, with the request's first event */
         }
         user = ctx_field(self, ctx, CTX_USER, str_user);
         if (user == NULL) {

@@ -236,3 +236,33 @@ def test_a_request_with_many_wanted_headers_keeps_them_all(client: Client) -> No
     ctx = RequestContext(ASGI, {**scope(), "headers": headers})
     record_in_request(client, ctx, {"n": 1})
     assert list(ctx._capture[2]) == headers[:40]
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_what_a_request_keeps_counts_towards_the_queues_byte_bound(kind: str) -> None:
+    # An attacker's 8 KB URLs: each queued event keeps its request's query until the batch is sent, so the queue's
+    # estimate counts it (once per request), and max_queue_bytes bounds what the queue holds.
+    client = Client(token="t", url="http://127.0.0.1:9", heartbeat_interval=3600, batch_size=10_000,
+                    max_queue_bytes=200_000, install_signal_handler=False)
+    try:
+        query = "q=" + "x" * 8000
+        for i in range(100):
+            raw: Any
+            if kind == "asgi":
+                raw = {**scope(query.encode()), "path": f"/search/{i}"}
+                ctx = RequestContext(ASGI, raw)
+            else:
+                raw = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/search/{i}", "QUERY_STRING": query,
+                       "REMOTE_ADDR": "203.0.113.9"}
+                ctx = RequestContext(WSGI, raw)
+            token = current_context.set(ctx)
+            try:
+                client.track("e", properties={"n": i})
+                client.track("e", properties={"n": i})  # the same request: its capture is counted once
+            finally:
+                current_context.reset(token)
+        stats = client.queue.statistics()
+        assert stats["queued_bytes"] <= 200_000 and stats["dropped"].get("queue_full", 0) > 150
+        assert 8000 * stats["queued"] / 2 <= stats["queued_bytes"]  # every kept request's query is in the estimate
+    finally:
+        client.shutdown(timeout=0.1)
