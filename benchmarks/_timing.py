@@ -170,3 +170,35 @@ def tree_cpu(pid: int) -> float:
                 tree.add(child)
                 frontier.append(child)
     return sum(times.get(p, 0) for p in tree) / tick
+
+
+class Collections:
+    """The garbage collections of this process while installed (``gc.callbacks``): per generation, the count and
+    the time spent, and the longest pause. ``bench_gc.py`` and ``_wrk_app.py`` (``bench_wrk.py --gc``) report them."""
+
+    def __init__(self) -> None:
+        self.runs = {0: 0, 1: 0, 2: 0}
+        self.paused = {0: 0.0, 1: 0.0, 2: 0.0}
+        self.longest = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        elapsed = time.perf_counter() - self._started
+        self.runs[info["generation"]] += 1
+        self.paused[info["generation"]] += elapsed
+        self.longest = max(self.longest, elapsed)
+
+    def install(self) -> Collections:
+        gc.callbacks.append(self)
+        return self
+
+    def remove(self) -> None:
+        gc.callbacks.remove(self)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, ``paused_ms`` per generation and ``longest_ms``, as JSON can carry them."""
+        return {"runs": self.runs, "paused_ms": {g: v * 1000 for g, v in self.paused.items()},
+                "longest_ms": self.longest * 1000}

@@ -64,32 +64,18 @@ if VARIANT in _peers.MIDDLEWARE_PEERS:
 
 if os.environ.get("BENCH_GC_DIR"):  # bench_wrk.py --gc: this process's garbage collections, written at exit
     import atexit
-    import gc
     import json
     import signal
-    import time
 
-    _runs = {0: 0, 1: 0, 2: 0}
-    _paused = {0: 0.0, 1: 0.0, 2: 0.0}
-    _longest = [0.0]
-    _started = [0.0]
+    from _timing import Collections
+
+    _collections = Collections().install()
     _served = [0]
-
-    def _watch(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            _started[0] = time.perf_counter()
-            return
-        elapsed = time.perf_counter() - _started[0]
-        _runs[info["generation"]] += 1
-        _paused[info["generation"]] += elapsed
-        _longest[0] = max(_longest[0], elapsed)
 
     def _write() -> None:
         path = Path(os.environ["BENCH_GC_DIR"]) / f"{os.getpid()}.json"
-        path.write_text(json.dumps({"runs": _runs, "paused_ms": {g: v * 1000 for g, v in _paused.items()},
-                                    "longest_ms": _longest[0] * 1000, "requests": _served[0]}))
+        path.write_text(json.dumps({**_collections.summary(), "requests": _served[0]}))
 
-    gc.callbacks.append(_watch)
     atexit.register(_write)  # a normal exit (gunicorn's workers)
     _previous = signal.getsignal(signal.SIGTERM)
 

@@ -95,29 +95,16 @@ def child(framework: str, requests: int) -> dict[str, Any]:
     serve(300)  # warm up
     deliver()
     gc.collect()
-    runs = {0: 0, 1: 0, 2: 0}
-    paused = {0: 0.0, 1: 0.0, 2: 0.0}
-    longest = [0.0]
-    started = [0.0]
+    from _timing import Collections
 
-    def watch(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-            return
-        elapsed = time.perf_counter() - started[0]
-        runs[info["generation"]] += 1
-        paused[info["generation"]] += elapsed
-        longest[0] = max(longest[0], elapsed)
-
-    gc.callbacks.append(watch)
+    collections = Collections().install()
     t0 = time.perf_counter()
     for done in range(0, requests, BATCH):
         serve(min(BATCH, requests - done))
         deliver()
     wall = time.perf_counter() - t0
-    gc.callbacks.remove(watch)
-    return {"requests": requests, "runs": runs, "paused_ms": {g: v * 1000 for g, v in paused.items()},
-            "longest_ms": longest[0] * 1000, "wall_s": wall, "heap": len(gc.get_objects())}
+    collections.remove()
+    return {"requests": requests, **collections.summary(), "wall_s": wall, "heap": len(gc.get_objects())}
 
 
 def main() -> int:

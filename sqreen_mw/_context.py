@@ -39,7 +39,14 @@ _WANTED = frozenset({b"user-agent", b"content-type", b"x-forwarded-for", b"forwa
 
 
 class RequestContext:
-    """What sqreen_mw knows about the request being served: the raw request, the identified user, the block flag."""
+    """What sqreen_mw knows about the request being served: the raw request, the identified user, the block flag.
+
+    Once an ASGI request is served, the middleware sets ``raw`` and ``body_tee`` to ``None``: a server may keep
+    copies of the request's ``contextvars`` context (uvicorn's keep-alive timer, for 5 s), and through them this
+    object, which then holds a few dozen bytes instead of the scope (a FastAPI scope holds its exit stacks). An event
+    tracked later from such a copy (a task the request started) gets the capture taken while the request was served,
+    else no request properties.
+    """
 
     __slots__ = ("_capture", "blocked", "body_tee", "kind", "raw", "traits", "user")
 
@@ -79,7 +86,7 @@ class RequestContext:
 
         :param ip_key: the environ key of the configured ``ip_header`` (:func:`environ_key`), WSGI and Django only.
         :param wanted: the ASGI header names kept (:func:`asgi_wanted` of the configured ``ip_header``).
-        :returns: ``None`` once the request has been served (:meth:`release`) without having been captured.
+        :returns: ``None`` once the request has been served (``raw`` is then ``None``) without having been captured.
         """
         captured = self._capture
         if captured is None:
@@ -113,17 +120,6 @@ class RequestContext:
         """The request's default properties (unscrubbed: scrubbing happens before the event leaves the process)."""
         captured = self.capture(environ_key(resolver.ip_header), asgi_wanted(resolver.ip_header))
         return None if captured is None else request_info(captured, resolver)
-
-    def release(self) -> None:
-        """The request has been served: drop the scope (and the body tee), keep the capture, user and block flag.
-
-        An ASGI server may keep copies of the request's ``contextvars`` context after the response (uvicorn's
-        keep-alive timer holds one for 5 s), and through them this context: without the scope, that costs a few
-        dozen bytes instead of the whole request (a FastAPI scope holds its exit stacks). An event tracked later from
-        such a copy (a task the request spawned) gets the capture taken while the request was served, else no
-        request properties.
-        """
-        self.raw = self.body_tee = None
 
     def body(self, max_bytes: int) -> Any:
         """The request body, at most ``max_bytes`` of it, parsed as JSON or form data when its content type says so."""
@@ -216,7 +212,7 @@ def capture_size(captured: Capture | None) -> int:
 
 
 def _text_size(value: object) -> int:
-    return len(value) if isinstance(value, str | bytes) and type(value) in (str, bytes) else 0
+    return len(value) if type(value) is str or type(value) is bytes else 0
 
 
 def _wanted_pairs(headers: Any, wanted: frozenset[bytes]) -> tuple[Any, ...]:

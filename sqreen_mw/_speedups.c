@@ -2778,8 +2778,9 @@ stop_with(PyObject *value)
     }
 }
 
-/* RequestContext.release() of a RUN's request, as the Python method's `finally` does: copies of its contextvars
- * context may outlive the request (uvicorn's keep-alive timer holds one), and they keep the context, not the scope. */
+/* A RUN's request served: its context's raw and body_tee set to None, as the Python method's `finally` does (copies
+ * of its contextvars context may outlive the request, uvicorn's keep-alive timer's: they keep the context, not the
+ * scope; see RequestContext). */
 static void
 forward_release(Forward *self)
 {

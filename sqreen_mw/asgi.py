@@ -111,7 +111,7 @@ class SqreenMiddleware:
                 await self.app(scope, receive, send)
         finally:
             _unbind(token)
-            ctx.raw = ctx.body_tee = None  # = ctx.release(), inline: copies of this context outlive the request
+            ctx.raw = ctx.body_tee = None  # served: copies of this context outlive it (see RequestContext)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
