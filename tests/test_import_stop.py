@@ -12,7 +12,10 @@ import re
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+import weakref
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 from sqreen_mw._scrub import Scrubber
+from sqreen_mw.importer import _command
 from sqreen_mw.importer._command import _import, add_arguments, run
 from sqreen_mw.importer._delivery import Sender
 from sqreen_mw.importer._events import EventMaker
@@ -264,12 +268,81 @@ def test_ctrl_c_while_logging_out_after_the_summary_keeps_the_import_s_exit_code
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the summary: the rows are stored, logging out has begun
         proc.send_signal(signal.SIGINT)
+        signalled = time.monotonic()
         out, err = proc.communicate(timeout=60)
+        waited = time.monotonic() - signalled
     assert "Traceback" not in err, err
+    assert waited < 5, waited  # not the logout's 10 s timeout: the Ctrl-C cut it short
     assert proc.returncode == 0, err
     assert summary(subprocess.CompletedProcess(proc.args, 0, line + out, err))["stored"] == 10
     assert "interrupted" not in err
     assert len(collector.events()) == 10
+
+
+def test_ctrl_c_landing_in_a_finalizer_while_logging_out_still_cuts_the_wait_short(
+    collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The signal handler runs wherever the main thread is; during a request that is often a weakref callback,
+    # where a KeyboardInterrupt is printed ("Exception ignored in") and dropped: the wait for a logout that never
+    # answers went on, and the traceback reached the user.
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    release = threading.Event()
+
+    class Doomed:
+        pass
+
+    def logout(self: Session) -> None:
+        doomed = Doomed()
+        keep = weakref.ref(doomed, lambda _: signal.raise_signal(signal.SIGINT))
+        del doomed  # the callback, and so the Ctrl-C, runs in this thread, in the middle of the logout
+        assert keep() is None
+        release.wait(30)  # a collector that does not answer
+
+    monkeypatch.setattr(Session, "logout", logout)
+    path = write_jsonl(tmp_path / "events.jsonl", 5)
+    out = io.StringIO()
+    started = time.monotonic()
+    try:
+        code = run(_args("--url", collector.url, "--token", API_KEY, file=str(path)), out)
+    finally:
+        release.set()
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert unraisable == [], [u.exc_value for u in unraisable]
+    assert code == 0, err
+    assert elapsed < 15, elapsed
+    assert summary(subprocess.CompletedProcess([], 0, out.getvalue(), err))["stored"] == 5
+    assert "interrupted" not in err
+
+
+def test_ctrl_c_while_the_summary_is_printed_cuts_the_logout_short(
+    collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The summary is printed with Ctrl-C held off (it would lose the account); one pressed then was dropped, and
+    # the logout that followed waited for its collector as if nobody had asked to stop.
+    release = threading.Event()
+    monkeypatch.setattr(Session, "logout", lambda self: release.wait(30))
+    summarize = _command._summary
+
+    def summary_then_ctrl_c(*args: Any, **kwargs: Any) -> int:
+        code = summarize(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return code
+
+    monkeypatch.setattr(_command, "_summary", summary_then_ctrl_c)
+    path = write_jsonl(tmp_path / "events.jsonl", 5)
+    out = io.StringIO()
+    started = time.monotonic()
+    try:
+        code = run(_args("--url", collector.url, "--token", API_KEY, file=str(path)), out)
+    finally:
+        release.set()
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert elapsed < 15, elapsed
+    assert summary(subprocess.CompletedProcess([], 0, out.getvalue(), err))["stored"] == 5
 
 
 def test_ctrl_c_between_a_batch_s_hand_off_and_the_next_batch_sends_it_once(

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -20,7 +17,7 @@ from .._scrub import Scrubber
 from .._transport import AUTH, OK, RETRY
 from ._delivery import Batch, Sender, Tally, describe_lines
 from ._events import EventMaker
-from ._interrupts import Interrupts
+from ._interrupts import Interrupts, ignoring_sigint
 from ._progress import make_progress
 from ._session import Session
 from ._source import FORMATS, Source, SourceError, open_source
@@ -111,7 +108,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     except KeyboardInterrupt:
         if result.code is not None:  # while logging out, after the summary
             return result.code
-        with _ignoring_sigint():  # before the first row: the account of nothing done, as a Ctrl-C later gives
+        with ignoring_sigint():  # before the first row: the account of nothing done, as a Ctrl-C later gives
             return _summary(args, Tally(), 0, 0, "interrupted", 0, time.monotonic() - started, out)
 
 
@@ -161,13 +158,35 @@ def _start(args: argparse.Namespace, out: IO[str], interrupts: Interrupts, resul
         return _import(args, source, session, EventMaker(scrubber, session.app), out, interrupts, result)
     finally:
         try:
-            session.logout()  # a Ctrl-C cuts it short (a collector that does not answer): the session expires
+            _log_out(session, interrupts)  # a Ctrl-C cuts it short (a collector that does not answer): it expires
         except KeyboardInterrupt:
             if result.code is None:
                 raise
         finally:
-            session.close()
             source.close()
+
+
+def _log_out(session: Session, interrupts: Interrupts) -> None:
+    """Log out and close the session on a helper thread, while this one waits for it or for a Ctrl-C.
+
+    A ``KeyboardInterrupt`` raised by the signal handler lands wherever this thread is, which during a request is
+    often a weakref callback or a finalizer: Python prints it there ("Exception ignored in ...") and goes on, and
+    the wait for a collector that does not answer would not be cut short. Held, the handler only notes the Ctrl-C,
+    and the wait, polling for it, raises ``KeyboardInterrupt`` here instead. The session is then left to the helper,
+    which closes it once the request ends (or the process exits).
+    """
+
+    def log_out() -> None:
+        try:
+            session.logout()
+        finally:
+            session.close()
+
+    helper = threading.Thread(target=log_out, name="sqreen-mw-import-logout", daemon=True)
+    with interrupts.held():
+        helper.start()
+        while helper.is_alive() and not interrupts.pending:
+            helper.join(0.05)
 
 
 def _import(
@@ -247,26 +266,15 @@ def _import(
         interrupted = True
     else:
         interrupted = stopped == "interrupted"
-    # Another Ctrl-C from here on would only lose the account of what was and was not delivered.
-    with _ignoring_sigint():
+    # Another Ctrl-C from here on would only lose the account of what was and was not delivered: it is kept for
+    # the logout that follows, which it cuts short.
+    with interrupts.deferred():
         if interrupted:
             sender.stop("interrupted", leftover=Batch(events, lines))
         progress.close(rows, source.position(), local_rejected + tally.rejected, done=stopped is None)
         elapsed = time.monotonic() - started
         result.code = _summary(args, tally, rows, local_rejected, stopped, last_line, elapsed, out, session.named_app)
     return result.code
-
-
-@contextlib.contextmanager
-def _ignoring_sigint() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(

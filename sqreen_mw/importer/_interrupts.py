@@ -3,13 +3,16 @@
 Handing a batch to the senders and starting the next one are two steps; a ``KeyboardInterrupt`` raised between
 them would leave the reader unable to tell whether the batch was queued, and the stop that follows would send it
 again as the batch being filled. Inside :meth:`Interrupts.held` a Ctrl-C is only noted (:attr:`Interrupts.pending`,
-which a wait can poll to give up early), and raised when the block ends.
+which a wait can poll to give up early), and raised when the block ends. Inside :meth:`Interrupts.deferred` (the
+summary) a Ctrl-C is only noted too, and left for the next held block: the wait for the logout that follows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -51,6 +54,33 @@ class Interrupts:
     def held(self) -> _Held:
         """A block in which a Ctrl-C is raised as ``KeyboardInterrupt`` only when the block ends."""
         return _Held(self)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block that a Ctrl-C does not interrupt: noted, it is raised at the end of the next held block (or
+        never). Where :meth:`_handle` is not installed, SIGINT is ignored meanwhile."""
+        if not self._installed:
+            with ignoring_sigint():
+                yield
+            return
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+
+
+@contextlib.contextmanager
+def ignoring_sigint() -> Iterator[None]:
+    """SIGINT ignored for the block (in the main thread; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Held:
