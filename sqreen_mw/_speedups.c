@@ -4370,6 +4370,496 @@ wire_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return events;
 }
 
+/* ---- the collector's quick path ---------------------------------------------------------------------------------
+ * quick_records(events, app, received_at, parts): [_wire._quick_record(event, app, received_at) for event in events],
+ * compiled. parts: (EventRecord, datetime.fromisoformat, _wire._fine, MAX_NAME_LENGTH, MAX_PROPERTIES,
+ * MAX_KEY_LENGTH, MAX_STRING_LENGTH, MAX_CLIENT_IP_LENGTH, _MIN_TS, _MAX_TS, MAX_FUTURE_SKEW). Each item is the record
+ * the Python function makes, or None where it gives None (the exact checks then decide and word the error). */
+
+typedef struct {
+    PyObject *record_type, *fromisoformat, *fine;
+    Py_ssize_t max_name, max_properties, max_key, max_string, max_client_ip;
+    double min_ts, max_ts, future_skew;
+} QuickParts;
+
+static PyObject *qk_id, *qk_name, *qk_timestamp, *qk_properties, *qk_user_identifiers, *qk_request, *qk_client_ip,
+    *qk_user_agent, *qk_verb, *qk_params, *qk_body, *qk_timestamp_method;
+
+/* str.isascii() and "\x00" not in text */
+static int
+qk_plain(PyObject *text)
+{
+    return PyUnicode_IS_ASCII(text) && memchr(PyUnicode_DATA(text), 0, (size_t)PyUnicode_GET_LENGTH(text)) == NULL;
+}
+
+/* 0 < len(key) <= max_key, for a str key (any other key: not the quick path's) */
+static int
+qk_key(QuickParts *q, PyObject *key)
+{
+    Py_ssize_t n;
+    if (!PyUnicode_Check(key)) {
+        return 0;
+    }
+    n = PyUnicode_GET_LENGTH(key);
+    return n > 0 && n <= q->max_key;
+}
+
+/* MIN_INT <= value <= MAX_INT for an exact int */
+static int
+qk_int64(PyObject *value)
+{
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return overflow == 0;
+}
+
+/* The canonical 8-4-4-4-12 hex form; *lower receives event_id.lower() (a new reference) */
+static int
+qk_uuid(PyObject *event_id, PyObject **lower)
+{
+    const Py_UCS1 *data;
+    Py_ssize_t i;
+    int upper = 0;
+    if (!PyUnicode_CheckExact(event_id) || PyUnicode_GET_LENGTH(event_id) != 36 || !PyUnicode_IS_ASCII(event_id)) {
+        return 0;
+    }
+    data = PyUnicode_1BYTE_DATA(event_id);
+    for (i = 0; i < 36; i++) {
+        Py_UCS1 c = data[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-') {
+                return 0;
+            }
+        }
+        else if (c >= 'A' && c <= 'F') {
+            upper = 1;
+        }
+        else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+            return 0;
+        }
+    }
+    if (!upper) {
+        Py_INCREF(event_id);
+        *lower = event_id;
+        return 1;
+    }
+    *lower = PyUnicode_New(36, 127);
+    if (*lower == NULL) {
+        return -1;
+    }
+    for (i = 0; i < 36; i++) {
+        Py_UCS1 c = data[i];
+        PyUnicode_1BYTE_DATA(*lower)[i] = (Py_UCS1)(c >= 'A' && c <= 'F' ? c + ('a' - 'A') : c);
+    }
+    return 1;
+}
+
+/* _quick_timestamp(stamp): 1 and *ts set, 0 for None, -1 on an error to raise */
+static int
+qk_timestamp_of(QuickParts *q, PyObject *stamp, PyObject **ts)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(stamp), first;
+    PyObject *parsed;
+    if (n == 0 || PyUnicode_READ_CHAR(stamp, n - 1) != 'Z') {
+        return 0;
+    }
+    first = PyUnicode_FindChar(stamp, 'Z', 0, n, 1);
+    if (first == -2) {
+        return -1;
+    }
+    if (first != n - 1) { /* stamp.count("Z") != 1 */
+        return 0;
+    }
+    parsed = PyObject_CallOneArg(q->fromisoformat, stamp);
+    if (parsed != NULL) {
+        *ts = PyObject_CallMethodNoArgs(parsed, qk_timestamp_method);
+        Py_DECREF(parsed);
+    }
+    else {
+        *ts = NULL;
+    }
+    if (*ts == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError) || PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    if (!PyFloat_Check(*ts)) { /* a datetime of another kind: not the quick path's */
+        Py_CLEAR(*ts);
+        return 0;
+    }
+    return 1;
+}
+
+/* fine(value, depth) as a truth value: 1, 0, or -1 on an error to raise */
+static int
+qk_fine(QuickParts *q, PyObject *value, int depth)
+{
+    PyObject *d = PyLong_FromLong(depth), *verdict;
+    int ok;
+    if (d == NULL) {
+        return -1;
+    }
+    verdict = PyObject_CallFunctionObjArgs(q->fine, value, d, NULL);
+    Py_DECREF(d);
+    if (verdict == NULL) {
+        return -1;
+    }
+    ok = PyObject_IsTrue(verdict);
+    Py_DECREF(verdict);
+    return ok;
+}
+
+static int
+qk_leaf(PyObject *value)
+{
+    return PyUnicode_CheckExact(value) || PyLong_CheckExact(value) || PyBool_Check(value) || value == Py_None;
+}
+
+/* One event: a new reference to its record, Py_None (new reference) for the exact checks, NULL on an error. */
+static PyObject *
+quick_record(QuickParts *q, PyObject *event, PyObject *app, PyObject *received_at, double received)
+{
+    PyObject *event_id, *name, *stamp, *properties, *identifiers, *request, *body, *blocked_value;
+    PyObject *client_ip = Py_None, *lower = NULL, *ts = NULL, *props = NULL, *ids = NULL, *users = NULL;
+    PyObject *request_out = NULL, *items = NULL, *args = NULL, *record = NULL;
+    Py_ssize_t n, pos;
+    PyObject *key, *value;
+    int r, blocked;
+    double t;
+
+    if (!PyDict_CheckExact(event)) {
+        Py_RETURN_NONE;
+    }
+    event_id = PyDict_GetItemWithError(event, qk_id);
+    name = event_id == NULL ? NULL : PyDict_GetItemWithError(event, qk_name);
+    stamp = name == NULL ? NULL : PyDict_GetItemWithError(event, qk_timestamp);
+    if (stamp == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (!PyUnicode_CheckExact(name) || !PyUnicode_CheckExact(stamp)) {
+        Py_RETURN_NONE;
+    }
+    n = PyUnicode_GET_LENGTH(name);
+    if (n <= 0 || n > q->max_name || !qk_plain(name)) {
+        Py_RETURN_NONE;
+    }
+    r = qk_uuid(event_id, &lower);
+    if (r <= 0) {
+        if (r < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    r = qk_timestamp_of(q, stamp, &ts);
+    if (r <= 0) {
+        goto fail_or_none;
+    }
+    t = PyFloat_AS_DOUBLE(ts);
+    if (!(q->min_ts <= t && t <= q->max_ts) || t > received + q->future_skew) {
+        r = 0;
+        goto fail_or_none;
+    }
+
+    properties = PyDict_GetItemWithError(event, qk_properties);
+    if (properties == NULL) {
+        if (PyErr_Occurred()) {
+            r = -1;
+            goto fail_or_none;
+        }
+        props = PyDict_New();
+    }
+    else {
+        r = 0;
+        if (!PyDict_CheckExact(properties) || PyDict_GET_SIZE(properties) > q->max_properties) {
+            goto fail_or_none;
+        }
+        pos = 0;
+        while (PyDict_Next(properties, &pos, &key, &value)) {
+            if (!qk_key(q, key)) {
+                goto fail_or_none;
+            }
+            if (PyUnicode_CheckExact(value)) {
+                if (PyUnicode_GET_LENGTH(value) > q->max_string) {
+                    goto fail_or_none;
+                }
+            }
+            else if (PyLong_CheckExact(value)) {
+                if (!qk_int64(value)) {
+                    goto fail_or_none;
+                }
+            }
+            else if (PyFloat_CheckExact(value)) {
+                if (!isfinite(PyFloat_AS_DOUBLE(value))) {
+                    goto fail_or_none;
+                }
+            }
+            else if (!PyBool_Check(value) && value != Py_None) {
+                goto fail_or_none;
+            }
+        }
+        props = PyDict_Copy(properties);
+    }
+    if (props == NULL) {
+        r = -1;
+        goto fail_or_none;
+    }
+
+    identifiers = PyDict_GetItemWithError(event, qk_user_identifiers);
+    if (identifiers == NULL && PyErr_Occurred()) {
+        r = -1;
+        goto fail_or_none;
+    }
+    if (identifiers == NULL || identifiers == Py_None) {
+        users = PyTuple_New(0);
+        if (users == NULL) {
+            r = -1;
+            goto fail_or_none;
+        }
+    }
+    else {
+        Py_ssize_t i = 0;
+        r = 0;
+        n = PyDict_CheckExact(identifiers) ? PyDict_GET_SIZE(identifiers) : 0;
+        if (n <= 0 || n > q->max_properties) {
+            goto fail_or_none;
+        }
+        users = PyTuple_New(n);
+        if (users == NULL) {
+            r = -1;
+            goto fail_or_none;
+        }
+        pos = 0;
+        while (PyDict_Next(identifiers, &pos, &key, &value)) {
+            PyObject *text;
+            if (!qk_key(q, key)) {
+                goto fail_or_none;
+            }
+            if (PyUnicode_CheckExact(value)) {
+                if (PyUnicode_GET_LENGTH(value) > q->max_string || !qk_plain(value)) {
+                    goto fail_or_none;
+                }
+                Py_INCREF(value);
+                text = value;
+            }
+            else if (PyLong_CheckExact(value) && qk_int64(value)) {
+                text = PyObject_Str(value);
+                if (text == NULL) {
+                    r = -1;
+                    goto fail_or_none;
+                }
+            }
+            else {
+                goto fail_or_none;
+            }
+            PyTuple_SET_ITEM(users, i, text);
+            i++;
+        }
+        ids = PyDict_Copy(identifiers);
+        if (ids == NULL) {
+            r = -1;
+            goto fail_or_none;
+        }
+    }
+
+    request = PyDict_GetItemWithError(event, qk_request);
+    if (request == NULL && PyErr_Occurred()) {
+        r = -1;
+        goto fail_or_none;
+    }
+    if (request == Py_None) {
+        request = NULL;
+    }
+    if (request != NULL) {
+        PyObject *agent, *path, *verb, *params;
+        r = 0;
+        if (!PyDict_CheckExact(request) || PyDict_GET_SIZE(request) != 5) {
+            goto fail_or_none;
+        }
+        client_ip = PyDict_GetItemWithError(request, qk_client_ip);
+        agent = client_ip == NULL ? NULL : PyDict_GetItemWithError(request, qk_user_agent);
+        path = agent == NULL ? NULL : PyDict_GetItemWithError(request, str_path);
+        verb = path == NULL ? NULL : PyDict_GetItemWithError(request, qk_verb);
+        params = verb == NULL ? NULL : PyDict_GetItemWithError(request, qk_params);
+        if (params == NULL) {
+            r = PyErr_Occurred() ? -1 : 0;
+            client_ip = Py_None;
+            goto fail_or_none;
+        }
+        if ((client_ip != Py_None
+             && (!PyUnicode_CheckExact(client_ip) || PyUnicode_GET_LENGTH(client_ip) > q->max_client_ip
+                 || !qk_plain(client_ip)))
+            || (agent != Py_None && !PyUnicode_CheckExact(agent)) || !PyUnicode_CheckExact(path)
+            || !PyUnicode_CheckExact(verb) || !PyDict_CheckExact(params)) {
+            client_ip = Py_None;
+            goto fail_or_none;
+        }
+        pos = 0;
+        while (PyDict_Next(params, &pos, &key, &value)) {
+            if (!qk_leaf(value)) {
+                Py_INCREF(value);
+                r = qk_fine(q, value, 3);
+                Py_DECREF(value);
+                if (r <= 0) {
+                    client_ip = Py_None;
+                    goto fail_or_none;
+                }
+                r = 0;
+            }
+        }
+    }
+
+    body = PyDict_GetItemWithError(event, qk_body);
+    if (body == NULL) {
+        if (PyErr_Occurred()) {
+            r = -1;
+            goto fail_or_none;
+        }
+        body = Py_None;
+    }
+    Py_INCREF(body); /* held across the call below, which runs Python code */
+    if (body != Py_None) {
+        r = qk_fine(q, body, 1);
+        if (r <= 0) {
+            Py_DECREF(body);
+            client_ip = Py_None;
+            goto fail_or_none;
+        }
+    }
+    blocked_value = PyDict_GetItemWithError(event, str_blocked);
+    if (blocked_value == NULL && PyErr_Occurred()) {
+        Py_DECREF(body);
+        r = -1;
+        goto fail_or_none;
+    }
+    blocked = blocked_value == Py_True;
+    if (request != NULL && blocked) {
+        request_out = PyDict_Copy(request);
+        if (request_out == NULL || PyDict_SetItem(request_out, str_blocked, Py_True) < 0) {
+            Py_DECREF(body);
+            r = -1;
+            goto fail_or_none;
+        }
+    }
+    else {
+        request_out = request == NULL ? Py_None : request;
+        Py_INCREF(request_out);
+    }
+    items = PyTuple_New(13);
+    if (items == NULL) {
+        Py_DECREF(body);
+        r = -1;
+        goto fail_or_none;
+    }
+    PyTuple_SET_ITEM(items, 0, lower);
+    PyTuple_SET_ITEM(items, 1, Py_NewRef(name));
+    PyTuple_SET_ITEM(items, 2, ts);
+    PyTuple_SET_ITEM(items, 3, Py_NewRef(received_at));
+    PyTuple_SET_ITEM(items, 4, Py_NewRef(app));
+    PyTuple_SET_ITEM(items, 5, Py_NewRef(client_ip == NULL ? Py_None : client_ip));
+    PyTuple_SET_ITEM(items, 6, props);
+    PyTuple_SET_ITEM(items, 7, ids == NULL ? Py_NewRef(Py_None) : ids);
+    PyTuple_SET_ITEM(items, 8, request_out);
+    PyTuple_SET_ITEM(items, 9, body);
+    PyTuple_SET_ITEM(items, 10, users);
+    PyTuple_SET_ITEM(items, 11, PyLong_FromLong(0));
+    PyTuple_SET_ITEM(items, 12, Py_NewRef(blocked ? Py_True : Py_False));
+    if (PyTuple_GET_ITEM(items, 11) == NULL) {
+        Py_DECREF(items);
+        return NULL;
+    }
+    args = PyTuple_Pack(1, items);
+    Py_DECREF(items);
+    if (args == NULL) {
+        return NULL;
+    }
+    record = PyTuple_Type.tp_new((PyTypeObject *)q->record_type, args, NULL); /* tuple.__new__(EventRecord, items) */
+    Py_DECREF(args);
+    return record;
+
+fail_or_none:
+    Py_XDECREF(lower);
+    Py_XDECREF(ts);
+    Py_XDECREF(props);
+    Py_XDECREF(ids);
+    Py_XDECREF(users);
+    Py_XDECREF(request_out);
+    if (r < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+qk_size(PyObject *parts, Py_ssize_t index, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(PyTuple_GET_ITEM(parts, index));
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+qk_double(PyObject *parts, Py_ssize_t index, double *out)
+{
+    *out = PyFloat_AsDouble(PyTuple_GET_ITEM(parts, index));
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *
+quick_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    QuickParts q;
+    PyObject *events, *out, *parts;
+    Py_ssize_t i, n;
+    double received;
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyUnicode_Check(args[1]) || !PyFloat_Check(args[2])
+        || !PyTuple_CheckExact(args[3]) || PyTuple_GET_SIZE(args[3]) != 11
+        || !PyType_Check(PyTuple_GET_ITEM(args[3], 0))
+        || !PyType_IsSubtype((PyTypeObject *)PyTuple_GET_ITEM(args[3], 0), &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "quick_records(events: list, app: str, received_at: float, parts)");
+        return NULL;
+    }
+    parts = args[3];
+    q.record_type = PyTuple_GET_ITEM(parts, 0);
+    q.fromisoformat = PyTuple_GET_ITEM(parts, 1);
+    q.fine = PyTuple_GET_ITEM(parts, 2);
+    if (qk_size(parts, 3, &q.max_name) < 0 || qk_size(parts, 4, &q.max_properties) < 0
+        || qk_size(parts, 5, &q.max_key) < 0 || qk_size(parts, 6, &q.max_string) < 0
+        || qk_size(parts, 7, &q.max_client_ip) < 0 || qk_double(parts, 8, &q.min_ts) < 0
+        || qk_double(parts, 9, &q.max_ts) < 0 || qk_double(parts, 10, &q.future_skew) < 0) {
+        return NULL;
+    }
+    received = PyFloat_AS_DOUBLE(args[2]);
+    events = PyList_AsTuple(args[0]); /* Python code runs below (fromisoformat, _fine): the list is not read then */
+    if (events == NULL) {
+        return NULL;
+    }
+    n = PyTuple_GET_SIZE(events);
+    out = PyList_New(n);
+    if (out == NULL) {
+        Py_DECREF(events);
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *record = quick_record(&q, PyTuple_GET_ITEM(events, i), args[1], args[2], received);
+        if (record == NULL) {
+            Py_DECREF(events);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, record);
+    }
+    Py_DECREF(events);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"check_common_properties", (PyCFunction)(void (*)(void))check_common_properties, METH_FASTCALL,
      "check_properties' common case: (copy, size), or None for every other case."},
@@ -4382,11 +4872,13 @@ static PyMethodDef methods[] = {
      "Scrubber.scrub(value) for an enabled scrubber, from its compiled_parts()."},
     {"request_key", (PyCFunction)(void (*)(void))request_key_fn, METH_FASTCALL,
      "_context.request_key(captured, ip_header) for the common captures; None for the others."},
+    {"quick_records", (PyCFunction)(void (*)(void))quick_records, METH_FASTCALL,
+     "The collector's [_wire._quick_record(event, app, received_at) for event in events]."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "sqreen_mw._speedups", "Compiled twins of track()'s hottest steps.", -1, methods,
+    PyModuleDef_HEAD_INIT, "sqreen_mw._speedups", "Compiled twins of the hottest steps of track() and of the collector's ingest.", -1, methods,
 };
 
 #define INTERN(var, text)                                                                                              \
@@ -4544,6 +5036,18 @@ PyInit__speedups(void)
     INTERN(str_w_params, "params");
     INTERN(str_w_user_agent_header, "user-agent");
     INTERN(str_w_content_type, "content-type");
+    INTERN(qk_id, "id");
+    INTERN(qk_name, "name");
+    INTERN(qk_timestamp, "timestamp");
+    INTERN(qk_properties, "properties");
+    INTERN(qk_user_identifiers, "user_identifiers");
+    INTERN(qk_request, "request");
+    INTERN(qk_client_ip, "client_ip");
+    INTERN(qk_user_agent, "user_agent");
+    INTERN(qk_verb, "verb");
+    INTERN(qk_params, "params");
+    INTERN(qk_body, "body");
+    INTERN(qk_timestamp_method, "timestamp");
     INTERN(keyword_names[0], "properties");
     INTERN(keyword_names[1], "user_identifiers");
     INTERN(keyword_names[2], "timestamp");

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from .._exceptions import InvalidEvent
+from .._native import speedups
 from .._schema import (
     MAX_FUTURE_SKEW,
     MAX_INT,
@@ -349,6 +350,18 @@ def _quick_record(event: Any, app: str, received_at: float) -> EventRecord | Non
     return record
 
 
+_QUICK_PARTS = (EventRecord, _fromisoformat, _fine, MAX_NAME_LENGTH, MAX_PROPERTIES, MAX_KEY_LENGTH,
+                MAX_STRING_LENGTH, MAX_CLIENT_IP_LENGTH, _MIN_TS, _MAX_TS, MAX_FUTURE_SKEW)  # fmt: skip
+
+
+def _quick_all(events: list[Any], app: str, received_at: float) -> list[EventRecord | None]:
+    """``[_quick_record(event, app, received_at) for event in events]``, compiled (``_speedups.quick_records``)
+    unless the package runs as pure Python: the same records, and None for the same events."""
+    if speedups is not None and type(received_at) is float and type(events) is list:
+        return speedups.quick_records(events, app, received_at, _QUICK_PARTS)
+    return [_quick_record(event, app, received_at) for event in events]
+
+
 def parse_batch(
     raw: bytes,
     content_encoding: str | None,
@@ -372,9 +385,9 @@ def parse_batch(
     records: list[EventRecord] = []
     errors: list[dict[str, Any]] = []
     n_invalid = 0
-    quick = _quick_record
+    quick = _quick_all(events, app, received_at)
     for index, event in enumerate(events):
-        record = quick(event, app, received_at)
+        record = quick[index]
         if record is not None:
             if not n_invalid:
                 records.append(record)

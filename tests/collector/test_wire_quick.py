@@ -7,9 +7,11 @@ import time
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from sqreen_mw._native import speedups
 from sqreen_mw._schema import parse_timestamp
 from sqreen_mw.collector import _wire
 from sqreen_mw.collector._wire import Rejected, _quick_record, _quick_timestamp, parse_batch
@@ -97,7 +99,7 @@ def _events(draw: st.DrawFn) -> Any:
 def _exact(event: Any) -> Any:
     """What the exact checks make of a batch of this one event: the records, or the 422 payload."""
     raw = json.dumps({"events": [event]}).encode()
-    with mock.patch.object(_wire, "_quick_record", lambda *args: None):
+    with mock.patch.object(_wire, "_quick_all", lambda events, *args: [None] * len(events)):
         try:
             return parse_batch(raw, None, app="a", received_at=NOW, max_bytes=2**20, max_events=10)
         except Rejected as exc:
@@ -126,6 +128,116 @@ def test_quick_path_accepts_only_what_the_checks_accept_with_the_same_record(eve
         exact = _exact(event)
         assert isinstance(exact, list), exact
         assert _typed(list(quick)) == _typed(list(exact[0]))
+
+
+_compiled = pytest.mark.skipif(speedups is None, reason="the compiled speedups are not built (pure Python)")
+
+
+@_compiled
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_events(), min_size=1, max_size=3), st.sampled_from([NOW, 1e300, -1e300, 0.0]))
+def test_the_compiled_quick_path_gives_the_python_one_s_verdict_and_record(events: list[Any], now: float) -> None:
+    # The decoded batch, as parse_batch hands it over; each event judged alone and within its batch.
+    text = json.dumps(events)  # infinity included: the compiled code must judge what it is given, as Python does
+    decoded = json.loads(text)
+    compiled = speedups.quick_records(decoded, "a", now, _wire._QUICK_PARTS)
+    assert len(compiled) == len(decoded)
+    for event, record in zip(decoded, compiled, strict=True):
+        python = _quick_record(event, "a", now)
+        assert (record is None) == (python is None), (event, record, python)
+        if record is not None:
+            assert type(record) is type(python)
+            assert _typed(list(record)) == _typed(list(python))
+    assert json.loads(text) == decoded  # nothing changed in place
+
+
+def _at_the_limits() -> list[Any]:
+    """The ordinary event with one value at, or one past, each limit the quick path checks."""
+    def with_(**changes: Any) -> Any:
+        event = json.loads(json.dumps(_EVENT))
+        for path, value in changes.items():
+            *parents, last = path.split("__")
+            target = event
+            for parent in parents:
+                target = target[parent]
+            target[last] = value
+        return event
+
+    out = []
+    for n in (4096, 4097):
+        out += [with_(properties__s="x" * n), with_(user_identifiers__email="x" * n)]
+    for n in (255, 256):
+        out += [with_(name="a" * n), with_(request__client_ip="1" * n), with_(properties={"k" * n: 1}),
+                with_(user_identifiers={"k" * n: "v"})]
+    for n in (16, 17):
+        many = {f"k{i}": i for i in range(n)}
+        out += [with_(properties=many), with_(user_identifiers=many)]
+    for i in (2**63 - 1, 2**63, -(2**63), -(2**63) - 1):
+        out += [with_(properties__n=i), with_(user_identifiers__id=i)]
+    out += [with_(name=""), with_(name="a\x00"), with_(name="é"), with_(user_identifiers={}),
+            with_(user_identifiers__id=True), with_(user_identifiers__email="é"),
+            with_(user_identifiers__email="a\x00"), with_(request__client_ip="é"),
+            with_(request__client_ip="1\x00"), with_(request__client_ip=None), with_(request__user_agent=None),
+            with_(request__user_agent=1), with_(request__path=None), with_(request__verb=1), with_(request__params=[]),
+            with_(request__params={"a": 1.5}), with_(request__params={"a": [[[[1]]]]}), with_(request={}),
+            with_(request=None), with_(request__extra=1), with_(body=1.5), with_(body=[1, {"a": None}]),
+            with_(properties__f=1.5), with_(properties__f=float("inf")), with_(properties__f=float("nan")),
+            with_(properties={"": 1}), with_(user_identifiers={"": "v"}), with_(properties__f=[1]),
+            with_(properties=None), with_(properties=[]),
+            with_(blocked=True), with_(blocked=1), with_(blocked=True, request=None), with_(id=_EVENT["id"].upper()),
+            with_(id=_EVENT["id"][:-1] + "g"), with_(id=_EVENT["id"].replace("-", "_")),
+            with_(id=" " + _EVENT["id"][1:]),
+            with_(timestamp="2024-05-01T10:00:00.001000Zz"), with_(timestamp="9999-12-31T23:59:59.999999Z"),
+            with_(timestamp="0001-01-01T00:00:00Z"), with_(timestamp="2024-05-02T11:00:00Z"),
+            with_(timestamp="2024-05-02T09:59:59Z"), with_(timestamp="2024-05-01T10:00:00+00:00Z")]
+    return out
+
+
+@_compiled
+def test_the_compiled_quick_path_agrees_at_every_limit() -> None:
+    events = _at_the_limits()
+    compiled = speedups.quick_records(events, "a", NOW, _wire._QUICK_PARTS)
+    verdicts = []
+    for event, record in zip(events, compiled, strict=True):
+        python = _quick_record(event, "a", NOW)
+        assert _typed(list(record) if record else None) == _typed(list(python) if python else None), event
+        verdicts.append(record is not None)
+    assert 20 < sum(verdicts) < len(verdicts) - 20  # both verdicts well represented
+
+
+@_compiled
+def test_the_compiled_quick_path_takes_ordinary_events_and_lowers_their_id() -> None:
+    upper = {**_EVENT, "id": _EVENT["id"].upper(), "blocked": True}
+    records = speedups.quick_records([json.loads(json.dumps(e)) for e in (_EVENT, upper)], "a", NOW, _wire._QUICK_PARTS)
+    assert [r is not None for r in records] == [True, True]
+    assert records[0] == _quick_record(json.loads(json.dumps(_EVENT)), "a", NOW)
+    assert records[1].id == _EVENT["id"] and records[1].blocked and records[1].request["blocked"] is True
+    assert records[0].users == ("user1@example.com", "7")
+    with pytest.raises(TypeError, match="quick_records"):
+        speedups.quick_records((_EVENT,), "a", NOW, _wire._QUICK_PARTS)
+
+
+@_compiled
+def test_parse_batch_gives_the_same_records_and_errors_compiled_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    odd = {**_EVENT, "properties": {"n": 2**70}}  # quick path refuses, the exact checks word it
+    batches = ([_EVENT, {**_EVENT, "id": _EVENT["id"].upper()}, {**_EVENT, "body": {"a": [1.5]}}], [_EVENT, odd])
+
+    def outcomes() -> list[Any]:
+        out: list[Any] = []
+        for events in batches:
+            raw = json.dumps({"events": events}).encode()
+            try:
+                out.append(_typed(parse_batch(raw, None, app="a", received_at=NOW, max_bytes=2**20, max_events=10)))
+            except Rejected as exc:
+                out.append(exc.payload)
+        return out
+
+    compiled = outcomes()
+    monkeypatch.setattr(_wire, "speedups", None)
+    python = outcomes()
+    assert compiled == python
+    assert isinstance(compiled[0], list) and len(compiled[0]) == 3
+    assert compiled[1]["errors"][0]["field"] == "properties"
 
 
 def test_ordinary_events_take_the_quick_path_and_others_keep_their_messages() -> None:
