@@ -673,10 +673,12 @@ def bench_memory(report: Report, events: int, requests: int, sites: bool) -> lis
         for i in range(events):
             # one event a request, each request as a browser sends it: a dozen headers, a 1 KB cookie, made per request
             scope = scope_for(i)
-            scope["headers"] = [*scope["headers"], (b"accept", b"text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"),
-                                (b"accept-language", b"en-US,en;q=0.9"), (b"referer", b"https://shop.example.com/"),
-                                (b"cookie", b"session=%08d; prefs=" % i + b"p" * 1000),
-                                (b"sec-fetch-mode", b"navigate"), (b"connection", b"keep-alive")]
+            headers = [*scope["headers"], (b"accept", b"text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"),
+                       (b"accept-language", b"en-US,en;q=0.9"), (b"referer", b"https://shop.example.com/"),
+                       (b"cookie", b"session=%08d; prefs=" % i + b"p" * 1000),
+                       (b"sec-fetch-mode", b"navigate"), (b"connection", b"keep-alive")]
+            # each name and value its own bytes, as a server parses them (uvicorn lower-cases every name)
+            scope["headers"] = [(bytes(bytearray(name)), bytes(bytearray(value))) for name, value in headers]
             token = current_context.set(RequestContext(ASGI, scope, None))
             track(EVENT, properties={"item": "book", "quantity": 2, "gift": False})
             current_context.reset(token)

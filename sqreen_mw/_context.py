@@ -2,8 +2,8 @@
 
 The middleware only creates a small :class:`RequestContext` and binds it to a ``ContextVar``. The first event of a
 request takes a :data:`Capture` of it: references to the raw parts the default properties (client IP, user agent,
-path, verb, parameters) are made of, which do not change for the request (the ASGI scope's header pairs and query
-bytes, the environ's strings, a body the application read in full). The other events of the request share it. The
+path, verb, parameters) are made of, which do not change for the request (the values of the ASGI headers those
+properties read and the query bytes, the environ's strings, a body the application read in full). The other events of the request share it. The
 flusher thread turns a capture into the default properties (:func:`request_info`: query parsing, header decoding,
 client-IP resolution, then scrubbing), once per batch, so ``track()`` itself does none of that work. A request that
 tracks nothing pays for one object and one ``ContextVar.set``/``reset``.
@@ -79,10 +79,10 @@ class RequestContext:
     def capture(self, ip_key: str | None = None, wanted: frozenset[bytes] = _WANTED) -> Capture | None:
         """The request's raw parts for its events, taken once (the first event's view of the request).
 
-        Only references and small copies: the header pairs, strings and bytes of the request do not change; what
+        Only references and small copies: the header values, strings and bytes of the request do not change; what
         the application may change later (path parameters, a parsed JSON body, a form) is copied. Of the headers,
-        only those the default properties read are kept (an event waits in the queue until its batch is sent: a
-        browser's cookies would wait with it).
+        only those the default properties read are kept, as one flat tuple of names and values (an event waits in the
+        queue until its batch is sent: a browser's cookies would wait with it, and so would a tuple per header).
 
         :param ip_key: the environ key of the configured ``ip_header`` (:func:`environ_key`), WSGI and Django only.
         :param wanted: the ASGI header names kept (:func:`asgi_wanted` of the configured ``ip_header``).
@@ -104,7 +104,7 @@ class RequestContext:
                 path_params = raw.get("path_params")
                 tee = self.body_tee
                 captured = (
-                    ASGI, client, _wanted_pairs(headers, wanted), path, method, kind,
+                    ASGI, client, _wanted_headers(headers, wanted), path, method, kind,
                     query, dict(path_params) if path_params else None,
                     # _complete_body(tee), inline: the tee of a body the application read in full, else None
                     tee if tee is not None and tee.ended and tee.read_any and not tee.overflow else None,
@@ -199,11 +199,10 @@ def capture_size(captured: Capture | None) -> int:
         return 0
     if captured[0] == ASGI and len(captured) == 9:
         size = _text_size(captured[3]) + _text_size(captured[6])
-        pairs = captured[2]
-        if type(pairs) is tuple:
-            for pair in pairs:
-                if type(pair) is tuple and len(pair) == 2:
-                    size += _text_size(pair[0]) + _text_size(pair[1])
+        kept = captured[2]
+        if type(kept) is tuple:  # names and values, flat
+            for item in kept:
+                size += _text_size(item)
         return size
     if len(captured) != 8:
         return 0
@@ -215,15 +214,21 @@ def _text_size(value: object) -> int:
     return len(value) if type(value) is str or type(value) is bytes else 0
 
 
-def _wanted_pairs(headers: Any, wanted: frozenset[bytes]) -> tuple[Any, ...]:
-    # The scope's header pairs whose name is wanted, in order (the pairs themselves: bytes do not change). Headers
-    # that are not pairs are kept as they were: request_info() then says what it cannot read, as it always did.
+def _wanted_headers(headers: Any, wanted: frozenset[bytes]) -> tuple[Any, ...] | list[Any]:
+    # The scope's headers whose name is wanted, in order, as one flat tuple: (name, value, name, value, ...). Bytes do
+    # not change, so these are the scope's own; a tuple per header (and, in C, the request's copy of each name) would
+    # wait in the queue with the event. Headers that are not pairs are kept as they were, in a list: request_info()
+    # then says what it cannot read, as it always did.
     pairs = headers if type(headers) is tuple else tuple(headers or ())
+    flat: list[Any] = []
     try:
-        kept = tuple([pair for pair in pairs if pair[0] in wanted])
+        for pair in pairs:
+            if pair[0] in wanted:
+                name, value = pair
+                flat += (name, value)
     except Exception:
-        return pairs
-    return pairs if len(kept) == len(pairs) else kept
+        return list(pairs)
+    return tuple(flat)
 
 
 def _asgi_headers(pairs: Any, extra: str | None = None) -> dict[str, str]:
@@ -235,6 +240,22 @@ def _asgi_headers(pairs: Any, extra: str | None = None) -> dict[str, str]:
         if name in wanted:
             key = name.decode("latin-1")
             text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text  # repeated: joined in order
+    return headers
+
+
+def _captured_headers(kept: Any, extra: str | None = None) -> dict[str, str]:
+    """:func:`_asgi_headers` of a capture's headers: the flat tuple of :func:`_wanted_headers` (or, for headers that
+    were not pairs, the list of them, read as pairs: which says what it cannot read)."""
+    if type(kept) is not tuple:
+        return _asgi_headers(kept, extra)
+    wanted = _WANTED if extra is None else _WANTED | {extra.encode("latin-1")}
+    headers: dict[str, str] = {}
+    for i in range(0, len(kept) - 1, 2):
+        name = kept[i]
+        if name in wanted:
+            key = name.decode("latin-1")
+            text = kept[i + 1].decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text  # repeated: joined in order
     return headers
 
@@ -303,7 +324,7 @@ def request_info(captured: Capture, resolver: ClientIPResolver) -> RequestInfo:
     kind = captured[0]
     if kind == ASGI:
         _, client, pairs, path, method, scope_type, query, path_params, tee = captured
-        headers = _asgi_headers(pairs, resolver.ip_header)
+        headers = _captured_headers(pairs, resolver.ip_header)
         form, json_body = _body_params(headers.get("content-type", ""), tee)
         return {
             "client_ip": resolver.resolve_cached(client[0] if client else None, headers),
@@ -340,7 +361,7 @@ def request_key(captured: Capture, ip_header: str | None) -> tuple[Any, ...] | N
         _, client, pairs, path, method, scope_type, query, path_params, tee = captured
         if tee is not None or len(path) + len(query) > MAX_KEYED_TEXT:
             return None
-        return (kind, client[0] if client else None, tuple(_asgi_headers(pairs, ip_header).items()), path, method,
+        return (kind, client[0] if client else None, tuple(_captured_headers(pairs, ip_header).items()), path, method,
                 scope_type, query, _path_key(path_params))
     _, meta, path, verb, path_params, form, json_body, tee = captured
     if form is not None or json_body is not None or tee is not None:

@@ -679,6 +679,8 @@ typedef struct {
     PyObject *ip_key;      /* Client._ip_key */
     PyObject *wanted;      /* Client._asgi_wanted: the ASGI header names a capture keeps */
     const char *wanted_names[WANTED_MAX]; /* their bytes (held by the frozenset), compared without a set lookup */
+    PyObject *wanted_objs[WANTED_MAX];    /* the names themselves (borrowed: the frozenset holds them), which a capture
+                                           * keeps in place of each request's own copy */
     Py_ssize_t wanted_lens[WANTED_MAX];
     int wanted_count;      /* -1: more than WANTED_MAX, or not all bytes (looked up in the frozenset) */
     PyObject *unreadable;  /* callable(exception): logs a request that could not be read */
@@ -849,63 +851,62 @@ untrack_plain_capture(PyObject *captured)
     }
 }
 
-/* _context._wanted_pairs() of a scope's headers (an exact list or tuple) whose every item is a pair of an exact
- * bytes name and a value: the pairs whose name is wanted, in order (the headers themselves when a tuple of only
- * those). A new reference; NULL without an exception for any other shape (the Python method captures it). */
-/* Whether a header name (exact bytes) is one the capture keeps: 1, 0, or -1 with an exception. */
+/* Whether a header name (exact bytes) is one the capture keeps: 1 (*kept: the name to keep, borrowed: this Tracker's
+ * own object of that name, else the name itself), 0, or -1 with an exception. */
 static int
-name_wanted(Tracker *self, PyObject *name)
+name_wanted(Tracker *self, PyObject *name, PyObject **kept)
 {
     const char *text = PyBytes_AS_STRING(name);
     Py_ssize_t length = PyBytes_GET_SIZE(name);
     int i;
+    *kept = name;
     if (self->wanted_count < 0) {
         return PySet_Contains(self->wanted, name);
     }
     for (i = 0; i < self->wanted_count; i++) {
         if (self->wanted_lens[i] == length && memcmp(self->wanted_names[i], text, (size_t)length) == 0) {
+            *kept = self->wanted_objs[i];
             return 1;
         }
     }
     return 0;
 }
 
-#define WANTED_KEPT 16 /* pairs kept in one pass; a request with more wanted headers is captured by Python */
+#define WANTED_KEPT 16 /* headers kept in one pass; a request with more wanted headers is captured by Python */
 
+/* _context._wanted_headers() of a scope's headers (an exact list or tuple) whose every item is a pair of an exact
+ * bytes name and a value: the wanted names and their values, flat and in order, each name this Tracker's own object
+ * of it. A new reference; NULL without an exception for any other shape (the Python method captures it). */
 static PyObject *
-wanted_pairs(Tracker *self, PyObject *headers)
+kept_headers(Tracker *self, PyObject *headers)
 {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(headers), i, kept = 0;
-    PyObject **items = PySequence_Fast_ITEMS(headers), *out, *pairs[WANTED_KEPT];
+    PyObject **items = PySequence_Fast_ITEMS(headers), *out, *flat[2 * WANTED_KEPT];
     int in = 0;
     for (i = 0; i < n && in >= 0; i++) { /* comparing bytes runs no Python code: the list stays as it is */
-        PyObject *pair = items[i];
+        PyObject *pair = items[i], *name;
         if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
             in = -1; /* another shape: the Python method's */
         }
-        else if ((in = name_wanted(self, PyTuple_GET_ITEM(pair, 0))) > 0) {
-            if (kept == WANTED_KEPT) {
+        else if ((in = name_wanted(self, PyTuple_GET_ITEM(pair, 0), &name)) > 0) {
+            if (kept == 2 * WANTED_KEPT) {
                 in = -1;
             }
-            else {
-                pairs[kept++] = Py_NewRef(pair); /* held: making the tuple may run a finalizer that changes a list */
+            else { /* held: making the tuple may run a finalizer that changes a list */
+                flat[kept++] = Py_NewRef(name);
+                flat[kept++] = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
             }
         }
     }
     out = NULL;
-    if (in >= 0) {
-        if (kept == n && PyTuple_CheckExact(headers)) {
-            out = Py_NewRef(headers);
+    if (in >= 0 && (out = PyTuple_New(kept)) != NULL) {
+        for (i = 0; i < kept; i++) {
+            PyTuple_SET_ITEM(out, i, flat[i]);
         }
-        else if ((out = PyTuple_New(kept)) != NULL) {
-            for (i = 0; i < kept; i++) {
-                PyTuple_SET_ITEM(out, i, pairs[i]);
-            }
-            return out;
-        }
+        return out;
     }
     for (i = 0; i < kept; i++) {
-        Py_DECREF(pairs[i]);
+        Py_DECREF(flat[i]);
     }
     return out; /* NULL: with an exception, a fault; without, the Python method captures the request */
 }
@@ -938,12 +939,9 @@ capture_size(PyObject *captured)
     if (i == 0 && PyTuple_GET_SIZE(captured) == 9) { /* ASGI */
         size = text_size(PyTuple_GET_ITEM(captured, 3)) + text_size(PyTuple_GET_ITEM(captured, 6));
         item = PyTuple_GET_ITEM(captured, 2);
-        if (PyTuple_CheckExact(item)) {
+        if (PyTuple_CheckExact(item)) { /* names and values, flat */
             for (i = 0; i < PyTuple_GET_SIZE(item); i++) {
-                PyObject *pair = PyTuple_GET_ITEM(item, i);
-                if (PyTuple_CheckExact(pair) && PyTuple_GET_SIZE(pair) == 2) {
-                    size += text_size(PyTuple_GET_ITEM(pair, 0)) + text_size(PyTuple_GET_ITEM(pair, 1));
-                }
+                size += text_size(PyTuple_GET_ITEM(item, i));
             }
         }
         return size;
@@ -1013,7 +1011,7 @@ asgi_capture(Tracker *self, PyObject *ctx)
         headers = Py_NewRef(empty_tuple);
     }
     else if (PyTuple_CheckExact(headers) || PyList_CheckExact(headers)) {
-        headers = wanted_pairs(self, headers);
+        headers = kept_headers(self, headers);
     }
     else {
         headers = NULL;
@@ -1721,6 +1719,7 @@ tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             }
             else if (self->wanted_count >= 0) {
                 self->wanted_names[self->wanted_count] = PyBytes_AS_STRING(name);
+                self->wanted_objs[self->wanted_count] = name;
                 self->wanted_lens[self->wanted_count++] = PyBytes_GET_SIZE(name);
             }
             Py_DECREF(name);
@@ -3373,45 +3372,42 @@ header_wanted(PyObject *name, PyObject *extra)
     return extra != Py_None && PyBytes_GET_SIZE(extra) == size && memcmp(PyBytes_AS_STRING(extra), text, (size_t)size) == 0;
 }
 
-/* The (name, value) pairs of a list or tuple of ASGI headers that _context._asgi_headers(pairs, ip_header) reads, as
- * a tuple of the same pair objects in their order: equal tuples give equal headers. A new reference; NULL without an
- * exception for any pair that is not a tuple of bytes, name and value; NULL with one on a fault. */
+/* The names and values of a capture's headers (the flat tuple of _context._wanted_headers) that
+ * _context._captured_headers(kept, ip_header) reads, flat and in their order: equal tuples give equal headers. A new
+ * reference; NULL without an exception for headers of another shape or a value that is not bytes; NULL with one on a
+ * fault. */
 static PyObject *
-wanted_header_pairs(PyObject *pairs, PyObject *extra)
+wanted_header_items(PyObject *kept, PyObject *extra)
 {
-    PyObject *kept[16], *out;
+    PyObject *items[32], *out;
     Py_ssize_t i, n, count = 0;
-    if (pairs == Py_None) {
-        return Py_NewRef(empty_tuple);
-    }
-    if (!PyList_CheckExact(pairs) && !PyTuple_CheckExact(pairs)) {
+    if (!PyTuple_CheckExact(kept) || PyTuple_GET_SIZE(kept) % 2) {
         return NULL;
     }
-    n = PySequence_Fast_GET_SIZE(pairs);
-    for (i = 0; i < n; i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(pairs, i);
-        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
+    n = PyTuple_GET_SIZE(kept);
+    for (i = 0; i < n; i += 2) {
+        PyObject *name = PyTuple_GET_ITEM(kept, i), *value = PyTuple_GET_ITEM(kept, i + 1);
+        if (!PyBytes_CheckExact(name)) {
             return NULL;
         }
-        if (header_wanted(PyTuple_GET_ITEM(pair, 0), extra)) {
-            if (count == 16 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
-                goto unhandled; /* a value the Python code decodes its way, or many repeats */
+        if (header_wanted(name, extra)) {
+            if (count == 32 || !PyBytes_CheckExact(value)) {
+                return NULL; /* a value the Python code decodes its way, or many repeats */
             }
-            kept[count++] = Py_NewRef(pair); /* held: an allocation below may run a finalizer that edits the list */
+            items[count++] = name; /* borrowed: the capture's tuple holds them and cannot change */
+            items[count++] = value;
         }
+    }
+    if (count == n) {
+        return Py_NewRef(kept);
     }
     out = PyTuple_New(count);
     if (out != NULL) {
         for (i = 0; i < count; i++) {
-            PyTuple_SET_ITEM(out, i, kept[i]);
+            PyTuple_SET_ITEM(out, i, Py_NewRef(items[i]));
         }
-        return out;
     }
-unhandled:
-    for (i = 0; i < count; i++) {
-        Py_DECREF(kept[i]);
-    }
-    return NULL;
+    return out;
 }
 
 /* _context._path_key for None or a dict of str to str: Py_None, or a tuple of pairs (a new reference); NULL without an
@@ -3484,7 +3480,7 @@ request_key_c(PyObject *captured, PyObject *extra)
         else {
             return Py_NewRef(Py_None);
         }
-        parts[2] = wanted_header_pairs(PyTuple_GET_ITEM(captured, 2), extra);
+        parts[2] = wanted_header_items(PyTuple_GET_ITEM(captured, 2), extra);
         if (parts[2] == NULL) {
             return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
         }
@@ -3993,12 +3989,11 @@ request_info_c(WireState *st, PyObject *captured)
         return NULL;
     }
     if (PyTuple_GET_SIZE(captured) == 9 && is_small_int(PyTuple_GET_ITEM(captured, 0), 0)) { /* ASGI */
-        PyObject *client = PyTuple_GET_ITEM(captured, 1), *pairs = PyTuple_GET_ITEM(captured, 2);
+        PyObject *client = PyTuple_GET_ITEM(captured, 1), *kept = PyTuple_GET_ITEM(captured, 2);
         PyObject *method = PyTuple_GET_ITEM(captured, 4), *scope_type = PyTuple_GET_ITEM(captured, 5);
-        PyObject *query = PyTuple_GET_ITEM(captured, 6), *text, *key, *raw;
+        PyObject *query = PyTuple_GET_ITEM(captured, 6), *text, *key, *raw, *name;
         Py_ssize_t j;
-        if (!PyBytes_CheckExact(query)
-            || (!PyList_CheckExact(pairs) && !PyTuple_CheckExact(pairs) && pairs != Py_None)
+        if (!PyBytes_CheckExact(query) || !PyTuple_CheckExact(kept) || PyTuple_GET_SIZE(kept) % 2
             || (method == Py_None && !PyUnicode_CheckExact(scope_type))) {
             return NULL;
         }
@@ -4011,34 +4006,31 @@ request_info_c(WireState *st, PyObject *captured)
         else {
             return NULL;
         }
-        headers = PyDict_New(); /* _asgi_headers(pairs, ip_header) */
+        headers = PyDict_New(); /* _captured_headers(kept, ip_header) */
         if (headers == NULL) {
             return NULL;
         }
-        for (j = 0; pairs != Py_None && j < PySequence_Fast_GET_SIZE(pairs); j++) { /* the scope's own list */
-            PyObject *pair = PySequence_Fast_GET_ITEM(pairs, j), *prev;
+        for (j = 0; j < PyTuple_GET_SIZE(kept); j += 2) { /* the capture's tuple: it cannot change */
+            PyObject *prev;
             int failed;
-            if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2
-                || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
+            name = PyTuple_GET_ITEM(kept, j);
+            if (!PyBytes_CheckExact(name)) {
                 goto unhandled;
             }
-            if (!header_wanted(PyTuple_GET_ITEM(pair, 0), st->extra)) {
+            if (!header_wanted(name, st->extra)) {
                 continue;
             }
-            raw = PyTuple_GET_ITEM(pair, 1);
+            raw = PyTuple_GET_ITEM(kept, j + 1);
             if (!PyBytes_CheckExact(raw)) {
                 goto unhandled;
             }
-            Py_INCREF(pair); /* held: a finalizer run by an allocation below may edit the list */
-            key = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(PyTuple_GET_ITEM(pair, 0)),
-                                         PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 0)), NULL);
+            key = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), NULL);
             text = key == NULL ? NULL : PyUnicode_DecodeLatin1(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), NULL);
             prev = text == NULL ? NULL : PyDict_GetItemWithError(headers, key);
             if (prev != NULL) { /* repeated: joined in order */
                 Py_SETREF(text, PyUnicode_FromFormat("%U, %U", prev, text));
             }
             failed = text == NULL || PyDict_SetItem(headers, key, text) < 0;
-            Py_DECREF(pair);
             Py_XDECREF(key);
             Py_XDECREF(text);
             if (failed) {

@@ -14,6 +14,7 @@ import sqreen_mw._context as context_module
 from sqreen_mw import Client
 from sqreen_mw._context import ASGI, WSGI, RequestContext, current_context
 from sqreen_mw._ip import ClientIPResolver
+from sqreen_mw._native import speedups
 
 from .support import record_in_request
 
@@ -203,9 +204,10 @@ def test_a_capture_keeps_only_the_headers_its_properties_read(headers: list[tupl
         if ip_header is not None:
             wanted.add(ip_header.encode())
         kept = ctx._capture[2]
-        assert list(kept) == [pair for pair in headers if pair[0] in wanted]  # in order, repeated names too
-        assert all(a is b for a, b in zip(kept, (p for p in headers if p[0] in wanted), strict=True))  # the pairs
-        whole = (*ctx._capture[:2], tuple(headers), *ctx._capture[3:])
+        # names and values, flat, in order, repeated names too; the values are the request's own objects
+        assert list(kept) == [item for pair in headers if pair[0] in wanted for item in pair]
+        assert all(a is b for a, b in zip(kept[1::2], (p[1] for p in headers if p[0] in wanted), strict=True))
+        whole = (*ctx._capture[:2], tuple(item for pair in headers for item in pair), *ctx._capture[3:])
         assert context_module.request_info(ctx._capture, client.resolver) == context_module.request_info(
             whole, client.resolver)  # the same default properties as from every header
         payload, _ = client._serialize([record])
@@ -228,14 +230,36 @@ def test_a_queued_event_does_not_hold_the_requests_other_headers(client: Client)
         if id(value) not in seen:
             seen.add(id(value))
             stack.extend(gc.get_referents(value))
-    assert id(raw["headers"][0]) in seen and id(cookie) not in seen and id(raw["headers"][2]) not in seen
+    assert id(raw["headers"][0][1]) in seen and id(cookie) not in seen and id(raw["headers"][2][1]) not in seen
+    assert id(raw["headers"][0]) not in seen  # no pair tuple kept: the value alone, with a name of the SDK's own
+
+
+@pytest.mark.skipif(speedups is None, reason="the compiled capture keeps the SDK's own name objects")
+def test_a_queued_event_keeps_its_header_names_once_for_all_requests(client: Client) -> None:
+    import gc
+
+    kept = []
+    for _ in range(3):  # names made per request, as a server parses them (uvicorn lowers each)
+        name = bytes(bytearray(b"user-agent"))
+        raw = {**scope(), "headers": [(name, b"curl/8")]}
+        ctx = RequestContext(ASGI, raw)
+        record = record_in_request(client, ctx, {"n": 1})
+        kept.append(ctx._capture[2][0])
+        seen, stack = set(), [record]
+        while stack:
+            value = stack.pop()
+            if id(value) not in seen:
+                seen.add(id(value))
+                stack.extend(gc.get_referents(value))
+        assert id(name) not in seen
+    assert kept[0] == b"user-agent" and kept[0] is kept[1] is kept[2]
 
 
 def test_a_request_with_many_wanted_headers_keeps_them_all(client: Client) -> None:
     headers = [(b"x-forwarded-for", b"10.0.0.%d" % i) for i in range(40)] + [(b"cookie", b"c")]
     ctx = RequestContext(ASGI, {**scope(), "headers": headers})
     record_in_request(client, ctx, {"n": 1})
-    assert list(ctx._capture[2]) == headers[:40]
+    assert list(ctx._capture[2]) == [item for pair in headers[:40] for item in pair]
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])

@@ -357,7 +357,7 @@ _QUICK_PARTS = (EventRecord, _fromisoformat, _fine, MAX_NAME_LENGTH, MAX_PROPERT
 def _quick_all(events: list[Any], app: str, received_at: float) -> list[EventRecord | None]:
     """``[_quick_record(event, app, received_at) for event in events]``, compiled (``_speedups.quick_records``)
     unless the package runs as pure Python: the same records, and None for the same events."""
-    if speedups is not None and type(received_at) is float and type(events) is list:
+    if speedups is not None and type(received_at) is float and type(events) is list and type(app) is str:
         return speedups.quick_records(events, app, received_at, _QUICK_PARTS)
     return [_quick_record(event, app, received_at) for event in events]
 

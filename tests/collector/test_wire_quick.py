@@ -233,6 +233,9 @@ def test_parse_batch_gives_the_same_records_and_errors_compiled_or_not(monkeypat
         return out
 
     compiled = outcomes()
+    # an app name that is not text (the ingest path always has one): the Python code's record, as without speedups
+    assert parse_batch(json.dumps({"events": [_EVENT]}).encode(), None, app=None, received_at=NOW,  # type: ignore[arg-type]
+                       max_bytes=2**20, max_events=10)[0].app is None
     monkeypatch.setattr(_wire, "speedups", None)
     python = outcomes()
     assert compiled == python
