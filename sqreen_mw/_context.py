@@ -3,10 +3,10 @@
 The middleware only creates a small :class:`RequestContext` and binds it to a ``ContextVar``. The first event of a
 request takes a :data:`Capture` of it: references to the raw parts the default properties (client IP, user agent,
 path, verb, parameters) are made of, which do not change for the request (the values of the ASGI headers those
-properties read and the query bytes, the environ's strings, a body the application read in full). The other events of the request share it. The
-flusher thread turns a capture into the default properties (:func:`request_info`: query parsing, header decoding,
-client-IP resolution, then scrubbing), once per batch, so ``track()`` itself does none of that work. A request that
-tracks nothing pays for one object and one ``ContextVar.set``/``reset``.
+properties read and the query bytes, the environ's strings, a body the application read in full). The other events
+of the request share it. The flusher thread turns a capture into the default properties (:func:`request_info`: query
+parsing, header decoding, client-IP resolution, then scrubbing), once per batch, so ``track()`` itself does none of
+that work. A request that tracks nothing pays for one object and one ``ContextVar.set``/``reset``.
 
 ``params.path`` (the route's path parameters) holds text under every framework: FastAPI's ``"1"`` and Flask's or
 Django's ``1`` (an ``int`` converter) are both sent as ``"1"``.
