@@ -74,6 +74,7 @@ typedef struct {
     PyObject *keys[MAX_PROPERTIES];
     Py_ssize_t len;
     long long estimate;
+    PyObject *keys_tuple; /* the same keys as a tuple, which the compact properties of a record share */
 } KeyCache;
 
 static void
@@ -83,13 +84,42 @@ key_cache_clear(KeyCache *cache)
     for (i = 0; i < cache->len; i++) {
         Py_CLEAR(cache->keys[i]);
     }
+    Py_CLEAR(cache->keys_tuple);
     cache->len = 0;
+}
+
+static int
+is_compact_properties(PyObject *props)
+{
+    Py_ssize_t n;
+    if (!PyTuple_CheckExact(props) || (n = PyTuple_GET_SIZE(props)) < 2) {
+        return 0;
+    }
+    return PyTuple_CheckExact(PyTuple_GET_ITEM(props, 0)) && PyTuple_GET_SIZE(PyTuple_GET_ITEM(props, 0)) == n - 1;
+}
+
+/* A record's properties, compact: (keys, value, value, ...), the keys a tuple that the records of equal keys share
+ * (_client.expand_properties makes the dict again). A dict of 1 to 5 items takes 184 bytes; this, 40 + 8 per value. */
+static PyObject *
+compact_properties(PyObject *keys, PyObject *const *values, Py_ssize_t n)
+{
+    PyObject *out = PyTuple_New(n + 1);
+    Py_ssize_t i;
+    if (out == NULL) {
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, Py_NewRef(keys));
+    for (i = 0; i < n; i++) {
+        PyTuple_SET_ITEM(out, i + 1, Py_NewRef(values[i]));
+    }
+    PyObject_GC_UnTrack(out); /* text, numbers and a tuple of text: no cycle can pass through it */
+    return out;
 }
 
 static PyObject *
 common_properties(PyObject *properties, PyObject *known, long long *size, KeyCache *cache)
 {
-    PyObject *key, *value, *keys[MAX_PROPERTIES];
+    PyObject *key, *value, *keys[MAX_PROPERTIES], *values[MAX_PROPERTIES];
     Py_ssize_t pos = 0, i = 0, n;
     long long total = 0, key_total = 0;
     int same = cache != NULL;
@@ -106,6 +136,7 @@ common_properties(PyObject *properties, PyObject *known, long long *size, KeyCac
         }
         if (i < MAX_PROPERTIES) {
             keys[i] = key;
+            values[i] = value; /* borrowed: the dict holds them, and no Python code runs until they are copied */
         }
         same = same && i < cache->len && cache->keys[i] == key;
         i++;
@@ -153,13 +184,22 @@ common_properties(PyObject *properties, PyObject *known, long long *size, KeyCac
     }
     else if (cache != NULL) { /* every key was looked up: remember them */
         key_cache_clear(cache);
+        cache->keys_tuple = PyTuple_New(n);
+        if (cache->keys_tuple == NULL) {
+            return NULL;
+        }
         for (i = 0; i < n; i++) {
             cache->keys[i] = Py_NewRef(keys[i]);
+            PyTuple_SET_ITEM(cache->keys_tuple, i, Py_NewRef(keys[i]));
         }
+        PyObject_GC_UnTrack(cache->keys_tuple);
         cache->len = n;
         cache->estimate = key_total;
     }
     *size = total + key_total;
+    if (cache != NULL && n > 0 && cache->keys_tuple != NULL) {
+        return compact_properties(cache->keys_tuple, values, n);
+    }
     return PyDict_Copy(properties);
 }
 
@@ -3659,6 +3699,66 @@ short_int(PyObject *value)
 /* Scrubber._scrub(value, depth), compiled: the same walk over dicts, lists and tuples, with the caches' answers for
  * keys and texts; a text, key or int the caches cannot answer, and any other type, is asked of the Python methods.
  * A new reference; NULL with an exception on a fault (and whatever the Python methods raise). */
+static PyObject *scrub_c(ScrubParts *p, PyObject *value, Py_ssize_t depth);
+
+/* out[key] = the scrubbed item, as the Python Scrubber's dict case does for one entry of a dict at `depth`:
+ * 0, or -1 with an exception. */
+static int
+scrub_entry(ScrubParts *p, PyObject *out, PyObject *key, PyObject *item, Py_ssize_t depth)
+{
+    PyObject *kept;
+    int hidden, failed;
+    Py_INCREF(key); /* held: the Python methods below may run any code */
+    Py_INCREF(item);
+    hidden = PyUnicode_CheckExact(key) ? key_hidden(p, key) : -2;
+    if (hidden == 1) {
+        kept = Py_NewRef(p->redacted);
+    }
+    else if (hidden == 0) {
+        if (PyUnicode_CheckExact(item)) {
+            kept = scrub_text_c(p, item, depth); /* a dict's texts are scrubbed at its own depth */
+        }
+        else if (item == Py_None || item == Py_True || item == Py_False) {
+            kept = Py_NewRef(item);
+        }
+        else if (PyLong_CheckExact(item) && !short_int(item)) {
+            PyObject *card = PyObject_CallOneArg(p->card_int, item);
+            int truth = card == NULL ? -1 : PyObject_IsTrue(card);
+            Py_XDECREF(card);
+            kept = truth < 0 ? NULL : Py_NewRef(truth ? p->redacted : item);
+        }
+        else {
+            kept = scrub_c(p, item, depth + 1);
+        }
+    }
+    else {
+        if (hidden == -2) {
+            PyErr_SetString(PyExc_RuntimeError, "dictionary keys changed during scrubbing");
+        }
+        kept = NULL;
+    }
+    failed = kept == NULL || PyDict_SetItem(out, key, kept) < 0;
+    Py_DECREF(key);
+    Py_DECREF(item);
+    Py_XDECREF(kept);
+    return failed ? -1 : 0;
+}
+
+/* scrub_c() of the dict a record's compact properties stand for (_client.expand_properties), without making it. */
+static PyObject *
+scrub_compact(ScrubParts *p, PyObject *props)
+{
+    PyObject *keys = PyTuple_GET_ITEM(props, 0), *out;
+    Py_ssize_t i, n = PyTuple_GET_SIZE(keys);
+    out = _PyDict_NewPresized(n);
+    for (i = 0; out != NULL && i < n; i++) { /* the tuples cannot change, whatever code runs */
+        if (scrub_entry(p, out, PyTuple_GET_ITEM(keys, i), PyTuple_GET_ITEM(props, i + 1), 0) < 0) {
+            Py_CLEAR(out);
+        }
+    }
+    return out;
+}
+
 static PyObject *
 scrub_c(ScrubParts *p, PyObject *value, Py_ssize_t depth)
 {
@@ -3688,42 +3788,7 @@ scrub_c(ScrubParts *p, PyObject *value, Py_ssize_t depth)
         }
         pos = 0;
         while (PyDict_Next(value, &pos, &key, &item)) {
-            PyObject *kept;
-            int hidden, failed;
-            Py_INCREF(key); /* held: the Python methods below may run any code */
-            Py_INCREF(item);
-            hidden = PyUnicode_CheckExact(key) ? key_hidden(p, key) : -2;
-            if (hidden == 1) {
-                kept = Py_NewRef(p->redacted);
-            }
-            else if (hidden == 0) {
-                if (PyUnicode_CheckExact(item)) {
-                    kept = scrub_text_c(p, item, depth); /* a dict's texts are scrubbed at its own depth */
-                }
-                else if (item == Py_None || item == Py_True || item == Py_False) {
-                    kept = Py_NewRef(item);
-                }
-                else if (PyLong_CheckExact(item) && !short_int(item)) {
-                    PyObject *card = PyObject_CallOneArg(p->card_int, item);
-                    int truth = card == NULL ? -1 : PyObject_IsTrue(card);
-                    Py_XDECREF(card);
-                    kept = truth < 0 ? NULL : Py_NewRef(truth ? p->redacted : item);
-                }
-                else {
-                    kept = scrub_c(p, item, depth + 1);
-                }
-            }
-            else {
-                if (hidden == -2) {
-                    PyErr_SetString(PyExc_RuntimeError, "dictionary keys changed during scrubbing");
-                }
-                kept = NULL;
-            }
-            failed = kept == NULL || PyDict_SetItem(out, key, kept) < 0;
-            Py_DECREF(key);
-            Py_DECREF(item);
-            Py_XDECREF(kept);
-            if (failed) {
+            if (scrub_entry(p, out, key, item, depth) < 0) {
                 Py_DECREF(out);
                 return NULL;
             }
@@ -4228,7 +4293,7 @@ wire_common(WireState *st, PyObject *record)
     blocked = PyTuple_GET_ITEM(record, 9);
     if (!PyLong_CheckExact(ns_obj) || !PyLong_CheckExact(PyTuple_GET_ITEM(record, 1))
         || (blocked != Py_True && blocked != Py_False && blocked != Py_None)
-        || (props != Py_None && !PyDict_CheckExact(props))) {
+        || (props != Py_None && !PyDict_CheckExact(props) && !is_compact_properties(props))) {
         return NULL;
     }
     {
@@ -4247,8 +4312,13 @@ wire_common(WireState *st, PyObject *record)
     if (values[0] == NULL || values[2] == NULL) {
         goto done;
     }
-    truth = props != Py_None && PyDict_GET_SIZE(props) > 0; /* "properties": scrub(props) if props else {} */
-    values[3] = truth ? scrub_c(&st->scrub, props, 0) : PyDict_New();
+    if (PyTuple_CheckExact(props)) { /* compact: never empty */
+        values[3] = scrub_compact(&st->scrub, props);
+    }
+    else {
+        truth = props != Py_None && PyDict_GET_SIZE(props) > 0; /* "properties": scrub(props) if props else {} */
+        values[3] = truth ? scrub_c(&st->scrub, props, 0) : PyDict_New();
+    }
     if (values[3] == NULL) {
         goto done;
     }

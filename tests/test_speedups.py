@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import logging
 import math
 import os
 import pydoc
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 
 import sqreen_mw
 from sqreen_mw import _client, _lifecycle, _schema
-from sqreen_mw._client import Client
+from sqreen_mw._client import Client, expand_properties
 from sqreen_mw._context import ASGI, RequestContext, current_context
 from sqreen_mw._exceptions import InvalidEvent
 from sqreen_mw._native import speedups
@@ -176,7 +178,9 @@ def clients() -> Iterator[tuple[Client, Client]]:
 
 
 def queued(client: Client) -> list[tuple[Any, ...]]:
-    return [record[2:] for record in client.queue.take(len(client.queue))]  # less the clock and the sequence
+    # less the clock and the sequence; the compiled track() keeps the properties compact, which stand for the dict
+    return [(record[2], expand_properties(record[3]) if type(record[3]) is tuple else record[3], *record[4:])
+            for record in client.queue.take(len(client.queue))]
 
 
 def scope(path: str = "/p") -> dict[str, Any]:
@@ -194,6 +198,33 @@ CALLS: list[dict[str, Any]] = [
     {"options": {"properties": {"a": 1}}},
     {"timestamp": None, "collect_body": False},
 ]
+
+
+def test_tracker_keeps_properties_compact_with_keys_shared(clients: tuple[Client, Client]) -> None:
+    # A queued event waits for its batch: its properties as (keys, values...) with one keys tuple for every event of
+    # the same keys, not a dict each (184 bytes for up to five items).
+    compiled, _ = clients
+    sent = {"item": "book", "quantity": 2, "password": "hunter2", "ratio": 0.5}
+    for first in (sent, {"other": None}):  # keys seen once (the Python code learns them), then compiled
+        assert compiled.track("first", properties=first) is True
+    compiled.queue.take(len(compiled.queue))
+    for _ in range(3):
+        assert compiled.track("first", properties=sent) is True
+    assert compiled.track("first", properties={"other": None}) is True
+    sent["item"] = "changed after track()"  # a copy was queued
+    records = compiled.queue.take(len(compiled.queue))
+    props = [record[3] for record in records]
+    assert all(type(p) is tuple for p in props)
+    assert props[0][0] is props[1][0] is props[2][0] and props[3][0] == ("other",)
+    assert sys.getsizeof(props[0]) < sys.getsizeof({**sent})
+    assert expand_properties(props[0]) == {"item": "book", "quantity": 2, "password": "hunter2", "ratio": 0.5}
+    payload, kept = compiled._serialize(records)
+    assert payload is not None and len(kept) == 4
+    events = json.loads(payload)["events"]
+    assert events[0]["properties"] == {"item": "book", "quantity": 2, "password": "[REDACTED]", "ratio": 0.5}
+    assert events[3]["properties"] == {"other": None}
+    assert [e["properties"] for e in events] == [
+        compiled.scrubber.scrub(expand_properties(p)) for p in props]  # the Python reader's view, the same
 
 
 @pytest.mark.parametrize("call", CALLS, ids=[str(i) for i in range(len(CALLS))])
