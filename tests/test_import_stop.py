@@ -279,6 +279,21 @@ def test_ctrl_c_while_logging_out_after_the_summary_keeps_the_import_s_exit_code
     assert len(collector.events()) == 10
 
 
+def _import_with_a_hung_logout(
+    collector: Collector, tmp_path: Path, capsys: pytest.CaptureFixture[str], release: threading.Event
+) -> tuple[int, float, str, str]:
+    """Import 5 rows in this process while the (patched) logout waits for ``release``, set once the import returns:
+    its exit code, the seconds it took, stdout and stderr."""
+    path = write_jsonl(tmp_path / "events.jsonl", 5)
+    out = io.StringIO()
+    started = time.monotonic()
+    try:
+        code = run(_args("--url", collector.url, "--token", API_KEY, file=str(path)), out)
+    finally:
+        release.set()
+    return code, time.monotonic() - started, out.getvalue(), capsys.readouterr().err
+
+
 def test_ctrl_c_landing_in_a_finalizer_while_logging_out_still_cuts_the_wait_short(
     collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -300,19 +315,11 @@ def test_ctrl_c_landing_in_a_finalizer_while_logging_out_still_cuts_the_wait_sho
         release.wait(30)  # a collector that does not answer
 
     monkeypatch.setattr(Session, "logout", logout)
-    path = write_jsonl(tmp_path / "events.jsonl", 5)
-    out = io.StringIO()
-    started = time.monotonic()
-    try:
-        code = run(_args("--url", collector.url, "--token", API_KEY, file=str(path)), out)
-    finally:
-        release.set()
-    elapsed = time.monotonic() - started
-    err = capsys.readouterr().err
+    code, elapsed, out, err = _import_with_a_hung_logout(collector, tmp_path, capsys, release)
     assert unraisable == [], [u.exc_value for u in unraisable]
     assert code == 0, err
     assert elapsed < 15, elapsed
-    assert summary(subprocess.CompletedProcess([], 0, out.getvalue(), err))["stored"] == 5
+    assert summary(subprocess.CompletedProcess([], 0, out, err))["stored"] == 5
     assert "interrupted" not in err
 
 
@@ -331,18 +338,10 @@ def test_ctrl_c_while_the_summary_is_printed_cuts_the_logout_short(
         return code
 
     monkeypatch.setattr(_command, "_summary", summary_then_ctrl_c)
-    path = write_jsonl(tmp_path / "events.jsonl", 5)
-    out = io.StringIO()
-    started = time.monotonic()
-    try:
-        code = run(_args("--url", collector.url, "--token", API_KEY, file=str(path)), out)
-    finally:
-        release.set()
-    elapsed = time.monotonic() - started
-    err = capsys.readouterr().err
+    code, elapsed, out, err = _import_with_a_hung_logout(collector, tmp_path, capsys, release)
     assert code == 0, err
     assert elapsed < 15, elapsed
-    assert summary(subprocess.CompletedProcess([], 0, out.getvalue(), err))["stored"] == 5
+    assert summary(subprocess.CompletedProcess([], 0, out, err))["stored"] == 5
 
 
 def test_ctrl_c_between_a_batch_s_hand_off_and_the_next_batch_sends_it_once(
