@@ -203,6 +203,10 @@ def capture_size(captured: Capture | None) -> int:
         if type(kept) is tuple:  # names and values, flat
             for item in kept:
                 size += _text_size(item)
+        elif type(kept) is list:  # headers that were not all pairs, every one kept as it was
+            for pair in kept:
+                if type(pair) is tuple and len(pair) == 2:
+                    size += _text_size(pair[0]) + _text_size(pair[1])
         return size
     if len(captured) != 8:
         return 0

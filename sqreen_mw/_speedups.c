@@ -179,28 +179,54 @@ common_properties(PyObject *properties, PyObject *known, long long *size, KeyCac
     if (PyErr_Occurred() || i != n) {
         return NULL;
     }
+    for (i = 0; i < n; i++) { /* held: the allocations below may run the garbage collector, and a finalizer (or
+                               * another thread, or a nested track()) the dict and this KeyCache */
+        Py_INCREF(keys[i]);
+        Py_INCREF(values[i]);
+    }
     if (same) {
         key_total = cache->estimate;
     }
     else if (cache != NULL) { /* every key was looked up: remember them */
-        key_cache_clear(cache);
-        cache->keys_tuple = PyTuple_New(n);
-        if (cache->keys_tuple == NULL) {
-            return NULL;
+        PyObject *fresh = PyTuple_New(n);
+        if (fresh == NULL) {
+            goto fail;
         }
         for (i = 0; i < n; i++) {
-            cache->keys[i] = Py_NewRef(keys[i]);
-            PyTuple_SET_ITEM(cache->keys_tuple, i, Py_NewRef(keys[i]));
+            PyTuple_SET_ITEM(fresh, i, Py_NewRef(keys[i]));
         }
-        PyObject_GC_UnTrack(cache->keys_tuple);
+        PyObject_GC_UnTrack(fresh);
+        key_cache_clear(cache);
+        for (i = 0; i < n; i++) {
+            cache->keys[i] = Py_NewRef(keys[i]);
+        }
+        cache->keys_tuple = fresh;
         cache->len = n;
         cache->estimate = key_total;
     }
     *size = total + key_total;
-    if (cache != NULL && n > 0 && cache->keys_tuple != NULL) {
-        return compact_properties(cache->keys_tuple, values, n);
+    {
+        PyObject *out, *shared = cache != NULL ? cache->keys_tuple : NULL;
+        if (n > 0 && shared != NULL) {
+            Py_INCREF(shared);
+            out = compact_properties(shared, values, n);
+            Py_DECREF(shared);
+        }
+        else {
+            out = PyDict_Copy(properties);
+        }
+        for (i = 0; i < n; i++) {
+            Py_DECREF(keys[i]);
+            Py_DECREF(values[i]);
+        }
+        return out;
     }
-    return PyDict_Copy(properties);
+fail:
+    for (i = 0; i < n; i++) {
+        Py_DECREF(keys[i]);
+        Py_DECREF(values[i]);
+    }
+    return NULL;
 }
 
 static PyObject *
@@ -982,6 +1008,14 @@ capture_size(PyObject *captured)
         if (PyTuple_CheckExact(item)) { /* names and values, flat */
             for (i = 0; i < PyTuple_GET_SIZE(item); i++) {
                 size += text_size(PyTuple_GET_ITEM(item, i));
+            }
+        }
+        else if (PyList_CheckExact(item)) { /* headers that were not all pairs, every one kept as it was */
+            for (i = 0; i < PyList_GET_SIZE(item); i++) { /* text_size runs no Python code: the list stays */
+                PyObject *pair = PyList_GET_ITEM(item, i);
+                if (PyTuple_CheckExact(pair) && PyTuple_GET_SIZE(pair) == 2) {
+                    size += text_size(PyTuple_GET_ITEM(pair, 0)) + text_size(PyTuple_GET_ITEM(pair, 1));
+                }
             }
         }
         return size;

@@ -255,6 +255,17 @@ def test_a_queued_event_keeps_its_header_names_once_for_all_requests(client: Cli
     assert kept[0] == b"user-agent" and kept[0] is kept[1] is kept[2]
 
 
+def test_headers_that_are_not_all_pairs_count_whole_towards_the_queues_estimate(client: Client) -> None:
+    # Such headers are kept as they were (request_info() then says it cannot read them), the cookie with them: the
+    # queue's estimate, which max_queue_bytes bounds, counts what is kept.
+    odd = record_in_request(client, RequestContext(ASGI, {**scope(), "headers": [
+        (b"user-agent", b"curl/8"), (b"cookie", b"c" * 1000), ()]}), {"n": 1})
+    plain = record_in_request(client, RequestContext(ASGI, {**scope(), "headers": [(b"user-agent", b"curl/8")]}),
+                              {"n": 1})
+    assert type(odd[6][2]) is list and len(odd[6][2]) == 3
+    assert odd[8] - plain[8] == len(b"cookie") + 1000
+
+
 def test_a_request_with_many_wanted_headers_keeps_them_all(client: Client) -> None:
     headers = [(b"x-forwarded-for", b"10.0.0.%d" % i) for i in range(40)] + [(b"cookie", b"c")]
     ctx = RequestContext(ASGI, {**scope(), "headers": headers})

@@ -907,12 +907,84 @@ print("ok")
 """
 
 
+_FINALIZER_TRACKS_OTHER_KEYS = """
+import gc, json, os
+from sqreen_mw import Client
+
+client = Client(token="t", url="http://127.0.0.1:9", heartbeat_interval=3600, install_signal_handler=False)
+client._started_pid = os.getpid()  # no flusher thread: the records stay queued
+
+
+class Closer:
+    def __del__(self):  # a finalizer that tracks an event of other keys (the compiled track() runs again)
+        client.track("ev", properties={"closed": True})
+
+
+props = {f"p{i}": i for i in range(16)}
+client.track("ev", properties=props)
+client.track("ev", properties={"closed": True})  # both key sets learnt by the Python path
+for i in range(40):
+    client.track("ev", properties={"closed": True})  # the key cache: ("closed",)
+    x = Closer()
+    x.me = x
+    del x  # cyclic garbage, collected at an allocation of the next track()
+    gc.set_threshold(1 + i % 3)
+    client.track("ev", properties=props)  # refreshes the key cache, then allocates
+    gc.set_threshold(700)
+events = json.loads(client._serialize(client.queue.take(len(client.queue)))[0])["events"]
+for event in events:
+    assert event["properties"] in ({"closed": True}, props), event["properties"]
+assert sum(event["properties"] == props for event in events) == 41
+client._closed, client._accepting = True, False
+print("ok")
+"""
+_FINALIZER_REFILLS_THE_PROPERTIES = """
+import gc, json, os
+from sqreen_mw import Client
+
+client = Client(token="t", url="http://127.0.0.1:9", heartbeat_interval=3600, install_signal_handler=False)
+client._started_pid = os.getpid()
+props = {}
+
+
+def fill(tag):
+    props.clear()
+    props.update({f"k{i}": "".join([tag, str(i)]) * 3 for i in range(13)})  # values only the dict holds
+
+
+class Refill:
+    def __del__(self):  # a finalizer that reuses the app's dict while track() copies it
+        fill("Z")
+
+
+fill("A")
+client.track("ev", properties=props)  # learnt by the Python path
+for i in range(40):
+    fill("A")
+    x = Refill()
+    x.me = x
+    del x
+    gc.set_threshold(1 + i % 3)
+    client.track("ev", properties=props)
+    gc.set_threshold(700)
+events = json.loads(client._serialize(client.queue.take(len(client.queue)))[0])["events"]
+for event in events:
+    values = list(event["properties"].values())
+    assert values in ([f"A{i}" * 3 for i in range(13)], [f"Z{i}" * 3 for i in range(13)]), values
+client._closed, client._accepting = True, False
+print("ok")
+"""
+
+
 @pytest.mark.parametrize("script", [_FINALIZER_CHANGES_THE_ENVIRON, _FINALIZER_EMPTIES_THE_JSON,
-                                    _FINALIZER_CHANGES_THE_SCOPE], ids=["environ", "json", "scope"])
+                                    _FINALIZER_CHANGES_THE_SCOPE, _FINALIZER_TRACKS_OTHER_KEYS,
+                                    _FINALIZER_REFILLS_THE_PROPERTIES],
+                         ids=["environ", "json", "scope", "track-in-finalizer", "properties-refilled"])
 def test_the_capture_holds_what_it_reads(script: str) -> None:
     # A finalizer run by the garbage collector while the capture is made may drop environ entries, or empty the JSON
     # the app parsed: what the capture took of them stays alive (with PYTHONMALLOC=debug, -X dev, a freed verb read
-    # back, or a freed item copied, crashed the interpreter).
+    # back, or a freed item copied, crashed the interpreter). The same for the properties: a finalizer may track an
+    # event of other keys (the key cache refreshed under the call) or refill the app's dict while it is copied.
     import subprocess
     import sys
 
