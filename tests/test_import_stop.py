@@ -279,6 +279,45 @@ def test_ctrl_c_while_logging_out_after_the_summary_keeps_the_import_s_exit_code
     assert len(collector.events()) == 10
 
 
+class _CtrlCInAFinalizerAt(EventMaker):
+    """Ctrl-C arrives while a weakref callback runs, as row ``at`` (1-based) is turned into an event."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(Scrubber(), "default")
+        self._at, self._seen = at, 0
+
+    def make(self, row: dict[str, Any]) -> bytes:
+        self._seen += 1
+        if self._seen == self._at:
+
+            class Doomed:
+                pass
+
+            doomed = Doomed()
+            keep = weakref.ref(doomed, lambda _: signal.raise_signal(signal.SIGINT))
+            del doomed  # the KeyboardInterrupt is raised in the callback, where Python prints it and goes on
+            assert keep() is None
+        return super().make(row)
+
+
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_import_at_the_next_batch(
+    collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    monkeypatch.setattr(_command, "EventMaker", lambda scrubber, app: _CtrlCInAFinalizerAt(3))
+    path = write_jsonl(tmp_path / "events.jsonl", 30)
+    out = io.StringIO()
+    code = run(_args("--batch-size", "10", "--url", collector.url, "--token", API_KEY, file=str(path)), out)
+    err = capsys.readouterr().err
+    assert [type(u.exc_value) for u in unraisable] == [KeyboardInterrupt]  # where it landed: lost, before
+    assert code == 1, err
+    assert "stopped after line 10: interrupted; later lines were not imported" in err
+    counts = summary(subprocess.CompletedProcess([], 1, out.getvalue(), err))
+    assert counts["rows"] == 10 and counts["sent"] + counts["undelivered"] == 10, counts
+    assert len(collector.events()) == counts["stored"] <= 10
+
+
 def _import_with_a_hung_logout(
     collector: Collector, tmp_path: Path, capsys: pytest.CaptureFixture[str], release: threading.Event
 ) -> tuple[int, float, str, str]:

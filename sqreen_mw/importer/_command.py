@@ -249,6 +249,7 @@ def _import(
     except SourceError as exc:
         stopped = str(exc)
     except KeyboardInterrupt:
+        interrupts.handled()
         stopped = "interrupted"
         del events[len(lines) :]  # interrupted between the two appends: that row was not handled
         if lines and lines[-1] > last_line:  # appended, but interrupted before it was counted
@@ -262,6 +263,7 @@ def _import(
                         events, lines = [], []
             sender.close()
     except KeyboardInterrupt:  # while waiting for the collector: what is not delivered yet is named, now
+        interrupts.handled()
         stopped = stopped or "interrupted"
         interrupted = True
     else:

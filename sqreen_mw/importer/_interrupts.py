@@ -3,7 +3,8 @@
 Handing a batch to the senders and starting the next one are two steps; a ``KeyboardInterrupt`` raised between
 them would leave the reader unable to tell whether the batch was queued, and the stop that follows would send it
 again as the batch being filled. Inside :meth:`Interrupts.held` a Ctrl-C is only noted (:attr:`Interrupts.pending`,
-which a wait can poll to give up early), and raised when the block ends. Inside :meth:`Interrupts.deferred` (the
+which a wait can poll to give up early), and raised when the block ends; so is one whose ``KeyboardInterrupt`` was
+swallowed where it landed (a finalizer), at the next held block. Inside :meth:`Interrupts.deferred` (the
 summary) a Ctrl-C is only noted too, and left for the next held block: the wait for the logout that follows.
 """
 
@@ -42,11 +43,17 @@ class Interrupts:
             self._installed = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        # Noted even when raised: the KeyboardInterrupt may land in a weakref callback or a finalizer, where Python
+        # prints it and goes on. Whoever acts on it calls handled(); one still pending then was swallowed, and the
+        # next held block raises it again.
+        self.pending = True
         if self._holding:
-            self.pending = True
             return
-        self.pending = False
         raise KeyboardInterrupt
+
+    def handled(self) -> None:
+        """The KeyboardInterrupt raised for the last Ctrl-C was caught and acted on."""
+        self.pending = False
 
     def is_pending(self) -> bool:
         return self.pending
