@@ -136,7 +136,7 @@ common_properties(PyObject *properties, PyObject *known, long long *size, KeyCac
         }
         if (i < MAX_PROPERTIES) {
             keys[i] = key;
-            values[i] = value; /* borrowed: the dict holds them, and no Python code runs until they are copied */
+            values[i] = value; /* borrowed, until held below: this loop runs no Python code */
         }
         same = same && i < cache->len && cache->keys[i] == key;
         i++;
