@@ -249,11 +249,19 @@ def test_ctrl_c_during_start_up_prints_the_stopped_summary_not_a_traceback(tmp_p
 
 
 class _SlowLogout(FaultyProxy):
-    """The collector behind a hop whose logout never answers."""
+    """The collector behind a hop whose logout does not answer until :attr:`released` is set (at most 120 s): set it
+    before the hop stops, which otherwise waits for that request."""
+
+    def __init__(self, upstream: str, batch_faults: Any) -> None:
+        super().__init__(upstream, batch_faults)
+        self.released = threading.Event()
 
     async def _handle(self, request: Any) -> Any:
         if request.url.path.endswith("/logout"):
-            await asyncio.sleep(120)
+            for _ in range(2400):
+                if self.released.is_set():
+                    break
+                await asyncio.sleep(0.05)
         return await super()._handle(request)
 
 
@@ -271,6 +279,7 @@ def test_ctrl_c_while_logging_out_after_the_summary_keeps_the_import_s_exit_code
         signalled = time.monotonic()
         out, err = proc.communicate(timeout=60)
         waited = time.monotonic() - signalled
+        proxy.released.set()
     assert "Traceback" not in err, err
     assert waited < 5, waited  # not the logout's 10 s timeout: the Ctrl-C cut it short
     assert proc.returncode == 0, err
