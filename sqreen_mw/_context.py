@@ -251,17 +251,7 @@ def _asgi_headers(pairs: Any, extra: str | None = None) -> dict[str, str]:
 def _captured_headers(kept: Any, extra: str | None = None) -> dict[str, str]:
     """:func:`_asgi_headers` of a capture's headers: the flat tuple of :func:`_wanted_headers` (or, for headers that
     were not pairs, the list of them, read as pairs: which says what it cannot read)."""
-    if type(kept) is not tuple:
-        return _asgi_headers(kept, extra)
-    wanted = _WANTED if extra is None else _WANTED | {extra.encode("latin-1")}
-    headers: dict[str, str] = {}
-    for i in range(0, len(kept) - 1, 2):
-        name = kept[i]
-        if name in wanted:
-            key = name.decode("latin-1")
-            text = kept[i + 1].decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text  # repeated: joined in order
-    return headers
+    return _asgi_headers(zip(kept[::2], kept[1::2], strict=False) if type(kept) is tuple else kept, extra)
 
 
 def parse_query(query: str) -> dict[str, Any]:

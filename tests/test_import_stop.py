@@ -59,8 +59,11 @@ class _InterruptAt(EventMaker):
     def make(self, row: dict[str, Any]) -> bytes:
         self._seen += 1
         if self._seen == self._at:
-            raise KeyboardInterrupt
+            self._interrupt()
         return super().make(row)
+
+    def _interrupt(self) -> None:
+        raise KeyboardInterrupt
 
 
 def _run(collector: Collector, path: Path, maker: EventMaker, *extra: str, url: str | None = None) -> int:
@@ -288,25 +291,17 @@ def test_ctrl_c_while_logging_out_after_the_summary_keeps_the_import_s_exit_code
     assert len(collector.events()) == 10
 
 
-class _CtrlCInAFinalizerAt(EventMaker):
+class _CtrlCInAFinalizerAt(_InterruptAt):
     """Ctrl-C arrives while a weakref callback runs, as row ``at`` (1-based) is turned into an event."""
 
-    def __init__(self, at: int) -> None:
-        super().__init__(Scrubber(), "default")
-        self._at, self._seen = at, 0
+    def _interrupt(self) -> None:
+        class Doomed:
+            pass
 
-    def make(self, row: dict[str, Any]) -> bytes:
-        self._seen += 1
-        if self._seen == self._at:
-
-            class Doomed:
-                pass
-
-            doomed = Doomed()
-            keep = weakref.ref(doomed, lambda _: signal.raise_signal(signal.SIGINT))
-            del doomed  # the KeyboardInterrupt is raised in the callback, where Python prints it and goes on
-            assert keep() is None
-        return super().make(row)
+        doomed = Doomed()
+        keep = weakref.ref(doomed, lambda _: signal.raise_signal(signal.SIGINT))
+        del doomed  # the KeyboardInterrupt is raised in the callback, where Python prints it and goes on
+        assert keep() is None
 
 
 def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_import_at_the_next_batch(
